@@ -1,0 +1,154 @@
+"""The local side of the pod agent: ship helpers/pod as one versioned file, call its operations.
+
+The agent is a zipapp built from helpers/pod/*.py and named by the hash of its content
+(``_control/agent-<hash>.pyz`` under OPS_REMOTE_OUTPUTS_DIR). A call runs
+``python3 -I -S <that file> <op>`` with a JSON request on stdin and reads one JSON reply from
+stdout; progress lines arrive on stderr and are shown as they come. When the file is not there
+(python3 says "can't open file"), it is uploaded once and the call repeated, so a read-only
+command costs one round trip in the steady state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from helpers.config import Config
+from helpers.errors import ExitCode, WorkflowError
+from helpers.pod.context import ENV_FILE_MARKER
+from helpers.transport import Transport
+
+POD_PACKAGE = Path(__file__).resolve().parent / "pod"
+BUNDLE_FORMAT = 1
+_MAIN = b"""import sys
+if sys.version_info < (3, 9):
+    sys.stderr.write("workflow.sh agent: python3 >= 3.9 is needed on the pod, found %s\\n" % sys.version.split()[0])
+    sys.exit(3)
+from pod.agent_main import main
+sys.exit(main(sys.argv[1:]))
+"""
+_ZIP_TIME = (2020, 1, 1, 0, 0, 0)
+
+
+def _sources() -> list[tuple[str, bytes]]:
+    return [(f"pod/{path.name}", path.read_bytes()) for path in sorted(POD_PACKAGE.glob("*.py"))]
+
+
+def bundle_hash(sources: list[tuple[str, bytes]] | None = None) -> str:
+    digest = hashlib.sha256(f"format {BUNDLE_FORMAT}\n".encode() + _MAIN)
+    for name, data in sources or _sources():
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()[:16]
+
+
+def build_bundle() -> bytes:
+    """The agent zipapp, byte-for-byte reproducible."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in [("__main__.py", _MAIN), *_sources()]:
+            info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, data)
+    return b"#!/usr/bin/env python3\n" + buffer.getvalue()
+
+
+class Agent:
+    """Calls operations of the pod agent over one transport."""
+
+    def __init__(self, transport: Transport, cfg: Config, stderr: Callable[[bytes], None] | None = None) -> None:
+        self.transport = transport
+        self.cfg = cfg
+        self.hash = bundle_hash()
+        outputs = cfg.str("OPS_REMOTE_OUTPUTS_DIR").rstrip("/")
+        self.path = f"{outputs}/_control/agent-{self.hash}.pyz"
+        self._stderr = stderr or _write_stderr
+        self.uploads = 0
+
+    def argv(self, op: str, *extra: str) -> list[str]:
+        return [self.transport.agent_python, "-I", "-S", self.path, op, *extra]
+
+    def call(self, op: str, args: dict[str, Any] | None = None, *, sync_env: bool = False,
+             timeout: float | None = None, on_stdout: Callable[[bytes], None] | None = None) -> Any:
+        """Run ``op`` on the pod and return its result; a pod-side error is re-raised here.
+
+        ``sync_env`` also writes the resolved config (secrets included) to REMOTE_ENV_PATH
+        (mode 0600) when it changed. With ``on_stdout`` the op's stdout streams to it and the
+        exit code is returned instead of a parsed reply.
+        """
+        request: dict[str, Any] = {"config": self.cfg.pod_values(include_secrets=sync_env), "args": args or {}}
+        if sync_env:
+            request["env_file"] = env_file_text(self.cfg)
+        payload = json.dumps(request).encode()
+        for attempt in range(2):
+            missing = _MissingWatcher(self._stderr)
+            result = self.transport.run(self.argv(op), stdin=payload, timeout=timeout, on_stdout=on_stdout,
+                                        on_stderr=missing)
+            if missing.missing and attempt == 0:
+                self.upload()
+                continue
+            if result.exit_code == 127:
+                raise WorkflowError(f"python3 is not installed on {self.transport.description}; install it "
+                                    "(3.9+), e.g. run bootstrap with AUTO_INSTALL_PREREQS=1", ExitCode.FAILED)
+            if on_stdout is not None:
+                return result.exit_code
+            return _reply(result.stdout, result.exit_code, self.transport.description)
+        raise AssertionError("unreachable")
+
+    def upload(self) -> None:
+        self.transport.put(build_bundle(), self.path, 0o644)
+        self.uploads += 1
+
+
+class _MissingWatcher:
+    """Forwards the agent's stderr, but notices python's "can't open file" for a missing agent."""
+
+    def __init__(self, forward: Callable[[bytes], None]) -> None:
+        self.forward = forward
+        self.missing = False
+        self._head = b""
+
+    def __call__(self, chunk: bytes) -> None:
+        if not self._head:
+            self._head = chunk[:400]
+            if b"can't open file" in self._head and b"agent-" in self._head:
+                self.missing = True
+                return
+        if not self.missing:
+            self.forward(chunk)
+
+
+def _write_stderr(chunk: bytes) -> None:
+    sys.stderr.buffer.write(chunk)
+    sys.stderr.buffer.flush()
+
+
+def _reply(stdout: bytes, exit_code: int, where: str) -> Any:
+    text = stdout.decode("utf-8", errors="replace").strip()
+    try:
+        reply = json.loads(text.splitlines()[-1]) if text else None
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict) or "ok" not in reply:
+        raise WorkflowError(f"the pod agent on {where} gave no answer (exit {exit_code}): {text[-200:]!r}",
+                            ExitCode.FAILED)
+    if not reply["ok"]:
+        raise WorkflowError(str(reply.get("error", "unknown error")), int(reply.get("code", 1)))
+    return reply.get("result")
+
+
+def env_file_text(cfg: Config) -> dict[str, str]:
+    """The pod env file (REMOTE_ENV_PATH): every resolved key, shell-quoted, secrets included."""
+    import shlex
+
+    lines = [f"{ENV_FILE_MARKER} from {cfg.env_file.name}"
+             f"{' + profile ' + cfg.profile if cfg.profile else ''}; edit that file, not this one"]
+    for key, value in sorted(cfg.pod_values(include_secrets=True).items()):
+        lines.append(f"{key}={shlex.quote(value)}")
+    return {"path": cfg.str("REMOTE_ENV_PATH"), "content": "\n".join(lines) + "\n"}

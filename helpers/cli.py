@@ -1,0 +1,236 @@
+"""The command line of workflow.sh: global flags, the command table, dispatch.
+
+Every command is one row of COMMANDS (name, one-line summary, argument setup, handler);
+`help` and `CMD --help` are generated from it, so usage text lives in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from helpers.errors import ExitCode, WorkflowError
+
+Handler = Callable[["Session"], int]  # noqa: F821 - defined in helpers.session
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    summary: str
+    module: str  # helpers.<module> holds the handler
+    handler: str
+    setup: Callable[[argparse.ArgumentParser], None] | None = None
+    changes: bool = False  # changes something: supports --dry-run
+    json: bool = False  # supports --json
+
+
+def _task_id(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--id", dest="task_id", required=required, metavar="ID", help="task id")
+
+
+def _setup_task_run(p: argparse.ArgumentParser) -> None:
+    _task_id(p)
+    p.add_argument("--cmd", required=True, help="the command, run by bash exactly as written")
+    p.add_argument("--timeout-secs", type=int, help="wall-clock limit (default TASK_TIMEOUT_SECS; 0 = none)")
+    p.add_argument("--stall-secs", type=int, help="stop after this long without output (default TASK_STALL_SECS)")
+    p.add_argument("--workdir", help="directory on the pod to run in (default: OPS_REMOTE_REPO if it exists)")
+    p.add_argument("--env", dest="task_env", action="append", default=[], metavar="K=V",
+                   help="extra environment for the task (repeatable); a config file goes before the command: "
+                        "workflow.sh --env FILE task-run ...")
+    p.add_argument("--force", action="store_true", help="replace an existing id (the old directory is kept)")
+
+
+def _setup_task_status(p: argparse.ArgumentParser) -> None:
+    p.add_argument("positional_id", nargs="?", metavar="ID", help="one task (default: all)")
+    _task_id(p, required=False)
+    p.add_argument("--lines", type=int, default=10, help="output lines to show (default 10)")
+
+
+def _setup_task_wait(p: argparse.ArgumentParser) -> None:
+    _task_id(p)
+    p.add_argument("--timeout-secs", type=int, help="give up waiting after this long (exit 123)")
+
+
+def _setup_task_logs(p: argparse.ArgumentParser) -> None:
+    _task_id(p)
+    p.add_argument("--follow", "-f", action="store_true", help="stream until the task ends")
+    p.add_argument("--lines", type=int, default=50, help="last N lines (default 50; 0 = all)")
+
+
+def _setup_fsm_reset(p: argparse.ArgumentParser) -> None:
+    p.add_argument("state", help="the state to set (INIT, BOOTSTRAPPED, CHECKED_OUT, ...)")
+    p.add_argument("--reason", default="", help="why (kept in the history)")
+
+
+def _setup_yes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+
+
+def _setup_csv(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--csv", help="sweep CSV (default SWEEP_CSV)")
+
+
+def _setup_sweep_start(p: argparse.ArgumentParser) -> None:
+    _setup_csv(p)
+    p.add_argument("--reuse-run-ids", action="store_true",
+                   help="let this campaign take over run ids of another campaign with a different spec "
+                        "(their old directories are kept aside)")
+
+
+def _setup_campaign(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--campaign", help="campaign id (default: the latest)")
+
+
+def _setup_sweep_watch(p: argparse.ArgumentParser) -> None:
+    _setup_campaign(p)
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes (default 5)")
+
+
+def _setup_template(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", help="file to write (default SWEEP_CSV); never overwritten")
+
+
+def _setup_fetch_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id", help="the run to fetch")
+
+
+def _setup_validate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--csv", help="also validate this sweep CSV (default SWEEP_CSV, if it exists)")
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("help", "list the commands, or explain one (help CMD)", "cli", "cmd_help"),
+    Command("validate", "check config (and the sweep CSV) without touching the pod", "cmd_setup", "cmd_validate",
+            _setup_validate),
+    Command("print-resolved-env", "show every key's final value and where it came from (secrets hidden)",
+            "cmd_setup", "cmd_print_resolved_env", json=True),
+    Command("pod-up", "rent a Lium pod with the LIUM_* keys, wait until ready, print its target", "cmd_lium",
+            "cmd_pod_up", _setup_yes, changes=True, json=True),
+    Command("pod-status", "reachability, GPUs, disk, volume, tools on the pod (read-only)", "cmd_setup",
+            "cmd_pod_status", json=True),
+    Command("pod-delete", "delete exactly the configured Lium pod (by UUID), after confirmation", "cmd_lium",
+            "cmd_pod_delete", _setup_yes, changes=True),
+    Command("bootstrap", "check/install tmux, rsync, git, python3-venv; run BOOTSTRAP_SCRIPT", "cmd_setup",
+            "cmd_bootstrap", changes=True),
+    Command("checkout", "clone REPO_URL, make the venv, install, verify torch/CUDA and data", "cmd_setup",
+            "cmd_checkout", changes=True),
+    Command("fsm-status", "the workflow state on the pod, with history (read-only)", "cmd_setup",
+            "cmd_fsm_status", json=True),
+    Command("fsm-reset", "set the workflow state explicitly (fsm-reset STATE --reason ...)", "cmd_setup",
+            "cmd_fsm_reset", _setup_fsm_reset, changes=True),
+    Command("task-run", "start a tracked task in tmux on the pod and return at once", "cmd_tasks",
+            "cmd_task_run", _setup_task_run, changes=True, json=True),
+    Command("task-status", "state, exit code, failure class, heartbeat and output of tasks", "cmd_tasks",
+            "cmd_task_status", _setup_task_status, json=True),
+    Command("task-wait", "block until a task ends; exit with its outcome", "cmd_tasks", "cmd_task_wait",
+            _setup_task_wait, json=True),
+    Command("task-list", "all tasks, newest first", "cmd_tasks", "cmd_task_list", json=True),
+    Command("task-logs", "a task's output (--follow streams it until the task ends)", "cmd_tasks",
+            "cmd_task_logs", _setup_task_logs),
+    Command("task-kill", "stop a task and everything it started (state cancelled)", "cmd_tasks",
+            "cmd_task_kill", lambda p: _task_id(p), changes=True, json=True),
+    Command("sweep-csv-template", "write a starter sweep CSV (never overwrites)", "cmd_sweeps",
+            "cmd_sweep_csv_template", _setup_template, changes=True),
+    Command("sweep-start", "validate the CSV, create a campaign, start the executor in tmux", "cmd_sweeps",
+            "cmd_sweep_start", _setup_sweep_start, changes=True, json=True),
+    Command("sweep-status", "every row's state, attempts, duration, failure, val loss; totals", "cmd_sweeps",
+            "cmd_sweep_status", _setup_campaign, json=True),
+    Command("sweep-watch", "sweep-status, refreshed until the sweep ends", "cmd_sweeps", "cmd_sweep_watch",
+            _setup_sweep_watch),
+    Command("sweep-stop", "stop the executor and every run (cancelled), nothing left behind", "cmd_sweeps",
+            "cmd_sweep_stop", _setup_campaign, changes=True, json=True),
+    Command("sweep-resume", "rerun only the failed, cancelled and missing rows of a campaign", "cmd_sweeps",
+            "cmd_sweep_resume", _setup_campaign, changes=True, json=True),
+    Command("fetch-run", "copy one run into LOCAL_ARTIFACTS_DIR/<run_id>/ (incremental, verified)", "fetch",
+            "cmd_fetch_run", _setup_fetch_run, changes=True, json=True),
+    Command("fetch-all", "copy every run of a campaign (from its manifest on the pod), verified", "fetch",
+            "cmd_fetch_all", _setup_campaign, changes=True, json=True),
+)
+COMMANDS_BY_NAME = {c.name: c for c in COMMANDS}
+
+
+def _add_global_flags(p: argparse.ArgumentParser, suppress: bool) -> None:
+    default: object = argparse.SUPPRESS if suppress else None
+    g = p.add_argument_group("global options")
+    if p.prog != "workflow.sh task-run":  # there --env K=V is the task's environment: give --env FILE first
+        g.add_argument("--env", dest="env_file", metavar="FILE", default=default,
+                       help="config file (default workflow.env)")
+    g.add_argument("--profile", metavar="NAME", default=default, help="layer profiles/NAME.env over the config")
+    g.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                   default=default if suppress else [], help="override one key (repeatable)")
+    g.add_argument("--dry-run", action="store_true", default=default if suppress else False,
+                   help="print the exact plan, change nothing")
+    g.add_argument("--json", action="store_true", default=default if suppress else False,
+                   help="machine-readable output (status commands)")
+    g.add_argument("--debug", action="store_true", default=default if suppress else False,
+                   help="show tracebacks and transport details")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workflow.sh", add_help=False,
+                                     description="Experiments on GPU pods from one config file (workflow.env).")
+    parser.add_argument("-h", "--help", action="store_true", dest="top_help")
+    _add_global_flags(parser, suppress=False)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.summary, description=command.summary,
+                                    prog=f"workflow.sh {command.name}")
+        if command.name == "help":
+            sub.add_argument("topic", nargs="?", help="a command")
+        if command.setup:
+            command.setup(sub)
+        _add_global_flags(sub, suppress=True)
+    return parser
+
+
+def usage_text() -> str:
+    width = max(len(c.name) for c in COMMANDS)
+    lines = ["usage: workflow.sh [--env FILE] [--profile NAME] [--set KEY=VALUE]... [--dry-run] [--json] "
+             "[--debug] COMMAND [ARGS]", "", "commands:"]
+    lines += [f"  {c.name:<{width}}  {c.summary}" for c in COMMANDS]
+    lines += ["", "workflow.sh COMMAND --help shows a command's options. Exit codes: README.md."]
+    return "\n".join(lines)
+
+
+def cmd_help(session: object) -> int:
+    options = getattr(session, "options")  # noqa: B009
+    topic = getattr(options, "topic", None)
+    if topic:
+        if topic not in COMMANDS_BY_NAME:
+            raise WorkflowError(f"help: unknown command {topic!r}; run workflow.sh help", ExitCode.USAGE)
+        build_parser().parse_args([topic, "--help"])
+    print(usage_text())
+    return 0
+
+
+def project_root() -> Path:
+    env_root = os.environ.get("WORKFLOW_ROOT")
+    return Path(env_root).resolve() if env_root else Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage_text())
+        return 0
+    try:
+        options = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: usage errors exit 2 with its own one-line message
+        return int(exc.code or 0)
+    if options.top_help or not options.command:
+        print(usage_text())
+        return 0
+    command = COMMANDS_BY_NAME[options.command]
+    from helpers.session import run_command
+
+    return run_command(command, options, project_root())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Commands that check config and take a pod to CHECKED_OUT: validate, print-resolved-env,
+pod-status, bootstrap, checkout, fsm-status, fsm-reset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from helpers.config import redact
+from helpers.errors import ExitCode, WorkflowError
+from helpers.keys import KEYS_BY_NAME
+from helpers.pod import fsm
+from helpers.session import Session
+
+
+def cmd_validate(session: Session) -> int:
+    cfg = session.cfg
+    checked = [f"config OK: {cfg.env_file}" + (f" + profile {cfg.profile}" if cfg.profile else ""),
+               f"target: {describe_target(session)}"]
+    patterns = cfg.local_path("TASK_FATAL_PATTERNS_FILE")
+    if patterns is not None:
+        from helpers.cmd_tasks import load_user_patterns
+
+        count = len(load_user_patterns(session))
+        checked.append(f"fatal patterns OK: {patterns} ({count} patterns)")
+    if cfg.target == "ssh":
+        key = cfg.local_path("OPS_SSH_KEY")
+        if key is not None and not key.is_file():
+            raise WorkflowError(f"{cfg.source('OPS_SSH_KEY')}: OPS_SSH_KEY {key} does not exist", ExitCode.USAGE)
+    csv_arg = getattr(session.options, "csv", None)
+    csv_path = cfg.project_root / csv_arg if csv_arg else cfg.local_path("SWEEP_CSV")
+    if csv_path is not None and (csv_arg or csv_path.exists()):
+        from helpers.cmd_sweeps import load_selected_rows
+
+        rows, selected = load_selected_rows(session, csv_path)
+        checked.append(f"sweep CSV OK: {csv_path} ({len(rows)} rows, {len(selected)} selected)")
+    for line in checked:
+        session.print(line)
+    return 0
+
+
+def describe_target(session: Session) -> str:
+    cfg = session.cfg
+    if cfg.target == "local":
+        return "local (this machine stands in for the pod; no SSH)"
+    if cfg.target == "lium":
+        return f"Lium pod {cfg.str('LIUM_TARGET')} (resolved through the Lium API, then SSH)"
+    return f"ssh {cfg.str('OPS_DEFAULT_HOST')}"
+
+
+def cmd_print_resolved_env(session: Session) -> int:
+    cfg = session.cfg
+    rows = [(key, redact(key, cfg.pod_values(include_secrets=True)[key]), setting.source)
+            for key, setting in cfg.settings.items()]
+    if session.as_json:
+        session.emit_json({"env_file": str(cfg.env_file), "profile": cfg.profile, "target": cfg.target,
+                           "keys": {k: {"value": v, "source": s} for k, v, s in rows}})
+        return 0
+    session.print(f"# {cfg.env_file}" + (f" + profile {cfg.profile}" if cfg.profile else "")
+                  + f"; target: {cfg.target}")
+    width = max(len(f"{k}={v}") for k, v, _ in rows)
+    for key, value, source in rows:
+        if key not in KEYS_BY_NAME:
+            source += ", passed to runs"
+        session.print(f"{key}={value}".ljust(width) + f"  # {source}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- pod-status
+
+
+def cmd_pod_status(session: Session) -> int:
+    status = session.call("pod-status", timeout=120)
+    if session.as_json:
+        session.emit_json({"target": session.transport().description, **status})
+        return 0
+    for line in render_pod_status(session.transport().description, status):
+        session.print(line)
+    return 0
+
+
+def render_pod_status(where: str, s: dict[str, Any]) -> list[str]:
+    up = f", up {s['uptime_s'] // 3600}h{(s['uptime_s'] % 3600) // 60:02d}m" if s.get("uptime_s") else ""
+    lines = [f"pod:      {where}  (host {s['hostname']}, user {s['user']}, {s['os']}{up})"]
+    wf = s["workflow"]
+    lines.append(f"state:    {wf['state']}" + (f"  ({wf.get('reason', '')})" if wf.get("reason") else ""))
+    tools = s["tools"]
+    parts = [f"{tools['python3']}" + ("" if s["python3_venv"] else "  [no venv/ensurepip: install python3-venv]")]
+    for name in ("tmux", "rsync", "git"):
+        parts.append(f"{name}: {tools[name] or 'MISSING (bootstrap installs it)'}")
+    lines.append("tools:    " + parts[0])
+    lines += [f"          {p}" for p in parts[1:]]
+    if s["gpus"]:
+        for gpu in s["gpus"]:
+            lines.append(f"gpu {gpu['index']}:    {gpu['name']}  {gpu['memory_used_mib']}/{gpu['memory_total_mib']} MiB"
+                         f"  util {gpu['utilization_pct']}%")
+    else:
+        lines.append(f"gpus:     none ({s['gpu_note']})")
+    for name, disk in s["disks"].items():
+        free = f"{disk['free_gb']} GB free of {disk['total_gb']} GB" if "free_gb" in disk else disk.get("error", "?")
+        lines.append(f"{name + ':':<9} {disk['configured']}  on {disk['mount']} ({disk['fstype']}), {free}")
+    if s.get("volume"):
+        vol = s["volume"]
+        lines.append(f"volume:   /mnt is on {vol['mount']} ({vol['fstype']}, {vol['device']})")
+    return lines
+
+
+# ----------------------------------------------------------------------------- bootstrap / checkout
+
+
+def _fsm_plan(command: str) -> str:
+    table = fsm.TRANSITIONS[command]
+    moves = ", ".join(f"{a.value}->{b.value}" for a, b in table.items())
+    return f"workflow state: {moves} (checked first; WF_FSM_ENFORCE)"
+
+
+def plan_bootstrap(session: Session) -> list[str]:
+    cfg = session.cfg
+    plan = [f"on {describe_target(session)}:", "check tmux, rsync, git on PATH and "
+            f"{cfg.str('REMOTE_PYTHON_BIN')} -c 'import venv, ensurepip'"]
+    plan.append("install the missing ones: apt-get update && apt-get install -y ... (root only)"
+                if cfg.bool("AUTO_INSTALL_PREREQS") else "missing ones are an error (AUTO_INSTALL_PREREQS=0)")
+    if cfg.str("BOOTSTRAP_SCRIPT"):
+        plan.append(f"run: bash {cfg.str('BOOTSTRAP_SCRIPT')}")
+    if cfg.str("WANDB_SETUP_SCRIPT") and (cfg.bool("SWEEP_WANDB") or cfg.bool("RUN_WANDB_SETUP")):
+        plan.append(f"run: bash {cfg.str('WANDB_SETUP_SCRIPT')}")
+    if cfg.bool("SWEEP_WANDB"):
+        plan.append("verify W&B credentials on the pod (~/.netrc api.wandb.ai or WANDB_API_KEY)")
+    plan.append(f"write the resolved config to {cfg.str('REMOTE_ENV_PATH')} (mode 0600) if it changed")
+    plan.append(_fsm_plan("bootstrap"))
+    return plan
+
+
+def cmd_bootstrap(session: Session) -> int:
+    if session.dry_run:
+        for line in plan_bootstrap(session):
+            session.print(line)
+        return 0
+    result = session.call("bootstrap", sync_env=True)
+    installed = f"; installed {', '.join(result['installed'])}" if result["installed"] else ""
+    ran = f"; ran {', '.join(result['ran'])}" if result["ran"] else ""
+    session.print(f"bootstrap OK{installed}{ran}; state {result['state']}")
+    return 0
+
+
+def plan_checkout(session: Session) -> list[str]:
+    cfg = session.cfg
+    ref = (f"PR {cfg.str('CHECKOUT_PR')}" if cfg.str("CHECKOUT_PR")
+           else f"branch {cfg.str('CHECKOUT_BRANCH') or '(remote default)'}")
+    plan = [f"on {describe_target(session)}:",
+            f"git clone/fetch {cfg.str('REPO_URL')} -> {cfg.str('OPS_REMOTE_REPO')}, {ref}"
+            + ("; discard uncommitted changes" if cfg.bool("CHECKOUT_FORCE_CLEAN") else "; refuse if dirty")]
+    if cfg.str("EXPECT_GIT_SHA"):
+        plan.append(f"verify HEAD starts with {cfg.str('EXPECT_GIT_SHA')}")
+    plan.append(f"venv {cfg.str('VENV_DIR')} from {cfg.str('REMOTE_PYTHON_BIN')} --system-site-packages"
+                + (" (rebuilt: VENV_RECREATE=1)" if cfg.bool("VENV_RECREATE") else ""))
+    words = cfg.words("PIP_INSTALL_ARGS")
+    plan.append(f"pip install {' '.join(words)}" if words else "no pip install (PIP_INSTALL_ARGS empty)")
+    plan.append("verify import torch" + (" and torch.cuda.is_available()" if cfg.bool("REQUIRE_CUDA") else ""))
+    if cfg.bool("CHECK_DATA"):
+        extra = " (download if missing)" if cfg.bool("DOWNLOAD_FINEWEB") else (
+            " (build offline if missing)" if cfg.bool("DATA_BUILD_OFFLINE") else "")
+        plan.append(f"validate FineWeb shards in {cfg.str('DATA_DIR')}{extra}")
+    plan.append(f"write the resolved config to {cfg.str('REMOTE_ENV_PATH')} (mode 0600) if it changed")
+    plan.append(_fsm_plan("checkout"))
+    return plan
+
+
+def cmd_checkout(session: Session) -> int:
+    if session.cfg.target != "local":
+        session.cfg.require("checkout", "REPO_URL")
+    if session.dry_run:
+        for line in plan_checkout(session):
+            session.print(line)
+        return 0
+    timeout = float((session.cfg.int("CHECKOUT_TIMEOUT_SECS") or 1800) * 4)
+    r = session.call("checkout", sync_env=True, timeout=timeout)
+    data = r["data"]
+    data_text = (f"{data['train_shards']}+{data['val_shards']} shards" if data.get("checked") else "data not checked")
+    session.print(f"checkout OK: {r['ref']} at {r['sha'][:12]}; torch {r['torch']} "
+                  f"(CUDA {'yes' if r['cuda'] else 'no'}); {data_text}; state {r['state']}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- fsm
+
+
+def cmd_fsm_status(session: Session) -> int:
+    record = session.call("fsm-status", timeout=60)
+    if session.as_json:
+        session.emit_json(record)
+        return 0
+    exists = "" if record["exists"] else "  (no state file yet: a fresh pod)"
+    session.print(f"state:    {record['state']}{exists}")
+    if record.get("previous_state"):
+        session.print(f"previous: {record['previous_state']}")
+    session.print(f"reason:   {record['reason']}")
+    if record.get("updated_utc"):
+        session.print(f"updated:  {record['updated_utc']}")
+    session.print(f"file:     {record['path']}")
+    nxt = ", ".join(record["next"]) or "(fsm-reset only)"
+    session.print(f"allowed:  {nxt}")
+    history = record.get("history", [])[-5:]
+    if history:
+        session.print("history (last 5):")
+        for h in history:
+            session.print(f"  {h['utc']}  {h['command']:<14} {h['from']} -> {h['to']}  {h.get('reason', '')}")
+    return 0
+
+
+def cmd_fsm_reset(session: Session) -> int:
+    state = session.options.state.upper()
+    if state not in fsm.State.__members__:
+        raise WorkflowError(f"fsm-reset: unknown state {session.options.state!r}; use one of: "
+                            f"{', '.join(fsm.State.__members__)}", ExitCode.USAGE)
+    if session.dry_run:
+        session.print(f"would set the workflow state on {describe_target(session)} to {state} "
+                      f"(reason: {session.options.reason or 'manual reset'}) in {session.cfg.str('WF_STATE_FILE')}")
+        return 0
+    record = session.call("fsm-reset", {"state": state, "reason": session.options.reason})
+    session.print(f"state {record['previous_state']} -> {record['state']}")
+    return 0

@@ -1,0 +1,78 @@
+"""Entry point of the pod agent: ``python3 -I -S agent-<hash>.pyz OP [ARGS]``.
+
+Request/reply ops read one JSON request on stdin ({"config": {...}, "args": {...},
+"env_file": {...}?}) and print one JSON reply line on stdout ({"ok": true, "result": ...} or
+{"ok": false, "error": "...", "code": N}); progress goes to stderr. Long-running ops started
+in tmux (supervise, sweep-exec) take argv instead. Each op's module is imported on demand so a
+read-only call stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from typing import Any, Callable, Dict, List, Tuple
+
+from .context import Context
+from .errors import ExitCode, WorkflowError
+
+# op -> (module, function) for request/reply ops
+OPS: Dict[str, Tuple[str, str]] = {
+    "fsm-status": ("ops_state", "fsm_status"),
+    "fsm-reset": ("ops_state", "fsm_reset"),
+    "fsm-transition": ("ops_state", "fsm_transition"),
+    "pod-status": ("probes", "pod_status"),
+    "bootstrap": ("bootstrap", "bootstrap"),
+    "checkout": ("checkout", "checkout"),
+    "task-run": ("tasks", "task_run"),
+    "task-status": ("tasks", "task_status"),
+    "task-list": ("tasks", "task_list"),
+    "task-kill": ("tasks", "task_kill"),
+    "task-wait": ("tasks", "task_wait"),
+    "task-logs": ("tasks", "task_logs"),
+    "sweep-start": ("campaigns", "sweep_start"),
+    "sweep-status": ("campaigns", "sweep_status"),
+    "sweep-stop": ("campaigns", "sweep_stop"),
+    "fetch-list": ("fetchlist", "fetch_list"),
+}
+# ops that run for a long time in tmux, with argv
+LONG_OPS: Dict[str, Tuple[str, str]] = {
+    "supervise": ("supervisor", "supervise_main"),
+    "sweep-exec": ("executor", "executor_main"),
+}
+
+
+def _load(module: str, function: str) -> Callable[..., Any]:
+    package = __name__.rsplit(".", 1)[0]
+    return getattr(importlib.import_module(f"{package}.{module}"), function)  # type: ignore[no-any-return]
+
+
+def _emit(reply: Dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(reply, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: List[str]) -> int:
+    if not argv:
+        sys.stderr.write("usage: agent OP  (ops: %s)\n" % ", ".join(sorted([*OPS, *LONG_OPS])))
+        return ExitCode.USAGE
+    op, rest = argv[0], argv[1:]
+    if op in LONG_OPS:
+        return int(_load(*LONG_OPS[op])(rest) or 0)
+    if op not in OPS:
+        _emit({"ok": False, "error": f"unknown agent op {op!r}; the local workflow.sh and the pod agent "
+               "disagree (re-run to re-upload)", "code": ExitCode.USAGE})
+        return ExitCode.USAGE
+    try:
+        request = json.loads(sys.stdin.read() or "{}")
+        ctx = Context(request.get("config", {}), request.get("args", {}), request.get("env_file"))
+        result = _load(*OPS[op])(ctx)
+    except WorkflowError as exc:
+        _emit({"ok": False, "error": exc.message, "code": exc.code})
+        return exc.code
+    except KeyboardInterrupt:
+        _emit({"ok": False, "error": "interrupted", "code": ExitCode.FAILED})
+        return ExitCode.FAILED
+    _emit({"ok": True, "result": result})
+    return ExitCode.OK

@@ -1,0 +1,267 @@
+"""checkout: clone/update REPO_URL, make the run venv, install, verify torch/CUDA and the data.
+
+Every failure names the check that failed and how to fix it. Nothing the tool did not create
+is deleted: a dirty tree is refused (unless CHECKOUT_FORCE_CLEAN=1), a foreign directory or
+venv is refused, and VENV_RECREATE only rebuilds a venv this tool made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+from . import fsm, procs, shards
+from .context import Context, expand
+from .errors import ExitCode, WorkflowError
+
+VENV_MARKER = ".workflow-venv.json"
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
+           "LC_ALL": "C"}
+
+
+class Git:
+    def __init__(self, repo: str, timeout: int) -> None:
+        self.repo = repo
+        self.timeout = timeout
+
+    def __call__(self, *args: str, what: str, fix: str) -> str:
+        return procs.check(["git", "-C", self.repo, *args], what, fix, timeout=self.timeout, env=GIT_ENV).strip()
+
+    def try_(self, *args: str) -> Optional[str]:
+        code, out = procs.run(["git", "-C", self.repo, *args], timeout=self.timeout, env=GIT_ENV)
+        return out.strip() if code == 0 else None
+
+
+def _same_url(a: str, b: str) -> bool:
+    def norm(url: str) -> str:
+        url = url.strip().rstrip("/")
+        if url.startswith("file://"):
+            url = url[len("file://"):]
+        if url.startswith("/") or url.startswith("~"):
+            url = os.path.realpath(os.path.expanduser(url))
+        return url[:-4] if url.endswith(".git") else url
+
+    return norm(a) == norm(b)
+
+
+def update_repo(ctx: Context) -> Dict[str, Any]:
+    url = ctx.get("REPO_URL")
+    repo = ctx.path("OPS_REMOTE_REPO")
+    timeout = ctx.number("CHECKOUT_TIMEOUT_SECS", 1800)
+    branch, pr = ctx.get("CHECKOUT_BRANCH"), ctx.get("CHECKOUT_PR")
+    if not url:
+        raise WorkflowError("checkout needs REPO_URL (the git URL to clone); set it in workflow.env", ExitCode.USAGE)
+    git = Git(repo, timeout)
+    fresh = not os.path.exists(repo) or (os.path.isdir(repo) and not os.listdir(repo))
+    if fresh:
+        Context.progress(f"checkout: cloning {url} into {repo}")
+        os.makedirs(os.path.dirname(repo), exist_ok=True)
+        procs.check(["git", "clone", "--quiet", url, repo], "git clone",
+                    "check REPO_URL and that the pod can reach it (deploy key / token)", timeout=timeout, env=GIT_ENV)
+    else:
+        if not os.path.isdir(os.path.join(repo, ".git")):
+            raise WorkflowError(f"checkout: OPS_REMOTE_REPO {repo} exists and is not a git checkout; it is left "
+                                "alone: point OPS_REMOTE_REPO elsewhere or move it away", ExitCode.REFUSED)
+        origin = git.try_("remote", "get-url", "origin") or ""
+        if not _same_url(origin, url):
+            raise WorkflowError(f"checkout: {repo} is a clone of {origin!r}, not REPO_URL {url!r}; point "
+                                "OPS_REMOTE_REPO elsewhere or fix REPO_URL", ExitCode.REFUSED)
+        dirty = git("status", "--porcelain", "--untracked-files=no", what="git status", fix="inspect the repo")
+        if dirty:
+            if not ctx.flag("CHECKOUT_FORCE_CLEAN"):
+                files = ", ".join(line[3:] for line in dirty.splitlines()[:5])
+                raise WorkflowError(f"checkout: uncommitted changes on the pod in {repo} ({files}); commit or "
+                                    "stash them there, or set CHECKOUT_FORCE_CLEAN=1 to discard them",
+                                    ExitCode.REFUSED)
+            Context.progress("checkout: CHECKOUT_FORCE_CLEAN=1: discarding uncommitted changes (git reset --hard)")
+            git("reset", "--hard", "--quiet", what="git reset", fix="inspect the repo")
+        Context.progress(f"checkout: fetching {url}")
+        git("fetch", "--quiet", "--prune", "origin", what="git fetch", fix="check that the pod can reach REPO_URL")
+    if pr:
+        number = pr.split("/")[1] if "/" in pr else pr
+        ref = f"refs/remotes/origin/pr/{number}"
+        git("fetch", "--quiet", "origin", f"+pull/{number}/head:{ref}", what=f"fetching pull request {number}",
+            fix="check CHECKOUT_PR and that the remote serves pull/N/head refs (GitHub does)")
+        git("checkout", "--quiet", "-B", f"pr-{number}", ref, what=f"checking out PR {number}", fix="inspect the repo")
+        label = f"PR {number}"
+    else:
+        if not branch:
+            head = git.try_("symbolic-ref", "--short", "refs/remotes/origin/HEAD") or ""
+            branch = head.split("/", 1)[1] if "/" in head else (git.try_("rev-parse", "--abbrev-ref", "HEAD") or "")
+        if not git.try_("rev-parse", "--verify", "--quiet", f"refs/remotes/origin/{branch}"):
+            raise WorkflowError(f"checkout: branch {branch!r} does not exist on {url}; fix CHECKOUT_BRANCH",
+                                ExitCode.FAILED)
+        if git.try_("rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"):
+            git("checkout", "--quiet", branch, what=f"git checkout {branch}", fix="inspect the repo")
+            git("merge", "--quiet", "--ff-only", f"origin/{branch}", what=f"updating {branch}",
+                fix="the pod's branch has commits that are not on the remote: push them, or reset the branch")
+        else:
+            git("checkout", "--quiet", "-b", branch, f"origin/{branch}", what=f"git checkout {branch}",
+                fix="inspect the repo")
+        label = f"branch {branch}"
+    if os.path.exists(os.path.join(repo, ".gitmodules")):
+        git("submodule", "update", "--init", "--recursive", "--quiet", what="git submodule update",
+            fix="check the submodule URLs")
+    sha = git("rev-parse", "HEAD", what="git rev-parse", fix="inspect the repo")
+    expected = ctx.get("EXPECT_GIT_SHA").lower()
+    if expected and not sha.lower().startswith(expected):
+        raise WorkflowError(f"checkout: HEAD of {label} is {sha[:12]}, but EXPECT_GIT_SHA is {expected}; push that "
+                            "commit or fix EXPECT_GIT_SHA", ExitCode.FAILED)
+    Context.progress(f"checkout: {label} at {sha[:12]}")
+    return {"repo": repo, "sha": sha, "ref": label}
+
+
+_PY_INFO = ("import json, site, sys; print(json.dumps({'prefix': sys.prefix, 'base_prefix': sys.base_prefix, "
+            "'executable': sys.executable, 'version': sys.version.split()[0], "
+            "'site': [p for p in site.getsitepackages() if p.startswith(sys.prefix)]}))")
+
+
+def python_info(python_bin: str) -> Dict[str, Any]:
+    code, out = procs.run([python_bin, "-c", _PY_INFO], timeout=60)
+    if code != 0:
+        raise WorkflowError(f"checkout: REMOTE_PYTHON_BIN {python_bin!r} does not run ({procs.tail(out)}); set it to "
+                            "the python that has torch (e.g. /opt/conda/bin/python)", ExitCode.FAILED)
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def ensure_venv(ctx: Context) -> Dict[str, Any]:
+    venv = ctx.path("VENV_DIR")
+    python_bin = ctx.get("REMOTE_PYTHON_BIN") or "python3"
+    marker = os.path.join(venv, VENV_MARKER)
+    info = python_info(python_bin)
+    if os.path.exists(venv):
+        if not os.path.exists(marker):
+            raise WorkflowError(f"checkout: VENV_DIR {venv} exists but was not made by workflow.sh; it is left "
+                                "alone: set VENV_DIR elsewhere or move it away", ExitCode.REFUSED)
+        with open(marker) as handle:
+            made_from = json.load(handle).get("python")
+        if ctx.flag("VENV_RECREATE"):
+            Context.progress(f"checkout: VENV_RECREATE=1: rebuilding {venv}")
+            aside = f"{venv}.old-{int(time.time())}"
+            os.rename(venv, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        elif made_from != info["executable"]:
+            raise WorkflowError(f"checkout: {venv} was made from {made_from}, but REMOTE_PYTHON_BIN is now "
+                                f"{info['executable']}; set VENV_RECREATE=1 once to rebuild it", ExitCode.FAILED)
+        else:
+            return {"venv": venv, "created": False, "python": info["executable"]}
+    Context.progress(f"checkout: creating venv {venv} (--system-site-packages, from {info['executable']})")
+    procs.check([python_bin, "-m", "venv", "--system-site-packages", venv], "creating the venv",
+                "install python3-venv (bootstrap does with AUTO_INSTALL_PREREQS=1)", timeout=300)
+    if info["prefix"] != info["base_prefix"] and info["site"]:
+        # REMOTE_PYTHON_BIN is itself a venv: --system-site-packages would only reach its base python,
+        # so expose the parent venv's packages (torch) the same way.
+        venv_site = _venv_site(venv)
+        with open(os.path.join(venv_site, "_workflow_parent_venv.pth"), "w") as handle:
+            handle.write("\n".join(info["site"]) + "\n")
+    with open(marker, "w") as handle:
+        json.dump({"python": info["executable"], "version": info["version"]}, handle)
+    return {"venv": venv, "created": True, "python": info["executable"]}
+
+
+def _venv_site(venv: str) -> str:
+    code, out = procs.run([os.path.join(venv, "bin", "python"), "-c",
+                           "import site; print(site.getsitepackages()[0])"], timeout=60)
+    if code != 0:
+        raise WorkflowError(f"checkout: the new venv {venv} does not run: {procs.tail(out)}", ExitCode.FAILED)
+    return out.strip().splitlines()[-1]
+
+
+def pip_install(ctx: Context, repo: str, venv: str) -> List[str]:
+    args = ctx.words("PIP_INSTALL_ARGS")
+    if args == ["auto"]:
+        if os.path.exists(os.path.join(repo, "requirements.txt")):
+            args = ["-r", "requirements.txt"]
+        elif os.path.exists(os.path.join(repo, "pyproject.toml")) or os.path.exists(os.path.join(repo, "setup.py")):
+            args = ["-e", "."]
+        else:
+            args = []
+    if not args:
+        return []
+    Context.progress(f"checkout: pip install {' '.join(args)}")
+    procs.check([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "--disable-pip-version-check",
+                 "--quiet", *args], "pip install " + " ".join(args),
+                "fix PIP_INSTALL_ARGS or the requirements (the pod must reach the package index)", cwd=repo,
+                timeout=ctx.number("CHECKOUT_TIMEOUT_SECS", 1800))
+    return args
+
+
+_TORCH_PROBE = ("import json, torch; print(json.dumps({'torch': torch.__version__, 'cuda': torch.cuda.is_available(), "
+                "'cuda_version': torch.version.cuda, 'devices': torch.cuda.device_count()}))")
+
+
+def check_torch(ctx: Context, venv: str) -> Dict[str, Any]:
+    code, out = procs.run([os.path.join(venv, "bin", "python"), "-c", _TORCH_PROBE], timeout=300)
+    if code != 0:
+        raise WorkflowError(
+            f"checkout: torch check: the venv's python cannot import torch ({procs.tail(out, 1)}); the pod image "
+            "should ship torch: set REMOTE_PYTHON_BIN to the python that has it, then VENV_RECREATE=1", ExitCode.FAILED)
+    info: Dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    if ctx.flag("REQUIRE_CUDA") and not info["cuda"]:
+        raise WorkflowError(f"checkout: CUDA check: torch {info['torch']} sees no CUDA device (cuda "
+                            f"{info['cuda_version']}); on a CPU host set REQUIRE_CUDA=0, else fix the driver/image",
+                            ExitCode.FAILED)
+    Context.progress(f"checkout: torch {info['torch']}, CUDA {'yes' if info['cuda'] else 'no'}"
+                     f" ({info['devices']} device(s))")
+    return info
+
+
+def ensure_data(ctx: Context, repo: str, venv: str) -> Dict[str, Any]:
+    data_dir = ctx.path("DATA_DIR")
+    if not ctx.flag("CHECK_DATA"):
+        return {"checked": False}
+    timeout = ctx.number("CHECKOUT_TIMEOUT_SECS", 1800)
+    workdir = os.path.join(repo, ctx.get("TRAIN_WORKDIR") or "examples/nanogpt")
+    python = os.path.join(venv, "bin", "python")
+    if not shards.present(data_dir) and ctx.flag("DOWNLOAD_FINEWEB"):
+        script = os.path.join(workdir, "data", "fineweb10B", "download.py")
+        if not os.path.exists(script):
+            raise WorkflowError(f"checkout: DOWNLOAD_FINEWEB=1 needs {script} in the repo; copy the shards into "
+                                "DATA_DIR yourself", ExitCode.FAILED)
+        from .probes import is_fuse
+
+        staging = data_dir
+        if is_fuse(data_dir):  # s3fs and friends break on append/resume: download on local disk first
+            staging = expand("~/.cache/workflow/fineweb-staging")
+            Context.progress(f"checkout: DATA_DIR is on a FUSE mount; staging the download in {staging}")
+        Context.progress(f"checkout: downloading a FineWeb shard pair into {staging}")
+        procs.check([python, script, "--out", staging], "FineWeb download", "check the pod's network (huggingface.co)",
+                    cwd=workdir, timeout=timeout)
+        if staging != data_dir:
+            os.makedirs(data_dir, exist_ok=True)
+            for split_paths in shards.find_shards(staging).values():
+                for path in split_paths:
+                    target = os.path.join(data_dir, os.path.basename(path))
+                    if not os.path.exists(target):
+                        shutil.copyfile(path, target + ".partial")
+                        os.replace(target + ".partial", target)
+    if not shards.present(data_dir) and ctx.flag("DATA_BUILD_OFFLINE"):
+        script = os.path.join(workdir, "data", "build_offline_shards.py")
+        if not os.path.exists(script):
+            raise WorkflowError(f"checkout: DATA_BUILD_OFFLINE=1 needs {script} in the repo", ExitCode.FAILED)
+        Context.progress(f"checkout: building offline shards from Python's own source into {data_dir}")
+        procs.check([python, script, "--out", data_dir], "building offline shards", "see the script's error",
+                    cwd=workdir, timeout=timeout)
+    result = shards.validate(data_dir)
+    Context.progress(f"checkout: data OK in {data_dir}: {result['train_shards']} train + {result['val_shards']} val "
+                     f"shards, {result['tokens']:,} tokens")
+    return {"checked": True, "data_dir": data_dir, **result}
+
+
+def checkout(ctx: Context) -> Dict[str, Any]:
+    record = fsm.read_state(ctx.state_file)
+    fsm.check_allowed(record, "checkout", ctx.enforce)
+    ctx.sync_env()
+    repo_info = update_repo(ctx)
+    venv_info = ensure_venv(ctx)
+    installed = pip_install(ctx, repo_info["repo"], venv_info["venv"])
+    torch_info = check_torch(ctx, venv_info["venv"])
+    data_info = ensure_data(ctx, repo_info["repo"], venv_info["venv"])
+    record = fsm.transition(ctx.state_file, "checkout", f"checkout {repo_info['ref']} at {repo_info['sha'][:12]}",
+                            ctx.enforce)
+    return {**repo_info, **venv_info, "pip": installed, **torch_info, "data": data_info, "state": record.state,
+            "agent_python": sys.version.split()[0]}

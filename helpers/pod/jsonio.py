@@ -1,0 +1,98 @@
+"""JSON state files on the pod: written atomically (temp + fsync + rename) under a lock.
+
+Readers never see a half-written file: a writer creates a temp file in the same directory and
+renames it over the old one. Read-modify-write cycles hold an flock on a sibling ``.lock`` file.
+An unreadable or corrupt file is an error (exit 6), never silently treated as empty.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import os
+import tempfile
+from typing import Any, Iterator, Optional
+
+from .errors import ExitCode, WorkflowError
+
+
+def utc_now() -> str:
+    """UTC timestamp with milliseconds, ISO 8601 with a Z."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_utc(text: Optional[str]) -> Optional[float]:
+    if not text:
+        return None
+    try:
+        stamp = _dt.datetime.strptime(text.rstrip("Z"), "%Y-%m-%dT%H:%M:%S.%f")
+    except ValueError:
+        try:
+            stamp = _dt.datetime.strptime(text.rstrip("Z"), "%Y-%m-%dT%H:%M:%S")
+        except ValueError:
+            return None
+    return stamp.replace(tzinfo=_dt.timezone.utc).timestamp()
+
+
+def write_json(path: str, data: Any, mode: int = 0o644) -> None:
+    """Atomically replace ``path`` with ``data`` as JSON."""
+    write_bytes(path, (json.dumps(data, indent=1, sort_keys=False) + "\n").encode("utf-8"), mode)
+
+
+def write_bytes(path: str, payload: bytes, mode: int = 0o644) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path: str, what: str = "state file") -> Optional[Any]:
+    """The parsed file, None if it does not exist; a corrupt file raises exit 6."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise WorkflowError(f"cannot read {what} {path}: {exc.strerror}", ExitCode.STATE_UNREADABLE) from None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WorkflowError(f"{what} {path} is corrupt ({exc.__class__.__name__}: {str(exc)[:80]})",
+                            ExitCode.STATE_UNREADABLE) from None
+
+
+@contextlib.contextmanager
+def locked(path: str) -> Iterator[None]:
+    """Hold an exclusive flock on ``path + '.lock'`` (created if needed)."""
+    lock_path = path + ".lock"
+    os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def append_jsonl(path: str, record: Any) -> None:
+    """Append one JSON line (O_APPEND writes of one line are atomic enough for logs)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    line = (json.dumps(record, sort_keys=False) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)

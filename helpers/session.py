@@ -1,0 +1,132 @@
+"""One invocation of workflow.sh: its config, its one connection to the pod, its output mode."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from helpers.agent import Agent
+from helpers.config import Config, ConfigRequest, load_config
+from helpers.errors import ExitCode, WorkflowError
+from helpers.transport import LocalTransport, SSHTransport, Transport, endpoint_from_ssh_config
+
+if TYPE_CHECKING:
+    from helpers.cli import Command
+
+
+class Session:
+    def __init__(self, cfg: Config, options: argparse.Namespace, command: Command) -> None:
+        self.cfg = cfg
+        self.options = options
+        self.command = command
+        self._transport: Transport | None = None
+        self._agent: Agent | None = None
+
+    @property
+    def dry_run(self) -> bool:
+        return bool(getattr(self.options, "dry_run", False))
+
+    @property
+    def as_json(self) -> bool:
+        return bool(getattr(self.options, "json", False))
+
+    # -- the pod
+    def transport(self) -> Transport:
+        if self._transport is None:
+            self._transport = make_transport(self.cfg)
+        return self._transport
+
+    def agent(self) -> Agent:
+        if self._agent is None:
+            self._agent = Agent(self.transport(), self.cfg)
+        return self._agent
+
+    def call(self, op: str, args: dict[str, Any] | None = None, *, sync_env: bool = False,
+             timeout: float | None = None) -> Any:
+        """Call a pod agent op; for Lium targets a stale cached endpoint is re-resolved once."""
+        try:
+            return self.agent().call(op, args, sync_env=sync_env, timeout=timeout)
+        except WorkflowError as exc:
+            if exc.code != ExitCode.TRANSPORT or self.cfg.target != "lium" or self._agent is None:
+                raise
+            if self._agent.uploads or getattr(self._transport, "_client", None) is not None:
+                raise  # we did reach the pod: not a stale endpoint
+            self.close()
+            self._transport = make_transport(self.cfg, refresh=True)
+            return self.agent().call(op, args, sync_env=sync_env, timeout=timeout)
+
+    # -- output
+    def print(self, text: str = "") -> None:
+        sys.stdout.write(text + "\n")
+
+    def emit_json(self, data: Any) -> None:
+        sys.stdout.write(json.dumps(data, indent=1, default=str) + "\n")
+
+    def note(self, text: str) -> None:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+            self._agent = None
+
+
+def make_transport(cfg: Config, refresh: bool = False) -> Transport:
+    if cfg.target == "local":
+        return LocalTransport()
+    timeout = cfg.int("SSH_CONNECT_TIMEOUT_SECS") or 15
+    keepalive = cfg.int("SSH_KEEPALIVE_SECS") or 15
+    ssh_config = cfg.local_path("OPS_SSH_CONFIG")
+    if cfg.target == "lium":
+        from helpers.cmd_lium import resolve_lium_endpoint
+
+        endpoint = resolve_lium_endpoint(cfg, refresh=refresh)
+        return SSHTransport(endpoint, timeout, keepalive, None)
+    known_hosts = cfg.local_path("OPS_KNOWN_HOSTS") or Path("~/.ssh/known_hosts").expanduser()
+    endpoint = endpoint_from_ssh_config(cfg.str("OPS_DEFAULT_HOST"), ssh_config, known_hosts,
+                                        cfg.local_path("OPS_SSH_KEY"))
+    return SSHTransport(endpoint, timeout, keepalive, ssh_config)
+
+
+def run_command(command: Command, options: argparse.Namespace, root: Path) -> int:
+    debug = bool(getattr(options, "debug", False))
+    session: Session | None = None
+    try:
+        if command.json is False and getattr(options, "json", False):
+            raise WorkflowError(f"{command.name} has no --json output", ExitCode.USAGE)
+        if not command.changes and getattr(options, "dry_run", False) and command.name != "help":
+            raise WorkflowError(f"{command.name} changes nothing; --dry-run is for commands that do",
+                                ExitCode.USAGE)
+        if command.name == "help":
+            from helpers.cli import cmd_help
+
+            return cmd_help(argparse.Namespace(options=options))
+        request = ConfigRequest(
+            project_root=root,
+            env_file=Path(options.env_file) if getattr(options, "env_file", None) else None,
+            profile=getattr(options, "profile", None),
+            overrides=tuple(getattr(options, "overrides", None) or ()),
+        )
+        cfg = load_config(request)
+        session = Session(cfg, options, command)
+        handler = getattr(importlib.import_module(f"helpers.{command.module}"), command.handler)
+        return int(handler(session) or 0)
+    except WorkflowError as exc:
+        if debug:
+            traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.write(f"workflow.sh {command.name}: {exc.message}\n")
+        return exc.code
+    except KeyboardInterrupt:
+        sys.stderr.write(f"workflow.sh {command.name}: interrupted\n")
+        return 130
+    finally:
+        if session is not None:
+            session.close()

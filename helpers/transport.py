@@ -1,0 +1,363 @@
+"""Run argv lists on "the pod": this machine (`local`) or one SSH connection (paramiko).
+
+One connection per invocation, reused for every step; never prompts (no passwords, no
+passphrase prompts); bounded connect time and keepalives; host keys accepted on first use,
+appended to the known_hosts file and pinned after that (a changed key is refused, exit 3).
+Remote commands are argv lists quoted at one boundary (`remote_command_string`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import selectors
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from helpers.endpoint import SSHEndpoint
+from helpers.errors import ExitCode, WorkflowError
+
+if TYPE_CHECKING:
+    import paramiko
+
+Sink = Callable[[bytes], None]
+
+# a small constant script: create the parent directory, write stdin to a temp file, rename
+_PUT_SCRIPT = 'umask 077; mkdir -p "$(dirname "$1")" && cat > "$1.tmp.$$" && chmod "$2" "$1.tmp.$$" && mv -f "$1.tmp.$$" "$1"'
+
+
+@dataclass
+class CommandResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+def remote_command_string(argv: Sequence[str]) -> str:
+    """The one place an argv becomes a shell string. A leading ``~/`` stays expandable."""
+    words = []
+    for arg in argv:
+        if arg.startswith("~/"):
+            words.append("~/" + shlex.quote(arg[2:]))
+        else:
+            words.append(shlex.quote(arg))
+    return " ".join(words)
+
+
+class Transport(ABC):
+    kind: str = ""
+    description: str = ""
+
+    @abstractmethod
+    def run(self, argv: Sequence[str], stdin: bytes = b"", timeout: float | None = None,
+            on_stdout: Sink | None = None, on_stderr: Sink | None = None) -> CommandResult:
+        """Run ``argv`` on the pod; ``on_*`` receive output as it arrives (else it is collected)."""
+
+    def put(self, data: bytes, path: str, mode: int = 0o644) -> None:
+        """Write ``data`` to ``path`` on the pod atomically (parent created)."""
+        result = self.run(["sh", "-c", _PUT_SCRIPT, "sh", path, f"{mode:o}"], stdin=data, timeout=120)
+        if result.exit_code != 0:
+            raise WorkflowError(f"cannot write {path} on {self.description}: "
+                                f"{result.stderr.decode(errors='replace').strip()[:200]}", ExitCode.FAILED)
+
+    @property
+    @abstractmethod
+    def agent_python(self) -> str:
+        """The python3 that runs the pod agent."""
+
+    def rsync_shell(self) -> list[str] | None:
+        """argv of the ssh command rsync should use (-e), None on the local target."""
+        return None
+
+    def rsync_host(self) -> str | None:
+        return None
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+# ----------------------------------------------------------------------------- local
+
+
+class LocalTransport(Transport):
+    """The `local` target: this machine stands in for the pod; no SSH."""
+
+    kind = "local"
+    description = "this machine (local target)"
+
+    @property
+    def agent_python(self) -> str:
+        return sys.executable
+
+    def run(self, argv: Sequence[str], stdin: bytes = b"", timeout: float | None = None,
+            on_stdout: Sink | None = None, on_stderr: Sink | None = None) -> CommandResult:
+        args = [os.path.expanduser(a) if a.startswith("~/") else a for a in argv]
+        try:
+            proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+        except FileNotFoundError:
+            return CommandResult(127, b"", f"{args[0]}: command not found\n".encode())
+        assert proc.stdin and proc.stdout and proc.stderr
+        if stdin:
+            try:
+                proc.stdin.write(stdin)
+            except BrokenPipeError:
+                pass
+        proc.stdin.close()
+        out, err = _pump([(proc.stdout, on_stdout), (proc.stderr, on_stderr)], timeout,
+                         lambda: proc.kill())
+        return CommandResult(proc.wait(), out, err)
+
+
+def _pump(streams: list[tuple[Any, Sink | None]], timeout: float | None,
+          on_timeout: Callable[[], None]) -> tuple[bytes, bytes]:
+    """Read pipes until EOF, forwarding to sinks or collecting; enforce ``timeout``."""
+    collected = [bytearray(), bytearray()]
+    selector = selectors.DefaultSelector()
+    for index, (stream, _) in enumerate(streams):
+        os.set_blocking(stream.fileno(), False)
+        selector.register(stream, selectors.EVENT_READ, index)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    open_count = len(streams)
+    while open_count:
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if wait == 0.0:
+            on_timeout()
+            raise WorkflowError(f"command on the pod did not finish within {timeout:.0f}s", ExitCode.FAILED)
+        for key, _ in selector.select(wait):
+            chunk = os.read(key.fileobj.fileno(), 65536)  # type: ignore[union-attr]
+            index = key.data
+            if not chunk:
+                selector.unregister(key.fileobj)
+                open_count -= 1
+                continue
+            sink = streams[index][1]
+            if sink is not None:
+                sink(chunk)
+            else:
+                collected[index] += chunk
+    return bytes(collected[0]), bytes(collected[1])
+
+
+# ----------------------------------------------------------------------------- ssh
+
+
+def parse_host(spec: str) -> tuple[str | None, str, int | None]:
+    """``[user@]host[:port]`` -> (user, host, port)."""
+    user = None
+    if "@" in spec:
+        user, spec = spec.split("@", 1)
+    port = None
+    if spec.startswith("["):
+        host, _, rest = spec[1:].partition("]")
+        if rest.startswith(":"):
+            port = int(rest[1:])
+    elif spec.count(":") == 1:
+        host, port_text = spec.split(":")
+        port = int(port_text)
+    else:
+        host = spec
+    return user, host, port
+
+
+def endpoint_from_ssh_config(spec: str, ssh_config: Path | None, known_hosts: Path,
+                             key_file: Path | None) -> SSHEndpoint:
+    """Resolve OPS_DEFAULT_HOST through ssh_config like `ssh` would (explicit parts win)."""
+    user, alias, port = parse_host(spec)
+    options: dict[str, Any] = {}
+    if ssh_config is not None and ssh_config.is_file():
+        _import_paramiko()
+        import paramiko
+
+        try:
+            options = paramiko.SSHConfig.from_path(str(ssh_config)).lookup(alias)
+        except Exception as exc:  # paramiko raises several types for bad configs
+            raise WorkflowError(f"cannot read ssh config {ssh_config}: {exc}", ExitCode.USAGE) from None
+    if options.get("proxyjump"):
+        raise WorkflowError(f"{ssh_config}: ProxyJump for {alias} is not supported; use "
+                            "ProxyCommand ssh -W %h:%p <jumphost> instead", ExitCode.USAGE)
+    identity = str(key_file) if key_file else None
+    if identity is None and options.get("identityfile"):
+        identity = os.path.expanduser(options["identityfile"][0])
+    return SSHEndpoint(
+        host=options.get("hostname", alias),
+        port=port or int(options.get("port", 22)),
+        user=user or options.get("user"),
+        key_filename=identity,
+        known_hosts=str(known_hosts),
+        ssh_alias=alias,
+        proxy_command=options.get("proxycommand"),
+    )
+
+
+_paramiko_imported = False
+
+
+def _import_paramiko() -> None:
+    """Import paramiko without `invoke` (only needed for ssh_config `Match exec`; ~120 ms)."""
+    global _paramiko_imported
+    if not _paramiko_imported:
+        sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
+        import paramiko  # noqa: F401
+
+        _paramiko_imported = True
+
+
+def _append_known_host(path: str, hostname: str, key_type: str, key_b64: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{hostname} {key_type} {key_b64}\n".encode())
+    finally:
+        os.close(fd)
+
+
+class SSHTransport(Transport):
+    kind = "ssh"
+
+    def __init__(self, endpoint: SSHEndpoint, connect_timeout: int, keepalive: int,
+                 ssh_config: Path | None = None) -> None:
+        self.endpoint = endpoint
+        self.connect_timeout = connect_timeout
+        self.keepalive = keepalive
+        self.ssh_config = ssh_config
+        self.description = endpoint.display()
+        self._client: paramiko.SSHClient | None = None
+
+    @property
+    def agent_python(self) -> str:
+        return "python3"
+
+    def _connect(self) -> paramiko.SSHClient:
+        if self._client is not None:
+            return self._client
+        _import_paramiko()
+        import paramiko
+
+        ep = self.endpoint
+        known_hosts = ep.known_hosts or os.path.expanduser("~/.ssh/known_hosts")
+        client = paramiko.SSHClient()
+        if os.path.exists(known_hosts):
+            try:
+                client.load_host_keys(known_hosts)
+            except (OSError, paramiko.SSHException) as exc:
+                raise WorkflowError(f"cannot read known_hosts {known_hosts}: {exc}", ExitCode.USAGE) from None
+
+        class AcceptNew(paramiko.MissingHostKeyPolicy):
+            def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+                _append_known_host(known_hosts, hostname, key.get_name(), key.get_base64())
+                client.get_host_keys().add(hostname, key.get_name(), key)
+
+        client.set_missing_host_key_policy(AcceptNew())
+        sock = paramiko.ProxyCommand(ep.proxy_command) if ep.proxy_command else None
+        kwargs: dict[str, Any] = dict(
+            hostname=ep.host, port=ep.port, username=ep.user or _local_user(), timeout=self.connect_timeout,
+            banner_timeout=self.connect_timeout, auth_timeout=self.connect_timeout, sock=sock,
+        )
+        if ep.key_filename:
+            kwargs.update(key_filename=os.path.expanduser(ep.key_filename), look_for_keys=False,
+                          allow_agent=False)
+        where = ep.display()
+        try:
+            client.connect(**kwargs)
+        except paramiko.BadHostKeyException:
+            host = ep.host if ep.port == 22 else f"[{ep.host}]:{ep.port}"
+            raise WorkflowError(
+                f"host key of {where} does not match the one pinned in {known_hosts} (a different machine "
+                f"answers, or the pod was re-created); if you trust it, remove the old key: ssh-keygen -R "
+                f"'{host}' -f {known_hosts}", ExitCode.TRANSPORT) from None
+        except paramiko.AuthenticationException as exc:
+            raise WorkflowError(f"cannot log in to {where}: {exc}; check OPS_SSH_KEY / IdentityFile and the "
+                                "pod's authorized_keys", ExitCode.TRANSPORT) from None
+        except (OSError, socket.timeout, paramiko.SSHException, EOFError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+            raise WorkflowError(f"cannot reach {where}: {reason} (waited at most {self.connect_timeout}s); "
+                                "check that the pod is up and OPS_DEFAULT_HOST / LIUM_TARGET", ExitCode.TRANSPORT
+                                ) from None
+        transport = client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(self.keepalive)
+        self._client = client
+        return client
+
+    def run(self, argv: Sequence[str], stdin: bytes = b"", timeout: float | None = None,
+            on_stdout: Sink | None = None, on_stderr: Sink | None = None) -> CommandResult:
+        client = self._connect()
+        transport = client.get_transport()
+        assert transport is not None
+        import paramiko
+
+        try:
+            channel = transport.open_session(timeout=self.connect_timeout)
+            channel.exec_command(remote_command_string(argv))
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise WorkflowError(f"lost the connection to {self.description}: {exc}", ExitCode.TRANSPORT) from None
+        out, err = bytearray(), bytearray()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                got = False
+                while channel.recv_ready():
+                    chunk = channel.recv(65536)
+                    got = True
+                    on_stdout(chunk) if on_stdout else out.extend(chunk)
+                while channel.recv_stderr_ready():
+                    chunk = channel.recv_stderr(65536)
+                    got = True
+                    on_stderr(chunk) if on_stderr else err.extend(chunk)
+                if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                    break
+                if not transport.is_active():
+                    raise WorkflowError(f"lost the connection to {self.description}", ExitCode.TRANSPORT)
+                if deadline is not None and time.monotonic() > deadline:
+                    channel.close()
+                    raise WorkflowError(f"command on {self.description} did not finish within {timeout:.0f}s",
+                                        ExitCode.FAILED)
+                if not got:
+                    channel.status_event.wait(0.01)
+            code = channel.recv_exit_status()
+        finally:
+            channel.close()
+        return CommandResult(code if code >= 0 else 255, bytes(out), bytes(err))
+
+    def rsync_shell(self) -> list[str]:
+        ep = self.endpoint
+        argv = ["ssh", "-F", str(self.ssh_config) if self.ssh_config and self.ssh_config.is_file() else "/dev/null",
+                "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}",
+                "-o", f"ServerAliveInterval={self.keepalive}", "-o", "ServerAliveCountMax=4",
+                "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={ep.known_hosts}",
+                "-p", str(ep.port)]
+        if ep.user:
+            argv += ["-l", ep.user]
+        if ep.key_filename:
+            argv += ["-i", os.path.expanduser(ep.key_filename), "-o", "IdentitiesOnly=yes"]
+        if ep.proxy_command:
+            argv += ["-o", f"ProxyCommand={ep.proxy_command}"]
+        return argv
+
+    def rsync_host(self) -> str:
+        host = self.endpoint.ssh_alias or self.endpoint.host
+        return f"[{host}]" if ":" in host else host
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def _local_user() -> str:
+    import getpass
+
+    return getpass.getuser()

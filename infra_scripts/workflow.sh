@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# workflow.sh: the one entrypoint. Experiments on GPU pods from one config file (workflow.env).
+#
+# Thin on purpose: find the checkout, make sure its venv exists (created on first use in
+# .workflow/venv), then hand every argument to the Python CLI (helpers/cli.py), which holds
+# the command table, the usage text and all logic. `workflow.sh help` lists the commands.
+#
+# Environment: WORKFLOW_VENV=DIR uses an existing venv instead of .workflow/venv;
+#              WORKFLOW_PYTHON=python3.X is the python that creates the venv (default python3);
+#              WORKFLOW_VENV_EXTRAS=train,... installs optional extras into it (see pyproject.toml).
+set -euo pipefail
+
+die() {
+  printf 'workflow.sh: %s\n' "$*" >&2
+  exit 2
+}
+
+repo_root() {
+  local source="${BASH_SOURCE[0]}"
+  while [[ -L "${source}" ]]; do
+    local dir
+    dir="$(cd -P "$(dirname "${source}")" && pwd)"
+    source="$(readlink "${source}")"
+    [[ "${source}" == /* ]] || source="${dir}/${source}"
+  done
+  cd -P "$(dirname "${source}")/.." && pwd
+}
+
+install_venv() {
+  local root="$1" venv="$2"
+  local base_python="${WORKFLOW_PYTHON:-python3}"
+  local spec="${root}"
+  command -v "${base_python}" >/dev/null 2>&1 || die "${base_python} not found; install Python 3.10+ or set WORKFLOW_PYTHON"
+  if [[ -n "${WORKFLOW_VENV_EXTRAS:-}" ]]; then
+    spec="${root}[${WORKFLOW_VENV_EXTRAS}]"
+  fi
+  printf 'workflow.sh: setting up %s (first run; about a minute)\n' "${venv}" >&2
+  if [[ ! -x "${venv}/bin/python" ]]; then
+    "${base_python}" -m venv "${venv}" || die "cannot create a venv with ${base_python} (install python3-venv)"
+  fi
+  "${venv}/bin/python" -m pip install --quiet --disable-pip-version-check -e "${spec}" >&2 \
+    || die "pip install into ${venv} failed; see the messages above"
+  touch "${venv}/.workflow-stamp"
+}
+
+venv_python() {
+  local root="$1"
+  if [[ -n "${WORKFLOW_VENV:-}" ]]; then
+    [[ -x "${WORKFLOW_VENV}/bin/python" ]] || die "WORKFLOW_VENV=${WORKFLOW_VENV} has no bin/python"
+    printf '%s\n' "${WORKFLOW_VENV}/bin/python"
+    return
+  fi
+  local venv="${root}/.workflow/venv"
+  if [[ ! -f "${venv}/.workflow-stamp" || "${root}/pyproject.toml" -nt "${venv}/.workflow-stamp" ]]; then
+    mkdir -p "${root}/.workflow"
+    install_venv "${root}" "${venv}"
+  fi
+  printf '%s\n' "${venv}/bin/python"
+}
+
+main() {
+  local root python
+  root="$(repo_root)"
+  python="$(venv_python "${root}")"
+  WORKFLOW_ROOT="${root}" PYTHONPATH="${root}${PYTHONPATH:+:${PYTHONPATH}}" exec "${python}" -m helpers.cli "$@"
+}
+
+main "$@"

@@ -1,0 +1,1 @@
+max_iters = 10  # fixture config for sweep CSV tests
