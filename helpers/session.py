@@ -41,6 +41,14 @@ class Session:
             self._transport = make_transport(self.cfg)
         return self._transport
 
+    def transport_label(self) -> str:
+        """Where the pod is, without connecting."""
+        if self.cfg.target == "local":
+            return "this machine (local target)"
+        if self.cfg.target == "lium":
+            return f"Lium pod {self.cfg.str('LIUM_TARGET')}"
+        return self.cfg.str("OPS_DEFAULT_HOST")
+
     def agent(self) -> Agent:
         if self._agent is None:
             self._agent = Agent(self.transport(), self.cfg)

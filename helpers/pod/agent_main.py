@@ -30,11 +30,14 @@ OPS: Dict[str, Tuple[str, str]] = {
     "task-list": ("tasks", "task_list"),
     "task-kill": ("tasks", "task_kill"),
     "task-wait": ("tasks", "task_wait"),
-    "task-logs": ("tasks", "task_logs"),
     "sweep-start": ("campaigns", "sweep_start"),
     "sweep-status": ("campaigns", "sweep_status"),
     "sweep-stop": ("campaigns", "sweep_stop"),
     "fetch-list": ("fetchlist", "fetch_list"),
+}
+# ops whose stdout is raw data (not a JSON reply); errors go to stderr
+STREAM_OPS: Dict[str, Tuple[str, str]] = {
+    "task-logs": ("tasks", "task_logs"),
 }
 # ops that run for a long time in tmux, with argv
 LONG_OPS: Dict[str, Tuple[str, str]] = {
@@ -55,11 +58,20 @@ def _emit(reply: Dict[str, Any]) -> None:
 
 def main(argv: List[str]) -> int:
     if not argv:
-        sys.stderr.write("usage: agent OP  (ops: %s)\n" % ", ".join(sorted([*OPS, *LONG_OPS])))
+        sys.stderr.write("usage: agent OP  (ops: %s)\n" % ", ".join(sorted([*OPS, *STREAM_OPS, *LONG_OPS])))
         return ExitCode.USAGE
     op, rest = argv[0], argv[1:]
     if op in LONG_OPS:
         return int(_load(*LONG_OPS[op])(rest) or 0)
+    if op in STREAM_OPS:
+        try:
+            request = json.loads(sys.stdin.read() or "{}")
+            return int(_load(*STREAM_OPS[op])(Context(request.get("config", {}), request.get("args", {}))))
+        except WorkflowError as exc:
+            sys.stderr.write(exc.message + "\n")
+            return exc.code
+        except (BrokenPipeError, KeyboardInterrupt):
+            return ExitCode.FAILED
     if op not in OPS:
         _emit({"ok": False, "error": f"unknown agent op {op!r}; the local workflow.sh and the pod agent "
                "disagree (re-run to re-upload)", "code": ExitCode.USAGE})

@@ -36,12 +36,12 @@ def parse_utc(text: Optional[str]) -> Optional[float]:
     return stamp.replace(tzinfo=_dt.timezone.utc).timestamp()
 
 
-def write_json(path: str, data: Any, mode: int = 0o644) -> None:
-    """Atomically replace ``path`` with ``data`` as JSON."""
-    write_bytes(path, (json.dumps(data, indent=1, sort_keys=False) + "\n").encode("utf-8"), mode)
+def write_json(path: str, data: Any, mode: int = 0o644, durable: bool = True) -> None:
+    """Atomically replace ``path`` with ``data`` as JSON (``durable`` also fsyncs it)."""
+    write_bytes(path, (json.dumps(data, indent=1, sort_keys=False) + "\n").encode("utf-8"), mode, durable)
 
 
-def write_bytes(path: str, payload: bytes, mode: int = 0o644) -> None:
+def write_bytes(path: str, payload: bytes, mode: int = 0o644, durable: bool = True) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
@@ -50,7 +50,8 @@ def write_bytes(path: str, payload: bytes, mode: int = 0o644) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

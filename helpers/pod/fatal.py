@@ -1,0 +1,444 @@
+"""Recognise fatal errors in a training process's output, and classify failed runs.
+
+The supervisor feeds every complete output line (without its newline) to one ``FatalMatcher``
+per task, in order; ``feed`` returns a ``FatalMatch`` when the output shows a known fatal error,
+and the supervisor then stops the task and marks it failed with ``match.failure_class``. A run
+that fails without a match is classified by ``classify_exit``.
+
+Lines may start with rank prefixes added by torchrun / DDP (``[rank0]: ``, ``[default1]:``,
+``[rank1]:[W...]``): they are stripped before matching, and tracebacks are tracked per prefix,
+so one rank's traceback interleaved with other ranks' lines is still read as one block. Only the
+text after the last carriage return counts (tqdm redraws its bar with ``\\r``).
+
+Single-line patterns (``DEFAULT_PATTERNS``, tried in order, first match wins) fire at once on
+the line they match. They are unanchored searches, except these, anchored at the start of the
+text after the rank prefix: data_file_not_found, data_error, data_no_such_file, interrupted
+(also at the end) and the ``[E... ProcessGroupNCCL...]`` alternative of nccl_timeout.
+Decisions: lines that are only warnings never match a default pattern: ``NCCL INFO|WARN|TRACE``
+(NCCL WARNs are often retried; a fatal NCCL failure then surfaces as an ``NCCL error`` /
+``DistBackendError`` line), Python ``warnings`` lines (``...Warning: ``) and glog ``W`` lines
+(``[W1019 ...]``). A bare ``Permission denied`` (e.g. from ``ls``) is not auth, only
+``Permission denied (publickey``. ``No such file or directory`` is data_missing only with a
+data-file extension and not from ``ls|stat|find|du|file`` probes. ``OutOfMemoryError`` needs
+its exception colon (``...OutOfMemoryError handler installed`` is no match); ``CUDA out of
+memory`` needs PyTorch's period. Config echoes (``nccl_timeout=600``, ``MAX_TRAIN_SAMPLES: 500``)
+match nothing: no pattern matches a bare number or a lower-case keyword.
+
+Tracebacks (class python_exception, pattern ``python_traceback``): a block starts at a line
+ending in ``Traceback (most recent call last):`` (after a rank prefix or a tqdm bar) and ends
+at its exception line: the first unindented line after the frames that looks like
+``Name`` or ``module.Name: message`` (up to 20 other unindented lines are skipped as
+interleaved output). Inside a block, single-line patterns are not fired: the class comes from
+the first exception line (or message line after it, or exception line earlier in a chain) that
+matches a user or default pattern (``torch.OutOfMemoryError: ...`` -> oom), else
+python_exception. Frame and source lines are never matched. Because a chained traceback
+("During handling of the above exception..." / "The above exception was the direct cause...")
+is only known to follow after the exception line, a block's match is held back until the
+output moves on: it is returned by ``feed`` when 30 lines have passed since the exception line
+(or chain header) or the same prefix starts an unchained traceback, else by ``flush()``. The
+supervisor must call ``flush()`` at end of output and when output has been quiet for about a
+second (``pending`` says one is held). So a chain gives one match, at its final exception line.
+
+A complete traceback fires even when the program logged a handled exception (that cannot be
+told apart in general): the supervisor stops the run, since the other DDP ranks would otherwise
+hang. Pass ``python_exception=False`` to disable that class (tracebacks whose exception matches
+a specific pattern still fire). torchrun's own ``ChildFailedError`` traceback never fires
+python_exception: the worker's output has the cause, or the worker died by a signal, which
+``classify_exit`` classifies. A traceback cut off before its exception line never fires.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable
+
+from .errors import ExitCode, WorkflowError
+
+FAILURE_CLASSES = ("oom", "cuda", "nccl", "disk_full", "data_missing", "auth", "python_exception",
+                   "timeout", "stalled", "killed", "lost", "nonzero_exit")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FatalPattern:
+    """One fatal-error pattern, searched in a line after its rank prefix is stripped."""
+
+    name: str
+    regex: re.Pattern[str]
+    failure_class: str
+    description: str
+
+
+@dataclass(frozen=True)
+class FatalMatch:
+    """A fatal error seen in the output. ``lines`` are raw lines as fed: for a single-line pattern
+    that line; for a traceback its header, its last ``File`` frame line (if any) and its final
+    exception line, plus the line that gave the class if that is another one (an exception
+    earlier in a chain, a message line). ``line_number``: of that line / the exception line."""
+
+    failure_class: str
+    pattern: str
+    description: str
+    lines: tuple[str, ...]
+    line_number: int
+
+
+_DATA_EXT = r"\.(?:bin|npy|npz|parquet|arrow|jsonl|csv|tsv|txt|idx|tfrecords?|tar|zst)\b"
+DEFAULT_PATTERNS: tuple[FatalPattern, ...] = tuple(FatalPattern(n, re.compile(r), c, d) for n, c, r, d in (
+    ("cuda_oom", "oom", r"\b(?:CUDA|HIP) out of memory\.|OutOfMemoryError: |\bCUDA error: out of memory"
+     r"|RESOURCE_EXHAUSTED: Out of memory", "GPU out of memory"),
+    ("cublas_alloc_failed", "oom", r"CUBLAS_STATUS_ALLOC_FAILED", "cuBLAS could not allocate GPU memory"),
+    ("dataloader_killed", "oom", r"DataLoader worker \(pid \d+\) is killed by signal: Killed",
+     "a DataLoader worker was SIGKILLed (host out of memory)"),
+    ("cuda_error", "cuda", r"\bCUDA error: |\bcuDNN error: ",
+     "CUDA error (device-side assert, illegal memory access, ...)"),
+    ("cuda_assert", "cuda", r"\.cu:\d+: .*Assertion .* failed", "device-side assertion failed in a kernel"),
+    ("gpu_hardware", "cuda", r"uncorrectable ECC error|NVRM: Xid|GPU has fallen off the bus",
+     "GPU hardware fault (ECC error, Xid)"),
+    ("cuda_unavailable", "cuda", r"CUDA driver version is insufficient|no CUDA-capable device is detected"
+     r"|No CUDA GPUs are available|Found no NVIDIA driver", "no usable GPU or CUDA driver"),
+    ("nccl_error", "nccl", r"\bNCCL [Ee]rror\b|\bnccl(?:InternalError|SystemError|UnhandledCudaError"
+     r"|InvalidUsage|InvalidArgument|RemoteError)\b|\bDistBackendError\b|NCCL communicator was aborted",
+     "NCCL / distributed backend error"),
+    ("nccl_timeout", "nccl", r"Watchdog caught collective operation timeout|NCCL operations have failed or"
+     r" timed out|Heartbeat monitor timed out|ProcessGroupNCCL's watchdog got stuck|(?:Process group w|W)"
+     r"atchdog thread terminated with exception|^\[?E[\d ][^\]]*ProcessGroupNCCL[^\]]*\].*(?:[Tt]imeout"
+     r"|[Tt]imed out|[Ee]rror|[Ee]xception|[Aa]bort)", "NCCL timeout or ProcessGroupNCCL watchdog failure"),
+    ("disk_full", "disk_full", r"No space left on device|Disk quota exceeded", "disk full or quota exceeded"),
+    ("checkpoint_write_failed", "disk_full", r"PytorchStreamWriter failed writing file"
+     r"|Error: \[enforce fail at inline_container\.cc:\d+\] \. unexpected pos",
+     "torch.save could not write its file (usually a full disk)"),
+    ("data_file_not_found", "data_missing", r"^(?:builtins\.)?FileNotFoundError: .*(?:[Dd]ata|[Ss]hard|"
+     + _DATA_EXT + ")", "a data file or shard is missing"),
+    ("data_error", "data_missing", r"^[\w./-]*\.py: data error:", "the training script reported bad data"),
+    ("data_no_such_file", "data_missing", r"^(?!(?:ls|stat|find|du|file): ).*(?:" + _DATA_EXT
+     + r"['\"]?: No such file or directory|No such file or directory: ['\"]?[^'\"]*" + _DATA_EXT + ")",
+     "a data file is missing"),
+    ("dataset_not_found", "data_missing", r"\bDatasetNotFoundError\b", "the dataset does not exist"),
+    ("ssh_publickey", "auth", r"Permission denied \(publickey", "SSH key rejected"),
+    ("wandb_auth", "auth", r"wandb: ERROR\b.*(?:API key|api_key|\b40[13]\b)|UsageError: api_key not "
+     r"configured|wandb\.errors\.(?:errors\.)?AuthenticationError", "W&B rejected or lacks the API key"),
+    ("http_unauthorized", "auth", r"\b40[13] Client Error\b|\bHTTP Error 40[13]\b|Invalid credentials"
+     r"|Invalid user token", "a server rejected the credentials (HTTP 401/403)"),
+    ("hf_gated", "auth", r"(?:GatedRepoError|RepositoryNotFoundError)\b.*\b40[13]\b"
+     r"|You are trying to access a gated repo", "Hugging Face refused the repo (gated, or no/invalid token)"),
+    ("interrupted", "killed", r"^(?:[\w.]+\.)?(?:KeyboardInterrupt|SignalException)(?::.*)?$",
+     "the process was interrupted by a signal"),
+))  # fmt: skip
+
+_HEADER_RE = re.compile(r"(?:^|\])\s*Traceback \(most recent call last\):$")
+PYTHON_TRACEBACK = FatalPattern("python_traceback", _HEADER_RE, "python_exception",
+                                "unhandled Python exception (a complete traceback)")  # fmt: skip
+
+# Every default pattern's match contains one of these keywords and an upper-case letter, except
+# data_error's (it contains "data error"); lines without skip all default regexes.
+_PREFILTER = re.compile("|".join(map(re.escape, sorted((
+    "Traceback", "Error", "ERROR", "CUDA", "HIP out", "Out of memory", "CUBLAS", "DataLoader", "DNN",
+    "Assertion", "ECC", "NVRM", "NVIDIA", "GPU has fallen", "NCCL", "Watchdog", "Process group watchdog",
+    "Heartbeat", "No space", "No such file", "Disk quota", "PytorchStreamWriter", "data error",
+    "Permission denied", "Invalid", "You are trying to access", "KeyboardInterrupt", "SignalException",
+)))))  # fmt: skip
+_GUARD_RE = re.compile(r"\bNCCL (?:INFO|WARN|TRACE)\b|\b[A-Z]\w*Warning: |^\[W[\d ]|^W\d{4} \d")
+_PREFIX_RE = re.compile(r"((?:\[(?:rank|default)?\d+\]:)+) ?")
+_EXC_RE = re.compile(r"[A-Za-z_][\w.<>]*(?::.*)?$")
+_CHAIN_RE = re.compile(r"(?:During handling of the above exception, another exception occurred|The above "
+                       r"exception was the direct cause of the following exception):$")  # fmt: skip
+_NO_GENERIC_RE = re.compile(r"(?:[\w.]+\.)?ChildFailedError\b")
+_FRAMES, _AFTER, _CHAIN = 0, 1, 2  # block phases: reading frames, after an exception line, chained
+_WINDOW = 30  # lines after an exception line (or chain header) before its match is released
+_JUNK_LIMIT = 20  # unindented non-exception lines tolerated among a block's frames
+
+
+def _may_match(text: str) -> bool:
+    """False if no default pattern nor a traceback header can match: cheap, for most lines."""
+    if text.lower() == text:  # no upper-case letter: ~10x cheaper than the keyword search
+        return "data error" in text
+    return _PREFILTER.search(text) is not None
+
+
+def _split(line: str) -> tuple[str, str]:
+    """(rank prefix, text): the text is right-stripped and cut after its last carriage return."""
+    key = ""
+    if line.startswith("["):
+        m = _PREFIX_RE.match(line)
+        if m is not None:
+            key, line = m.group(1), line[m.end() :]
+    line = line.rstrip()
+    return key, line[line.rfind("\r") + 1 :]
+
+
+class _Block:
+    """A traceback in progress (and a chain after it) for one rank prefix."""
+
+    def __init__(self, header: str) -> None:
+        self.header, self.phase, self.junk = header, _FRAMES, 0
+        self.last_frame: str | None = None
+        self.exc_line: str | None = None
+        self.exc_text, self.exc_no, self.mark_no = "", 0, 0
+        self.pattern: FatalPattern | None = None
+        self.cause_line: str | None = None
+
+
+class FatalMatcher:
+    """Stateful matcher for one output stream: call ``feed`` once per line, in order, and
+    ``flush`` when the output has been quiet for about a second and at its end (module doc)."""
+
+    def __init__(self, user_patterns: Iterable[FatalPattern] = (), python_exception: bool = True) -> None:
+        self._user = tuple(user_patterns)
+        self._python_exception = python_exception
+        self._blocks: dict[str, _Block] = {}
+        self._out: deque[FatalMatch] = deque()
+        self._n = 0
+
+    @property
+    def pending(self) -> bool:
+        """True while a match is held back (a complete traceback waiting for a possible chain)."""
+        return bool(self._out) or any(b.exc_line is not None for b in self._blocks.values())
+
+    def feed(self, line: str) -> FatalMatch | None:
+        self._n += 1
+        if self._blocks or self._user or _may_match(line):
+            self._process(line)
+        return self._out.popleft() if self._out else None
+
+    def flush(self) -> FatalMatch | None:
+        """Release held traceback matches (tracebacks without an exception line are dropped);
+        returns the first, later ``feed``/``flush`` calls return any others."""
+        for key in list(self._blocks):
+            self._finish(key)
+        return self._out.popleft() if self._out else None
+
+    def _process(self, line: str) -> None:
+        key, text = _split(line)
+        for k, b in list(self._blocks.items()):
+            if b.phase != _FRAMES and self._n - b.mark_no > _WINDOW:
+                self._finish(k)
+        block = self._blocks.get(key)
+        if block is not None:
+            self._feed_block(key, block, line, text)
+        elif _HEADER_RE.search(text):
+            self._blocks[key] = _Block(line)
+        else:
+            self._single(line, text)
+
+    def _single(self, line: str, text: str) -> None:
+        p = self._match_specific(text)
+        if p is not None:
+            self._out.append(FatalMatch(p.failure_class, p.name, p.description, (line,), self._n))
+
+    def _feed_block(self, key: str, b: _Block, line: str, text: str) -> None:
+        if b.phase == _FRAMES:
+            if text[:1].isspace():
+                if text.lstrip().startswith('File "'):
+                    b.last_frame = line
+            elif _HEADER_RE.search(text):  # the previous traceback was cut short
+                b.header, b.last_frame, b.junk = line, None, 0
+            elif _EXC_RE.match(text):
+                b.exc_line, b.exc_text, b.exc_no, b.mark_no, b.phase = line, text, self._n, self._n, _AFTER
+                self._classify(b, line, text)
+            else:  # interleaved output: matched on its own
+                b.junk += 1
+                if b.junk > _JUNK_LIMIT:
+                    self._finish(key)
+                self._single(line, text)
+        elif not text:
+            pass
+        elif _CHAIN_RE.match(text):
+            b.phase, b.mark_no = _CHAIN, self._n
+        elif _HEADER_RE.search(text):
+            if b.phase == _CHAIN:
+                b.phase, b.header, b.last_frame, b.junk = _FRAMES, line, None, 0
+            else:
+                self._finish(key)
+                self._blocks[key] = _Block(line)
+        elif b.phase == _AFTER:  # a message line of the exception
+            self._classify(b, line, text)
+
+    def _classify(self, b: _Block, line: str, text: str) -> None:
+        if b.pattern is None:
+            b.pattern = self._match_specific(text)
+            b.cause_line = line if b.pattern is not None else None
+
+    def _match_specific(self, text: str) -> FatalPattern | None:
+        for p in self._user:
+            if p.regex.search(text):
+                return p
+        if not _may_match(text) or _GUARD_RE.search(text):
+            return None
+        return next((p for p in DEFAULT_PATTERNS if p.regex.search(text)), None)
+
+    def _finish(self, key: str) -> None:
+        b = self._blocks.pop(key)
+        p = b.pattern
+        if b.exc_line is None:
+            return
+        if p is None:
+            if not self._python_exception or _NO_GENERIC_RE.match(b.exc_text):
+                return
+            p = PYTHON_TRACEBACK
+        lines = [b.header] + ([b.last_frame] if b.last_frame is not None else []) + [b.exc_line]
+        if b.cause_line is not None and b.cause_line != b.exc_line:
+            lines.append(b.cause_line)
+        self._out.append(FatalMatch(p.failure_class, p.name, p.description, tuple(lines), b.exc_no))
+
+
+def parse_user_patterns(text: str, source: str) -> list[FatalPattern]:
+    """Parse a patterns file: one ``CLASS REGEX`` per line, CLASS from FAILURE_CLASSES and REGEX the
+    rest of the line (stripped), a Python regex searched in each line after its rank prefix.
+    Blank lines and lines starting with ``#`` are ignored. User patterns are tried before the
+    defaults, on every line, so keep them cheap. A bad line raises a one-line usage WorkflowError."""
+    hint = "write CLASS REGEX with CLASS one of " + ", ".join(FAILURE_CLASSES)
+    patterns: list[FatalPattern] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        parts = raw.strip().split(None, 1)
+        if not parts or parts[0].startswith("#"):
+            continue
+        problem, compiled = "", None
+        if parts[0] not in FAILURE_CLASSES:
+            problem = f"unknown failure class {parts[0]!r}"
+        elif len(parts) < 2:
+            problem = f"no regex after {parts[0]!r}"
+        else:
+            try:
+                compiled = re.compile(parts[1])
+            except re.error as exc:
+                problem = f"invalid regex {parts[1]!r}: {exc}"
+            else:
+                if compiled.search("") is not None:
+                    problem = f"regex {parts[1]!r} matches an empty line, so it would stop every run"
+        if problem or compiled is None:
+            message = f"{source} line {number}: {problem}; {hint}"
+            raise WorkflowError(message.replace("\n", " "), ExitCode.USAGE)
+        description = f"user pattern {parts[1]!r} ({source} line {number})"
+        patterns.append(FatalPattern(f"user:{source}:{number}", compiled, parts[0], description))
+    return patterns
+
+
+_CRASH_SIGNALS = frozenset(int(getattr(signal, n, -1)) for n in ("SIGSEGV", "SIGBUS", "SIGABRT", "SIGFPE",
+                                                                  "SIGILL"))  # fmt: skip
+_STOPPED_BY = {"timeout": "timeout", "stall": "stalled", "cancel": "killed"}
+
+
+def classify_exit(
+    exit_code: int | None, signal_number: int | None, oom_killed: bool, stopped_by: str | None
+) -> str:
+    """The failure_class of a process that ended WITHOUT a fatal match; the first row that applies:
+
+        stopped_by "timeout" / "stall" / "cancel"           -> timeout / stalled / killed
+        (any other stopped_by raises ValueError)
+        exit code 0 and no signal                           -> ValueError: not a failure
+        neither exit code nor signal known                  -> lost
+        oom_killed, and SIGKILL or a non-zero exit code     -> oom
+        SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL            -> nonzero_exit (a crash, not a kill)
+        any other signal (SIGKILL, SIGTERM, SIGINT, ...)    -> killed
+        any other non-zero exit code                        -> nonzero_exit
+
+    A negative exit code (-N, Python's ``returncode``) and 129..192 (128+N, a shell's, e.g. 137)
+    count as signal N. ``oom_killed`` means the kernel OOM-killed this task's process or one of
+    its children during the run (a wrapper like torchrun then exits 1): compare
+    ``oom_kill_count()`` before and after, or ask ``kernel_oom_killed``. Crash signals give
+    nonzero_exit, not killed: nobody killed the run, the process crashed on its own. "lost"
+    (the supervisor vanished) is otherwise decided by the caller, never derived here.
+    """
+    if stopped_by is not None:
+        if stopped_by not in _STOPPED_BY:
+            raise ValueError(f"stopped_by must be one of {sorted(_STOPPED_BY)}, not {stopped_by!r}")
+        return _STOPPED_BY[stopped_by]
+    sig = signal_number
+    if sig is None and exit_code is not None:
+        if exit_code < 0:
+            sig = -exit_code
+        elif 128 < exit_code <= 192:
+            sig = exit_code - 128
+    if sig is None and exit_code is None:
+        return "lost"
+    if sig is None and exit_code == 0:
+        raise ValueError("exit code 0 without a signal is not a failure")
+    if oom_killed and (sig is None or sig == signal.SIGKILL):
+        return "oom"
+    if sig is None or sig in _CRASH_SIGNALS:
+        return "nonzero_exit"
+    return "killed"
+
+
+def _read_counter(path: str, key: str) -> int | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 2 and parts[0] == key:
+                    return int(parts[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def oom_kill_count() -> int | None:
+    """The ``oom_kill`` counter of this process's memory cgroup (v2 memory.events, or v1
+    memory.oom_control, of its cgroup or nearest readable ancestor), or None if unavailable."""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8", errors="replace") as f:
+            entries = [line.rstrip("\n").split(":", 2) for line in f]
+        for entry in entries:
+            if len(entry) != 3:
+                continue
+            if entry[0] == "0" and entry[1] == "":
+                root, name = "/sys/fs/cgroup", "memory.events"
+            elif "memory" in entry[1].split(","):
+                root, name = "/sys/fs/cgroup/memory", "memory.oom_control"
+            else:
+                continue
+            parts = [p for p in entry[2].split("/") if p and p != ".."]
+            for depth in range(len(parts), -1, -1):
+                value = _read_counter(os.path.join(root, *parts[:depth], name), "oom_kill")
+                if value is not None:
+                    return value
+    except Exception:  # best effort: never raise
+        return None
+    return None
+
+
+def _kernel_log() -> str | None:
+    """What /dev/kmsg holds now (non-blocking reads), else ``dmesg`` output, else None."""
+    records: list[bytes] = []
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            for _ in range(100_000):
+                try:
+                    record = os.read(fd, 16384)
+                except BrokenPipeError:  # records were overwritten while reading: go on
+                    continue
+                except BlockingIOError:  # nothing more for now
+                    break
+                if not record:
+                    break
+                records.append(record)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    if records:
+        return b"".join(records).decode("utf-8", "replace")
+    try:
+        done = subprocess.run(["dmesg"], capture_output=True, timeout=3, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.decode("utf-8", "replace") if done.returncode == 0 else None
+
+
+def kernel_oom_killed(pid: int) -> bool | None:
+    """Whether the kernel log shows an OOM kill of ``pid`` ("Killed process PID" or "oom-kill:...
+    pid=PID"), from /dev/kmsg read without blocking, else ``dmesg`` (3 s limit); None if neither
+    is readable, as in most containers. The kernel logs host pids: in a pid namespace they differ."""
+    try:
+        text = _kernel_log()
+        if text is None:
+            return None
+        return re.search(rf"Killed process {int(pid)}\b|oom-kill:.*\bpid={int(pid)}\b", text) is not None
+    except Exception:  # best effort: never raise
+        return None

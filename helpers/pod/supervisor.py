@@ -1,0 +1,301 @@
+"""The supervisor: the one place where a task's process is started, watched and stopped.
+
+It runs on the pod (in a tmux window), one per task or run attempt:
+``python3 -I -S agent.pyz supervise TASK_DIR``. It starts the command in its own session with
+the task's env and workdir, copies its output to the log and the tmux pane as it arrives,
+matches every line against the fatal-error patterns, keeps a heartbeat in status.json, and
+enforces the wall-clock timeout and the stall window. Any stop is SIGTERM to the whole tree, a
+grace period, then SIGKILL to every descendant, including processes that started their own
+session (the supervisor is a child subreaper and marks the task's environment). The state it
+leaves in status.json is always true: a non-zero exit is never success.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Deque, Dict, List, Optional
+
+from . import fatal, proctree
+from .jsonio import read_json, utc_now
+from .taskstate import TaskState, update_status
+
+HEARTBEAT_SECS = 2.0
+CONTEXT_LINES = 100
+QUIET_FLUSH_SECS = 0.3
+STOP_STATES = {"cancel": TaskState.CANCELLED, "timeout": TaskState.TIMED_OUT, "stall": TaskState.STALLED,
+               "fatal": TaskState.FAILED, "hangup": TaskState.LOST}
+
+
+class Supervisor:
+    def __init__(self, task_dir: str) -> None:
+        self.task_dir = os.path.abspath(task_dir)
+        spec = read_json(os.path.join(self.task_dir, "spec.json"), "task spec")
+        if not isinstance(spec, dict):
+            raise SystemExit(f"supervise: no spec.json in {self.task_dir}")
+        self.spec: Dict[str, Any] = spec
+        self.grace = float(spec.get("kill_grace_secs") or 10)
+        self.timeout = float(spec.get("timeout_secs") or 0)
+        self.stall = float(spec.get("stall_secs") or 0)
+        self.marker = str(spec["marker"])
+        self.log_path = os.path.join(self.task_dir, spec.get("log", "stdout.log"))
+        self.context: Deque[str] = collections.deque(maxlen=CONTEXT_LINES)
+        self.partial = b""
+        self.stop_request: Optional[str] = None
+        self.stopped_by: Optional[str] = None
+        self.pane_ok = True
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.matcher = fatal.FatalMatcher(
+            fatal.parse_user_patterns(spec.get("user_patterns", ""), spec.get("user_patterns_source", "patterns")),
+            python_exception=bool(spec.get("python_exception", True)))
+        sync = spec.get("sync") or {}
+        self.sync_from, self.sync_to = sync.get("from"), sync.get("to")
+        self.sync_interval = float(sync.get("interval") or 60)
+        self.sync_proc: Optional[subprocess.Popen[bytes]] = None
+
+    # -- signals: task-kill sends SIGTERM; a closing tmux window/server sends SIGHUP
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.stop_request is None:
+            self.stop_request = "hangup" if signum == signal.SIGHUP else "cancel"
+
+    def _env(self) -> Dict[str, str]:
+        env = dict(os.environ)
+        env.pop("TMUX", None)
+        env.pop("TMUX_PANE", None)
+        env_file = os.path.join(self.task_dir, self.spec.get("env_file", ".env.json"))
+        try:
+            with open(env_file, encoding="utf-8") as handle:
+                env.update({str(k): str(v) for k, v in json.load(handle).items()})
+            os.unlink(env_file)  # secrets live only in the process environment from here on
+        except FileNotFoundError:
+            pass
+        env.update({proctree.MARKER_ENV: self.marker, "WF_TASK_ID": str(self.spec["id"]),
+                    "WF_TASK_DIR": self.task_dir, "PYTHONUNBUFFERED": "1"})
+        return env
+
+    def _pane(self, data: bytes) -> None:
+        if self.pane_ok:
+            try:
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+            except (OSError, ValueError):
+                self.pane_ok = False  # the tmux pane is gone; keep supervising
+
+    def _feed(self, line: bytes) -> Optional[fatal.FatalMatch]:
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        found = None
+        for segment in text.split("\r"):  # progress bars rewrite a line with \r
+            if segment:
+                self.context.append(segment[:2000])
+                found = found or self.matcher.feed(segment)
+        return found
+
+    def _consume(self, chunk: bytes, log: Any) -> Optional[fatal.FatalMatch]:
+        log.write(chunk)
+        self._pane(chunk)
+        data = self.partial + chunk
+        lines = data.split(b"\n")
+        self.partial = lines.pop()
+        if len(self.partial) > 65536:  # a huge line without newline: match what we have
+            lines.append(self.partial)
+            self.partial = b""
+        found = None
+        for line in lines:
+            found = self._feed(line) or found
+        return found
+
+    def _fatal(self, match: fatal.FatalMatch) -> None:
+        self.stopped_by = "fatal"
+        update_status(self.task_dir, state=TaskState.FAILED.value, failure_class=match.failure_class,
+                      reason=f"fatal error: {match.description}", ended_utc=utc_now(), cleanup="stopping",
+                      fatal={"pattern": match.pattern, "description": match.description, "lines": list(match.lines),
+                             "line_number": match.line_number, "context": list(self.context), "utc": utc_now()})
+
+    def _request_stop(self, why: str, reason: str) -> None:
+        self.stopped_by = why
+        state = STOP_STATES[why]
+        update_status(self.task_dir, state=state.value, failure_class=_state_class(state), reason=reason,
+                      ended_utc=utc_now(), cleanup="stopping")
+
+    def _find(self) -> set:
+        found = proctree.descendants(os.getpid()) | proctree.marked(self.marker)
+        if self.sync_proc is not None:
+            found.discard(self.sync_proc.pid)
+        return found
+
+    def _sync(self, final: bool = False) -> Optional[str]:
+        """local_sync: rsync the run's fast local dir into its durable dir (never blocks the loop)."""
+        if not self.sync_from or not self.sync_to:
+            return None
+        if self.sync_proc is not None and self.sync_proc.poll() is None:
+            if not final:
+                return None
+            try:
+                self.sync_proc.wait(timeout=600)
+            except subprocess.TimeoutExpired:
+                self.sync_proc.kill()
+        os.makedirs(self.sync_from, exist_ok=True)
+        argv = ["rsync", "-a", "--partial", f"{self.sync_from.rstrip('/')}/", f"{self.sync_to.rstrip('/')}/"]
+        self.sync_proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                          start_new_session=True)
+        if final:
+            try:
+                _, err = self.sync_proc.communicate(timeout=600)
+            except subprocess.TimeoutExpired:
+                self.sync_proc.kill()
+                return "final sync timed out after 600s"
+            if self.sync_proc.returncode != 0:
+                return f"final sync failed (rsync exit {self.sync_proc.returncode}): {err.decode(errors='replace')[-200:]}"
+        return None
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        current = read_json(os.path.join(self.task_dir, "status.json"), "task status file") or {}
+        if current.get("state") not in (None, TaskState.PENDING.value):
+            return 0  # cancelled (or marked lost) before it started: do not run it
+        proctree.become_subreaper()
+        oom_before = fatal.oom_kill_count()
+        argv: List[str] = list(self.spec["argv"])
+        workdir = self.spec.get("workdir") or self.task_dir
+        log = open(self.log_path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the loop
+        if self.spec.get("log_banner"):
+            log.write(f"\n===== {self.spec['log_banner']} ({utc_now()}) =====\n".encode())
+        self._pane(f"[workflow.sh] task {self.spec['id']}: {self.spec.get('command_display', ' '.join(argv))}\n"
+                   .encode())
+        try:
+            self.proc = subprocess.Popen(argv, cwd=workdir, env=self._env(), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            update_status(self.task_dir, state=TaskState.FAILED.value, failure_class="nonzero_exit",
+                          reason=f"cannot start {argv[0]!r} in {workdir}: {exc.strerror}", ended_utc=utc_now(),
+                          cleanup="done", supervisor_pid=os.getpid())
+            return 1
+        proc = self.proc
+        started = time.monotonic()
+        last_output = last_beat = last_sync = started
+        update_status(self.task_dir, state=TaskState.RUNNING.value, pid=proc.pid,
+                      pid_start_time=proctree.start_time(proc.pid), supervisor_pid=os.getpid(),
+                      supervisor_start_time=proctree.start_time(os.getpid()), boot_id=proctree.boot_id(),
+                      started_utc=utc_now(), heartbeat_utc=utc_now())
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        eof = False
+        exited_at: Optional[float] = None
+        while True:
+            readable, _, _ = select.select([] if eof else [fd], [], [], 0.1 if not eof else 0.05)
+            now = time.monotonic()
+            if readable:
+                chunk = os.read(fd, 65536)
+                if chunk:
+                    last_output = now
+                    match = self._consume(chunk, log)
+                    if match and self.stopped_by is None:
+                        self._fatal(match)
+                else:
+                    eof = True
+            elif now - last_output > QUIET_FLUSH_SECS and self.matcher.pending:
+                match = self.matcher.flush()
+                if match and self.stopped_by is None:
+                    self._fatal(match)
+            if self.stopped_by is None:
+                if self.stop_request:
+                    why = self.stop_request
+                    self._request_stop(why, "cancelled (task-kill / sweep-stop)" if why == "cancel" else
+                                       "the tmux window or server was closed (SIGHUP); the supervisor stopped the task")
+                elif self.timeout and now - started > self.timeout:
+                    self._request_stop("timeout", f"wall-clock timeout after {self.timeout:.0f}s")
+                elif self.stall and now - last_output > self.stall:
+                    self._request_stop("stall", f"no output for {self.stall:.0f}s (stall window)")
+            if self.stopped_by is not None:
+                proctree.stop_tree(self._find, self.grace, pgid=proc.pid, on_wait=lambda: self._drain(fd, log),
+                                   keep=proc.pid)
+                self._drain(fd, log)
+                break
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None and (eof or now - exited_at > 1.0):
+                # the command is done; descendants it left behind do not outlive it
+                proctree.stop_tree(self._find, min(self.grace, 2.0), on_wait=lambda: self._drain(fd, log),
+                                   keep=proc.pid)
+                self._drain(fd, log)
+                break
+            if now - last_beat >= HEARTBEAT_SECS:
+                last_beat = now
+                record = update_status(self.task_dir, durable=False, heartbeat_utc=utc_now(),
+                                       last_output_utc=_ago(now - last_output))
+                if record.get("state") not in (TaskState.RUNNING.value, TaskState.PENDING.value):
+                    self.stopped_by = "external"  # marked lost/cancelled by someone else: honour it
+            if self.sync_from and now - last_sync >= self.sync_interval:
+                last_sync = now
+                self._sync()
+        return self._finish(proc, log, oom_before)
+
+    def _drain(self, fd: int, log: Any) -> None:
+        while True:
+            readable, _, _ = select.select([fd], [], [], 0)
+            if not readable:
+                return
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self._consume(chunk, log)
+
+    def _finish(self, proc: subprocess.Popen, log: Any, oom_before: Optional[int]) -> int:
+        code = proc.wait()
+        proctree.reap_children()
+        if self.partial:
+            match = self._feed(self.partial)
+            self.partial = b""
+            if match and self.stopped_by is None:
+                self._fatal(match)
+        match = self.matcher.flush() if self.stopped_by is None else None
+        if match:
+            self._fatal(match)
+        log.close()
+        sync_error = self._sync(final=True)
+        exit_code, sig = (None, -code) if code < 0 else (code, None)
+        changes: Dict[str, Any] = {"exit_code": exit_code, "signal": sig, "cleanup": "done",
+                                   "heartbeat_utc": utc_now(), "sync_error": sync_error}
+        if self.stopped_by is None:
+            oom_after = fatal.oom_kill_count()
+            oom_killed = bool(oom_before is not None and oom_after is not None and oom_after > oom_before)
+            if code == 0:
+                changes.update(state=TaskState.SUCCESS.value, reason="exit 0")
+            else:
+                killed_by_oom = oom_killed or (sig == signal.SIGKILL and fatal.kernel_oom_killed(proc.pid))
+                failure = fatal.classify_exit(exit_code, sig, bool(killed_by_oom), None)
+                changes.update(state=TaskState.FAILED.value, failure_class=failure,
+                               reason=f"exit {exit_code}" if sig is None else f"killed by signal {sig}",
+                               fatal={"context": list(self.context)[-20:]} if failure else None)
+            changes["ended_utc"] = utc_now()
+        record = update_status(self.task_dir, **changes)
+        verdict = record["state"] + (f" ({record['failure_class']})" if record.get("failure_class") else "")
+        self._pane(f"\n[workflow.sh] task {self.spec['id']} finished: {verdict}\n".encode())
+        return 0
+
+
+def _state_class(state: TaskState) -> Optional[str]:
+    from .taskstate import STATE_CLASS
+
+    return STATE_CLASS.get(state)
+
+
+def _ago(seconds: float) -> str:
+    return utc_now() if seconds < 1 else f"{seconds:.0f}s ago"
+
+
+def supervise_main(argv: List[str]) -> int:
+    if len(argv) != 1:
+        sys.stderr.write("usage: agent supervise TASK_DIR\n")
+        return 2
+    return Supervisor(argv[0]).run()
