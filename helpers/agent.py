@@ -26,10 +26,27 @@ from helpers.transport import Transport
 
 POD_PACKAGE = Path(__file__).resolve().parent / "pod"
 BUNDLE_FORMAT = 1
-_MAIN = b"""import sys
+_MAIN = b"""import os, sys
 if sys.version_info < (3, 9):
     sys.stderr.write("workflow.sh agent: python3 >= 3.9 is needed on the pod, found %s\\n" % sys.version.split()[0])
     sys.exit(3)
+# First run: unpack beside the .pyz so python can cache bytecode (imports from a zip never are).
+archive = os.path.abspath(sys.argv[0])
+unpacked = archive[:-len(".pyz")] + ".d"
+if not os.path.isdir(unpacked):
+    import shutil, tempfile, zipfile
+    staging = None
+    try:
+        staging = tempfile.mkdtemp(prefix=".unpack-", dir=os.path.dirname(archive))
+        with zipfile.ZipFile(archive) as bundle:
+            bundle.extractall(staging, [n for n in bundle.namelist() if n.startswith("pod/")])
+        os.rename(staging, unpacked)
+    except OSError:
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not os.path.isdir(unpacked):
+            unpacked = archive
+sys.path.insert(0, unpacked)
 from pod.agent_main import main
 sys.exit(main(sys.argv[1:]))
 """

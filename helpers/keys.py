@@ -71,6 +71,7 @@ KEYS: tuple[Key, ...] = (
     _k(_L, "LIUM_TARGET", "str", "",
        "Lium pod name, HUID or UUID; when set the pod is found through the Lium API (then SSH)"),
     _k(_L, "LIUM_API_KEY", "secret", "", "Lium API key; empty = environment or ~/.lium/config.ini"),
+    _k(_L, "LIUM_BASE_URL", "str", "", "Lium API base URL; empty = environment LIUM_BASE_URL or https://lium.io/api"),
     _k(_L, "LIUM_POD_NAME", "str", "", "pod-up: name of the new pod"),
     _k(_L, "LIUM_EXECUTOR_ID", "str", "", "pod-up: rent this executor; empty = cheapest matching the filters"),
     _k(_L, "LIUM_GPU_TYPE", "str", "", "pod-up filter: GPU model, e.g. H100"),

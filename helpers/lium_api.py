@@ -24,7 +24,7 @@ from helpers.pod.errors import ExitCode, WorkflowError
 
 DEFAULT_BASE_URL = "https://lium.io/api"
 # What a user runs to remove one pod by UUID; named in every message about a pod that may be billing.
-POD_DELETE_COMMAND = "LIUM_TARGET={uuid} ./workflow.sh pod-delete --yes"
+POD_DELETE_COMMAND = "infra_scripts/workflow.sh --set LIUM_TARGET={uuid} pod-delete --yes"
 API_KEY_HELP = (
     "set LIUM_API_KEY in the workflow config (or the environment), or run `lium init` to save one "
     "in ~/.lium/config.ini"

@@ -80,6 +80,11 @@ class Session:
         sys.stderr.flush()
 
     def close(self) -> None:
+        if self._transport is not None and getattr(self.options, "debug", False):
+            t = self._transport
+            uploads = self._agent.uploads if self._agent else 0
+            self.note(f"debug: transport {t.kind}: {getattr(t, 'connections', 0)} connection(s), "
+                      f"{t.commands_run} remote command(s), {uploads} agent upload(s)")
         if self._transport is not None:
             self._transport.close()
             self._transport = None

@@ -48,35 +48,42 @@ def _same_url(a: str, b: str) -> bool:
     return norm(a) == norm(b)
 
 
-def update_repo(ctx: Context) -> Dict[str, Any]:
+def inspect_repo(ctx: Context) -> Optional[str]:
+    """Refuse a foreign directory, another origin, or uncommitted changes (unless forced) before any
+    change; returns the dirty files, or None for a fresh clone."""
+    url, repo = ctx.get("REPO_URL"), ctx.path("OPS_REMOTE_REPO")
+    if not os.path.exists(repo) or (os.path.isdir(repo) and not os.listdir(repo)):
+        return None
+    if not os.path.isdir(os.path.join(repo, ".git")):
+        raise WorkflowError(f"checkout: OPS_REMOTE_REPO {repo} exists and is not a git checkout; it is left "
+                            "alone: point OPS_REMOTE_REPO elsewhere or move it away", ExitCode.REFUSED)
+    git = Git(repo, ctx.number("CHECKOUT_TIMEOUT_SECS", 1800))
+    origin = git.try_("remote", "get-url", "origin") or ""
+    if not _same_url(origin, url):
+        raise WorkflowError(f"checkout: {repo} is a clone of {origin!r}, not REPO_URL {url!r}; point "
+                            "OPS_REMOTE_REPO elsewhere or fix REPO_URL", ExitCode.REFUSED)
+    dirty = procs.check(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"], "git status",
+                        "inspect the repo", timeout=git.timeout, env=GIT_ENV).rstrip("\n")
+    if dirty and not ctx.flag("CHECKOUT_FORCE_CLEAN"):
+        files = ", ".join(line[3:] for line in dirty.splitlines()[:5])
+        raise WorkflowError(f"checkout: uncommitted changes on the pod in {repo} ({files}); commit or stash them "
+                            "there, or set CHECKOUT_FORCE_CLEAN=1 to discard them", ExitCode.REFUSED)
+    return dirty
+
+
+def update_repo(ctx: Context, dirty: Optional[str]) -> Dict[str, Any]:
     url = ctx.get("REPO_URL")
     repo = ctx.path("OPS_REMOTE_REPO")
     timeout = ctx.number("CHECKOUT_TIMEOUT_SECS", 1800)
     branch, pr = ctx.get("CHECKOUT_BRANCH"), ctx.get("CHECKOUT_PR")
-    if not url:
-        raise WorkflowError("checkout needs REPO_URL (the git URL to clone); set it in workflow.env", ExitCode.USAGE)
     git = Git(repo, timeout)
-    fresh = not os.path.exists(repo) or (os.path.isdir(repo) and not os.listdir(repo))
-    if fresh:
+    if dirty is None:
         Context.progress(f"checkout: cloning {url} into {repo}")
         os.makedirs(os.path.dirname(repo), exist_ok=True)
         procs.check(["git", "clone", "--quiet", url, repo], "git clone",
                     "check REPO_URL and that the pod can reach it (deploy key / token)", timeout=timeout, env=GIT_ENV)
     else:
-        if not os.path.isdir(os.path.join(repo, ".git")):
-            raise WorkflowError(f"checkout: OPS_REMOTE_REPO {repo} exists and is not a git checkout; it is left "
-                                "alone: point OPS_REMOTE_REPO elsewhere or move it away", ExitCode.REFUSED)
-        origin = git.try_("remote", "get-url", "origin") or ""
-        if not _same_url(origin, url):
-            raise WorkflowError(f"checkout: {repo} is a clone of {origin!r}, not REPO_URL {url!r}; point "
-                                "OPS_REMOTE_REPO elsewhere or fix REPO_URL", ExitCode.REFUSED)
-        dirty = git("status", "--porcelain", "--untracked-files=no", what="git status", fix="inspect the repo")
         if dirty:
-            if not ctx.flag("CHECKOUT_FORCE_CLEAN"):
-                files = ", ".join(line[3:] for line in dirty.splitlines()[:5])
-                raise WorkflowError(f"checkout: uncommitted changes on the pod in {repo} ({files}); commit or "
-                                    "stash them there, or set CHECKOUT_FORCE_CLEAN=1 to discard them",
-                                    ExitCode.REFUSED)
             Context.progress("checkout: CHECKOUT_FORCE_CLEAN=1: discarding uncommitted changes (git reset --hard)")
             git("reset", "--hard", "--quiet", what="git reset", fix="inspect the repo")
         Context.progress(f"checkout: fetching {url}")
@@ -150,7 +157,8 @@ def ensure_venv(ctx: Context) -> Dict[str, Any]:
         else:
             return {"venv": venv, "created": False, "python": info["executable"]}
     Context.progress(f"checkout: creating venv {venv} (--system-site-packages, from {info['executable']})")
-    procs.check([python_bin, "-m", "venv", "--system-site-packages", venv], "creating the venv",
+    # --without-pip: ensurepip costs ~8 s; pip_install() brings pip in only if it is needed and missing
+    procs.check([python_bin, "-m", "venv", "--system-site-packages", "--without-pip", venv], "creating the venv",
                 "install python3-venv (bootstrap does with AUTO_INSTALL_PREREQS=1)", timeout=300)
     if info["prefix"] != info["base_prefix"] and info["site"]:
         # REMOTE_PYTHON_BIN is itself a venv: --system-site-packages would only reach its base python,
@@ -182,6 +190,10 @@ def pip_install(ctx: Context, repo: str, venv: str) -> List[str]:
             args = []
     if not args:
         return []
+    python = os.path.join(venv, "bin", "python")
+    if procs.run([python, "-m", "pip", "--version"], timeout=60)[0] != 0:
+        procs.check([python, "-m", "ensurepip", "--default-pip"], "installing pip into the venv (ensurepip)",
+                    "install python3-venv on the pod", timeout=300)
     Context.progress(f"checkout: pip install {' '.join(args)}")
     procs.check([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "--disable-pip-version-check",
                  "--quiet", *args], "pip install " + " ".join(args),
@@ -252,11 +264,25 @@ def ensure_data(ctx: Context, repo: str, venv: str) -> Dict[str, Any]:
     return {"checked": True, "data_dir": data_dir, **result}
 
 
+def preflight(ctx: Context) -> Optional[str]:
+    """Refusals that need no change on the pod come first, so a refused checkout changed nothing."""
+    if not ctx.get("REPO_URL"):
+        raise WorkflowError("checkout needs REPO_URL (the git URL to clone); set it in workflow.env", ExitCode.USAGE)
+    dirty = inspect_repo(ctx)
+    venv = ctx.path("VENV_DIR")
+    if os.path.exists(venv) and not os.path.exists(os.path.join(venv, VENV_MARKER)):
+        raise WorkflowError(f"checkout: VENV_DIR {venv} exists but was not made by workflow.sh; it is left "
+                            "alone: set VENV_DIR elsewhere or move it away", ExitCode.REFUSED)
+    python_info(ctx.get("REMOTE_PYTHON_BIN") or "python3")
+    return dirty
+
+
 def checkout(ctx: Context) -> Dict[str, Any]:
     record = fsm.read_state(ctx.state_file)
     fsm.check_allowed(record, "checkout", ctx.enforce)
+    dirty = preflight(ctx)
     ctx.sync_env()
-    repo_info = update_repo(ctx)
+    repo_info = update_repo(ctx, dirty)
     venv_info = ensure_venv(ctx)
     installed = pip_install(ctx, repo_info["repo"], venv_info["venv"])
     torch_info = check_torch(ctx, venv_info["venv"])

@@ -1,50 +1,45 @@
 """Recognise fatal errors in a training process's output, and classify failed runs.
 
-The supervisor feeds every complete output line (without its newline) to one ``FatalMatcher``
-per task, in order; ``feed`` returns a ``FatalMatch`` when the output shows a known fatal error,
-and the supervisor then stops the task and marks it failed with ``match.failure_class``. A run
-that fails without a match is classified by ``classify_exit``.
+The supervisor feeds each output line (without its newline) to one ``FatalMatcher`` per task, in
+order; ``feed`` returns a ``FatalMatch`` for a known fatal error, and the supervisor stops the task
+and marks it failed with ``match.failure_class``. ``classify_exit`` classifies runs that fail
+without a match. Rank prefixes added by torchrun / DDP (``[rank0]: ``, ``[default1]:``,
+``[rank1]:[W...]``) are stripped before matching, and tracebacks are tracked per prefix, so one
+rank's traceback interleaved with other ranks' lines is still one block. Only the text after a
+line's last carriage return counts (tqdm redraws with ``\r``).
 
-Lines may start with rank prefixes added by torchrun / DDP (``[rank0]: ``, ``[default1]:``,
-``[rank1]:[W...]``): they are stripped before matching, and tracebacks are tracked per prefix,
-so one rank's traceback interleaved with other ranks' lines is still read as one block. Only the
-text after the last carriage return counts (tqdm redraws its bar with ``\\r``).
+Single-line patterns (``DEFAULT_PATTERNS``; user patterns first, then these in order, first match
+wins) fire at once. They are unanchored searches except data_file_not_found, data_error,
+data_no_such_file, interrupted (also at the end) and nccl_timeout's ``[E... ProcessGroupNCCL...]``
+alternative, which are anchored at the start of the text after the rank prefix. Decisions:
+warning lines never match a default pattern: ``NCCL INFO|WARN|TRACE`` (NCCL WARNs are often
+retried; a fatal failure then shows as an ``NCCL error`` / ``DistBackendError`` line), Python
+``warnings`` lines (``...Warning: ``) and glog ``W`` lines (``[W1019 ...]``). A bare ``Permission
+denied`` (e.g. from ``ls``) is not auth, only ``Permission denied (publickey``. ``No such file or
+directory`` is data_missing only with a data-file extension and not from ``ls|stat|find|du|file``
+probes. ``OutOfMemoryError`` needs its exception colon (``...OutOfMemoryError handler installed``
+is no match) and ``CUDA out of memory`` PyTorch's period. Config echoes (``nccl_timeout=600``,
+``MAX_TRAIN_SAMPLES: 500``) match nothing: no pattern matches a bare number or lower-case word.
 
-Single-line patterns (``DEFAULT_PATTERNS``, tried in order, first match wins) fire at once on
-the line they match. They are unanchored searches, except these, anchored at the start of the
-text after the rank prefix: data_file_not_found, data_error, data_no_such_file, interrupted
-(also at the end) and the ``[E... ProcessGroupNCCL...]`` alternative of nccl_timeout.
-Decisions: lines that are only warnings never match a default pattern: ``NCCL INFO|WARN|TRACE``
-(NCCL WARNs are often retried; a fatal NCCL failure then surfaces as an ``NCCL error`` /
-``DistBackendError`` line), Python ``warnings`` lines (``...Warning: ``) and glog ``W`` lines
-(``[W1019 ...]``). A bare ``Permission denied`` (e.g. from ``ls``) is not auth, only
-``Permission denied (publickey``. ``No such file or directory`` is data_missing only with a
-data-file extension and not from ``ls|stat|find|du|file`` probes. ``OutOfMemoryError`` needs
-its exception colon (``...OutOfMemoryError handler installed`` is no match); ``CUDA out of
-memory`` needs PyTorch's period. Config echoes (``nccl_timeout=600``, ``MAX_TRAIN_SAMPLES: 500``)
-match nothing: no pattern matches a bare number or a lower-case keyword.
+Tracebacks (python_exception, pattern ``python_traceback``): a block starts at a line ending in
+``Traceback (most recent call last):`` (after a rank prefix or a tqdm bar) and ends at its
+exception line, the first unindented line after the frames that looks like ``Name`` or
+``module.Name: message`` (other unindented lines, up to 20, are interleaved output, matched on
+their own). In a block, frame and source lines are never matched; the class comes from the first
+exception line, message line after it or exception line earlier in a chain that matches a user or
+default pattern (``torch.OutOfMemoryError: ...`` -> oom), else python_exception. A chained
+traceback ("During handling of the above exception..." / "The above exception was the direct
+cause...") can only follow the exception line, so a block's match is held back: ``feed`` returns
+it 30 lines after the exception line (or chain header), or when the same prefix starts an
+unchained traceback; otherwise ``flush()`` does, which the supervisor calls at end of output and
+after about a second of quiet (``pending`` says a match is held). A chain gives one match, at
+its final exception line. A traceback cut off before its exception line never fires.
 
-Tracebacks (class python_exception, pattern ``python_traceback``): a block starts at a line
-ending in ``Traceback (most recent call last):`` (after a rank prefix or a tqdm bar) and ends
-at its exception line: the first unindented line after the frames that looks like
-``Name`` or ``module.Name: message`` (up to 20 other unindented lines are skipped as
-interleaved output). Inside a block, single-line patterns are not fired: the class comes from
-the first exception line (or message line after it, or exception line earlier in a chain) that
-matches a user or default pattern (``torch.OutOfMemoryError: ...`` -> oom), else
-python_exception. Frame and source lines are never matched. Because a chained traceback
-("During handling of the above exception..." / "The above exception was the direct cause...")
-is only known to follow after the exception line, a block's match is held back until the
-output moves on: it is returned by ``feed`` when 30 lines have passed since the exception line
-(or chain header) or the same prefix starts an unchained traceback, else by ``flush()``. The
-supervisor must call ``flush()`` at end of output and when output has been quiet for about a
-second (``pending`` says one is held). So a chain gives one match, at its final exception line.
-
-A complete traceback fires even when the program logged a handled exception (that cannot be
-told apart in general): the supervisor stops the run, since the other DDP ranks would otherwise
-hang. Pass ``python_exception=False`` to disable that class (tracebacks whose exception matches
-a specific pattern still fire). torchrun's own ``ChildFailedError`` traceback never fires
-python_exception: the worker's output has the cause, or the worker died by a signal, which
-``classify_exit`` classifies. A traceback cut off before its exception line never fires.
+A complete traceback fires even when a program logged a handled exception (that cannot be told
+apart in general): the supervisor stops the run, since other DDP ranks would otherwise hang.
+``python_exception=False`` disables that class (tracebacks of a specific class still fire).
+torchrun's own ``ChildFailedError`` traceback never fires python_exception: the worker's output
+has the cause, or the worker died by a signal, which ``classify_exit`` classifies.
 """
 
 from __future__ import annotations
@@ -143,7 +138,7 @@ _PREFILTER = re.compile("|".join(map(re.escape, sorted((
     "Permission denied", "Invalid", "You are trying to access", "KeyboardInterrupt", "SignalException",
 )))))  # fmt: skip
 _GUARD_RE = re.compile(r"\bNCCL (?:INFO|WARN|TRACE)\b|\b[A-Z]\w*Warning: |^\[W[\d ]|^W\d{4} \d")
-_PREFIX_RE = re.compile(r"((?:\[(?:rank|default)?\d+\]:)+) ?")
+_PREFIX_RE = re.compile(r"(?:\[(?:rank|default)?\d+\]: ?)+")
 _EXC_RE = re.compile(r"[A-Za-z_][\w.<>]*(?::.*)?$")
 _CHAIN_RE = re.compile(r"(?:During handling of the above exception, another exception occurred|The above "
                        r"exception was the direct cause of the following exception):$")  # fmt: skip
@@ -166,7 +161,7 @@ def _split(line: str) -> tuple[str, str]:
     if line.startswith("["):
         m = _PREFIX_RE.match(line)
         if m is not None:
-            key, line = m.group(1), line[m.end() :]
+            key, line = m.group().replace(" ", ""), line[m.end() :]
     line = line.rstrip()
     return key, line[line.rfind("\r") + 1 :]
 
@@ -328,22 +323,18 @@ def classify_exit(
 ) -> str:
     """The failure_class of a process that ended WITHOUT a fatal match; the first row that applies:
 
-        stopped_by "timeout" / "stall" / "cancel"           -> timeout / stalled / killed
-        (any other stopped_by raises ValueError)
-        exit code 0 and no signal                           -> ValueError: not a failure
-        neither exit code nor signal known                  -> lost
-        oom_killed, and SIGKILL or a non-zero exit code     -> oom
-        SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL            -> nonzero_exit (a crash, not a kill)
-        any other signal (SIGKILL, SIGTERM, SIGINT, ...)    -> killed
-        any other non-zero exit code                        -> nonzero_exit
+        stopped_by "timeout" / "stall" / "cancel" (else ValueError)  -> timeout / stalled / killed
+        exit code 0 and no signal                                    -> ValueError: not a failure
+        neither exit code nor signal known                           -> lost
+        oom_killed, and SIGKILL or a non-zero exit code              -> oom
+        SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL: a crash, not a kill -> nonzero_exit
+        any other signal (SIGKILL, SIGTERM, SIGINT, SIGHUP, ...)     -> killed
+        any other non-zero exit code                                 -> nonzero_exit
 
-    A negative exit code (-N, Python's ``returncode``) and 129..192 (128+N, a shell's, e.g. 137)
-    count as signal N. ``oom_killed`` means the kernel OOM-killed this task's process or one of
-    its children during the run (a wrapper like torchrun then exits 1): compare
-    ``oom_kill_count()`` before and after, or ask ``kernel_oom_killed``. Crash signals give
-    nonzero_exit, not killed: nobody killed the run, the process crashed on its own. "lost"
-    (the supervisor vanished) is otherwise decided by the caller, never derived here.
-    """
+    Exit code -N (Python's ``returncode``) or 128+N in 129..192 (a shell's, e.g. 137) is signal N.
+    ``oom_killed``: the kernel OOM-killed this task's process or a child of it during the run (a
+    wrapper like torchrun then exits 1); see ``oom_kill_count`` and ``kernel_oom_killed``. "lost"
+    (the supervisor vanished) is otherwise decided by the caller."""
     if stopped_by is not None:
         if stopped_by not in _STOPPED_BY:
             raise ValueError(f"stopped_by must be one of {sorted(_STOPPED_BY)}, not {stopped_by!r}")
@@ -368,13 +359,9 @@ def classify_exit(
 def _read_counter(path: str, key: str) -> int | None:
     try:
         with open(path, encoding="ascii", errors="replace") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) == 2 and parts[0] == key:
-                    return int(parts[1])
-    except (OSError, ValueError):
-        pass
-    return None
+            return int(dict(line.split(None, 1) for line in f if len(line.split()) == 2)[key])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def oom_kill_count() -> int | None:
@@ -410,14 +397,11 @@ def _kernel_log() -> str | None:
         try:
             for _ in range(100_000):
                 try:
-                    record = os.read(fd, 16384)
+                    records.append(os.read(fd, 16384))
                 except BrokenPipeError:  # records were overwritten while reading: go on
                     continue
                 except BlockingIOError:  # nothing more for now
                     break
-                if not record:
-                    break
-                records.append(record)
         finally:
             os.close(fd)
     except OSError:

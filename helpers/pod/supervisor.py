@@ -93,7 +93,8 @@ class Supervisor:
         for segment in text.split("\r"):  # progress bars rewrite a line with \r
             if segment:
                 self.context.append(segment[:2000])
-                found = found or self.matcher.feed(segment)
+                match = self.matcher.feed(segment)  # every segment is fed, in order
+                found = found or match
         return found
 
     def _consume(self, chunk: bytes, log: Any) -> Optional[fatal.FatalMatch]:

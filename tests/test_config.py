@@ -1,0 +1,163 @@
+"""Config: workflow.env parsing, ${VAR} references, profiles with inheritance, --set, typing, secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers.config import ConfigRequest, load_config, redact
+from helpers.errors import ExitCode, WorkflowError
+from helpers.keys import KEYS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(tmp_path: Path, text: str, *overrides: str, profile: str | None = None, environ: dict | None = None):
+    env_file = tmp_path / "workflow.env"
+    env_file.write_text(text)
+    return load_config(ConfigRequest(project_root=REPO_ROOT, env_file=env_file, profile=profile,
+                                     overrides=tuple(overrides)), environ=environ or {})
+
+
+def error_of(tmp_path: Path, text: str, *overrides: str, **kw) -> WorkflowError:
+    with pytest.raises(WorkflowError) as info:
+        load(tmp_path, text, *overrides, **kw)
+    assert info.value.code == ExitCode.USAGE
+    assert "\n" not in info.value.message
+    return info.value
+
+
+def test_tracked_workflow_env_lists_every_key_with_a_comment():
+    text = (REPO_ROOT / "workflow.env").read_text()
+    lines = text.splitlines()
+    for key in KEYS:
+        matching = [i for i, line in enumerate(lines) if line.startswith(f"{key.name}=")]
+        assert len(matching) == 1, key.name
+        assert lines[matching[0] - 1].startswith("# "), f"{key.name} has no one-line comment"
+
+
+def test_fresh_clone_defaults_run_on_local_inside_the_checkout():
+    cfg = load_config(ConfigRequest(project_root=REPO_ROOT), environ={})
+    assert cfg.target == "local"
+    for key in ("OPS_REMOTE_OUTPUTS_DIR", "OPS_REMOTE_REPO", "REMOTE_ENV_PATH", "DATA_DIR", "WF_STATE_FILE"):
+        assert cfg.str(key).startswith(str(REPO_ROOT / ".workflow")), key
+    assert cfg["REQUIRE_CUDA"] is False
+    assert cfg.str("REPO_URL") == str(REPO_ROOT)
+    assert cfg.source("REQUIRE_CUDA") == "default (local target)"
+
+
+def test_pod_defaults_on_ssh_target(tmp_path):
+    cfg = load(tmp_path, "OPS_DEFAULT_HOST=gpu-box\n")
+    assert cfg.target == "ssh"
+    assert cfg.str("OPS_REMOTE_OUTPUTS_DIR") == "~/workflow/outputs"
+    assert cfg.str("REMOTE_ENV_PATH") == "/mnt/project.env"
+    assert cfg["REQUIRE_CUDA"] is True
+    assert cfg.str("WF_STATE_FILE") == "~/workflow/outputs/_control/workflow_state.json"
+
+
+def test_references_types_and_sources(tmp_path):
+    cfg = load(tmp_path, "OPS_DEFAULT_HOST=root@10.0.0.5:2200\nOPS_REMOTE_REPO=/srv/code\n"
+                         "DATA_DIR=${OPS_REMOTE_REPO}/data\nRUN_RETRIES=5\nSWEEP_FAIL_FAST=yes\n"
+                         "OPS_REMOTE_OUTPUTS_DIR='${LITERAL}'\nLOCAL_ARTIFACTS_DIR=${MY_ROOT:-/tmp/a}/art\n")
+    assert cfg.str("DATA_DIR") == "/srv/code/data"
+    assert cfg["RUN_RETRIES"] == 5 and cfg["SWEEP_FAIL_FAST"] is True
+    assert cfg.str("OPS_REMOTE_OUTPUTS_DIR") == "${LITERAL}"
+    assert cfg.str("LOCAL_ARTIFACTS_DIR") == "/tmp/a/art"
+    assert cfg.source("RUN_RETRIES") == "workflow.env:4"
+
+
+def test_environment_feeds_references_but_does_not_override_keys(tmp_path):
+    cfg = load(tmp_path, "DATA_DIR=${SCRATCH}/data\n", environ={"SCRATCH": "/scratch", "RUN_RETRIES": "9"})
+    assert cfg.str("DATA_DIR") == "/scratch/data"
+    assert cfg["RUN_RETRIES"] == 2
+
+
+def test_set_overrides_everything_and_is_typed(tmp_path):
+    cfg = load(tmp_path, "RUN_RETRIES=3\n", "RUN_RETRIES=7", "RUN_OUT_MODE=local_sync")
+    assert cfg["RUN_RETRIES"] == 7 and cfg.source("RUN_RETRIES") == "--set"
+    assert cfg["RUN_OUT_MODE"] == "local_sync"
+
+
+def test_profile_chain_base_first(tmp_path):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "base.env").write_text("RUN_RETRIES=4\nSWEEP_CPU_SLOTS=2\n")
+    (profiles / "gpu8.env").write_text("_BASE=base\nSWEEP_CPU_SLOTS=8\n")
+    cfg = load(tmp_path, "RUN_RETRIES=1\nSWEEP_CPU_SLOTS=1\n", profile="gpu8")
+    assert cfg["RUN_RETRIES"] == 4 and cfg["SWEEP_CPU_SLOTS"] == 8
+    assert cfg.source("SWEEP_CPU_SLOTS").startswith("profile gpu8 (profiles/gpu8.env:2)")
+    assert cfg.source("RUN_RETRIES").startswith("profile base")
+
+
+def test_profile_from_environment_variable(tmp_path):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "fast.env").write_text("RUN_RETRIES=0\n")
+    cfg = load(tmp_path, "", environ={"WORKFLOW_PROFILE": "fast"})
+    assert cfg.profile == "fast" and cfg["RUN_RETRIES"] == 0
+
+
+def test_secrets_come_from_environment_and_are_redacted(tmp_path):
+    cfg = load(tmp_path, "", environ={"WANDB_API_KEY": "sekrit-123"})
+    assert cfg.str("WANDB_API_KEY") == "sekrit-123" and cfg.source("WANDB_API_KEY") == "environment"
+    assert "WANDB_API_KEY" not in cfg.pod_values(include_secrets=False)
+    assert cfg.pod_values(include_secrets=True)["WANDB_API_KEY"] == "sekrit-123"
+    assert redact("WANDB_API_KEY", "sekrit-123") == "<set, hidden>"
+    assert redact("HF_TOKEN", "") == ""
+
+
+def test_passthrough_keys_reach_runs(tmp_path):
+    cfg = load(tmp_path, "NCCL_DEBUG=INFO\nWANDB_PROJECT=demo\n")
+    env = cfg.passthrough_env(include_secrets=False)
+    assert env["NCCL_DEBUG"] == "INFO" and env["WANDB_PROJECT"] == "demo"
+
+
+@pytest.mark.parametrize("text,overrides,fragment", [
+    ("REQUIRE_CUDE=1\n", (), "unknown key REQUIRE_CUDE; did you mean REQUIRE_CUDA?"),
+    ("REQUIRE_CUDA=maybe\n", (), "workflow.env:1: REQUIRE_CUDA='maybe' is not a boolean"),
+    ("RUN_OUT_MODE=sync\n", (), "use one of: durable, local_sync"),
+    ("RUN_RETRIES=many\n", (), "RUN_RETRIES='many' is not a whole number"),
+    ("RUN_RETRIES=99\n", (), "above the maximum 10"),
+    ("", ("RUN_RETRIES",), "expected KEY=VALUE"),
+    ("", ("lower=1",), "is not a KEY name"),
+    ("OPS_DEFAULT_HOST=bad host!\n", (), "is not a host"),
+    ("OPS_DEFAULT_HOST=h:99999\n", (), "port outside 1-65535"),
+    ("LIUM_TARGET=pod1\nOPS_DEFAULT_HOST=other\n", (), "set only one"),
+    ("CHECKOUT_BRANCH=main\nCHECKOUT_PR=3\n", (), "are both set"),
+    ("CHECKOUT_PR=abc\n", (), "is not a pull request"),
+    ("EXPECT_GIT_SHA=xyz\n", (), "is not a commit sha"),
+    ("WF_TMUX_SESSION=a:b\n", (), "is not a tmux session name"),
+    ("SWEEP_MATCH=((\n", (), "is not a regular expression"),
+    ("TRAIN_WORKDIR=../x\n", (), "must be a relative path inside the repo"),
+    ("A=${B}\nB=${A}\n", (), "unknown key A"),
+    ("DATA_DIR=${OPS_REMOTE_REPO}\nOPS_REMOTE_REPO=${DATA_DIR}\n", (), "references form a loop"),
+    ("this is not a binding\n", (), "workflow.env:1: cannot parse"),
+])
+def test_bad_values_name_key_file_and_allowed_values(tmp_path, text, overrides, fragment):
+    error = error_of(tmp_path, text, *overrides)
+    assert fragment in error.message
+
+
+def test_profile_errors(tmp_path):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "a.env").write_text("_BASE=b\n")
+    (profiles / "b.env").write_text("_BASE=a\n")
+    assert "profile loop: a -> b -> a" in error_of(tmp_path, "", profile="a").message
+    message = error_of(tmp_path, "", profile="nope").message
+    assert "unknown profile 'nope'" in message and "known profiles: a, b" in message
+    (profiles / "c.env").write_text("RUN_RETRIS=1\n")
+    assert "(profiles/c.env:1): unknown key RUN_RETRIS" in error_of(tmp_path, "", profile="c").message
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(WorkflowError) as info:
+        load_config(ConfigRequest(project_root=REPO_ROOT, env_file=tmp_path / "nope.env"), environ={})
+    assert info.value.code == ExitCode.USAGE and "not found" in info.value.message
+
+
+def test_require_names_the_key(tmp_path):
+    cfg = load(tmp_path, "OPS_DEFAULT_HOST=gpu\n")
+    with pytest.raises(WorkflowError) as info:
+        cfg.require("checkout", "REPO_URL")
+    assert "checkout needs REPO_URL" in info.value.message and info.value.code == ExitCode.USAGE

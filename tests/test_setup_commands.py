@@ -1,0 +1,195 @@
+"""pod-status, bootstrap, checkout, fsm-status, fsm-reset, validate, print-resolved-env: on the
+`local` target and over the real loopback sshd."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from conftest import Pod, git, one_line_error
+
+from helpers.pod.shards import HEADER_INTS, MAGIC
+
+
+def write_shard(path: Path, tokens: int = 1000) -> None:
+    import struct
+
+    header = [0] * HEADER_INTS
+    header[0], header[1], header[2] = MAGIC, 1, tokens
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(struct.pack(f"<{HEADER_INTS}i", *header) + bytes(2 * tokens))
+
+
+def test_fresh_pod_status_and_state(pod: Pod):
+    status = pod.wf("pod-status", "--json")
+    assert status.returncode == 0, status.stderr
+    data = json.loads(status.stdout)
+    assert data["tools"]["tmux"].startswith("tmux") and data["tools"]["git"].startswith("git version")
+    assert data["gpus"] == [] and "nvidia-smi" in data["gpu_note"]
+    assert data["workflow"]["state"] == "INIT"
+    assert data["disks"]["outputs"]["free_gb"] > 0
+    fsm_status = pod.wf("fsm-status", "--json")
+    assert json.loads(fsm_status.stdout)["state"] == "INIT"
+    assert not (pod.outputs / "_control" / "workflow_state.json").exists()  # read-only: no state written
+    text = pod.wf("pod-status")
+    assert "tmux" in text.stdout and "gpus:" in text.stdout and len(text.stdout.splitlines()) < 25
+
+
+def test_bootstrap_checkout_to_checked_out(pod: Pod, source_repo: Path):
+    pod.set(CHECK_DATA="1")
+    write_shard(pod.root / "data" / "fineweb_train_000001.bin")
+    write_shard(pod.root / "data" / "fineweb_val_000000.bin")
+    boot = pod.wf("bootstrap")
+    assert boot.returncode == 0, boot.stderr
+    assert "bootstrap OK" in boot.stdout
+    assert pod.wf("bootstrap").returncode == 0  # idempotent
+    env_file = pod.root / "project.env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert env_file.read_text().startswith("# written by workflow.sh")
+    done = pod.wf("checkout")
+    assert done.returncode == 0, done.stderr
+    assert "checkout OK" in done.stdout and "torch" in done.stdout and "1+1 shards" in done.stdout
+    sha = git(source_repo, "rev-parse", "HEAD")
+    assert git(pod.root / "repo", "rev-parse", "HEAD") == sha
+    venv_python = pod.root / "repo" / ".venv" / "bin" / "python"
+    probe = subprocess.run([str(venv_python), "-c", "import torch; print(torch.__version__)"], text=True,
+                           stdout=subprocess.PIPE)
+    assert probe.returncode == 0 and probe.stdout.strip()
+    fsm_status = json.loads(pod.wf("fsm-status", "--json").stdout)
+    assert fsm_status["state"] == "CHECKED_OUT"
+    assert [h["to"] for h in fsm_status["history"]] == ["BOOTSTRAPPED", "BOOTSTRAPPED", "CHECKED_OUT"]
+    again = pod.wf("checkout", "--set", f"EXPECT_GIT_SHA={sha[:10]}")  # twice works; sha verified
+    assert again.returncode == 0, again.stderr
+
+
+def test_checkout_pull_request_ref_twice(local_pod: Pod, tmp_path: Path, source_repo: Path):
+    upstream = tmp_path / "upstream"
+    subprocess.run(["git", "clone", "-q", "--bare", str(source_repo), str(upstream)], check=True)
+    work = tmp_path / "work"
+    subprocess.run(["git", "clone", "-q", str(upstream), str(work)], check=True)
+    (work / "feature.txt").write_text("pr\n")
+    git(work, "add", "feature.txt")
+    git(work, "commit", "-q", "-m", "feature")
+    pr_sha = git(work, "rev-parse", "HEAD")
+    git(work, "push", "-q", "origin", "HEAD:refs/pull/7/head")
+    local_pod.set(REPO_URL=str(upstream), CHECKOUT_PR="pull/7/head", WF_FSM_ENFORCE="0")
+    for _ in range(2):
+        result = local_pod.wf("checkout")
+        assert result.returncode == 0, result.stderr
+        assert git(local_pod.root / "repo", "rev-parse", "HEAD") == pr_sha
+    assert "PR 7" in result.stdout
+
+
+def test_checkout_refuses_dirty_tree_unless_forced(local_pod: Pod):
+    local_pod.set(WF_FSM_ENFORCE="0")
+    assert local_pod.wf("checkout").returncode == 0
+    readme = local_pod.root / "repo" / "README.md"
+    readme.write_text("local edit\n")
+    refused = local_pod.wf("checkout")
+    assert refused.returncode == 7
+    assert "uncommitted changes on the pod" in one_line_error(refused) and "README.md" in refused.stderr
+    assert readme.read_text() == "local edit\n"  # nothing lost
+    forced = local_pod.wf("checkout", "--set", "CHECKOUT_FORCE_CLEAN=1")
+    assert forced.returncode == 0, forced.stderr
+    assert readme.read_text() != "local edit\n"
+
+
+def test_checkout_builds_offline_data_and_installs_requirements(local_pod: Pod):
+    local_pod.set(WF_FSM_ENFORCE="0", CHECK_DATA="1", DATA_BUILD_OFFLINE="1",
+                  PIP_INSTALL_ARGS="-r examples/nanogpt/requirements.txt")
+    result = local_pod.wf("checkout", timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (local_pod.root / "data").glob("*.bin")) == [
+        "fineweb_train_000000.bin", "fineweb_val_000000.bin"]
+    assert "pip install -r examples/nanogpt/requirements.txt" in result.stderr
+
+
+def test_venv_recreate_only_rebuilds_our_own_venv(local_pod: Pod):
+    local_pod.set(WF_FSM_ENFORCE="0")
+    assert local_pod.wf("checkout").returncode == 0
+    marker = local_pod.root / "repo" / ".venv" / "pyvenv.cfg"
+    before = marker.stat().st_ino
+    assert local_pod.wf("checkout", "--set", "VENV_RECREATE=1").returncode == 0
+    assert marker.stat().st_ino != before
+    foreign = local_pod.root / "foreign-venv"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    refused = local_pod.wf("checkout", "--set", f"VENV_DIR={foreign}", "--set", "VENV_RECREATE=1")
+    assert refused.returncode == 7 and "not made by workflow.sh" in one_line_error(refused)  # before any change
+    assert (foreign / "keep.txt").read_text() == "mine"
+
+
+def test_fsm_reset_and_status_history(pod: Pod):
+    reset = pod.wf("fsm-reset", "CHECKED_OUT", "--reason", "restored by hand")
+    assert reset.returncode == 0, reset.stderr
+    status = pod.wf("fsm-status")
+    assert "state:    CHECKED_OUT" in status.stdout and "restored by hand" in status.stdout
+    assert "sweep-start" in status.stdout  # what it allows next
+
+
+def test_twenty_concurrent_cli_transitions(local_pod: Pod):
+    def one(index: int) -> int:
+        return local_pod.wf("fsm-reset", ["BOOTSTRAPPED", "CHECKED_OUT"][index % 2], "--reason", f"p{index}",
+                            timeout=300).returncode
+
+    with ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(one, range(20)))
+    assert codes == [0] * 20
+    data = json.loads((local_pod.outputs / "_control" / "workflow_state.json").read_text())
+    assert sorted(h["reason"] for h in data["history"]) == sorted(f"p{i}" for i in range(20))
+
+
+def test_validate_and_print_resolved_env(pod: Pod):
+    pod.set(WANDB_API_KEY="super-secret-value", NCCL_DEBUG="INFO")
+    valid = pod.wf("validate")
+    assert valid.returncode == 0, valid.stderr
+    assert "config OK" in valid.stdout and "sweep CSV OK" in valid.stdout
+    shown = pod.wf("print-resolved-env")
+    assert shown.returncode == 0
+    assert "super-secret-value" not in shown.stdout + shown.stderr
+    assert "WANDB_API_KEY=<set, hidden>" in shown.stdout
+    assert "NCCL_DEBUG=INFO" in shown.stdout and "passed to runs" in shown.stdout
+    data = json.loads(pod.wf("print-resolved-env", "--json").stdout)
+    assert data["keys"]["TMUX_SOCKET"]["value"] == pod.socket
+    assert data["keys"]["RUN_RETRIES"]["source"] == "default"
+    assert not pod.root.joinpath("outputs").exists()  # validate/print touch nothing
+
+
+def test_secrets_synced_to_pod_env_file_only(pod: Pod):
+    pod.set(WANDB_API_KEY="super-secret-value")
+    result = pod.wf("bootstrap", "--debug")
+    assert result.returncode == 0, result.stderr
+    assert "super-secret-value" not in result.stdout + result.stderr
+    env_text = (pod.root / "project.env").read_text()
+    assert "WANDB_API_KEY=super-secret-value" in env_text
+    state_text = (pod.outputs / "_control" / "workflow_state.json").read_text()
+    assert "super-secret-value" not in state_text
+    mtime = (pod.root / "project.env").stat().st_mtime_ns
+    assert pod.wf("bootstrap").returncode == 0
+    assert (pod.root / "project.env").stat().st_mtime_ns == mtime  # unchanged: not rewritten
+
+
+def test_dry_run_changes_nothing(pod: Pod):
+    for args in (["bootstrap"], ["checkout"], ["fsm-reset", "CHECKED_OUT"]):
+        result = pod.wf("--dry-run", *args)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip()
+    assert not pod.root.joinpath("outputs").exists() and not (pod.root / "repo").exists()
+    assert "git clone/fetch" in pod.wf("checkout", "--dry-run").stdout
+
+
+def test_help_lists_every_command_and_command_help():
+    from conftest import WORKFLOW
+
+    env = {**os.environ, "WORKFLOW_VENV": os.environ.get("VIRTUAL_ENV", "") or __import__("sys").prefix}
+    out = subprocess.run([str(WORKFLOW), "help"], text=True, stdout=subprocess.PIPE, env=env).stdout
+    from helpers.cli import COMMANDS
+
+    for command in COMMANDS:
+        assert f"  {command.name}" in out
+    one = subprocess.run([str(WORKFLOW), "task-run", "--help"], text=True, stdout=subprocess.PIPE, env=env)
+    assert one.returncode == 0 and "--timeout-secs" in one.stdout
