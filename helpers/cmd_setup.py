@@ -154,7 +154,7 @@ def plan_checkout(session: Session) -> list[str]:
     plan.append(f"venv {cfg.str('VENV_DIR')} from {cfg.str('REMOTE_PYTHON_BIN')} --system-site-packages"
                 + (" (rebuilt: VENV_RECREATE=1)" if cfg.bool("VENV_RECREATE") else ""))
     words = cfg.words("PIP_INSTALL_ARGS")
-    plan.append(f"pip install {' '.join(words)}" if words else "no pip install (PIP_INSTALL_ARGS empty)")
+    plan.append(f"pip install {' '.join(words)}" if words and words != ["none"] else "no pip install (PIP_INSTALL_ARGS=none)")
     plan.append("verify import torch" + (" and torch.cuda.is_available()" if cfg.bool("REQUIRE_CUDA") else ""))
     if cfg.bool("CHECK_DATA"):
         extra = " (download if missing)" if cfg.bool("DOWNLOAD_FINEWEB") else (

@@ -109,7 +109,7 @@ KEYS: tuple[Key, ...] = (
        "1 = discard uncommitted changes in the pod checkout (else checkout refuses)"),
     _k(_C, "VENV_RECREATE", "bool", "0", "1 = rebuild the run venv from REMOTE_PYTHON_BIN"),
     _k(_C, "PIP_INSTALL_ARGS", "words", "-r examples/nanogpt/requirements.txt",
-       "what checkout pip-installs into the venv (run in the repo); auto = requirements.txt or -e .; empty = nothing"),
+       "what checkout pip-installs into the venv (run in the repo); auto = requirements.txt or -e .; none = nothing"),
     _k(_C, "REQUIRE_CUDA", "bool", "1", "checkout fails unless torch.cuda.is_available() (0 on CPU hosts)",
        local_default="0"),
     _k(_C, "CHECK_DATA", "bool", "1", "checkout validates the FineWeb shards under DATA_DIR"),

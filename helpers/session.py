@@ -140,6 +140,11 @@ def run_command(command: Command, options: argparse.Namespace, root: Path) -> in
     except KeyboardInterrupt:
         sys.stderr.write(f"workflow.sh {command.name}: interrupted\n")
         return 130
+    except BrokenPipeError:  # output piped into `head` and friends
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         if session is not None:
             session.close()

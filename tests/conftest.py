@@ -230,7 +230,7 @@ def make_pod(kind: str, base: Path, source: Path | None, server: SSHServer | Non
         "OPS_REMOTE_OUTPUTS_DIR": str(root / "outputs"), "OPS_REMOTE_REPO": str(root / "repo"),
         "REMOTE_ENV_PATH": str(root / "project.env"), "DATA_DIR": str(root / "data"),
         "TMUX_SOCKET": socket_name, "REQUIRE_CUDA": "0", "DATA_BUILD_OFFLINE": "0", "CHECK_DATA": "0",
-        "PIP_INSTALL_ARGS": "", "REMOTE_PYTHON_BIN": sys.executable, "TASK_KILL_GRACE_SECS": "2",
+        "PIP_INSTALL_ARGS": "none", "REMOTE_PYTHON_BIN": sys.executable, "TASK_KILL_GRACE_SECS": "2",
         "LOCAL_ARTIFACTS_DIR": str(base / "artifacts"), "OPS_KNOWN_HOSTS": str(base / "known_hosts"),
         "OPS_SSH_CONFIG": str(base / "ssh_config"), "SSH_CONNECT_TIMEOUT_SECS": "5",
     }

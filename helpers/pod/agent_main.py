@@ -33,6 +33,7 @@ OPS: Dict[str, Tuple[str, str]] = {
     "sweep-start": ("campaigns", "sweep_start"),
     "sweep-status": ("campaigns", "sweep_status"),
     "sweep-stop": ("campaigns", "sweep_stop"),
+    "sweep-resume": ("campaigns", "sweep_resume"),
     "fetch-list": ("fetchlist", "fetch_list"),
 }
 # ops whose stdout is raw data (not a JSON reply); errors go to stderr
@@ -85,6 +86,13 @@ def main(argv: List[str]) -> int:
         return exc.code
     except KeyboardInterrupt:
         _emit({"ok": False, "error": "interrupted", "code": ExitCode.FAILED})
+        return ExitCode.FAILED
+    except Exception as exc:  # a bug: say where, never a half answer
+        import traceback
+
+        traceback.print_exc()
+        _emit({"ok": False, "error": f"internal error in the pod agent ({op}): {exc.__class__.__name__}: {exc} "
+               "(a bug in workflow.sh; the traceback is above)", "code": ExitCode.FAILED})
         return ExitCode.FAILED
     _emit({"ok": True, "result": result})
     return ExitCode.OK

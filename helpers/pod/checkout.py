@@ -188,7 +188,7 @@ def pip_install(ctx: Context, repo: str, venv: str) -> List[str]:
             args = ["-e", "."]
         else:
             args = []
-    if not args:
+    if not args or args == ["none"]:
         return []
     python = os.path.join(venv, "bin", "python")
     if procs.run([python, "-m", "pip", "--version"], timeout=60)[0] != 0:

@@ -44,8 +44,9 @@ TRANSITIONS: Dict[str, Dict[State, State]] = {
                   **{s: s for s in (S.CHECKED_OUT, *_SWEEP_DONE)}},
     "pod-up": {S.INIT: S.POD_READY, S.POD_READY: S.POD_READY},
     "checkout": {S.BOOTSTRAPPED: S.CHECKED_OUT, **{s: S.CHECKED_OUT for s in _READY_FOR_SWEEP}},
-    "sweep-start": {s: S.SWEEP_RUNNING for s in _READY_FOR_SWEEP},
-    "sweep-resume": {s: S.SWEEP_RUNNING for s in _READY_FOR_SWEEP},
+    # from SWEEP_RUNNING only when its executor is gone (the op checks liveness and refuses otherwise)
+    "sweep-start": {s: S.SWEEP_RUNNING for s in (*_READY_FOR_SWEEP, S.SWEEP_RUNNING)},
+    "sweep-resume": {s: S.SWEEP_RUNNING for s in (*_READY_FOR_SWEEP, S.SWEEP_RUNNING)},
     "sweep-stop": {S.SWEEP_RUNNING: S.SWEEP_STOPPED},
     # written by the sweep executor on the pod when the last row ends
     "sweep-complete": {S.SWEEP_RUNNING: S.SWEEP_COMPLETED},

@@ -1,0 +1,213 @@
+"""Sweep commands: sweep-csv-template, sweep-start, sweep-status, sweep-watch, sweep-stop, sweep-resume."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from helpers.errors import ExitCode, WorkflowError
+from helpers.pod import runs
+from helpers.render import bar, duration, table
+from helpers.session import Session
+from helpers.sweep_csv import SweepRow, parse_sweep_csv, select_rows, write_template
+
+FAILED_STATES = ("failed", "timed_out", "stalled", "lost", "cancelled")
+
+
+def _csv_path(session: Session) -> Path:
+    given = getattr(session.options, "csv", None)
+    if given:
+        path = Path(given)
+        return path if path.is_absolute() else Path.cwd() / path
+    path = session.cfg.local_path("SWEEP_CSV")
+    if path is None:
+        raise WorkflowError("no sweep CSV: set SWEEP_CSV or pass --csv FILE", ExitCode.USAGE)
+    return path
+
+
+def load_selected_rows(session: Session, path: Path | None = None) -> tuple[list[SweepRow], list[SweepRow]]:
+    cfg = session.cfg
+    rows = parse_sweep_csv(path or _csv_path(session), cfg.project_root / cfg.str("TRAIN_WORKDIR"))
+    selected = select_rows(rows, cfg.str("SWEEP_MATCH") or None, cfg.str("SWEEP_START_AT") or None,
+                           cfg.int("SWEEP_LIMIT"))
+    return rows, selected
+
+
+def _row_payload(row: SweepRow) -> dict[str, Any]:
+    return {"run_id": row.run_id, "row_number": row.row_number, "notes": row.notes, **row.spec()}
+
+
+def cmd_sweep_csv_template(session: Session) -> int:
+    out = Path(session.options.out) if session.options.out else session.cfg.local_path("SWEEP_CSV")
+    assert out is not None
+    if session.dry_run:
+        state = "exists: would refuse (never overwritten)" if out.exists() else "would be written"
+        session.print(f"{out}: {state}")
+        return 0
+    write_template(out)
+    session.print(f"wrote {out}; edit it, then: infra_scripts/workflow.sh sweep-start --csv {out}")
+    return 0
+
+
+def _pod_slots(session: Session) -> list[str]:
+    """GPU ids on the pod (read-only probe, no agent), else the CPU slots from config."""
+    result = session.transport().run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], timeout=60)
+    gpus = [line.strip() for line in result.stdout.decode(errors="replace").splitlines() if line.strip()]
+    if result.exit_code == 0 and gpus:
+        return gpus
+    return [f"cpu{i}" for i in range(session.cfg.int("SWEEP_CPU_SLOTS") or 1)]
+
+
+def plan_sweep(session: Session, rows: list[SweepRow], slots: list[str]) -> list[str]:
+    """Every row's exact command and slot assignment (first wave of the packing)."""
+    cfg = session.cfg
+    cpu = slots[0].startswith("cpu")
+    repo = cfg.str("OPS_REMOTE_REPO").rstrip("/")
+    workdir = f"{repo}/{cfg.str('TRAIN_WORKDIR')}"
+    python = f"{cfg.str('VENV_DIR').rstrip('/')}/bin/python"
+    outputs = cfg.str("OPS_REMOTE_OUTPUTS_DIR").rstrip("/")
+    local_sync = cfg.str("RUN_OUT_MODE") == "local_sync"
+    free, lines, wave = list(slots), [], 1
+    for row in rows:
+        need = row.gpus or len(slots)
+        if need > len(slots):
+            lines.append(f"row {row.row_number} {row.run_id}: needs {need} slot(s), the pod has {len(slots)}: "
+                         "sweep-start will refuse it")
+            continue
+        if need > len(free):
+            free, wave = list(slots), wave + 1
+        take, free = free[:need], free[need:]
+        out_dir = f"{cfg.str('RUN_OUT_LOCAL_ROOT').rstrip('/')}/{row.run_id}" if local_sync else f"{outputs}/{row.run_id}"
+        argv = runs.build_argv(python, cfg.str("TRAIN_ENTRYPOINT"), row.config, row.seed, out_dir, list(row.overrides),
+                               need)
+        visible = "" if cpu else ",".join(take)
+        where = f"CPU slot(s) {','.join(take)}" if cpu else f"GPU(s) {visible}"
+        lines.append(f"row {row.row_number} {row.run_id}: {where} (wave {wave})")
+        lines.append(f"  cd {shlex.quote(workdir)} && CUDA_VISIBLE_DEVICES={shlex.quote(visible)} {shlex.join(argv)}")
+    return lines
+
+
+def cmd_sweep_start(session: Session) -> int:
+    cfg = session.cfg
+    path = _csv_path(session)
+    _, selected = load_selected_rows(session, path)
+    from helpers.cmd_tasks import load_user_patterns
+
+    load_user_patterns(session)
+    patterns_path = cfg.local_path("TASK_FATAL_PATTERNS_FILE")
+    if session.dry_run:
+        slots = _pod_slots(session)
+        session.print(f"would start a campaign of {len(selected)} row(s) from {path} on {session.transport_label()}; "
+                      f"slots: {', '.join(slots)}; timeout {cfg.int('RUN_TIMEOUT_SECS') or 'none'}s per attempt")
+        for line in plan_sweep(session, selected, slots):
+            session.print(line)
+        return 0
+    csv_bytes = path.read_bytes()
+    args = {
+        "rows": [_row_payload(row) for row in selected], "csv_name": path.name,
+        "csv_text": csv_bytes.decode("utf-8", errors="replace"), "csv_sha256": hashlib.sha256(csv_bytes).hexdigest(),
+        "selection": {"match": cfg.str("SWEEP_MATCH"), "start_at": cfg.str("SWEEP_START_AT"),
+                      "limit": cfg.int("SWEEP_LIMIT")},
+        "reuse_run_ids": bool(session.options.reuse_run_ids),
+        "user_patterns": patterns_path.read_text(encoding="utf-8") if patterns_path else "",
+        "user_patterns_source": str(patterns_path or ""),
+    }
+    result = session.call("sweep-start", args, sync_env=True, timeout=180)
+    if session.as_json:
+        session.emit_json(result)
+        return 0
+    socket = f" -L {result['socket']}" if result.get("socket") else ""
+    already = f" ({result['already_ok']} already ok: skipped)" if result["already_ok"] else ""
+    session.print(f"campaign {result['campaign_id']} started: {result['rows']} row(s){already} on "
+                  f"{', '.join(result['slots'])}")
+    for run_id, old in result.get("superseded", []):
+        session.print(f"  run {run_id} taken over from campaign {old} (old directory kept in _superseded/)")
+    session.print("  status:  infra_scripts/workflow.sh sweep-status   (or sweep-watch)")
+    session.print(f"  on the pod: tmux{socket} attach -t {result['session']}")
+    return 0
+
+
+def render_status(status: dict[str, Any]) -> list[str]:
+    ex = status["executor"]
+    slots = f", slots {','.join(ex['slots'])}" if ex.get("slots") else ""
+    reason = f" ({ex['reason']})" if ex.get("reason") else ""
+    lines = [f"campaign {status['campaign_id']} (created {status['created_utc']}): executor {ex['state']}{reason}"
+             f"{slots}"]
+    rows = []
+    for row in status["rows"]:
+        loss = row.get("val_loss")
+        state = row["state"] + (f" (campaign {row['from_campaign']})" if row.get("from_campaign") else "")
+        rows.append([row["run_id"], state, str(row.get("attempts") or 0), duration(row.get("duration_s")),
+                     row.get("failure_class") or "", "" if loss is None else f"{loss:.4f}"])
+    lines += table(["RUN_ID", "STATE", "ATTEMPTS", "DURATION", "FAILURE", "VAL_LOSS"], rows)
+    totals = status["totals"]
+    done = sum(v for k, v in totals.items() if k in ("ok", *FAILED_STATES))
+    lines.append(bar(done, status["total"]) + "  " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
+    return lines
+
+
+def _status_code(status: dict[str, Any]) -> int:
+    return int(ExitCode.FAILED) if any(status["totals"].get(s) for s in FAILED_STATES) else 0
+
+
+def cmd_sweep_status(session: Session) -> int:
+    status = session.call("sweep-status", {"campaign": session.options.campaign}, timeout=300)
+    if session.as_json:
+        session.emit_json(status)
+    else:
+        for line in render_status(status):
+            session.print(line)
+    return _status_code(status)
+
+
+def cmd_sweep_watch(session: Session) -> int:
+    interval = max(0.5, float(session.options.interval))
+    tty = sys.stdout.isatty()
+    while True:
+        status = session.call("sweep-status", {"campaign": session.options.campaign}, timeout=300)
+        if tty:
+            sys.stdout.write("\x1b[2J\x1b[H")
+        for line in render_status(status):
+            session.print(line)
+        sys.stdout.flush()
+        if status["executor"]["state"] not in ("running", "starting"):
+            return _status_code(status)
+        time.sleep(interval)
+
+
+def cmd_sweep_stop(session: Session) -> int:
+    campaign = session.options.campaign
+    if session.dry_run:
+        session.print(f"would stop campaign {campaign or '(the latest)'} on {session.transport_label()}: SIGTERM to "
+                      "the executor, which cancels every active run (their whole process trees); state "
+                      "SWEEP_STOPPED")
+        return 0
+    result = session.call("sweep-stop", {"campaign": campaign}, timeout=600)
+    if session.as_json:
+        session.emit_json(result)
+        return 0
+    stopped = ", ".join(result["stopped_runs"]) or "none left running"
+    session.print(f"campaign {result['campaign_id']} stopped (executor was {result['executor_was']}); "
+                  f"runs stopped here: {stopped}; state {result['state']}")
+    return 0
+
+
+def cmd_sweep_resume(session: Session) -> int:
+    campaign = session.options.campaign
+    if session.dry_run:
+        session.print(f"would rerun the failed, cancelled and missing rows of campaign {campaign or '(the latest)'} "
+                      f"on {session.transport_label()} (rows already ok are skipped)")
+        return 0
+    result = session.call("sweep-resume", {"campaign": campaign}, sync_env=True, timeout=180)
+    if session.as_json:
+        session.emit_json(result)
+        return 0
+    if not result["rerun"]:
+        session.print(f"campaign {result['campaign_id']}: every row is ok; nothing to resume")
+        return 0
+    session.print(f"campaign {result['campaign_id']} resumed: rerunning {', '.join(result['rerun'])}")
+    return 0

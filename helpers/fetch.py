@@ -1,0 +1,173 @@
+"""fetch-run / fetch-all: copy runs into LOCAL_ARTIFACTS_DIR/<run_id>/, incrementally, then verify.
+
+Over SSH: one rsync over the same SSH settings (pinned host key, BatchMode, timeouts) with an
+explicit file list from the pod; on `local`: a plain copy that skips unchanged files. Every file
+the pod listed is then checked locally by size and sha256 before the fetch reports success.
+Nothing is written outside LOCAL_ARTIFACTS_DIR: run ids are validated and every path is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from helpers.errors import ExitCode, WorkflowError
+from helpers.pod.fetchlist import sha256_file
+from helpers.pod.ids import check_id
+from helpers.render import table
+from helpers.session import Session
+
+LOCAL_CACHE = ".wf-fetch-checksums.json"
+
+
+def _dest_root(session: Session) -> Path:
+    root = session.cfg.local_path("LOCAL_ARTIFACTS_DIR")
+    assert root is not None
+    return root.resolve()
+
+
+def _safe_rel(rel: str) -> str:
+    path = PurePosixPath(rel)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise WorkflowError(f"the pod listed an unsafe path {rel!r}; refusing to write it", ExitCode.REFUSED)
+    return str(path)
+
+
+def _plan(session: Session, listing: dict[str, Any]) -> list[tuple[str, str, int, str]]:
+    """(run_id, relative path, size, sha256) of every file to fetch, checked to stay inside the artifacts dir."""
+    root = _dest_root(session)
+    items = []
+    for run in listing["runs"]:
+        run_id = check_id(run["run_id"], "run id")
+        target = (root / run_id).resolve()
+        if target.parent != root:
+            raise WorkflowError(f"run id {run_id!r} would write outside {root}", ExitCode.REFUSED)
+        for rel, size, digest in run["files"]:
+            items.append((run_id, _safe_rel(rel), int(size), str(digest)))
+    return items
+
+
+def _copy_local(listing: dict[str, Any], items: list[tuple[str, str, int, str]], root: Path) -> int:
+    copied = 0
+    sources = {run["run_id"]: Path(run["path"]) for run in listing["runs"]}
+    for run_id, rel, _, _ in items:
+        src, dst = sources[run_id] / rel, root / run_id / rel
+        stat = src.stat()
+        if dst.exists() and dst.stat().st_size == stat.st_size and int(dst.stat().st_mtime) == int(stat.st_mtime):
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.partial")
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+        copied += 1
+    return copied
+
+
+def _rsync(session: Session, listing: dict[str, Any], items: list[tuple[str, str, int, str]], root: Path) -> None:
+    transport = session.transport()
+    shell = transport.rsync_shell()
+    assert shell is not None
+    host = transport.rsync_host()
+    progress = ["--info=progress2"] if sys.stderr.isatty() else ["--stats"]
+    file_list = "".join(f"{run_id}/{rel}\n" for run_id, rel, _, _ in items)
+    argv = ["rsync", "-a", "--partial", "--safe-links", "--no-devices", "--no-specials", "--protect-args",
+            "--files-from=-", "-e", shlex.join(shell), *progress, f"{host}:{listing['outputs'].rstrip('/')}/",
+            f"{root}/"]
+    root.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(argv, input=file_list, text=True, stdout=sys.stderr, stderr=subprocess.PIPE)
+    if result.returncode not in (0, 24):  # 24: a file vanished meanwhile (a running run): verified below
+        raise WorkflowError(f"rsync from {transport.description} failed (exit {result.returncode}): "
+                            f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ''}",
+                            ExitCode.TRANSPORT if result.returncode in (12, 30, 35, 255) else ExitCode.FAILED)
+
+
+def _verify(root: Path, items: list[tuple[str, str, int, str]]) -> list[str]:
+    """Paths that are missing or differ; local checksums are cached by (size, mtime)."""
+    bad: list[str] = []
+    caches: dict[str, dict[str, Any]] = {}
+    for run_id, rel, size, digest in items:
+        cache = caches.setdefault(run_id, _load_cache(root / run_id / LOCAL_CACHE))
+        path = root / run_id / rel
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            bad.append(f"{run_id}/{rel} (missing)")
+            continue
+        key = [stat.st_size, stat.st_mtime_ns]
+        cached = cache.get(rel)
+        local = cached[2] if cached and cached[:2] == key else sha256_file(str(path))
+        cache[rel] = [*key, local]
+        if stat.st_size != size or local != digest:
+            bad.append(f"{run_id}/{rel} (size {stat.st_size} vs {size})" if stat.st_size != size else
+                       f"{run_id}/{rel} (checksum differs)")
+    for run_id, cache in caches.items():
+        (root / run_id).mkdir(parents=True, exist_ok=True)
+        (root / run_id / LOCAL_CACHE).write_text(json.dumps(cache))
+    return bad
+
+
+def _load_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _fetch(session: Session, args: dict[str, Any]) -> int:
+    args["include_checkpoints"] = session.cfg.bool("FETCH_INCLUDE_CHECKPOINTS")
+    root = _dest_root(session)
+    if session.dry_run:
+        session.print(f"would list {', '.join(args.get('run_ids') or []) or 'the campaign runs'} on "
+                      f"{session.transport_label()} and copy them into {root}/<run_id>/ "
+                      f"({'with' if args['include_checkpoints'] else 'without'} checkpoints), then verify "
+                      "every file's size and sha256")
+        return 0
+    listing = session.call("fetch-list", args, timeout=600)
+    items = _plan(session, listing)
+    if session.transport().kind == "local":
+        _copy_local(listing, items, root)
+    else:
+        _rsync(session, listing, items, root)
+    bad = _verify(root, items)
+    running = {run["run_id"] for run in listing["runs"] if run.get("state") in ("running", "pending")}
+    changing = [b for b in bad if b.split("/", 1)[0] in running]
+    hard = [b for b in bad if b not in changing]
+    rows = [[run["run_id"], str(run.get("state") or "-"), str(len(run["files"])), f"{run['bytes'] / 1e6:.1f} MB"]
+            for run in listing["runs"]]
+    report = {"campaign_id": listing.get("campaign_id"), "dest": str(root), "runs": rows, "missing": listing["missing"],
+              "mismatched": hard, "changed_while_running": changing}
+    if session.as_json:
+        session.emit_json(report)
+    else:
+        for line in table(["RUN_ID", "STATE", "FILES", "SIZE"], rows):
+            session.print(line)
+        for run in listing["runs"]:
+            if run["skipped_symlinks"]:
+                session.print(f"{run['run_id']}: symlinks not followed: {', '.join(run['skipped_symlinks'][:5])}")
+        if listing["missing"]:
+            session.print(f"not on the pod (never started): {', '.join(listing['missing'])}")
+        if changing:
+            session.print(f"still running, changed during the fetch (fetch again later): {', '.join(changing[:5])}")
+    if hard:
+        raise WorkflowError(f"fetch incomplete: {len(hard)} file(s) did not arrive intact ({', '.join(hard[:3])}); run "
+                            "the fetch again", ExitCode.FAILED)
+    total = sum(size for _, _, size, _ in items)
+    if not session.as_json:
+        session.print(f"fetched and verified {len(items)} file(s), {total / 1e6:.1f} MB, into {root}")
+    return 0
+
+
+def cmd_fetch_run(session: Session) -> int:
+    run_id = check_id(session.options.run_id, "run id")
+    return _fetch(session, {"run_ids": [run_id]})
+
+
+def cmd_fetch_all(session: Session) -> int:
+    return _fetch(session, {"all": True, "campaign": session.options.campaign})

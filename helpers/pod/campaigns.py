@@ -1,0 +1,313 @@
+"""Agent ops for sweeps: sweep-start, sweep-status (read-only), sweep-stop, sweep-resume.
+
+A campaign is one immutable sweep launch: ``_campaigns/<id>/`` holds manifest.json (the rows,
+the config without secrets, the selection), sweep.csv, executor.json (the executor's liveness),
+events.jsonl, executor.log and index.json (finished rows, for a fast status). The uploaded CSV
+is also kept as ``_manifests/sweep-latest.csv`` plus a copy per campaign.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import fsm, proctree, runs, tmuxctl
+from .context import Context
+from .errors import ExitCode, WorkflowError
+from .executor import detect_slots
+from .ids import check_id
+from .jsonio import parse_utc, read_json, utc_now, write_bytes, write_json
+from .taskstate import is_terminal, read_status
+
+STARTING_GRACE_SECS = 30
+
+
+def root(ctx: Context) -> str:
+    return os.path.join(ctx.outputs, "_campaigns")
+
+
+def latest_file(ctx: Context) -> str:
+    return os.path.join(ctx.outputs, "_control", "latest_campaign")
+
+
+def campaign_dir(ctx: Context, campaign_id: Optional[str]) -> Tuple[str, str]:
+    if not campaign_id:
+        try:
+            with open(latest_file(ctx)) as handle:
+                campaign_id = handle.read().strip()
+        except FileNotFoundError:
+            raise WorkflowError("no sweep has been started on this pod; start one with workflow.sh sweep-start",
+                                ExitCode.NOT_FOUND) from None
+    path = os.path.join(root(ctx), check_id(campaign_id, "campaign id"))
+    if not os.path.isfile(os.path.join(path, "manifest.json")):
+        known = sorted(os.listdir(root(ctx)))[-5:] if os.path.isdir(root(ctx)) else []
+        raise WorkflowError(f"no campaign {campaign_id!r} on the pod (recent: {', '.join(known) or 'none'})",
+                            ExitCode.NOT_FOUND)
+    return campaign_id, path
+
+
+def executor_state(path: str) -> Tuple[str, Dict[str, Any]]:
+    """running | starting | finished | stopped | lost, told truthfully (a dead executor is lost)."""
+    record = read_json(os.path.join(path, "executor.json"), "executor status") or {}
+    state = record.get("state", "lost")
+    if state == "running":
+        if record.get("boot_id") and record["boot_id"] != proctree.boot_id():
+            return "lost", {**record, "reason": "the pod rebooted"}
+        if not proctree.is_alive(record.get("pid"), record.get("start_time")):
+            return "lost", {**record, "reason": "the executor process is gone (tmux killed?)"}
+    if state == "starting":
+        age = time.time() - (parse_utc(record.get("created_utc")) or time.time())
+        if age > STARTING_GRACE_SECS:
+            return "lost", {**record, "reason": f"the executor never started ({age:.0f}s)"}
+    return state, record
+
+
+def live_campaigns(ctx: Context) -> List[str]:
+    if not os.path.isdir(root(ctx)):
+        return []
+    return [name for name in sorted(os.listdir(root(ctx)))
+            if executor_state(os.path.join(root(ctx), name))[0] in ("running", "starting")]
+
+
+def _refuse_if_running(ctx: Context) -> None:
+    for campaign_id in live_campaigns(ctx):
+        raise WorkflowError(f"campaign {campaign_id} is still running on the pod; watch it with workflow.sh "
+                            f"sweep-status, or stop it first with workflow.sh sweep-stop --campaign {campaign_id}",
+                            ExitCode.REFUSED)
+
+
+def _start_executor(ctx: Context, path: str, generation: int) -> str:
+    write_json(os.path.join(path, "executor.json"), {"state": "starting", "created_utc": utc_now(),
+                                                     "generation": generation})
+    argv = tmuxctl.agent_command("sweep-exec", path)
+    return tmuxctl.open_window(ctx.tmux_base(), ctx.get("SWEEP_TMUX_SESSION"), "sweep", argv, path)
+
+
+def _check_pod_side(ctx: Context, rows: List[Dict[str, Any]]) -> List[str]:
+    python = os.path.join(ctx.path("VENV_DIR"), "bin", "python")
+    if not os.path.exists(python):
+        raise WorkflowError(f"the run venv {ctx.path('VENV_DIR')} is missing on the pod; run workflow.sh checkout",
+                            ExitCode.FAILED)
+    workdir = os.path.join(ctx.path("OPS_REMOTE_REPO"), ctx.get("TRAIN_WORKDIR"))
+    entry = os.path.join(workdir, ctx.get("TRAIN_ENTRYPOINT"))
+    if not os.path.isfile(entry):
+        raise WorkflowError(f"TRAIN_ENTRYPOINT {entry} does not exist in the pod checkout; fix TRAIN_WORKDIR / "
+                            "TRAIN_ENTRYPOINT or run checkout", ExitCode.USAGE)
+    slots = detect_slots(ctx, ctx.config)
+    for row in rows:
+        if not os.path.isfile(os.path.join(workdir, row["config"])):
+            raise WorkflowError(f"row {row['row_number']} ({row['run_id']}): config {row['config']} is not in the "
+                                f"pod checkout {workdir}; commit and push it, then run checkout", ExitCode.USAGE)
+        if row.get("gpus") and int(row["gpus"]) > len(slots):
+            raise WorkflowError(f"row {row['row_number']} ({row['run_id']}) needs {row['gpus']} GPU(s) but the pod "
+                                f"has {len(slots)} slot(s) ({', '.join(slots)})", ExitCode.USAGE)
+    return slots
+
+
+def _check_ownership(ctx: Context, rows: List[Dict[str, Any]], reuse: bool, campaign_id: Optional[str] = None
+                     ) -> List[Tuple[str, str]]:
+    """Run dirs this launch may use; returns (run_id, owner campaign) pairs to move aside (reuse)."""
+    aside: List[Tuple[str, str]] = []
+    for row in rows:
+        path = runs.run_dir(ctx.outputs, row["run_id"])
+        if not os.path.exists(path):
+            continue
+        own = runs.owner(path)
+        if own is None:
+            raise WorkflowError(f"row {row['row_number']}: {path} exists and was not created by workflow.sh; it is "
+                                "left alone: choose another run_id", ExitCode.REFUSED)
+        status = read_status(path) or {}
+        if status and not is_terminal(status.get("state", "success")) and proctree.is_alive(
+                status.get("supervisor_pid"), status.get("supervisor_start_time")):
+            raise WorkflowError(f"row {row['row_number']}: run {row['run_id']} is running right now (campaign "
+                                f"{own.get('campaign_id')}); stop it first", ExitCode.REFUSED)
+        if own.get("campaign_id") in (campaign_id, None) or own.get("spec_hash") == row["spec_hash"]:
+            continue  # the same run again: it continues (and is skipped if already ok)
+        if not reuse:
+            raise WorkflowError(
+                f"row {row['row_number']}: run_id {row['run_id']} belongs to campaign {own.get('campaign_id')} with a "
+                "different config/seed/overrides; choose a new run_id, or pass --reuse-run-ids to take it over (the "
+                "old directory is kept aside)", ExitCode.REFUSED)
+        aside.append((row["run_id"], str(own.get("campaign_id"))))
+    return aside
+
+
+def sweep_start(ctx: Context) -> Dict[str, Any]:
+    args = ctx.args
+    rows: List[Dict[str, Any]] = [dict(r) for r in args["rows"]]
+    for row in rows:
+        check_id(row["run_id"], "run id")
+        row["spec_hash"] = runs.spec_hash(row)
+    fsm.check_allowed(fsm.read_state(ctx.state_file), "sweep-start", ctx.enforce)
+    _refuse_if_running(ctx)
+    slots = _check_pod_side(ctx, rows)
+    aside = _check_ownership(ctx, rows, bool(args.get("reuse_run_ids")))
+    ctx.sync_env()
+    campaign_id = f"{utc_now()[:19].replace('-', '').replace(':', '').replace('T', '-')}-{uuid.uuid4().hex[:6]}"
+    path = os.path.join(root(ctx), campaign_id)
+    os.makedirs(path)  # a new id: never an existing campaign
+    for run_id, old in aside:
+        target = os.path.join(ctx.outputs, "_superseded", f"{run_id}.{old}")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.rename(runs.run_dir(ctx.outputs, run_id), target)
+    ok_already = sum(1 for row in rows if runs.is_ok(runs.run_dir(ctx.outputs, row["run_id"]), row["spec_hash"]))
+    manifest = {
+        "schema_version": runs.SCHEMA_VERSION, "campaign_id": campaign_id, "created_utc": utc_now(),
+        "csv_name": args.get("csv_name"), "csv_sha256": args.get("csv_sha256"), "selection": args.get("selection"),
+        "rows": rows, "config": ctx.config, "user_patterns": args.get("user_patterns", ""),
+        "user_patterns_source": args.get("user_patterns_source", ""), "superseded": aside,
+    }
+    write_json(os.path.join(path, "manifest.json"), manifest, mode=0o444)
+    csv_bytes = str(args.get("csv_text", "")).encode("utf-8")
+    write_bytes(os.path.join(path, "sweep.csv"), csv_bytes, 0o444)
+    manifests = os.path.join(ctx.outputs, "_manifests")
+    write_bytes(os.path.join(manifests, f"sweep-{campaign_id}.csv"), csv_bytes, 0o444)
+    write_bytes(os.path.join(manifests, "sweep-latest.csv"), csv_bytes)
+    write_bytes(latest_file(ctx), (campaign_id + "\n").encode())
+    before = fsm.read_state(ctx.state_file)
+    fsm.transition(ctx.state_file, "sweep-start", f"campaign {campaign_id} ({len(rows)} rows)", ctx.enforce)
+    try:
+        _start_executor(ctx, path, 1)
+    except WorkflowError:
+        fsm.reset(ctx.state_file, before.state, f"campaign {campaign_id}: the executor could not start")
+        raise
+    return {"campaign_id": campaign_id, "rows": len(rows), "already_ok": ok_already, "slots": slots,
+            "session": ctx.get("SWEEP_TMUX_SESSION"), "superseded": aside, "socket": ctx.get("TMUX_SOCKET")}
+
+
+# ----------------------------------------------------------------------------- status (read-only)
+
+
+def _row_view(ctx: Context, campaign_id: str, row: Dict[str, Any], index: Dict[str, Any], executor_live: bool
+              ) -> Dict[str, Any]:
+    run_id = row["run_id"]
+    view: Dict[str, Any] = {"run_id": run_id, "row_number": row.get("row_number")}
+    indexed = index.get(run_id)
+    if indexed:
+        return {**view, **indexed, "state": "ok" if indexed.get("ok") else indexed.get("state")}
+    path = runs.run_dir(ctx.outputs, run_id)
+    done = runs.summary(path)
+    if done and done.get("spec_hash") == row.get("spec_hash") and (
+            done.get("campaign_id") == campaign_id or done.get("ok")):
+        return {**view, "state": "ok" if done.get("ok") else done.get("state"), "attempts": done.get("attempts"),
+                "duration_s": done.get("duration_s"), "failure_class": done.get("failure_class"),
+                "val_loss": (done.get("final_metrics") or {}).get("val_loss"),
+                "from_campaign": None if done.get("campaign_id") == campaign_id else done.get("campaign_id")}
+    own = runs.owner(path) if os.path.isdir(path) else None
+    if not own or own.get("campaign_id") != campaign_id:
+        return {**view, "state": "queued" if executor_live else "missing", "attempts": 0}
+    status = read_status(path) or {}
+    state = status.get("state", "pending")
+    ended = is_terminal(state)
+    if state in ("running", "pending") and status.get("supervisor_pid") and not proctree.is_alive(
+            status.get("supervisor_pid"), status.get("supervisor_start_time")):
+        state, ended = "lost", True
+    elif ended and executor_live:
+        state = "retrying"  # an attempt ended; the executor decides what comes next
+    started = parse_utc(status.get("started_utc"))
+    attempts = 0
+    try:
+        with open(os.path.join(path, "attempts.jsonl"), "rb") as handle:
+            attempts = sum(1 for line in handle if campaign_id.encode() in line)
+    except OSError:
+        pass
+    out_dir = os.path.join(ctx.path("RUN_OUT_LOCAL_ROOT"), run_id) if ctx.get("RUN_OUT_MODE") == "local_sync" else path
+    return {**view, "state": state, "attempts": attempts + (0 if ended else 1),
+            "duration_s": round(time.time() - started, 1) if started and not ended else None,
+            "failure_class": status.get("failure_class"), "val_loss": runs.last_val_loss(out_dir)}
+
+
+def sweep_status(ctx: Context) -> Dict[str, Any]:
+    campaign_id, path = campaign_dir(ctx, ctx.args.get("campaign"))
+    manifest = read_json(os.path.join(path, "manifest.json"), "campaign manifest") or {}
+    state, executor = executor_state(path)
+    index = read_json(os.path.join(path, "index.json"), "campaign index") or {}
+    live = state in ("running", "starting")
+    rows = [_row_view(ctx, campaign_id, row, index, live) for row in manifest.get("rows", [])]
+    totals: Dict[str, int] = {}
+    for row in rows:
+        totals[row["state"]] = totals.get(row["state"], 0) + 1
+    return {"campaign_id": campaign_id, "created_utc": manifest.get("created_utc"), "executor": {
+        "state": state, "pid": executor.get("pid"), "slots": executor.get("slots"), "reason": executor.get("reason"),
+        "heartbeat_utc": executor.get("heartbeat_utc"), "ended_utc": executor.get("ended_utc")},
+        "rows": rows, "totals": totals, "total": len(rows), "outputs": ctx.outputs,
+        "session": ctx.get("SWEEP_TMUX_SESSION")}
+
+
+# ----------------------------------------------------------------------------- stop / resume
+
+
+def _stop_runs(ctx: Context, manifest: Dict[str, Any], campaign_id: str) -> List[str]:
+    from .tasks import stop_leftovers
+
+    stopped = []
+    for row in manifest.get("rows", []):
+        path = runs.run_dir(ctx.outputs, row["run_id"])
+        own = runs.owner(path) if os.path.isdir(path) else None
+        if not own or own.get("campaign_id") != campaign_id:
+            continue
+        status = read_status(path) or {}
+        if not status or (is_terminal(status["state"]) and status.get("cleanup") in ("done", None)):
+            continue
+        pid = status.get("supervisor_pid")
+        if pid and proctree.is_alive(pid, status.get("supervisor_start_time")):
+            os.kill(int(pid), signal.SIGTERM)
+            deadline = time.monotonic() + ctx.number("TASK_KILL_GRACE_SECS", 10) + 15
+            while time.monotonic() < deadline and proctree.is_alive(pid, status.get("supervisor_start_time")):
+                time.sleep(0.1)
+        from .taskstate import update_status
+
+        record = update_status(path, state="cancelled", failure_class="killed", reason="cancelled (sweep-stop)",
+                               ended_utc=utc_now())
+        stop_leftovers(path, record)
+        update_status(path, cleanup="done")
+        stopped.append(row["run_id"])
+    return stopped
+
+
+def sweep_stop(ctx: Context) -> Dict[str, Any]:
+    campaign_id, path = campaign_dir(ctx, ctx.args.get("campaign"))
+    manifest = read_json(os.path.join(path, "manifest.json"), "campaign manifest") or {}
+    state, executor = executor_state(path)
+    if state == "running":
+        os.kill(int(executor["pid"]), signal.SIGTERM)  # it cancels its active runs, then exits
+        deadline = time.monotonic() + ctx.number("TASK_KILL_GRACE_SECS", 10) + 60
+        while time.monotonic() < deadline and proctree.is_alive(executor["pid"], executor.get("start_time")):
+            time.sleep(0.1)
+    stopped = _stop_runs(ctx, manifest, campaign_id)  # anything the executor did not (or could not) stop
+    record = read_json(os.path.join(path, "executor.json"), "executor status") or {}
+    if record.get("state") in ("running", "starting"):
+        record.update(state="stopped", ended_utc=utc_now(), stop_reason="sweep-stop (executor was gone)")
+        write_json(os.path.join(path, "executor.json"), record)
+    current = fsm.read_state(ctx.state_file)
+    if current.state == fsm.State.SWEEP_RUNNING.value:
+        fsm.transition(ctx.state_file, "sweep-stop", f"campaign {campaign_id} stopped", ctx.enforce)
+    return {"campaign_id": campaign_id, "executor_was": state, "stopped_runs": stopped,
+            "state": fsm.read_state(ctx.state_file).state}
+
+
+def sweep_resume(ctx: Context) -> Dict[str, Any]:
+    campaign_id, path = campaign_dir(ctx, ctx.args.get("campaign"))
+    manifest = read_json(os.path.join(path, "manifest.json"), "campaign manifest") or {}
+    fsm.check_allowed(fsm.read_state(ctx.state_file), "sweep-resume", ctx.enforce)
+    _refuse_if_running(ctx)
+    rows = manifest.get("rows", [])
+    todo = [r for r in rows if not runs.is_ok(runs.run_dir(ctx.outputs, r["run_id"]), r["spec_hash"])]
+    taken = [r["run_id"] for r in todo if (runs.owner(runs.run_dir(ctx.outputs, r["run_id"])) or {}).get(
+        "campaign_id", campaign_id) != campaign_id and os.path.isdir(runs.run_dir(ctx.outputs, r["run_id"]))]
+    if taken:
+        raise WorkflowError(f"run(s) {', '.join(taken[:5])} now belong to a later campaign; resume that one "
+                            "instead", ExitCode.REFUSED)
+    if not todo:
+        return {"campaign_id": campaign_id, "rerun": [], "state": fsm.read_state(ctx.state_file).state}
+    _check_pod_side(ctx, todo)
+    ctx.sync_env()
+    record = read_json(os.path.join(path, "executor.json"), "executor status") or {}
+    fsm.transition(ctx.state_file, "sweep-resume", f"campaign {campaign_id}: rerun {len(todo)} row(s)", ctx.enforce)
+    write_bytes(latest_file(ctx), (campaign_id + "\n").encode())
+    _start_executor(ctx, path, int(record.get("generation", 1)) + 1)
+    return {"campaign_id": campaign_id, "rerun": [r["run_id"] for r in todo], "session": ctx.get(
+        "SWEEP_TMUX_SESSION"), "socket": ctx.get("TMUX_SOCKET")}

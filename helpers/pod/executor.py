@@ -1,0 +1,336 @@
+"""The sweep executor: runs a campaign's rows on the pod, each under the task supervisor.
+
+``python3 -I -S agent.pyz sweep-exec CAMPAIGN_DIR`` in the `sweep` window of SWEEP_TMUX_SESSION.
+Rows that need fewer GPUs (or CPU slots) than the pod has are packed onto free ones in parallel
+with CUDA_VISIBLE_DEVICES set per run; a row without a `gpus` column takes them all. Failures do
+not stop the sweep (unless SWEEP_FAIL_FAST=1). Transient failures (nccl, lost, stalled) are
+retried with backoff up to RUN_RETRIES; an oom run is retried at most twice with half the batch
+and double the gradient accumulation, resuming from its checkpoint. Rows already ok are skipped,
+so starting again resumes. At the end the workflow state becomes SWEEP_COMPLETED or SWEEP_FAILED.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+from . import fsm, proctree, runs
+from .context import Context, read_env_file
+from .jsonio import append_jsonl, read_json, utc_now, write_bytes, write_json
+from .taskstate import is_terminal, read_status
+from .tasks import launch_supervised
+
+TRANSIENT = ("nccl", "lost", "stalled")
+MAX_OOM_RETRIES = 2
+HEARTBEAT_SECS = 2.0
+PASSTHROUGH = ("WANDB_", "HF_", "HUGGINGFACE_", "NCCL_", "TORCH_", "PYTORCH_", "OMP_", "CUDA_", "MLFLOW_",
+               "TOKENIZERS_", "RUNENV_")
+
+
+def detect_slots(ctx: Context, env: Dict[str, str]) -> List[str]:
+    """GPU ids (respecting CUDA_VISIBLE_DEVICES), else SWEEP_CPU_SLOTS CPU slots named cpu0..."""
+    visible = env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if visible is not None and visible.strip():
+        return [v.strip() for v in visible.split(",") if v.strip()]
+    if visible is None:
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=30)
+            gpus = [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+        except (OSError, subprocess.TimeoutExpired):
+            gpus = []
+        if gpus:
+            return gpus
+    return [f"cpu{i}" for i in range(max(1, ctx.number("SWEEP_CPU_SLOTS", 1)))]
+
+
+def run_env_from_pod_file(ctx: Context) -> Dict[str, str]:
+    values = read_env_file(ctx.get("REMOTE_ENV_PATH"))
+    env = {k: v for k, v in values.items() if k.startswith(PASSTHROUGH) or k in ("WANDB_API_KEY", "HF_TOKEN")}
+    for key in ("DATA_DIR", "OPS_REMOTE_OUTPUTS_DIR", "OPS_REMOTE_REPO"):
+        if ctx.get(key):
+            env[key] = ctx.path(key)
+    for key, value in list(env.items()):
+        if key.startswith("RUNENV_"):
+            env[key[len("RUNENV_"):]] = env.pop(key) if value is not None else ""
+    return env
+
+
+class RowRun:
+    """One row's progress through attempts in this executor pass."""
+
+    def __init__(self, row: Dict[str, Any]) -> None:
+        self.row = row
+        self.attempts: List[Dict[str, Any]] = []
+        self.extra: List[str] = []  # overrides replacing the row's own on retries
+        self.oom_retries = 0
+        self.transient_retries = 0
+        self.not_before = 0.0
+        self.slots: List[str] = []
+        self.out_dir = ""
+        self.command = ""
+        self.retry_note = ""
+
+    @property
+    def run_id(self) -> str:
+        return str(self.row["run_id"])
+
+
+class Executor:
+    def __init__(self, campaign_dir: str) -> None:
+        self.dir = os.path.abspath(campaign_dir)
+        manifest = read_json(os.path.join(self.dir, "manifest.json"), "campaign manifest")
+        if not isinstance(manifest, dict):
+            raise SystemExit(f"sweep-exec: no manifest.json in {self.dir}")
+        self.manifest = manifest
+        self.campaign_id = str(manifest["campaign_id"])
+        self.ctx = Context(manifest["config"])
+        self.outputs = self.ctx.outputs
+        self.stop_reason: Optional[str] = None
+        self.log_handle = open(os.path.join(self.dir, "executor.log"), "a", encoding="utf-8")  # noqa: SIM115
+        self.index: Dict[str, Any] = read_json(os.path.join(self.dir, "index.json"), "campaign index") or {}
+
+    # -- output and bookkeeping
+    def say(self, text: str) -> None:
+        line = f"[{utc_now()[11:19]}] {text}"
+        self.log_handle.write(line + "\n")
+        self.log_handle.flush()
+        try:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+
+    def event(self, kind: str, **fields: Any) -> None:
+        append_jsonl(os.path.join(self.dir, "events.jsonl"), {"utc": utc_now(), "event": kind, **fields})
+
+    def beat(self, state: str = "running", **extra: Any) -> None:
+        path = os.path.join(self.dir, "executor.json")
+        record = read_json(path, "executor status") or {}
+        record.update(state=state, heartbeat_utc=utc_now(), **extra)
+        write_json(path, record, durable=state != "running")
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = "hangup" if signum == signal.SIGHUP else "stop"
+
+    # -- runs
+    def _start(self, rr: RowRun, slots: List[str], env_base: Dict[str, str], cpu_mode: bool, threads: int) -> None:
+        row, ctx = rr.row, self.ctx
+        path = runs.run_dir(self.outputs, rr.run_id)
+        os.makedirs(path, exist_ok=True)
+        attempt = len(rr.attempts) + 1
+        local_sync = ctx.get("RUN_OUT_MODE") == "local_sync"
+        rr.out_dir = os.path.join(ctx.path("RUN_OUT_LOCAL_ROOT"), rr.run_id) if local_sync else path
+        overrides = list(rr.extra or row["overrides"])
+        workdir = os.path.join(ctx.path("OPS_REMOTE_REPO"), ctx.get("TRAIN_WORKDIR"))
+        python = os.path.join(ctx.path("VENV_DIR"), "bin", "python")
+        argv = runs.build_argv(python, ctx.get("TRAIN_ENTRYPOINT"), row["config"], int(row["seed"]), rr.out_dir,
+                               overrides, len(slots))
+        env = dict(env_base)
+        env.update(WF_RUN_ID=rr.run_id, WF_CAMPAIGN_ID=self.campaign_id, WF_ATTEMPT=str(attempt),
+                   CUDA_VISIBLE_DEVICES="" if cpu_mode else ",".join(slots))
+        if cpu_mode and "OMP_NUM_THREADS" not in env:
+            env["OMP_NUM_THREADS"] = str(threads)
+        shown_env = {k: env[k] for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS") if k in env}
+        rr.command = runs.replay_script(argv, workdir, shown_env, ctx.path("REMOTE_ENV_PATH"),
+                                        f"run {rr.run_id}, campaign {self.campaign_id}, attempt {attempt}")
+        write_bytes(os.path.join(path, "command.sh"), rr.command.encode(), 0o755)
+        if attempt == 1:
+            runs.claim(path, self.campaign_id, row)
+            manifest = {"schema_version": runs.SCHEMA_VERSION, "run_id": rr.run_id, "campaign_id": self.campaign_id,
+                        "created_utc": utc_now(), "csv_row": row, "config": self.manifest["config"],
+                        "argv": argv, "workdir": workdir, "out_dir": rr.out_dir, "slots": slots,
+                        "cpu_mode": cpu_mode, **self.provenance}
+            write_json(os.path.join(path, "run_manifest.json"), manifest)
+        spec = {
+            "id": rr.run_id, "argv": argv, "workdir": workdir, "log": "run.log",
+            "timeout_secs": row.get("timeout_secs") if row.get("timeout_secs") is not None else ctx.number(
+                "RUN_TIMEOUT_SECS", 43200),
+            "stall_secs": ctx.number("RUN_STALL_SECS", 1800), "kill_grace_secs": ctx.number("TASK_KILL_GRACE_SECS", 10),
+            "lost_after_secs": ctx.number("TASK_LOST_AFTER_SECS", 60),
+            "log_banner": f"attempt {attempt} of run {rr.run_id} (campaign {self.campaign_id}) on {','.join(slots)}",
+            "command_display": " ".join(argv[1:]),
+            "user_patterns": self.manifest.get("user_patterns", ""),
+            "user_patterns_source": self.manifest.get("user_patterns_source", ""),
+            "sync": {"from": rr.out_dir, "to": path, "interval": ctx.number("SYNC_INTERVAL_SECS", 60)}
+            if local_sync else None,
+        }
+        launch_supervised(path, spec, env, rr.command, ctx.tmux_base(), ctx.get("SWEEP_TMUX_SESSION"))
+        rr.slots = slots
+        rr.attempts.append({"attempt": attempt, "started_utc": utc_now(), "slots": slots,
+                            "overrides": overrides, "note": rr.retry_note})
+        self.event("run-start", run_id=rr.run_id, attempt=attempt, slots=slots)
+        self.say(f"start {rr.run_id} attempt {attempt} on {','.join(slots)}"
+                 + (f" ({rr.retry_note})" if rr.retry_note else ""))
+
+    def _finished(self, rr: RowRun) -> Optional[Dict[str, Any]]:
+        path = runs.run_dir(self.outputs, rr.run_id)
+        status = read_status(path) or {}
+        if not is_terminal(status.get("state", "pending")) or status.get("cleanup") not in ("done", None):
+            if status.get("state") in ("running", "pending"):
+                from .tasks import refresh
+
+                status = refresh(path, status)  # a vanished supervisor is lost, and told
+                if not (is_terminal(status["state"]) and status.get("cleanup") == "done"):
+                    return None
+            else:
+                return None
+        return status
+
+    def _decide(self, rr: RowRun, status: Dict[str, Any]) -> str:
+        """'ok', 'retry' (requeued) or 'failed' (final) for an attempt that ended."""
+        record = runs.attempt_record(runs.run_dir(self.outputs, rr.run_id), len(rr.attempts),
+                                     {"slots": rr.slots, "note": rr.retry_note})
+        rr.attempts[-1].update(record)
+        append_jsonl(os.path.join(runs.run_dir(self.outputs, rr.run_id), "attempts.jsonl"),
+                     {"campaign_id": self.campaign_id, **rr.attempts[-1]})
+        if status["state"] == "success":
+            return "ok"
+        if self.stop_reason:
+            return "failed"
+        klass = status.get("failure_class")
+        ctx = self.ctx
+        resume = ctx.words("RUN_RESUME_OVERRIDE")
+        overrides = list(rr.extra or rr.row["overrides"])
+        if klass == "oom" and ctx.flag("AUTO_BATCH_RETRY_ON_OOM") and rr.oom_retries < MAX_OOM_RETRIES:
+            new, why = runs.oom_retry_overrides(overrides, rr.out_dir, ctx.get("OOM_BATCH_KEY"),
+                                                ctx.get("OOM_ACCUM_KEY"), resume)
+            if new is not None:
+                rr.oom_retries += 1
+                rr.extra, rr.retry_note, rr.not_before = new, f"oom retry {rr.oom_retries}: {why}", 0.0
+                return "retry"
+            self.say(f"{rr.run_id}: oom, but {why}")
+        limit = rr.row.get("retries") if rr.row.get("retries") is not None else ctx.number("RUN_RETRIES", 2)
+        if klass in TRANSIENT and rr.transient_retries < int(limit):
+            rr.transient_retries += 1
+            delay = ctx.number("RUN_RETRY_BACKOFF_SECS", 30) * 2 ** (rr.transient_retries - 1)
+            new = overrides
+            for word in resume:
+                new = runs.set_override(new, word.partition("=")[0].lstrip("-"), word.partition("=")[2])
+            rr.extra, rr.not_before = new, time.monotonic() + delay
+            rr.retry_note = f"retry {rr.transient_retries}/{limit} after {klass}, backoff {delay}s"
+            return "retry"
+        return "failed"
+
+    def _conclude(self, rr: RowRun) -> Dict[str, Any]:
+        done = runs.write_summary(runs.run_dir(self.outputs, rr.run_id), self.campaign_id, rr.row, rr.attempts,
+                                  rr.out_dir, rr.command)
+        self.index[rr.run_id] = {k: done.get(k) for k in ("ok", "state", "failure_class", "attempts", "duration_s",
+                                                          "started_utc", "ended_utc")}
+        self.index[rr.run_id]["val_loss"] = (done.get("final_metrics") or {}).get("val_loss")
+        self.event("run-end", run_id=rr.run_id, ok=done["ok"], state=done["state"],
+                   failure_class=done.get("failure_class"))
+        verdict = "ok" if done["ok"] else f"{done['state']} [{done.get('failure_class')}]"
+        self.say(f"{rr.run_id}: {verdict} after {done['attempts']} attempt(s), {done.get('duration_s')}s")
+        return done
+
+    def _stop_active(self, active: Dict[str, RowRun]) -> None:
+        for rr in active.values():
+            status = read_status(runs.run_dir(self.outputs, rr.run_id)) or {}
+            pid = status.get("supervisor_pid")
+            if pid and proctree.is_alive(pid, status.get("supervisor_start_time")):
+                os.kill(int(pid), signal.SIGTERM)
+        deadline = time.monotonic() + self.ctx.number("TASK_KILL_GRACE_SECS", 10) + 20
+        while active and time.monotonic() < deadline:
+            for run_id in [r for r, rr in active.items() if self._finished(rr) is not None]:
+                rr = active.pop(run_id)
+                self._decide(rr, self._finished(rr) or {})
+                self._conclude(rr)
+            time.sleep(0.2)
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        ctx = self.ctx
+        env_base = run_env_from_pod_file(ctx)
+        slots = detect_slots(ctx, env_base)
+        cpu_mode = slots[0].startswith("cpu")
+        threads = max(1, (os.cpu_count() or 1) // len(slots)) if cpu_mode else 1
+        self.beat("running", pid=os.getpid(), start_time=proctree.start_time(os.getpid()),
+                  boot_id=proctree.boot_id(), started_utc=utc_now(), slots=slots, ended_utc=None, stop_reason=None)
+        repo = ctx.path("OPS_REMOTE_REPO")
+        self.provenance = {"git": runs.git_provenance(repo),
+                           "environment": runs.environment_provenance(os.path.join(ctx.path("VENV_DIR"), "bin",
+                                                                                   "python"))}
+        todo = [RowRun(row) for row in self.manifest["rows"]
+                if not runs.is_ok(runs.run_dir(self.outputs, str(row["run_id"])), row["spec_hash"])]
+        skipped = len(self.manifest["rows"]) - len(todo)
+        self.say(f"campaign {self.campaign_id}: {len(todo)} row(s) to run, {skipped} already ok; slots: "
+                 f"{','.join(slots)}")
+        free = list(slots)
+        active: Dict[str, RowRun] = {}
+        failed = 0
+        last_beat = last_index = 0.0
+        while (todo or active) and not self.stop_reason:
+            now = time.monotonic()
+            for run_id in list(active):
+                rr = active[run_id]
+                status = self._finished(rr)
+                if status is None:
+                    continue
+                del active[run_id]
+                free += rr.slots
+                verdict = self._decide(rr, status)
+                if verdict == "retry":
+                    self.say(f"{rr.run_id}: {status['state']} [{status.get('failure_class')}] -> {rr.retry_note}")
+                    todo.insert(0, rr)
+                    continue
+                if self._conclude(rr)["ok"] is False:
+                    failed += 1
+                    if ctx.flag("SWEEP_FAIL_FAST"):
+                        self.say("SWEEP_FAIL_FAST=1: stopping after the first failed row")
+                        self.stop_reason = "fail-fast"
+            if self.stop_reason:
+                break
+            for rr in list(todo):
+                need = int(rr.row.get("gpus") or len(slots))
+                if rr.not_before > now or need > len(free):
+                    continue
+                if need > len(slots):
+                    continue  # refused at sweep-start; never schedulable
+                todo.remove(rr)
+                take, free = free[:need], free[need:]
+                active[rr.run_id] = rr
+                self._start(rr, take, env_base, cpu_mode, threads)
+            if now - last_beat >= HEARTBEAT_SECS:
+                last_beat = now
+                self.beat("running", active=sorted(active), queued=len(todo))
+            if now - last_index >= 5.0:
+                last_index = now
+                write_json(os.path.join(self.dir, "index.json"), self.index, durable=False)
+            time.sleep(0.2)
+        if self.stop_reason:
+            self.say(f"stopping ({self.stop_reason}): cancelling {len(active)} active run(s)")
+            failed += len(active)
+            self._stop_active(active)
+        write_json(os.path.join(self.dir, "index.json"), self.index)
+        return self._end(failed, todo)
+
+    def _end(self, failed: int, todo: List[RowRun]) -> int:
+        ctx = self.ctx
+        state = {"stop": "stopped", "hangup": "lost", "fail-fast": "finished"}.get(self.stop_reason or "", "finished")
+        self.beat(state, ended_utc=utc_now(), stop_reason=self.stop_reason, active=[], queued=len(todo),
+                  failed=failed)
+        if self.stop_reason in (None, "fail-fast"):
+            command = "sweep-fail" if failed or todo else "sweep-complete"
+            try:
+                fsm.transition(ctx.state_file, command, f"campaign {self.campaign_id}: {failed} failed row(s)",
+                               ctx.enforce)
+            except Exception as exc:  # the state was changed by hand meanwhile: say so, keep going
+                self.say(f"workflow state not updated: {exc}")
+        self.event("executor-end", state=state, failed=failed)
+        self.say(f"campaign {self.campaign_id} {state}: {failed} failed row(s)")
+        return 0
+
+
+def executor_main(argv: List[str]) -> int:
+    if len(argv) != 1:
+        sys.stderr.write("usage: agent sweep-exec CAMPAIGN_DIR\n")
+        return 2
+    return Executor(argv[0]).run()
+

@@ -1,0 +1,213 @@
+"""One sweep run on the pod: its directory contract, command, manifest, summary and metrics.
+
+``<outputs>/<run_id>/``: campaign.json (which campaign owns it), run_manifest.json (what ran:
+resolved config without secrets, CSV row, git sha/dirty/diff hash, host, GPUs, torch, pip
+freeze), command.sh (exact replay), run.log (every attempt's output), status.json (the live
+supervisor record of the current attempt), attempts.jsonl, summary.json (written by the runner
+at the end: ok, state, failure_class, exit_code, attempts, timing, campaign, metrics). The
+trainer's own files (metrics.jsonl, ckpt.pt, results.json, ...) are never overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import socket
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import procs
+from .jsonio import parse_utc, read_json, utc_now, write_json
+from .taskstate import read_status
+
+SCHEMA_VERSION = 1
+TOOL_FILES = ("campaign.json", "run_manifest.json", "command.sh", "run.log", "status.json", "spec.json",
+              "attempts.jsonl", "summary.json")
+
+
+def spec_hash(row: Dict[str, Any]) -> str:
+    keys = ("config", "seed", "overrides", "gpus", "timeout_secs", "retries")
+    text = json.dumps({k: row.get(k) for k in keys}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_dir(outputs: str, run_id: str) -> str:
+    return os.path.join(outputs, run_id)
+
+
+def owner(path: str) -> Optional[Dict[str, Any]]:
+    data = read_json(os.path.join(path, "campaign.json"), "run ownership file")
+    return data if isinstance(data, dict) else None
+
+
+def claim(path: str, campaign_id: str, row: Dict[str, Any]) -> None:
+    previous = owner(path) or {}
+    history = list(previous.get("history", []))
+    if previous.get("campaign_id") and previous.get("campaign_id") != campaign_id:
+        history.append({"campaign_id": previous["campaign_id"], "spec_hash": previous.get("spec_hash"),
+                        "until_utc": utc_now()})
+    write_json(os.path.join(path, "campaign.json"), {"schema_version": SCHEMA_VERSION, "campaign_id": campaign_id,
+                                                     "spec_hash": row["spec_hash"], "history": history})
+
+
+def summary(path: str) -> Optional[Dict[str, Any]]:
+    data = read_json(os.path.join(path, "summary.json"), "run summary")
+    return data if isinstance(data, dict) else None
+
+
+def is_ok(path: str, campaign_spec_hash: str) -> bool:
+    done = summary(path)
+    return bool(done and done.get("ok") is True and done.get("spec_hash") == campaign_spec_hash)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def read_metrics(out_dir: str) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
+    """(last, best-by-val_loss) records of the trainer's metrics.jsonl; never raises."""
+    last: Optional[Dict[str, Any]] = None
+    best: Optional[Dict[str, Any]] = None
+    try:
+        with open(os.path.join(out_dir, "metrics.jsonl"), encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(record, dict):
+                    continue
+                last = record
+                loss = record.get("val_loss")
+                if isinstance(loss, (int, float)) and (best is None or loss < best.get("val_loss", float("inf"))):
+                    best = record
+    except OSError:
+        pass
+    return last, best
+
+
+def last_val_loss(out_dir: str) -> Optional[float]:
+    """Cheap: the val_loss of the last metrics line (reads only the file's tail)."""
+    path = os.path.join(out_dir, "metrics.jsonl")
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 4096))
+            lines = handle.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            value = json.loads(line).get("val_loss")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(value, (int, float)):
+            return float(value)
+    return None
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def override_value(overrides: List[str], key: str) -> Optional[str]:
+    for word in reversed(overrides):
+        name, _, value = word.partition("=")
+        if name.lstrip("-") == key:
+            return value
+    return None
+
+
+def set_override(overrides: List[str], key: str, value: str) -> List[str]:
+    kept = [w for w in overrides if w.partition("=")[0].lstrip("-") != key]
+    return [*kept, f"{key}={value}"]
+
+
+def oom_retry_overrides(overrides: List[str], out_dir: str, batch_key: str, accum_key: str,
+                        resume: List[str]) -> Tuple[Optional[List[str]], str]:
+    """Half the batch, double the accumulation, resume; (None, why) if the batch size is unknown."""
+    trainer_config = read_json(os.path.join(out_dir, "config.json"), "trainer config") if os.path.exists(
+        os.path.join(out_dir, "config.json")) else None
+    trainer_config = trainer_config if isinstance(trainer_config, dict) else {}
+    batch_text = override_value(overrides, batch_key) or (
+        str(trainer_config[batch_key]) if batch_key in trainer_config else None)
+    accum_text = override_value(overrides, accum_key) or str(trainer_config.get(accum_key, 1))
+    try:
+        batch, accum = int(batch_text or ""), int(accum_text)
+    except ValueError:
+        return None, f"cannot halve {batch_key}: not in the overrides or in {out_dir}/config.json"
+    if batch < 2:
+        return None, f"{batch_key} is already {batch}; cannot halve it"
+    new = set_override(overrides, batch_key, str(batch // 2))
+    new = set_override(new, accum_key, str(accum * 2))
+    for word in resume:
+        new = set_override(new, word.partition("=")[0].lstrip("-"), word.partition("=")[2])
+    return new, f"{batch_key} {batch}->{batch // 2}, {accum_key} {accum}->{accum * 2}, resuming"
+
+
+def build_argv(python: str, entrypoint: str, config: str, seed: int, out_dir: str, overrides: List[str],
+               nproc: int) -> List[str]:
+    """torchrun --standalone --nproc_per_node=N <entrypoint> <config> seed=.. out_dir=.. <overrides>:
+    every override is one argv word; nothing goes through a shell."""
+    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", entrypoint, config,
+            f"seed={seed}", f"out_dir={out_dir}", *overrides]
+
+
+def replay_script(argv: List[str], workdir: str, env: Dict[str, str], env_file: str, header: str) -> str:
+    shown = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
+    return "\n".join([
+        "#!/usr/bin/env bash", f"# {header}", "# exact replay of this run (secrets come from the pod env file)",
+        "set -euo pipefail", f"cd {shlex.quote(workdir)}",
+        f"if [[ -r {shlex.quote(env_file)} ]]; then set -a; . {shlex.quote(env_file)}; set +a; fi",
+        f"exec env {shown} {shlex.join(argv)}" if shown else f"exec {shlex.join(argv)}", "",
+    ])
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def git_provenance(repo: str) -> Dict[str, Any]:
+    info: Dict[str, Any] = {"repo": repo}
+    code, sha = procs.run(["git", "-C", repo, "rev-parse", "HEAD"], timeout=30)
+    info["git_sha"] = sha.strip() if code == 0 else None
+    code, diff = procs.run(["git", "-C", repo, "diff", "HEAD", "--binary"], timeout=60)
+    info["dirty"] = bool(diff.strip()) if code == 0 else None
+    info["diff_sha256"] = hashlib.sha256(diff.encode()).hexdigest() if code == 0 and diff.strip() else None
+    return info
+
+
+def environment_provenance(python: str) -> Dict[str, Any]:
+    """Torch version and pip freeze of the run venv (once per executor: both cost seconds)."""
+    code, out = procs.run([python, "-c", "import torch, json; print(json.dumps({'torch': torch.__version__, "
+                                        "'cuda': torch.version.cuda}))"], timeout=300)
+    torch_info = json.loads(out.strip().splitlines()[-1]) if code == 0 else {"torch": None, "error": procs.tail(out)}
+    code, frozen = procs.run([python, "-m", "pip", "freeze", "--all"], timeout=300)
+    return {**torch_info, "pip_freeze": frozen.strip().splitlines() if code == 0 else None,
+            "host": socket.gethostname()}
+
+
+def write_summary(path: str, campaign_id: str, row: Dict[str, Any], attempts: List[Dict[str, Any]],
+                  out_dir: str, command: str) -> Dict[str, Any]:
+    final = attempts[-1]
+    last, best = read_metrics(out_dir)
+    results = read_json(os.path.join(out_dir, "results.json"), "trainer results") if os.path.exists(
+        os.path.join(out_dir, "results.json")) else None
+    started, ended = attempts[0].get("started_utc"), final.get("ended_utc")
+    start_s, end_s = parse_utc(started), parse_utc(ended)
+    data = {
+        "schema_version": SCHEMA_VERSION, "run_id": row["run_id"], "campaign_id": campaign_id,
+        "ok": final["state"] == "success", "state": final["state"], "failure_class": final.get("failure_class"),
+        "exit_code": final.get("exit_code"), "reason": final.get("reason"), "attempts": len(attempts),
+        "attempt_history": attempts, "started_utc": started, "ended_utc": ended,
+        "duration_s": round(end_s - start_s, 1) if start_s and end_s else None, "spec_hash": row["spec_hash"],
+        "final_metrics": last, "best_metrics": best, "trainer_results": results if isinstance(results, dict) else None,
+        "out_dir": out_dir, "command": command,
+    }
+    write_json(os.path.join(path, "summary.json"), data)
+    return data
+
+
+def attempt_record(path: str, attempt: int, extra: Dict[str, Any]) -> Dict[str, Any]:
+    status = read_status(path) or {}
+    keep = ("state", "failure_class", "exit_code", "signal", "reason", "started_utc", "ended_utc")
+    return {"attempt": attempt, **{k: status.get(k) for k in keep}, **extra,
+            "fatal_lines": (status.get("fatal") or {}).get("lines")}

@@ -1,0 +1,2 @@
+mode = "fail"
+steps = 3

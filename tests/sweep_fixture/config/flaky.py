@@ -1,0 +1,2 @@
+mode = "flaky_nccl"
+steps = 3

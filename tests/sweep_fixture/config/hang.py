@@ -1,0 +1,2 @@
+mode = "hang"
+steps = 3

@@ -1,0 +1,3 @@
+mode = "ok"
+steps = 3
+batch_size = 8

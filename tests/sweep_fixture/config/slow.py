@@ -1,0 +1,3 @@
+mode = "ok"
+steps = 20
+sleep = 0.5

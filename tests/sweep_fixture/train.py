@@ -1,0 +1,70 @@
+"""A stand-in trainer for sweep tests, with the same command-line contract as examples/nanogpt/train.py
+(config file, then key=value overrides; out_dir, seed, resume, batch_size, gradient_accumulation_steps)
+but no torch in the worker, so a run takes a second. `mode` picks its behaviour: ok, fail, hang,
+oom (fails while batch_size > oom_above, like CUDA running out of memory), flaky_nccl (an NCCL
+error on the first attempt only), lost (kills its own supervisor on the first attempt)."""
+
+import json
+import os
+import sys
+import time
+
+
+def main() -> int:
+    cfg: dict = {}
+    with open(sys.argv[1]) as handle:
+        exec(handle.read(), {}, cfg)  # noqa: S102 - a test fixture's own config file
+    for word in sys.argv[2:]:
+        key, _, value = word.lstrip("-").partition("=")
+        cfg[key] = value
+    out = cfg["out_dir"]
+    rank = int(os.environ.get("RANK", "0"))
+    os.makedirs(out, exist_ok=True)
+    mode, steps, batch = str(cfg.get("mode", "ok")), int(cfg.get("steps", 3)), int(cfg.get("batch_size", 8))
+    ckpt = os.path.join(out, "ckpt.json")
+    start = 0
+    if str(cfg.get("resume", "0")) in ("1", "True", "true") and os.path.exists(ckpt):
+        with open(ckpt) as handle:
+            start = json.load(handle)["iter"] + 1
+        print(f"resumed from iter {start - 1}", flush=True)
+    marker = os.path.join(out, "attempted")
+    first_attempt = not os.path.exists(marker)
+    if rank == 0:
+        open(marker, "a").close()
+        with open(os.path.join(out, "config.json"), "w") as handle:
+            json.dump({**cfg, "batch_size": batch, "gradient_accumulation_steps": int(
+                cfg.get("gradient_accumulation_steps", 1))}, handle)
+    print(f"config: mode={mode} batch_size={batch} seed={cfg.get('seed')} world={os.environ.get('WORLD_SIZE')}",
+          flush=True)
+    for step in range(start, steps):
+        print(f"iter {step} | loss {5.0 / (step + 1):.4f} | cuda={os.environ.get('CUDA_VISIBLE_DEVICES', '-')}",
+              flush=True)
+        if rank == 0:
+            with open(os.path.join(out, "metrics.jsonl"), "a") as handle:
+                handle.write(json.dumps({"iter": step, "val_loss": 5.0 / (step + 1), "batch_size": batch}) + "\n")
+            with open(ckpt, "w") as handle:
+                json.dump({"iter": step}, handle)
+        if step == 1 and mode == "fail":
+            print("giving up on purpose", file=sys.stderr, flush=True)
+            return 3
+        if step == 1 and mode == "hang":
+            time.sleep(3600)
+        if step == 1 and mode == "oom" and batch > int(cfg.get("oom_above", 8)):
+            print("Traceback (most recent call last):\n  File \"train.py\", line 60, in <module>\n"
+                  f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (batch {batch})",
+                  file=sys.stderr, flush=True)
+            return 1
+        if step == 1 and mode == "flaky_nccl" and first_attempt:
+            print("torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled "
+                  "system error, NCCL version 2.21.5", file=sys.stderr, flush=True)
+            return 1
+        time.sleep(float(cfg.get("sleep", 0.3)))
+    if rank == 0:
+        with open(os.path.join(out, "results.json"), "w") as handle:
+            json.dump({"status": "completed", "iters": steps}, handle)
+    print("done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
