@@ -83,7 +83,7 @@ class Agent:
         self.transport = transport
         self.cfg = cfg
         self.hash = bundle_hash()
-        outputs = cfg.str("OPS_REMOTE_OUTPUTS_DIR").rstrip("/")
+        outputs = cfg.text("OPS_REMOTE_OUTPUTS_DIR").rstrip("/")
         self.path = f"{outputs}/_control/agent-{self.hash}.pyz"
         self._stderr = stderr or _write_stderr
         self.uploads = 0
@@ -168,4 +168,4 @@ def env_file_text(cfg: Config) -> dict[str, str]:
              f"{' + profile ' + cfg.profile if cfg.profile else ''}; edit that file, not this one"]
     for key, value in sorted(cfg.pod_values(include_secrets=True).items()):
         lines.append(f"{key}={shlex.quote(value)}")
-    return {"path": cfg.str("REMOTE_ENV_PATH"), "content": "\n".join(lines) + "\n"}
+    return {"path": cfg.text("REMOTE_ENV_PATH"), "content": "\n".join(lines) + "\n"}

@@ -15,8 +15,6 @@ from pathlib import Path
 
 from helpers.errors import ExitCode, WorkflowError
 
-Handler = Callable[["Session"], int]  # noqa: F821 - defined in helpers.session
-
 
 @dataclass(frozen=True)
 class Command:

@@ -4,27 +4,31 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from helpers.config import Config
 from helpers.endpoint import SSHEndpoint
 from helpers.errors import ExitCode, WorkflowError
 from helpers.session import Session
 
+if TYPE_CHECKING:
+    from helpers.lium import LiumSettings
 
-def lium_settings(cfg: Config):  # type: ignore[no-untyped-def]
+
+def lium_settings(cfg: Config) -> LiumSettings:
     from helpers.lium import LiumSettings
 
     def opt(key: str) -> str | None:
-        return cfg.str(key) or None
+        return cfg.text(key) or None
 
     ttl = cfg["LIUM_TTL_HOURS"]
     return LiumSettings(
         target=opt("LIUM_TARGET"), api_key=opt("LIUM_API_KEY"), base_url=opt("LIUM_BASE_URL"),
         pod_name=opt("LIUM_POD_NAME"), executor_id=opt("LIUM_EXECUTOR_ID"), gpu_type=opt("LIUM_GPU_TYPE"),
-        gpu_count=cfg.int("LIUM_GPU_COUNT"), country=opt("LIUM_COUNTRY"), volume=opt("LIUM_VOLUME"),
+        gpu_count=cfg.number("LIUM_GPU_COUNT"), country=opt("LIUM_COUNTRY"), volume=opt("LIUM_VOLUME"),
         ttl_hours=float(ttl) if isinstance(ttl, float) else None, template_id=opt("LIUM_TEMPLATE_ID"),
-        yes=cfg.bool("LIUM_YES"), ready_timeout_secs=cfg.int("LIUM_READY_TIMEOUT_SECS") or 900,
-        ssh_key_path=str(cfg.local_path("LIUM_SSH_KEY_PATH")) if cfg.str("LIUM_SSH_KEY_PATH") else None,
+        yes=cfg.flag("LIUM_YES"), ready_timeout_secs=cfg.number("LIUM_READY_TIMEOUT_SECS") or 900,
+        ssh_key_path=str(cfg.local_path("LIUM_SSH_KEY_PATH")) if cfg.text("LIUM_SSH_KEY_PATH") else None,
     )
 
 
@@ -70,8 +74,8 @@ def cmd_pod_up(session: Session) -> int:
         from helpers.agent import Agent
         from helpers.transport import SSHTransport
 
-        transport = SSHTransport(endpoint, session.cfg.int("SSH_CONNECT_TIMEOUT_SECS") or 15,
-                                 session.cfg.int("SSH_KEEPALIVE_SECS") or 15)
+        transport = SSHTransport(endpoint, session.cfg.number("SSH_CONNECT_TIMEOUT_SECS") or 15,
+                                 session.cfg.number("SSH_KEEPALIVE_SECS") or 15)
         try:
             state = Agent(transport, session.cfg).call(
                 "fsm-transition", {"command": "pod-up", "commit": True, "reason": f"pod-up {pod.uuid}"})["state"]

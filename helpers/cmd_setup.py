@@ -43,8 +43,8 @@ def describe_target(session: Session) -> str:
     if cfg.target == "local":
         return "local (this machine stands in for the pod; no SSH)"
     if cfg.target == "lium":
-        return f"Lium pod {cfg.str('LIUM_TARGET')} (resolved through the Lium API, then SSH)"
-    return f"ssh {cfg.str('OPS_DEFAULT_HOST')}"
+        return f"Lium pod {cfg.text('LIUM_TARGET')} (resolved through the Lium API, then SSH)"
+    return f"ssh {cfg.text('OPS_DEFAULT_HOST')}"
 
 
 def cmd_print_resolved_env(session: Session) -> int:
@@ -116,16 +116,16 @@ def _fsm_plan(command: str) -> str:
 def plan_bootstrap(session: Session) -> list[str]:
     cfg = session.cfg
     plan = [f"on {describe_target(session)}:", "check tmux, rsync, git on PATH and "
-            f"{cfg.str('REMOTE_PYTHON_BIN')} -c 'import venv, ensurepip'"]
+            f"{cfg.text('REMOTE_PYTHON_BIN')} -c 'import venv, ensurepip'"]
     plan.append("install the missing ones: apt-get update && apt-get install -y ... (root only)"
-                if cfg.bool("AUTO_INSTALL_PREREQS") else "missing ones are an error (AUTO_INSTALL_PREREQS=0)")
-    if cfg.str("BOOTSTRAP_SCRIPT"):
-        plan.append(f"run: bash {cfg.str('BOOTSTRAP_SCRIPT')}")
-    if cfg.str("WANDB_SETUP_SCRIPT") and (cfg.bool("SWEEP_WANDB") or cfg.bool("RUN_WANDB_SETUP")):
-        plan.append(f"run: bash {cfg.str('WANDB_SETUP_SCRIPT')}")
-    if cfg.bool("SWEEP_WANDB"):
+                if cfg.flag("AUTO_INSTALL_PREREQS") else "missing ones are an error (AUTO_INSTALL_PREREQS=0)")
+    if cfg.text("BOOTSTRAP_SCRIPT"):
+        plan.append(f"run: bash {cfg.text('BOOTSTRAP_SCRIPT')}")
+    if cfg.text("WANDB_SETUP_SCRIPT") and (cfg.flag("SWEEP_WANDB") or cfg.flag("RUN_WANDB_SETUP")):
+        plan.append(f"run: bash {cfg.text('WANDB_SETUP_SCRIPT')}")
+    if cfg.flag("SWEEP_WANDB"):
         plan.append("verify W&B credentials on the pod (~/.netrc api.wandb.ai or WANDB_API_KEY)")
-    plan.append(f"write the resolved config to {cfg.str('REMOTE_ENV_PATH')} (mode 0600) if it changed")
+    plan.append(f"write the resolved config to {cfg.text('REMOTE_ENV_PATH')} (mode 0600) if it changed")
     plan.append(_fsm_plan("bootstrap"))
     return plan
 
@@ -144,23 +144,24 @@ def cmd_bootstrap(session: Session) -> int:
 
 def plan_checkout(session: Session) -> list[str]:
     cfg = session.cfg
-    ref = (f"PR {cfg.str('CHECKOUT_PR')}" if cfg.str("CHECKOUT_PR")
-           else f"branch {cfg.str('CHECKOUT_BRANCH') or '(remote default)'}")
+    ref = (f"PR {cfg.text('CHECKOUT_PR')}" if cfg.text("CHECKOUT_PR")
+           else f"branch {cfg.text('CHECKOUT_BRANCH') or '(remote default)'}")
     plan = [f"on {describe_target(session)}:",
-            f"git clone/fetch {cfg.str('REPO_URL')} -> {cfg.str('OPS_REMOTE_REPO')}, {ref}"
-            + ("; discard uncommitted changes" if cfg.bool("CHECKOUT_FORCE_CLEAN") else "; refuse if dirty")]
-    if cfg.str("EXPECT_GIT_SHA"):
-        plan.append(f"verify HEAD starts with {cfg.str('EXPECT_GIT_SHA')}")
-    plan.append(f"venv {cfg.str('VENV_DIR')} from {cfg.str('REMOTE_PYTHON_BIN')} --system-site-packages"
-                + (" (rebuilt: VENV_RECREATE=1)" if cfg.bool("VENV_RECREATE") else ""))
+            f"git clone/fetch {cfg.text('REPO_URL')} -> {cfg.text('OPS_REMOTE_REPO')}, {ref}"
+            + ("; discard uncommitted changes" if cfg.flag("CHECKOUT_FORCE_CLEAN") else "; refuse if dirty")]
+    if cfg.text("EXPECT_GIT_SHA"):
+        plan.append(f"verify HEAD starts with {cfg.text('EXPECT_GIT_SHA')}")
+    plan.append(f"venv {cfg.text('VENV_DIR')} from {cfg.text('REMOTE_PYTHON_BIN')} --system-site-packages"
+                + (" (rebuilt: VENV_RECREATE=1)" if cfg.flag("VENV_RECREATE") else ""))
     words = cfg.words("PIP_INSTALL_ARGS")
-    plan.append(f"pip install {' '.join(words)}" if words and words != ["none"] else "no pip install (PIP_INSTALL_ARGS=none)")
-    plan.append("verify import torch" + (" and torch.cuda.is_available()" if cfg.bool("REQUIRE_CUDA") else ""))
-    if cfg.bool("CHECK_DATA"):
-        extra = " (download if missing)" if cfg.bool("DOWNLOAD_FINEWEB") else (
-            " (build offline if missing)" if cfg.bool("DATA_BUILD_OFFLINE") else "")
-        plan.append(f"validate FineWeb shards in {cfg.str('DATA_DIR')}{extra}")
-    plan.append(f"write the resolved config to {cfg.str('REMOTE_ENV_PATH')} (mode 0600) if it changed")
+    install = words and words != ["none"]
+    plan.append(f"pip install {' '.join(words)}" if install else "no pip install (PIP_INSTALL_ARGS=none)")
+    plan.append("verify import torch" + (" and torch.cuda.is_available()" if cfg.flag("REQUIRE_CUDA") else ""))
+    if cfg.flag("CHECK_DATA"):
+        extra = " (download if missing)" if cfg.flag("DOWNLOAD_FINEWEB") else (
+            " (build offline if missing)" if cfg.flag("DATA_BUILD_OFFLINE") else "")
+        plan.append(f"validate FineWeb shards in {cfg.text('DATA_DIR')}{extra}")
+    plan.append(f"write the resolved config to {cfg.text('REMOTE_ENV_PATH')} (mode 0600) if it changed")
     plan.append(_fsm_plan("checkout"))
     return plan
 
@@ -172,7 +173,7 @@ def cmd_checkout(session: Session) -> int:
         for line in plan_checkout(session):
             session.print(line)
         return 0
-    timeout = float((session.cfg.int("CHECKOUT_TIMEOUT_SECS") or 1800) * 4)
+    timeout = float((session.cfg.number("CHECKOUT_TIMEOUT_SECS") or 1800) * 4)
     r = session.call("checkout", sync_env=True, timeout=timeout)
     data = r["data"]
     data_text = (f"{data['train_shards']}+{data['val_shards']} shards" if data.get("checked") else "data not checked")
@@ -214,7 +215,7 @@ def cmd_fsm_reset(session: Session) -> int:
                             f"{', '.join(fsm.State.__members__)}", ExitCode.USAGE)
     if session.dry_run:
         session.print(f"would set the workflow state on {describe_target(session)} to {state} "
-                      f"(reason: {session.options.reason or 'manual reset'}) in {session.cfg.str('WF_STATE_FILE')}")
+                      f"(reason: {session.options.reason or 'manual reset'}) in {session.cfg.text('WF_STATE_FILE')}")
         return 0
     record = session.call("fsm-reset", {"state": state, "reason": session.options.reason})
     session.print(f"state {record['previous_state']} -> {record['state']}")

@@ -23,17 +23,17 @@ def _csv_path(session: Session) -> Path:
     if given:
         path = Path(given)
         return path if path.is_absolute() else Path.cwd() / path
-    path = session.cfg.local_path("SWEEP_CSV")
-    if path is None:
+    configured = session.cfg.local_path("SWEEP_CSV")
+    if configured is None:
         raise WorkflowError("no sweep CSV: set SWEEP_CSV or pass --csv FILE", ExitCode.USAGE)
-    return path
+    return configured
 
 
 def load_selected_rows(session: Session, path: Path | None = None) -> tuple[list[SweepRow], list[SweepRow]]:
     cfg = session.cfg
-    rows = parse_sweep_csv(path or _csv_path(session), cfg.project_root / cfg.str("TRAIN_WORKDIR"))
-    selected = select_rows(rows, cfg.str("SWEEP_MATCH") or None, cfg.str("SWEEP_START_AT") or None,
-                           cfg.int("SWEEP_LIMIT"))
+    rows = parse_sweep_csv(path or _csv_path(session), cfg.project_root / cfg.text("TRAIN_WORKDIR"))
+    selected = select_rows(rows, cfg.text("SWEEP_MATCH") or None, cfg.text("SWEEP_START_AT") or None,
+                           cfg.number("SWEEP_LIMIT"))
     return rows, selected
 
 
@@ -59,18 +59,18 @@ def _pod_slots(session: Session) -> list[str]:
     gpus = [line.strip() for line in result.stdout.decode(errors="replace").splitlines() if line.strip()]
     if result.exit_code == 0 and gpus:
         return gpus
-    return [f"cpu{i}" for i in range(session.cfg.int("SWEEP_CPU_SLOTS") or 1)]
+    return [f"cpu{i}" for i in range(session.cfg.number("SWEEP_CPU_SLOTS") or 1)]
 
 
 def plan_sweep(session: Session, rows: list[SweepRow], slots: list[str]) -> list[str]:
     """Every row's exact command and slot assignment (first wave of the packing)."""
     cfg = session.cfg
     cpu = slots[0].startswith("cpu")
-    repo = cfg.str("OPS_REMOTE_REPO").rstrip("/")
-    workdir = f"{repo}/{cfg.str('TRAIN_WORKDIR')}"
-    python = f"{cfg.str('VENV_DIR').rstrip('/')}/bin/python"
-    outputs = cfg.str("OPS_REMOTE_OUTPUTS_DIR").rstrip("/")
-    local_sync = cfg.str("RUN_OUT_MODE") == "local_sync"
+    repo = cfg.text("OPS_REMOTE_REPO").rstrip("/")
+    workdir = f"{repo}/{cfg.text('TRAIN_WORKDIR')}"
+    python = f"{cfg.text('VENV_DIR').rstrip('/')}/bin/python"
+    outputs = cfg.text("OPS_REMOTE_OUTPUTS_DIR").rstrip("/")
+    local_sync = cfg.text("RUN_OUT_MODE") == "local_sync"
     free, lines, wave = list(slots), [], 1
     for row in rows:
         need = row.gpus or len(slots)
@@ -81,8 +81,9 @@ def plan_sweep(session: Session, rows: list[SweepRow], slots: list[str]) -> list
         if need > len(free):
             free, wave = list(slots), wave + 1
         take, free = free[:need], free[need:]
-        out_dir = f"{cfg.str('RUN_OUT_LOCAL_ROOT').rstrip('/')}/{row.run_id}" if local_sync else f"{outputs}/{row.run_id}"
-        argv = runs.build_argv(python, cfg.str("TRAIN_ENTRYPOINT"), row.config, row.seed, out_dir, list(row.overrides),
+        base = cfg.text("RUN_OUT_LOCAL_ROOT").rstrip("/") if local_sync else outputs
+        out_dir = f"{base}/{row.run_id}"
+        argv = runs.build_argv(python, cfg.text("TRAIN_ENTRYPOINT"), row.config, row.seed, out_dir, list(row.overrides),
                                need)
         visible = "" if cpu else ",".join(take)
         where = f"CPU slot(s) {','.join(take)}" if cpu else f"GPU(s) {visible}"
@@ -102,7 +103,7 @@ def cmd_sweep_start(session: Session) -> int:
     if session.dry_run:
         slots = _pod_slots(session)
         session.print(f"would start a campaign of {len(selected)} row(s) from {path} on {session.transport_label()}; "
-                      f"slots: {', '.join(slots)}; timeout {cfg.int('RUN_TIMEOUT_SECS') or 'none'}s per attempt")
+                      f"slots: {', '.join(slots)}; timeout {cfg.number('RUN_TIMEOUT_SECS') or 'none'}s per attempt")
         for line in plan_sweep(session, selected, slots):
             session.print(line)
         return 0
@@ -110,8 +111,8 @@ def cmd_sweep_start(session: Session) -> int:
     args = {
         "rows": [_row_payload(row) for row in selected], "csv_name": path.name,
         "csv_text": csv_bytes.decode("utf-8", errors="replace"), "csv_sha256": hashlib.sha256(csv_bytes).hexdigest(),
-        "selection": {"match": cfg.str("SWEEP_MATCH"), "start_at": cfg.str("SWEEP_START_AT"),
-                      "limit": cfg.int("SWEEP_LIMIT")},
+        "selection": {"match": cfg.text("SWEEP_MATCH"), "start_at": cfg.text("SWEEP_START_AT"),
+                      "limit": cfg.number("SWEEP_LIMIT")},
         "reuse_run_ids": bool(session.options.reuse_run_ids),
         "user_patterns": patterns_path.read_text(encoding="utf-8") if patterns_path else "",
         "user_patterns_source": str(patterns_path or ""),

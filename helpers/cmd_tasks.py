@@ -50,7 +50,7 @@ def _task_env(session: Session) -> dict[str, str]:
 
 def _seconds(value: int | None, key: str, session: Session, flag: str) -> int:
     if value is None:
-        return session.cfg.int(key) or 0
+        return session.cfg.number(key) or 0
     if value < 0:
         raise WorkflowError(f"{flag} {value}: must be 0 (off) or a positive number of seconds", ExitCode.USAGE)
     return value
@@ -69,13 +69,13 @@ def cmd_task_run(session: Session) -> int:
     }
     cfg = session.cfg
     if session.dry_run:
-        outputs = cfg.str("OPS_REMOTE_OUTPUTS_DIR").rstrip("/")
+        outputs = cfg.text("OPS_REMOTE_OUTPUTS_DIR").rstrip("/")
         session.print(f"would start task {task_id} in {outputs}/_tasks/{task_id}/ on {session.transport_label()}")
         session.print(f"  command.sh (run with bash, exactly): {o.cmd!r}")
-        session.print(f"  workdir: {o.workdir or cfg.str('OPS_REMOTE_REPO') + ' (if it exists)'}")
+        session.print(f"  workdir: {o.workdir or cfg.text('OPS_REMOTE_REPO') + ' (if it exists)'}")
         session.print(f"  timeout: {args['timeout_secs'] or 'none'}s, stall window: {args['stall_secs'] or 'off'}s, "
-                      f"grace {cfg.int('TASK_KILL_GRACE_SECS')}s")
-        session.print(f"  tmux: window {task_id} in session {cfg.str('WF_TMUX_SESSION')}"
+                      f"grace {cfg.number('TASK_KILL_GRACE_SECS')}s")
+        session.print(f"  tmux: window {task_id} in session {cfg.text('WF_TMUX_SESSION')}"
                       + (" (replacing the existing task; the old directory is kept)" if o.force else ""))
         env_text = ", ".join(f"{k}={redact(k, v)}" if not is_secret(k) else f"{k}=<hidden>"
                              for k, v in sorted(args["env"].items()))
@@ -126,13 +126,15 @@ def cmd_task_status(session: Session) -> int:
     if t.get("reason"):
         session.print(f"reason:    {t['reason']}")
     session.print(f"command:   {t['command']!r}")
-    session.print(f"created:   {t['created_utc']}   started: {t['started_utc'] or '-'}   ended: {t['ended_utc'] or '-'}")
+    session.print(f"created:   {t['created_utc']}   started: {t['started_utc'] or '-'}   "
+                  f"ended: {t['ended_utc'] or '-'}")
     if t.get("duration_s") is not None:
         session.print(f"duration:  {t['duration_s']:.1f}s")
     if t.get("heartbeat_age_s") is not None:
         session.print(f"heartbeat: {t['heartbeat_age_s']:.1f}s ago")
     timeouts = t.get("timeouts") or {}
-    session.print(f"limits:    timeout {timeouts.get('timeout_secs') or 'none'}s, stall {timeouts.get('stall_secs') or 'off'}s")
+    session.print(f"limits:    timeout {timeouts.get('timeout_secs') or 'none'}s, "
+                  f"stall {timeouts.get('stall_secs') or 'off'}s")
     fatal_info = t.get("fatal") or {}
     if fatal_info.get("lines"):
         session.print(f"fatal:     {fatal_info.get('description')} (pattern {fatal_info.get('pattern')})")
@@ -213,7 +215,7 @@ def cmd_task_kill(session: Session) -> int:
     task_id = check_id(session.options.task_id, "task id")
     if session.dry_run:
         session.print(f"would stop task {task_id} on {session.transport_label()}: SIGTERM to its supervisor, which "
-                      f"stops the whole process tree (SIGKILL after {session.cfg.int('TASK_KILL_GRACE_SECS')}s); "
+                      f"stops the whole process tree (SIGKILL after {session.cfg.number('TASK_KILL_GRACE_SECS')}s); "
                       "state cancelled")
         return 0
     result = session.call("task-kill", {"id": task_id}, timeout=180)

@@ -57,15 +57,15 @@ class Config:
     def __getitem__(self, key: str) -> object:
         return self.settings[key].value
 
-    def str(self, key: str) -> str:
+    def text(self, key: str) -> str:
         value = self.settings[key].value
         return "" if value is None else str(value)
 
-    def int(self, key: str) -> int | None:
+    def number(self, key: str) -> int | None:
         value = self.settings[key].value
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
-    def bool(self, key: str) -> bool:
+    def flag(self, key: str) -> bool:
         return bool(self.settings[key].value)
 
     def words(self, key: str) -> list[str]:
@@ -74,7 +74,7 @@ class Config:
 
     def local_path(self, key: str) -> Path | None:
         """A path on this machine (relative = to the project root)."""
-        text = self.str(key)
+        text = self.text(key)
         if not text:
             return None
         path = Path(os.path.expanduser(text))
@@ -85,7 +85,7 @@ class Config:
 
     def require(self, command: str, *keys: str) -> None:
         for key in keys:
-            if not self.str(key):
+            if not self.text(key):
                 raise WorkflowError(
                     f"{command} needs {key} ({KEYS_BY_NAME[key].doc}); set it in {self.env_file.name} "
                     f"or pass --set {key}=...", ExitCode.USAGE)
@@ -176,8 +176,10 @@ def load_config(request: ConfigRequest, environ: Mapping[str, str] | None = None
     cfg.target = _target_kind(layered)
     _resolve_references(layered, env, cfg.target)
     for spec in KEYS:
-        setting = layered.get(spec.name)
-        if setting is None or setting.raw == "":
+        found = layered.get(spec.name)
+        if found is not None and found.raw != "":
+            setting = found
+        else:
             from_env = env.get(spec.name, "") if spec.is_secret else ""
             if from_env:
                 setting = Setting(spec.name, from_env, "environment")
@@ -381,30 +383,30 @@ def _derive(cfg: Config) -> None:
     local = cfg.target == "local"
     if local:  # pod paths on the local target: absolute, relative to the checkout
         for spec in KEYS:
-            if spec.type == "podpath" and cfg.str(spec.name):
-                path = Path(os.path.expanduser(cfg.str(spec.name)))
+            if spec.type == "podpath" and cfg.text(spec.name):
+                path = Path(os.path.expanduser(cfg.text(spec.name)))
                 if not path.is_absolute():
                     cfg.settings[spec.name].value = str(cfg.project_root / path)
-    outputs = cfg.str("OPS_REMOTE_OUTPUTS_DIR").rstrip("/")
-    repo = cfg.str("OPS_REMOTE_REPO").rstrip("/")
-    if not cfg.str("WF_STATE_FILE"):
+    outputs = cfg.text("OPS_REMOTE_OUTPUTS_DIR").rstrip("/")
+    repo = cfg.text("OPS_REMOTE_REPO").rstrip("/")
+    if not cfg.text("WF_STATE_FILE"):
         put("WF_STATE_FILE", f"{outputs}/_control/workflow_state.json", "from OPS_REMOTE_OUTPUTS_DIR")
-    if not cfg.str("VENV_DIR"):
+    if not cfg.text("VENV_DIR"):
         put("VENV_DIR", f"{repo}/.venv", "from OPS_REMOTE_REPO")
-    if not cfg.str("RUN_OUT_LOCAL_ROOT"):
-        put("RUN_OUT_LOCAL_ROOT", f"{repo}/{cfg.str('TRAIN_WORKDIR').strip('/')}/out", "from OPS_REMOTE_REPO")
-    if not cfg.str("REMOTE_PYTHON_BIN"):
+    if not cfg.text("RUN_OUT_LOCAL_ROOT"):
+        put("RUN_OUT_LOCAL_ROOT", f"{repo}/{cfg.text('TRAIN_WORKDIR').strip('/')}/out", "from OPS_REMOTE_REPO")
+    if not cfg.text("REMOTE_PYTHON_BIN"):
         put("REMOTE_PYTHON_BIN", sys.executable if local else "python3",
             "the python running workflow.sh" if local else "the pod's python3")
-    if local and not cfg.str("REPO_URL"):
+    if local and not cfg.text("REPO_URL"):
         put("REPO_URL", str(cfg.project_root), "this checkout")
 
 
 def _cross_check(cfg: Config) -> None:
     def bad(key: str, what: str) -> WorkflowError:
-        return WorkflowError(f"{cfg.source(key)}: {key}={cfg.str(key)!r} {what}", ExitCode.USAGE)
+        return WorkflowError(f"{cfg.source(key)}: {key}={cfg.text(key)!r} {what}", ExitCode.USAGE)
 
-    host = cfg.str("OPS_DEFAULT_HOST").strip()
+    host = cfg.text("OPS_DEFAULT_HOST").strip()
     if cfg.target == "ssh" and not _HOST_RE.match(host):
         raise bad("OPS_DEFAULT_HOST", "is not a host; use local, an ~/.ssh/config alias or [user@]host[:port]")
     if cfg.target == "ssh" and ":" in host and not host.endswith("]"):
@@ -412,28 +414,28 @@ def _cross_check(cfg: Config) -> None:
         if not 1 <= port <= 65535:
             raise bad("OPS_DEFAULT_HOST", "has a port outside 1-65535")
     for key in ("WF_TMUX_SESSION", "SWEEP_TMUX_SESSION"):
-        if not _TMUX_NAME_RE.match(cfg.str(key)):
+        if not _TMUX_NAME_RE.match(cfg.text(key)):
             raise bad(key, "is not a tmux session name; use 1-64 of A-Z a-z 0-9 _ -")
-    if cfg.str("TMUX_SOCKET") and not _TMUX_NAME_RE.match(cfg.str("TMUX_SOCKET")):
+    if cfg.text("TMUX_SOCKET") and not _TMUX_NAME_RE.match(cfg.text("TMUX_SOCKET")):
         raise bad("TMUX_SOCKET", "is not a socket name; use 1-64 of A-Z a-z 0-9 _ -")
-    if cfg.str("WF_TMUX_SESSION") == cfg.str("SWEEP_TMUX_SESSION"):
+    if cfg.text("WF_TMUX_SESSION") == cfg.text("SWEEP_TMUX_SESSION"):
         raise bad("SWEEP_TMUX_SESSION", "must differ from WF_TMUX_SESSION")
-    if cfg.str("CHECKOUT_BRANCH") and cfg.str("CHECKOUT_PR"):
+    if cfg.text("CHECKOUT_BRANCH") and cfg.text("CHECKOUT_PR"):
         raise bad("CHECKOUT_PR", f"and CHECKOUT_BRANCH ({cfg.source('CHECKOUT_BRANCH')}) are both set; set one")
-    if cfg.str("CHECKOUT_PR") and not _PR_RE.match(cfg.str("CHECKOUT_PR")):
+    if cfg.text("CHECKOUT_PR") and not _PR_RE.match(cfg.text("CHECKOUT_PR")):
         raise bad("CHECKOUT_PR", "is not a pull request; use a number like 42 or pull/42/head")
-    if cfg.str("CHECKOUT_BRANCH").startswith("-"):
+    if cfg.text("CHECKOUT_BRANCH").startswith("-"):
         raise bad("CHECKOUT_BRANCH", "cannot start with '-'")
-    if cfg.str("EXPECT_GIT_SHA") and not _SHA_RE.match(cfg.str("EXPECT_GIT_SHA")):
+    if cfg.text("EXPECT_GIT_SHA") and not _SHA_RE.match(cfg.text("EXPECT_GIT_SHA")):
         raise bad("EXPECT_GIT_SHA", "is not a commit sha; use 7-40 hex digits")
-    if cfg.str("SWEEP_MATCH"):
+    if cfg.text("SWEEP_MATCH"):
         try:
-            re.compile(cfg.str("SWEEP_MATCH"))
+            re.compile(cfg.text("SWEEP_MATCH"))
         except re.error as exc:
             raise bad("SWEEP_MATCH", f"is not a regular expression ({exc})") from None
     for key in ("TRAIN_WORKDIR", "TRAIN_ENTRYPOINT"):
-        value = cfg.str(key)
+        value = cfg.text(key)
         if not value or value.startswith("/") or ".." in Path(value).parts:
             raise bad(key, "must be a relative path inside the repo")
-    if cfg.str("OPS_REMOTE_OUTPUTS_DIR").rstrip("/") in ("", "/", "~"):
+    if cfg.text("OPS_REMOTE_OUTPUTS_DIR").rstrip("/") in ("", "/", "~"):
         raise bad("OPS_REMOTE_OUTPUTS_DIR", "must be a directory of its own, not / or ~")

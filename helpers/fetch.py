@@ -121,7 +121,7 @@ def _load_cache(path: Path) -> dict[str, Any]:
 
 
 def _fetch(session: Session, args: dict[str, Any]) -> int:
-    args["include_checkpoints"] = session.cfg.bool("FETCH_INCLUDE_CHECKPOINTS")
+    args["include_checkpoints"] = session.cfg.flag("FETCH_INCLUDE_CHECKPOINTS")
     root = _dest_root(session)
     if session.dry_run:
         session.print(f"would list {', '.join(args.get('run_ids') or []) or 'the campaign runs'} on "

@@ -130,7 +130,8 @@ KEYS: tuple[Key, ...] = (
     _k(_B, "HF_TOKEN", "secret", "", "Hugging Face token for the runs; empty = environment"),
     # --- state machine
     _k(_F, "WF_FSM_ENFORCE", "bool", "1", "refuse commands the workflow state does not allow (exit 4)"),
-    _k(_F, "WF_STATE_FILE", "podpath", "", "state file; empty = ${OPS_REMOTE_OUTPUTS_DIR}/_control/workflow_state.json"),
+    _k(_F, "WF_STATE_FILE", "podpath", "",
+       "state file; empty = ${OPS_REMOTE_OUTPUTS_DIR}/_control/workflow_state.json"),
     # --- tracked tasks
     _k(_K, "WF_TMUX_SESSION", "str", "wf-tasks", "tmux session holding one window per tracked task"),
     _k(_K, "TMUX_SOCKET", "str", "", "tmux server socket name (tmux -L); empty = the default server"),
@@ -145,9 +146,11 @@ KEYS: tuple[Key, ...] = (
     _k(_K, "TASK_FATAL_PATTERNS_FILE", "path", "",
        "extra fatal-error patterns, one 'CLASS REGEX' per line (local file, sent with each task)"),
     # --- sweeps
-    _k(_S, "SWEEP_CSV", "path", "examples/sweeps/demo_tiny_cpu.csv", "the sweep CSV (run_id,config,seed,overrides,notes)"),
+    _k(_S, "SWEEP_CSV", "path", "examples/sweeps/demo_tiny_cpu.csv",
+       "the sweep CSV (run_id,config,seed,overrides,notes)"),
     _k(_S, "SWEEP_TMUX_SESSION", "str", "wf-sweep", "tmux session whose 'sweep' window runs the executor"),
-    _k(_S, "TRAIN_WORKDIR", "str", "examples/nanogpt", "directory in the repo where runs start; CSV configs are relative to it"),
+    _k(_S, "TRAIN_WORKDIR", "str", "examples/nanogpt",
+       "directory in the repo where runs start; CSV configs are relative to it"),
     _k(_S, "TRAIN_ENTRYPOINT", "str", "train.py", "script torchrun starts, relative to TRAIN_WORKDIR"),
     _k(_S, "SWEEP_MATCH", "str", "", "only rows whose run_id matches this regular expression"),
     _k(_S, "SWEEP_START_AT", "str", "", "start at this run_id (rows before it are not selected)"),
@@ -165,7 +168,8 @@ KEYS: tuple[Key, ...] = (
        "an oom run is retried (at most twice) with half the batch and double grad accumulation, resuming"),
     _k(_S, "OOM_BATCH_KEY", "str", "batch_size", "the trainer's batch-size override key"),
     _k(_S, "OOM_ACCUM_KEY", "str", "gradient_accumulation_steps", "the trainer's grad-accumulation override key"),
-    _k(_S, "RUN_RESUME_OVERRIDE", "words", "resume=1", "override added when a run is retried, to resume from its checkpoint"),
+    _k(_S, "RUN_RESUME_OVERRIDE", "words", "resume=1",
+       "override added when a run is retried, to resume from its checkpoint"),
     _k(_S, "RUN_OUT_MODE", "enum", "durable", "durable = train into the run dir; local_sync = fast local disk, rsynced",
        choices=("durable", "local_sync")),
     _k(_S, "RUN_OUT_LOCAL_ROOT", "podpath", "",

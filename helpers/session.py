@@ -46,8 +46,8 @@ class Session:
         if self.cfg.target == "local":
             return "this machine (local target)"
         if self.cfg.target == "lium":
-            return f"Lium pod {self.cfg.str('LIUM_TARGET')}"
-        return self.cfg.str("OPS_DEFAULT_HOST")
+            return f"Lium pod {self.cfg.text('LIUM_TARGET')}"
+        return self.cfg.text("OPS_DEFAULT_HOST")
 
     def agent(self) -> Agent:
         if self._agent is None:
@@ -94,8 +94,8 @@ class Session:
 def make_transport(cfg: Config, refresh: bool = False) -> Transport:
     if cfg.target == "local":
         return LocalTransport()
-    timeout = cfg.int("SSH_CONNECT_TIMEOUT_SECS") or 15
-    keepalive = cfg.int("SSH_KEEPALIVE_SECS") or 15
+    timeout = cfg.number("SSH_CONNECT_TIMEOUT_SECS") or 15
+    keepalive = cfg.number("SSH_KEEPALIVE_SECS") or 15
     ssh_config = cfg.local_path("OPS_SSH_CONFIG")
     if cfg.target == "lium":
         from helpers.cmd_lium import resolve_lium_endpoint
@@ -103,7 +103,7 @@ def make_transport(cfg: Config, refresh: bool = False) -> Transport:
         endpoint = resolve_lium_endpoint(cfg, refresh=refresh)
         return SSHTransport(endpoint, timeout, keepalive, None)
     known_hosts = cfg.local_path("OPS_KNOWN_HOSTS") or Path("~/.ssh/known_hosts").expanduser()
-    endpoint = endpoint_from_ssh_config(cfg.str("OPS_DEFAULT_HOST"), ssh_config, known_hosts,
+    endpoint = endpoint_from_ssh_config(cfg.text("OPS_DEFAULT_HOST"), ssh_config, known_hosts,
                                         cfg.local_path("OPS_SSH_KEY"))
     return SSHTransport(endpoint, timeout, keepalive, ssh_config)
 

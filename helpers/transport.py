@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 Sink = Callable[[bytes], None]
 
 # a small constant script: create the parent directory, write stdin to a temp file, rename
-_PUT_SCRIPT = 'umask 077; mkdir -p "$(dirname "$1")" && cat > "$1.tmp.$$" && chmod "$2" "$1.tmp.$$" && mv -f "$1.tmp.$$" "$1"'
+_PUT_SCRIPT = ('umask 077; mkdir -p "$(dirname "$1")" && cat > "$1.tmp.$$" && chmod "$2" "$1.tmp.$$" '
+              '&& mv -f "$1.tmp.$$" "$1"')
 
 
 @dataclass

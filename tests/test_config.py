@@ -41,35 +41,35 @@ def test_fresh_clone_defaults_run_on_local_inside_the_checkout():
     cfg = load_config(ConfigRequest(project_root=REPO_ROOT), environ={})
     assert cfg.target == "local"
     for key in ("OPS_REMOTE_OUTPUTS_DIR", "OPS_REMOTE_REPO", "REMOTE_ENV_PATH", "DATA_DIR", "WF_STATE_FILE"):
-        assert cfg.str(key).startswith(str(REPO_ROOT / ".workflow")), key
+        assert cfg.text(key).startswith(str(REPO_ROOT / ".workflow")), key
     assert cfg["REQUIRE_CUDA"] is False
-    assert cfg.str("REPO_URL") == str(REPO_ROOT)
+    assert cfg.text("REPO_URL") == str(REPO_ROOT)
     assert cfg.source("REQUIRE_CUDA") == "default (local target)"
 
 
 def test_pod_defaults_on_ssh_target(tmp_path):
     cfg = load(tmp_path, "OPS_DEFAULT_HOST=gpu-box\n")
     assert cfg.target == "ssh"
-    assert cfg.str("OPS_REMOTE_OUTPUTS_DIR") == "~/workflow/outputs"
-    assert cfg.str("REMOTE_ENV_PATH") == "/mnt/project.env"
+    assert cfg.text("OPS_REMOTE_OUTPUTS_DIR") == "~/workflow/outputs"
+    assert cfg.text("REMOTE_ENV_PATH") == "/mnt/project.env"
     assert cfg["REQUIRE_CUDA"] is True
-    assert cfg.str("WF_STATE_FILE") == "~/workflow/outputs/_control/workflow_state.json"
+    assert cfg.text("WF_STATE_FILE") == "~/workflow/outputs/_control/workflow_state.json"
 
 
 def test_references_types_and_sources(tmp_path):
     cfg = load(tmp_path, "OPS_DEFAULT_HOST=root@10.0.0.5:2200\nOPS_REMOTE_REPO=/srv/code\n"
                          "DATA_DIR=${OPS_REMOTE_REPO}/data\nRUN_RETRIES=5\nSWEEP_FAIL_FAST=yes\n"
                          "OPS_REMOTE_OUTPUTS_DIR='${LITERAL}'\nLOCAL_ARTIFACTS_DIR=${MY_ROOT:-/tmp/a}/art\n")
-    assert cfg.str("DATA_DIR") == "/srv/code/data"
+    assert cfg.text("DATA_DIR") == "/srv/code/data"
     assert cfg["RUN_RETRIES"] == 5 and cfg["SWEEP_FAIL_FAST"] is True
-    assert cfg.str("OPS_REMOTE_OUTPUTS_DIR") == "${LITERAL}"
-    assert cfg.str("LOCAL_ARTIFACTS_DIR") == "/tmp/a/art"
+    assert cfg.text("OPS_REMOTE_OUTPUTS_DIR") == "${LITERAL}"
+    assert cfg.text("LOCAL_ARTIFACTS_DIR") == "/tmp/a/art"
     assert cfg.source("RUN_RETRIES") == "workflow.env:4"
 
 
 def test_environment_feeds_references_but_does_not_override_keys(tmp_path):
     cfg = load(tmp_path, "DATA_DIR=${SCRATCH}/data\n", environ={"SCRATCH": "/scratch", "RUN_RETRIES": "9"})
-    assert cfg.str("DATA_DIR") == "/scratch/data"
+    assert cfg.text("DATA_DIR") == "/scratch/data"
     assert cfg["RUN_RETRIES"] == 2
 
 
@@ -99,7 +99,7 @@ def test_profile_from_environment_variable(tmp_path):
 
 def test_secrets_come_from_environment_and_are_redacted(tmp_path):
     cfg = load(tmp_path, "", environ={"WANDB_API_KEY": "sekrit-123"})
-    assert cfg.str("WANDB_API_KEY") == "sekrit-123" and cfg.source("WANDB_API_KEY") == "environment"
+    assert cfg.text("WANDB_API_KEY") == "sekrit-123" and cfg.source("WANDB_API_KEY") == "environment"
     assert "WANDB_API_KEY" not in cfg.pod_values(include_secrets=False)
     assert cfg.pod_values(include_secrets=True)["WANDB_API_KEY"] == "sekrit-123"
     assert redact("WANDB_API_KEY", "sekrit-123") == "<set, hidden>"

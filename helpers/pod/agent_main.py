@@ -49,7 +49,8 @@ LONG_OPS: Dict[str, Tuple[str, str]] = {
 
 def _load(module: str, function: str) -> Callable[..., Any]:
     package = __name__.rsplit(".", 1)[0]
-    return getattr(importlib.import_module(f"{package}.{module}"), function)  # type: ignore[no-any-return]
+    found: Callable[..., Any] = getattr(importlib.import_module(f"{package}.{module}"), function)
+    return found
 
 
 def _emit(reply: Dict[str, Any]) -> None:

@@ -25,7 +25,8 @@ def install_with_apt(missing: List[str], timeout: int) -> None:
     if os.geteuid() != 0:
         raise WorkflowError(
             f"bootstrap: missing on the pod: {', '.join(missing)}; AUTO_INSTALL_PREREQS=1 installs with apt-get "
-            f"only as root: log in as root or run: sudo apt-get install -y {' '.join(APT_PACKAGES[m] for m in missing)}",
+            "only as root: log in as root or run: sudo apt-get install -y "
+            f"{' '.join(APT_PACKAGES[m] for m in missing)}",
             ExitCode.FAILED)
     if shutil.which("apt-get") is None:
         raise WorkflowError(f"bootstrap: missing on the pod: {', '.join(missing)}, and there is no apt-get; install "

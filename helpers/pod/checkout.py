@@ -132,7 +132,8 @@ def python_info(python_bin: str) -> Dict[str, Any]:
     if code != 0:
         raise WorkflowError(f"checkout: REMOTE_PYTHON_BIN {python_bin!r} does not run ({procs.tail(out)}); set it to "
                             "the python that has torch (e.g. /opt/conda/bin/python)", ExitCode.FAILED)
-    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    info: Dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return info
 
 
 def ensure_venv(ctx: Context) -> Dict[str, Any]:

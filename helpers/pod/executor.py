@@ -21,8 +21,8 @@ from typing import Any, Dict, List, Optional
 from . import fsm, proctree, runs
 from .context import Context, read_env_file
 from .jsonio import append_jsonl, read_json, utc_now, write_bytes, write_json
-from .taskstate import is_terminal, read_status
 from .tasks import launch_supervised
+from .taskstate import is_terminal, read_status
 
 TRANSIENT = ("nccl", "lost", "stalled")
 MAX_OOM_RETRIES = 2
@@ -136,7 +136,7 @@ class Executor:
                    CUDA_VISIBLE_DEVICES="" if cpu_mode else ",".join(slots))
         if cpu_mode and "OMP_NUM_THREADS" not in env:
             env["OMP_NUM_THREADS"] = str(threads)
-        shown_env = {k: env[k] for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS") if k in env}
+        shown_env: Dict[str, str] = {k: env[k] for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS") if k in env}
         rr.command = runs.replay_script(argv, workdir, shown_env, ctx.path("REMOTE_ENV_PATH"),
                                         f"run {rr.run_id}, campaign {self.campaign_id}, attempt {attempt}")
         write_bytes(os.path.join(path, "command.sh"), rr.command.encode(), 0o755)
@@ -205,8 +205,9 @@ class Executor:
                 rr.extra, rr.retry_note, rr.not_before = new, f"oom retry {rr.oom_retries}: {why}", 0.0
                 return "retry"
             self.say(f"{rr.run_id}: oom, but {why}")
-        limit = rr.row.get("retries") if rr.row.get("retries") is not None else ctx.number("RUN_RETRIES", 2)
-        if klass in TRANSIENT and rr.transient_retries < int(limit):
+        retries = rr.row.get("retries")
+        limit = int(retries) if retries is not None else ctx.number("RUN_RETRIES", 2)
+        if klass in TRANSIENT and rr.transient_retries < limit:
             rr.transient_retries += 1
             delay = ctx.number("RUN_RETRY_BACKOFF_SECS", 30) * 2 ** (rr.transient_retries - 1)
             new = overrides

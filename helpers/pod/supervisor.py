@@ -152,7 +152,8 @@ class Supervisor:
                 self.sync_proc.kill()
                 return "final sync timed out after 600s"
             if self.sync_proc.returncode != 0:
-                return f"final sync failed (rsync exit {self.sync_proc.returncode}): {err.decode(errors='replace')[-200:]}"
+                detail = err.decode(errors="replace")[-200:]
+                return f"final sync failed (rsync exit {self.sync_proc.returncode}): {detail}"
         return None
 
     def run(self) -> int:

@@ -91,10 +91,9 @@ def update_status(task_dir: str, durable: bool = True, **changes: Any) -> Dict[s
     with locked(path):
         record = read_status(task_dir) or {}
         new_state = changes.get("state")
-        if new_state is not None and new_state != record.get("state"):
-            if not can_move(record["state"], new_state):
-                changes = {k: v for k, v in changes.items()
-                           if k not in ("state", "failure_class", "reason", "fatal", "ended_utc")}
+        if new_state is not None and new_state != record.get("state") and not can_move(record["state"], new_state):
+            changes = {k: v for k, v in changes.items()
+                       if k not in ("state", "failure_class", "reason", "fatal", "ended_utc")}
         record.update(changes)
         write_json(path, record, durable=durable)
         return record
