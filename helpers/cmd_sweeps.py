@@ -132,6 +132,15 @@ def cmd_sweep_start(session: Session) -> int:
     return 0
 
 
+def expand_rows(status: dict[str, Any]) -> dict[str, Any]:
+    """The pod sends rows as lists under `columns`; turn them into dicts."""
+    columns = status.get("columns")
+    if columns:
+        status["rows"] = [dict(zip(columns, row)) for row in status["rows"]]
+        del status["columns"]
+    return status
+
+
 def render_status(status: dict[str, Any]) -> list[str]:
     ex = status["executor"]
     slots = f", slots {','.join(ex['slots'])}" if ex.get("slots") else ""
@@ -156,12 +165,11 @@ def _status_code(status: dict[str, Any]) -> int:
 
 
 def cmd_sweep_status(session: Session) -> int:
-    status = session.call("sweep-status", {"campaign": session.options.campaign}, timeout=300)
+    status = expand_rows(session.call("sweep-status", {"campaign": session.options.campaign}, timeout=300))
     if session.as_json:
         session.emit_json(status)
     else:
-        for line in render_status(status):
-            session.print(line)
+        session.print("\n".join(render_status(status)))
     return _status_code(status)
 
 
@@ -169,11 +177,10 @@ def cmd_sweep_watch(session: Session) -> int:
     interval = max(0.5, float(session.options.interval))
     tty = sys.stdout.isatty()
     while True:
-        status = session.call("sweep-status", {"campaign": session.options.campaign}, timeout=300)
+        status = expand_rows(session.call("sweep-status", {"campaign": session.options.campaign}, timeout=300))
         if tty:
             sys.stdout.write("\x1b[2J\x1b[H")
-        for line in render_status(status):
-            session.print(line)
+        session.print("\n".join(render_status(status)))
         sys.stdout.flush()
         if status["executor"]["state"] not in ("running", "starting"):
             return _status_code(status)

@@ -6,10 +6,8 @@ from collections.abc import Sequence
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
+    widths = [max(len(h), *(len(cell) for cell in column)) if column else len(h)
+              for h, column in zip(headers, zip(*rows) if rows else [() for _ in headers])]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return [fmt.format(*headers).rstrip(), *(fmt.format(*row).rstrip() for row in rows)]
 

@@ -67,7 +67,8 @@ def finish(proc: subprocess.Popen[str], timeout: float = 90) -> subprocess.Compl
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def run_train(args: list[str], torchrun_nproc: int = 0, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+def run_train(args: list[str], torchrun_nproc: int = 0,
+              timeout: float = 90) -> subprocess.CompletedProcess[str]:
     return finish(start_train(args, torchrun_nproc), timeout)
 
 

@@ -52,6 +52,9 @@ def test_data_dir_default_comes_from_env(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("DATA_DIR", "/data/fw")
     assert load_config([]).data_dir == "/data/fw"
     assert load_config(["data_dir=/elsewhere"]).data_dir == "/elsewhere"
+    assert load_config([TINY]).data_dir == "/data/fw"  # the tiny config honours DATA_DIR too
+    monkeypatch.delenv("DATA_DIR")
+    assert load_config([TINY]).data_dir == "data/offline"
 
 
 def test_unknown_key_suggests_the_closest() -> None:
@@ -132,7 +135,8 @@ def test_train_py_exits_2_with_one_line_before_any_work(tmp_path: Path) -> None:
         [TINY, f"out_dir={out}", "learning_rate=abc"],
     ])
     assert unknown.returncode == 2 and typed.returncode == 2
-    assert unknown.stderr == "train.py: config error: unknown key 'lerning_rate' (did you mean 'learning_rate'?)\n"
+    assert unknown.stderr == ("train.py: config error: unknown key 'lerning_rate' "
+                              "(did you mean 'learning_rate'?)\n")
     assert typed.stderr == ("train.py: config error: learning_rate expects float, got 'abc' "
                             "(from override learning_rate=abc)\n")
     assert unknown.stdout == typed.stdout == ""

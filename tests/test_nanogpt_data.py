@@ -164,7 +164,8 @@ def test_train_py_data_errors_exit_3_with_one_line(tmp_path: Path, shards: Path)
     ]
     for proc, fragment in zip(runs, expected):
         assert proc.returncode == 3, explain(proc)
-        assert proc.stderr.startswith("train.py: data error: ") and proc.stderr.count("\n") == 1, explain(proc)
+        assert proc.stderr.startswith("train.py: data error: "), explain(proc)
+        assert proc.stderr.count("\n") == 1, explain(proc)
         assert fragment in proc.stderr, explain(proc)
         assert proc.stdout == ""
     assert not any(tmp_path.glob("out_*"))

@@ -23,6 +23,7 @@ from .jsonio import parse_utc, read_json, utc_now, write_bytes, write_json
 from .taskstate import is_terminal, read_status
 
 STARTING_GRACE_SECS = 30
+ROW_COLUMNS = ("run_id", "state", "attempts", "duration_s", "failure_class", "val_loss", "from_campaign")
 
 
 def root(ctx: Context) -> str:
@@ -226,14 +227,15 @@ def sweep_status(ctx: Context) -> Dict[str, Any]:
     state, executor = executor_state(path)
     index = read_json(os.path.join(path, "index.json"), "campaign index") or {}
     live = state in ("running", "starting")
-    rows = [_row_view(ctx, campaign_id, row, index, live) for row in manifest.get("rows", [])]
+    views = [_row_view(ctx, campaign_id, row, index, live) for row in manifest.get("rows", [])]
     totals: Dict[str, int] = {}
-    for row in rows:
-        totals[row["state"]] = totals.get(row["state"], 0) + 1
+    for view in views:
+        totals[view["state"]] = totals.get(view["state"], 0) + 1
+    rows = [[v.get(c) for c in ROW_COLUMNS] for v in views]  # compact on the wire: 10,000 rows stay small
     return {"campaign_id": campaign_id, "created_utc": manifest.get("created_utc"), "executor": {
         "state": state, "pid": executor.get("pid"), "slots": executor.get("slots"), "reason": executor.get("reason"),
         "heartbeat_utc": executor.get("heartbeat_utc"), "ended_utc": executor.get("ended_utc")},
-        "rows": rows, "totals": totals, "total": len(rows), "outputs": ctx.outputs,
+        "columns": list(ROW_COLUMNS), "rows": rows, "totals": totals, "total": len(rows), "outputs": ctx.outputs,
         "session": ctx.get("SWEEP_TMUX_SESSION")}
 
 

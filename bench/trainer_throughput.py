@@ -1,0 +1,60 @@
+"""Training throughput (tokens/s) of the example trainer's tiny config on CPU.
+
+    python bench/trainer_throughput.py [--iters 100]
+
+Builds the offline byte-level shards in a temp dir, then runs (from examples/nanogpt)
+
+    python train.py config/train_tiny_cpu.py data_dir=TMP/shards out_dir=TMP/out max_iters=100 \\
+        eval_interval=0 eval_iters=1 log_interval=10 checkpoint_interval=0
+
+and prints tokens_per_sec from its results.json (steady state: the first, warm-up step is not
+counted) as one line, followed by the exact command. Threads: torch's default, or OMP_NUM_THREADS.
+
+On a GPU pod, GPT-2 small (124M, bf16, torch.compile), from examples/nanogpt:
+
+    python data/fineweb10B/download.py --out data/fineweb10B --train-shards 1
+    python train.py config/train_gpt2s_fineweb10B.py out_dir=out/bench max_iters=50 \\
+        eval_interval=0 eval_iters=1 log_interval=10 checkpoint_interval=0
+
+then read tokens_per_sec and mfu in out/bench/results.json (MFU uses the peak FLOPs table in
+runtime.py; pass peak_flops=... for GPUs it does not know). With 8 GPUs use
+``torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2s_fineweb10B_8gpu.py ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+NANOGPT = Path(__file__).resolve().parents[1] / "examples" / "nanogpt"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="tokens/s of examples/nanogpt's tiny config on CPU")
+    parser.add_argument("--iters", type=int, default=100, help="training iterations (default: 100)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="nanogpt-bench-") as tmp:
+        shards, out = Path(tmp) / "shards", Path(tmp) / "out"
+        subprocess.run([sys.executable, "data/build_offline_shards.py", "--out", str(shards)],
+                       cwd=NANOGPT, check=True, stdout=subprocess.DEVNULL)
+        cmd = [sys.executable, "train.py", "config/train_tiny_cpu.py", f"data_dir={shards}", f"out_dir={out}",
+               f"max_iters={args.iters}", "eval_interval=0", "eval_iters=1", "log_interval=10",
+               "checkpoint_interval=0", "device=cpu"]
+        proc = subprocess.run(cmd, cwd=NANOGPT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stdout + proc.stderr, file=sys.stderr)
+            return proc.returncode
+        res = json.loads((out / "results.json").read_text())
+    print(f"nanogpt tiny config on cpu: {res['tokens_per_sec']:,.0f} tokens/s ({args.iters} iters, "
+          f"{res['params'] / 1e6:.2f}M params, final val loss {res['final_val_loss']:.3f})")
+    print(f"command: cd {NANOGPT} && {shlex.join(cmd)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

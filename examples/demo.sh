@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The README's first command: on this machine (target `local`: it stands in for the pod, no SSH, CPU),
+# set everything up and run a real sweep of the example trainer, then show the truth and fetch it.
+#   bootstrap -> checkout (clone of this repo, venv, offline data) -> 4-row sweep -> status -> fetch-all
+# Everything it writes stays inside this checkout (.workflow/ and artifacts/, both git-ignored).
+# DEMO_TORCH=spec overrides the torch that is installed into .workflow/venv if it has none
+# (default torch==2.13.0: on Linux x86-64 take the CPU build, e.g. with PIP_INDEX_URL).
+set -euo pipefail
+
+step() {
+  printf '\n\033[1m== workflow.sh %s\033[0m\n' "$*"
+}
+
+main() {
+  local root
+  root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  local wf=("${root}/infra_scripts/workflow.sh" --set SWEEP_CPU_SLOTS=2)
+  "${root}/infra_scripts/workflow.sh" help >/dev/null  # creates .workflow/venv on first use
+  local python="${WORKFLOW_VENV:-${root}/.workflow/venv}/bin/python"
+  if ! "${python}" -c 'import torch, numpy' 2>/dev/null; then
+    printf 'demo: installing %s and numpy into %s (the local "pod" trains with it)\n' "${DEMO_TORCH:-torch==2.13.0}" "${python}"
+    "${python}" -m pip install --quiet --disable-pip-version-check "${DEMO_TORCH:-torch==2.13.0}" numpy
+  fi
+  step validate && "${wf[@]}" validate
+  step pod-status && "${wf[@]}" pod-status
+  step bootstrap && "${wf[@]}" bootstrap
+  step checkout && "${wf[@]}" checkout
+  step sweep-start && "${wf[@]}" sweep-start
+  step sweep-watch
+  "${wf[@]}" sweep-watch --interval 5 || true
+  step sweep-status
+  if ! "${wf[@]}" sweep-status; then
+    printf '(sweep-status exits 1 because a row failed, as planned)\n'
+  fi
+  step fetch-all && "${wf[@]}" fetch-all
+  step fsm-status && "${wf[@]}" fsm-status
+  printf '\nDone. Runs are in %s/artifacts/<run_id>/ (summary.json, run_manifest.json, metrics.jsonl, run.log).\n' "${root}"
+}
+
+main "$@"

@@ -1,0 +1,31 @@
+# GPT-2 small (124M) on FineWeb10B with DDP on one 8-GPU pod, bf16 + torch.compile.
+# Run:  torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2s_fineweb10B_8gpu.py
+# Same 524,288 tokens per step as the 1-GPU config (32 x 1024 x 2 x 8 ranks), so the two runs
+# follow the same schedule; 5000 steps = 2.6B tokens (download 27 train shards to avoid repeats).
+out_dir = "out/gpt2s_8gpu"
+vocab_size = 50304
+block_size = 1024
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0
+bias = False
+batch_size = 32
+gradient_accumulation_steps = 2
+learning_rate = 6e-4
+min_lr = 6e-5
+warmup_iters = 250
+lr_decay_iters = 5000
+max_iters = 5000
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0
+eval_interval = 250
+eval_iters = 10
+log_interval = 10
+checkpoint_interval = 500
+device = "auto"
+dtype = "bfloat16"
+compile = True
+backend = "auto"
