@@ -10,10 +10,10 @@ What it measures (one run, `local` target, real tmux supervisors):
    Baseline: the same command started with subprocess, watched the way the old tool did it
    (``while kill -0 $pid; do sleep 5; grep -E pattern log && kill $pid && break; done``, here
    in Python with time.sleep(5) and grep), measured from the same timestamp to the kill.
-2. Stall detection. A task prints one line after a random 0-5 s (timestamp written right after
-   it) and sleeps, run with ``--stall-secs 3``. Measured: (time status.json says ``stalled``) -
-   (time of the last output + 3 s). Baseline: a 5 s poller that declares a stall when the log
-   has not grown for 3 s, measured the same way.
+2. Stall detection. A task prints a line every 0.1 s for a random 0.5-5.5 s, writing the
+   timestamp right after each line, then sleeps, run with ``--stall-secs 3``. Measured:
+   (time status.json says ``stalled``) - (time of the last output + 3 s). Baseline: a 5 s
+   poller that declares a stall when the log has not grown for 3 s, measured the same way.
 
 N trials each (default 5; the same random delays for both sides). Baseline trials run
 concurrently with each other (they sleep), never with workflow.sh's trials. Prints medians,
@@ -86,6 +86,8 @@ class Pod:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)  # supervisors get SIGHUP and stop their tasks
         time.sleep(0.5)
+        tmux_dir = Path(os.environ.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.getuid()}"
+        (tmux_dir / self.socket).unlink(missing_ok=True)  # tmux 3.3 leaves the socket file behind
         shutil.rmtree(self.base, ignore_errors=True)
 
 
@@ -96,7 +98,9 @@ def fatal_cmd(delay: float, side: Path) -> str:
 
 
 def stall_cmd(delay: float, side: Path) -> str:
-    return f"sleep {delay:.3f}; echo 'step 1 loss 2.5'; date +%s.%N > {side}; sleep 60"
+    steps = max(1, round(delay / 0.1))  # the stamp is rewritten right after each line: the last is the last output
+    return (f'for i in $(seq 1 {steps}); do echo "step $i loss 2.5"; date +%s.%N > {side}; sleep 0.1; done; '
+            "sleep 60")
 
 
 def read_stamp(side: Path) -> float:
@@ -194,7 +198,7 @@ def main() -> int:
             raise SystemExit(f"{tool} is required")
     rng = random.Random(opts.seed)
     fatal_delays = [rng.uniform(0.5, 5.5) for _ in range(opts.trials)]
-    stall_delays = [rng.uniform(0.0, 5.0) for _ in range(opts.trials)]
+    stall_delays = [rng.uniform(0.5, 5.5) for _ in range(opts.trials)]
     began = time.monotonic()
     pod = Pod()
     scratch = pod.base / "baseline"

@@ -76,7 +76,8 @@ def main() -> None:
         unchanged = [benchpods.timed(fetch) for _ in range(args.n)]
         got = sum(1 for _ in artifacts.rglob("part-*.bin"))
         ratio = statistics.median(ours) / statistics.median(baseline)
-        print(f"fetch-all: {args.mb} MB in {args.files} files over 10 runs, loopback ssh ({got} files arrived, verified)")
+        print(f"fetch-all: {args.mb} MB in {args.files} files over 10 runs, loopback ssh "
+              f"({got} files arrived, verified)")
         print(f"  ssh tar cf - | tar xf -          {benchpods.describe(baseline)}")
         print(f"  fetch-all (rsync + sha256 check)  {benchpods.describe(ours)}   ratio {ratio:.2f}x")
         print(f"  fetch-all again, nothing changed  {benchpods.describe(unchanged)}   "

@@ -40,7 +40,8 @@ def build_campaign(outputs: str, count: int) -> None:
         with open(os.path.join(rdir, "summary.json"), "w") as handle:
             json.dump(summary, handle)
         with open(os.path.join(rdir, "campaign.json"), "w") as handle:
-            json.dump({"schema_version": 1, "campaign_id": campaign, "spec_hash": row["spec_hash"], "history": []}, handle)
+            json.dump({"schema_version": 1, "campaign_id": campaign, "spec_hash": row["spec_hash"], "history": []},
+                      handle)
         index[run_id] = {"ok": ok, "state": summary["state"], "failure_class": summary["failure_class"], "attempts": 1,
                          "duration_s": 12.5, "val_loss": summary["final_metrics"]["val_loss"]}
     with open(os.path.join(cdir, "manifest.json"), "w") as handle:

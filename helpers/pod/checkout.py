@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from . import fsm, procs, shards
+from . import fsm, procs, runs, shards
 from .context import Context, expand
 from .errors import ExitCode, WorkflowError
 
@@ -288,6 +288,7 @@ def checkout(ctx: Context) -> Dict[str, Any]:
     installed = pip_install(ctx, repo_info["repo"], venv_info["venv"])
     torch_info = check_torch(ctx, venv_info["venv"])
     data_info = ensure_data(ctx, repo_info["repo"], venv_info["venv"])
+    runs.environment_provenance(venv_info["venv"])  # recorded now, so a sweep starts without that cost
     record = fsm.transition(ctx.state_file, "checkout", f"checkout {repo_info['ref']} at {repo_info['sha'][:12]}",
                             ctx.enforce)
     return {**repo_info, **venv_info, "pip": installed, **torch_info, "data": data_info, "state": record.state,

@@ -256,8 +256,7 @@ class Executor:
                   boot_id=proctree.boot_id(), started_utc=utc_now(), slots=slots, ended_utc=None, stop_reason=None)
         repo = ctx.path("OPS_REMOTE_REPO")
         self.provenance = {"git": runs.git_provenance(repo),
-                           "environment": runs.environment_provenance(os.path.join(ctx.path("VENV_DIR"), "bin",
-                                                                                   "python"))}
+                           "environment": runs.environment_provenance(ctx.path("VENV_DIR"))}
         todo = [RowRun(row) for row in self.manifest["rows"]
                 if not runs.is_ok(runs.run_dir(self.outputs, str(row["run_id"])), row["spec_hash"])]
         skipped = len(self.manifest["rows"]) - len(todo)

@@ -175,8 +175,39 @@ def git_provenance(repo: str) -> Dict[str, Any]:
     return info
 
 
-def environment_provenance(python: str) -> Dict[str, Any]:
-    """Torch version and pip freeze of the run venv (once per executor: both cost seconds)."""
+PROVENANCE_FILE = ".workflow-provenance.json"
+
+
+def _venv_stamp(venv: str) -> List[float]:
+    """Changes when packages are installed into (or beside) the venv."""
+    import glob
+
+    stamps = []
+    for path in [os.path.join(venv, "pyvenv.cfg"), *sorted(glob.glob(os.path.join(venv, "lib", "python*",
+                                                                                    "site-packages")))]:
+        try:
+            stamps.append(os.stat(path).st_mtime)
+        except OSError:
+            stamps.append(0.0)
+    return stamps
+
+
+def environment_provenance(venv: str) -> Dict[str, Any]:
+    """Torch version and pip freeze of the run venv. Both cost seconds, so checkout records them in
+    the venv and the executor reuses that record while the venv is unchanged."""
+    cached = read_json(os.path.join(venv, PROVENANCE_FILE), "venv provenance") if os.path.exists(
+        os.path.join(venv, PROVENANCE_FILE)) else None
+    if isinstance(cached, dict) and cached.get("stamp") == _venv_stamp(venv):
+        return {k: v for k, v in cached.items() if k != "stamp"}
+    info = _measure_environment(os.path.join(venv, "bin", "python"))
+    try:
+        write_json(os.path.join(venv, PROVENANCE_FILE), {**info, "stamp": _venv_stamp(venv)})
+    except OSError:
+        pass
+    return info
+
+
+def _measure_environment(python: str) -> Dict[str, Any]:
     code, out = procs.run([python, "-c", "import torch, json; print(json.dumps({'torch': torch.__version__, "
                                         "'cuda': torch.version.cuda}))"], timeout=300)
     torch_info = json.loads(out.strip().splitlines()[-1]) if code == 0 else {"torch": None, "error": procs.tail(out)}
