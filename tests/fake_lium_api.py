@@ -89,6 +89,8 @@ class FakeLiumAPI:
         self.failures: list[Failure] = []
         # how many pod listings a newly rented pod stays PENDING for (None = forever)
         self.rent_pending_polls: int | None = 0
+        # where a newly rented pod's SSH answers (None: a made-up 198.51.100.N address)
+        self.rent_ssh: tuple[str, int] | None = None
         self._pending: dict[str, int | None] = {}  # pod id -> listings left as PENDING
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -352,20 +354,21 @@ class FakeLiumAPI:
         self._next_host += 1
         n = self._next_host
         pod_id = str(uuidlib.uuid4())
+        host, port = self.rent_ssh or (f"198.51.100.{n}", 40000 + n)
         self.pods.append(
             {
                 "id": pod_id,
                 "pod_name": body.get("pod_name", ""),
                 "status": "PENDING",
                 "ssh_connect_cmd": None,
-                "ports_mapping": {"22": 40000 + n},
+                "ports_mapping": {"22": port},
                 "created_at": _now(),
                 "updated_at": _now(),
                 "executor": {k: v for k, v in executor.items() if k != "status"},
                 "template": {"id": body.get("template_id")},
                 "removal_scheduled_at": None,
                 "gpu_count": str(body.get("gpu_count") or executor["available_gpu_count"]),
-                "_ssh": f"ssh root@198.51.100.{n} -p {40000 + n}",
+                "_ssh": f"ssh root@{host} -p {port}",
             }
         )
         self._pending[pod_id] = self.rent_pending_polls
