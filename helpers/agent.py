@@ -26,6 +26,7 @@ from helpers.transport import Transport
 
 POD_PACKAGE = Path(__file__).resolve().parent / "pod"
 BUNDLE_FORMAT = 1
+DEFAULT_TIMEOUT_SECS = 600.0  # no call waits on the pod without a bound (streams follow a bounded task)
 _MAIN = b"""import os, sys
 if sys.version_info < (3, 9):
     sys.stderr.write("workflow.sh agent: python3 >= 3.9 is needed on the pod, found %s\\n" % sys.version.split()[0])
@@ -105,7 +106,8 @@ class Agent:
         payload = json.dumps(request).encode()
         for attempt in range(2):
             missing = _MissingWatcher(self._stderr)
-            result = self.transport.run(self.argv(op), stdin=payload, timeout=timeout, on_stdout=on_stdout,
+            bound = DEFAULT_TIMEOUT_SECS if timeout is None and on_stdout is None else timeout
+            result = self.transport.run(self.argv(op), stdin=payload, timeout=bound, on_stdout=on_stdout,
                                         on_stderr=missing)
             if missing.missing and attempt == 0:
                 self.upload()

@@ -135,7 +135,8 @@ def cmd_bootstrap(session: Session) -> int:
         for line in plan_bootstrap(session):
             session.print(line)
         return 0
-    result = session.call("bootstrap", sync_env=True)
+    result = session.call("bootstrap", sync_env=True,
+                          timeout=float((session.cfg.number("CHECKOUT_TIMEOUT_SECS") or 1800) * 3 + 120))
     installed = f"; installed {', '.join(result['installed'])}" if result["installed"] else ""
     ran = f"; ran {', '.join(result['ran'])}" if result["ran"] else ""
     session.print(f"bootstrap OK{installed}{ran}; state {result['state']}")
@@ -217,6 +218,6 @@ def cmd_fsm_reset(session: Session) -> int:
         session.print(f"would set the workflow state on {describe_target(session)} to {state} "
                       f"(reason: {session.options.reason or 'manual reset'}) in {session.cfg.text('WF_STATE_FILE')}")
         return 0
-    record = session.call("fsm-reset", {"state": state, "reason": session.options.reason})
+    record = session.call("fsm-reset", {"state": state, "reason": session.options.reason}, timeout=120)
     session.print(f"state {record['previous_state']} -> {record['state']}")
     return 0

@@ -76,7 +76,8 @@ def _rsync(session: Session, listing: dict[str, Any], items: list[tuple[str, str
     host = transport.rsync_host()
     progress = ["--info=progress2"] if sys.stderr.isatty() else ["--stats"]
     file_list = "".join(f"{run_id}/{rel}\n" for run_id, rel, _, _ in items)
-    argv = ["rsync", "-a", "--partial", "--safe-links", "--no-devices", "--no-specials", "--protect-args",
+    argv = ["rsync", "-a", "--partial", "--timeout=300", "--safe-links", "--no-devices", "--no-specials",
+            "--protect-args",
             "--files-from=-", "-e", shlex.join(shell), *progress, f"{host}:{listing['outputs'].rstrip('/')}/",
             f"{root}/"]
     root.mkdir(parents=True, exist_ok=True)

@@ -142,7 +142,8 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 self.sync_proc.kill()
         os.makedirs(self.sync_from, exist_ok=True)
-        argv = ["rsync", "-a", "--partial", f"{self.sync_from.rstrip('/')}/", f"{self.sync_to.rstrip('/')}/"]
+        argv = ["rsync", "-a", "--partial", "--timeout=300", f"{self.sync_from.rstrip('/')}/",
+                f"{self.sync_to.rstrip('/')}/"]
         self.sync_proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                           start_new_session=True)
         if final:
