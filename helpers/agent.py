@@ -105,7 +105,7 @@ class Agent:
             request["env_file"] = env_file_text(self.cfg)
         payload = json.dumps(request).encode()
         for attempt in range(2):
-            missing = _MissingWatcher(self._stderr)
+            missing = _MissingWatcher(self._stderr, capture=on_stdout is not None)
             bound = DEFAULT_TIMEOUT_SECS if timeout is None and on_stdout is None else timeout
             result = self.transport.run(self.argv(op), stdin=payload, timeout=bound, on_stdout=on_stdout,
                                         on_stderr=missing)
@@ -116,6 +116,9 @@ class Agent:
                 raise WorkflowError(f"python3 is not installed on {self.transport.description}; install it "
                                     "(3.9+), e.g. run bootstrap with AUTO_INSTALL_PREREQS=1", ExitCode.FAILED)
             if on_stdout is not None:
+                if result.exit_code != 0 and missing.captured:
+                    raise WorkflowError(missing.captured.decode(errors="replace").strip().splitlines()[-1],
+                                        result.exit_code)
                 return result.exit_code
             return _reply(result.stdout, result.exit_code, self.transport.description)
         raise AssertionError("unreachable")
@@ -128,10 +131,12 @@ class Agent:
 class _MissingWatcher:
     """Forwards the agent's stderr, but notices python's "can't open file" for a missing agent."""
 
-    def __init__(self, forward: Callable[[bytes], None]) -> None:
+    def __init__(self, forward: Callable[[bytes], None], capture: bool = False) -> None:
         self.forward = forward
         self.missing = False
         self._head = b""
+        self.capture = capture  # streaming ops: stderr carries only an error message; keep it
+        self.captured = b""
 
     def __call__(self, chunk: bytes) -> None:
         if not self._head:
@@ -139,7 +144,11 @@ class _MissingWatcher:
             if b"can't open file" in self._head and b"agent-" in self._head:
                 self.missing = True
                 return
-        if not self.missing:
+        if self.missing:
+            return
+        if self.capture:
+            self.captured += chunk
+        else:
             self.forward(chunk)
 
 

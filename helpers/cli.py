@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from helpers.errors import ExitCode, WorkflowError
 
@@ -152,6 +153,14 @@ COMMANDS: tuple[Command, ...] = (
 COMMANDS_BY_NAME = {c.name: c for c in COMMANDS}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the message and where to look), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: {message}; see {self.prog} --help\n")
+        raise SystemExit(int(ExitCode.USAGE))
+
+
 def _add_global_flags(p: argparse.ArgumentParser, suppress: bool) -> None:
     default: object = argparse.SUPPRESS if suppress else None
     g = p.add_argument_group("global options")
@@ -170,11 +179,11 @@ def _add_global_flags(p: argparse.ArgumentParser, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="workflow.sh", add_help=False,
+    parser = _Parser(prog="workflow.sh", add_help=False,
                                      description="Experiments on GPU pods from one config file (workflow.env).")
     parser.add_argument("-h", "--help", action="store_true", dest="top_help")
     _add_global_flags(parser, suppress=False)
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for command in COMMANDS:
         sub = subparsers.add_parser(command.name, help=command.summary, description=command.summary,
                                     prog=f"workflow.sh {command.name}")

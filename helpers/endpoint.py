@@ -22,4 +22,5 @@ class SSHEndpoint:
         if self.label:
             return self.label
         who = f"{self.user}@" if self.user else ""
-        return f"{who}{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{who}{host}:{self.port}"

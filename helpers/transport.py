@@ -212,6 +212,11 @@ def _import_paramiko() -> None:
     if _paramiko_imported:
         return
     sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
+    import logging
+
+    quiet = logging.getLogger("paramiko")  # its transport thread would print tracebacks; we report one line
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
     if "importlib.metadata" in sys.modules:
         import paramiko  # noqa: F401
     else:
@@ -295,6 +300,9 @@ class SSHTransport(Transport):
             banner_timeout=self.connect_timeout, auth_timeout=self.connect_timeout, sock=sock,
         )
         if ep.key_filename:
+            if not os.path.isfile(os.path.expanduser(ep.key_filename)):
+                raise WorkflowError(f"private key {ep.key_filename} for {ep.display()} does not exist; fix OPS_SSH_KEY "
+                                    "(or the IdentityFile in your ssh config)", ExitCode.TRANSPORT)
             kwargs.update(key_filename=os.path.expanduser(ep.key_filename), look_for_keys=False,
                           allow_agent=False)
         where = ep.display()

@@ -66,7 +66,6 @@ def wandb_credentials_present(env_values: Dict[str, str]) -> bool:
 def bootstrap(ctx: Context) -> Dict[str, Any]:
     record = fsm.read_state(ctx.state_file)
     fsm.check_allowed(record, "bootstrap", ctx.enforce)
-    ctx.sync_env()
     timeout = ctx.number("CHECKOUT_TIMEOUT_SECS", 1800)
     python_bin = ctx.get("REMOTE_PYTHON_BIN") or "python3"
     installed: List[str] = []
@@ -74,6 +73,12 @@ def bootstrap(ctx: Context) -> Dict[str, Any]:
     if missing and not ctx.flag("AUTO_INSTALL_PREREQS"):
         raise WorkflowError(f"bootstrap: missing on the pod: {', '.join(missing)}; install them or set "
                             "AUTO_INSTALL_PREREQS=1 (apt-get, as root)", ExitCode.FAILED)
+    wandb = ctx.flag("SWEEP_WANDB") or ctx.flag("RUN_WANDB_SETUP")
+    for key in ("BOOTSTRAP_SCRIPT", *(["WANDB_SETUP_SCRIPT"] if wandb else [])):
+        if ctx.get(key) and not os.path.isfile(ctx.path(key)):
+            raise WorkflowError(f"bootstrap: {key}={ctx.path(key)} does not exist on the pod; fix the path or empty "
+                                f"{key}", ExitCode.FAILED)
+    ctx.sync_env()  # every check passed: now change things
     if missing:
         install_with_apt(missing, timeout)
         still = missing_prereqs(python_bin)
@@ -85,7 +90,6 @@ def bootstrap(ctx: Context) -> Dict[str, Any]:
     if ctx.get("BOOTSTRAP_SCRIPT"):
         _run_script(ctx.path("BOOTSTRAP_SCRIPT"), "BOOTSTRAP_SCRIPT", timeout)
         ran.append("BOOTSTRAP_SCRIPT")
-    wandb = ctx.flag("SWEEP_WANDB") or ctx.flag("RUN_WANDB_SETUP")
     if wandb and ctx.get("WANDB_SETUP_SCRIPT"):
         _run_script(ctx.path("WANDB_SETUP_SCRIPT"), "WANDB_SETUP_SCRIPT", timeout)
         ran.append("WANDB_SETUP_SCRIPT")

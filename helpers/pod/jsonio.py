@@ -20,7 +20,14 @@ from .errors import ExitCode, WorkflowError
 
 def utc_now() -> str:
     """UTC timestamp with milliseconds, ISO 8601 with a Z."""
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return utc_at(None)
+
+
+def utc_at(epoch: Optional[float]) -> str:
+    """``epoch`` (seconds; None = now) as a UTC timestamp with milliseconds, ISO 8601 with a Z."""
+    moment = _dt.datetime.now(_dt.timezone.utc) if epoch is None else _dt.datetime.fromtimestamp(
+        epoch, _dt.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def parse_utc(text: Optional[str]) -> Optional[float]:

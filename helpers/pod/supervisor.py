@@ -23,7 +23,7 @@ import time
 from typing import Any, Deque, Dict, List, Optional
 
 from . import fatal, proctree
-from .jsonio import read_json, utc_now
+from .jsonio import read_json, utc_at, utc_now
 from .taskstate import TaskState, update_status
 
 HEARTBEAT_SECS = 2.0
@@ -169,9 +169,9 @@ class Supervisor:
         workdir = self.spec.get("workdir") or self.task_dir
         log = open(self.log_path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the loop
         if self.spec.get("log_banner"):
-            log.write(f"\n===== {self.spec['log_banner']} ({utc_now()}) =====\n".encode())
+            log.write(f"\n===== {self.spec['log_banner']} ({utc_now()}) =====\n".encode("utf-8", "replace"))
         self._pane(f"[workflow.sh] task {self.spec['id']}: {self.spec.get('command_display', ' '.join(argv))}\n"
-                   .encode())
+                   .encode("utf-8", "replace"))
         try:
             self.proc = subprocess.Popen(argv, cwd=workdir, env=self._env(), stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -232,7 +232,7 @@ class Supervisor:
             if now - last_beat >= HEARTBEAT_SECS:
                 last_beat = now
                 record = update_status(self.task_dir, durable=False, heartbeat_utc=utc_now(),
-                                       last_output_utc=_ago(now - last_output))
+                                       last_output_utc=utc_at(time.time() - (now - last_output)))
                 if record.get("state") not in (TaskState.RUNNING.value, TaskState.PENDING.value):
                     self.stopped_by = "external"  # marked lost/cancelled by someone else: honour it
             if self.sync_from and now - last_sync >= self.sync_interval:
@@ -293,12 +293,17 @@ def _state_class(state: TaskState) -> Optional[str]:
     return STATE_CLASS.get(state)
 
 
-def _ago(seconds: float) -> str:
-    return utc_now() if seconds < 1 else f"{seconds:.0f}s ago"
-
-
 def supervise_main(argv: List[str]) -> int:
     if len(argv) != 1:
         sys.stderr.write("usage: agent supervise TASK_DIR\n")
         return 2
-    return Supervisor(argv[0]).run()
+    try:
+        return Supervisor(argv[0]).run()
+    except Exception as exc:  # a bug must still leave a true status behind
+        import traceback
+
+        traceback.print_exc()
+        update_status(argv[0], state=TaskState.FAILED.value, failure_class="nonzero_exit", ended_utc=utc_now(),
+                      reason=f"the supervisor failed: {exc.__class__.__name__}: {exc} (a bug in workflow.sh)",
+                      cleanup="done")
+        return 1

@@ -90,10 +90,11 @@ def task_run(ctx: Context) -> Dict[str, Any]:
     else:
         repo = ctx.path("OPS_REMOTE_REPO")
         workdir = repo if os.path.isdir(repo) else task_dir
+    command = str(args["cmd"])
+    command_bytes = command.encode("utf-8", "surrogateescape")  # the exact bytes given, even if not UTF-8
     ctx.sync_env()
     os.makedirs(task_dir)
-    command = str(args["cmd"])
-    write_bytes(os.path.join(task_dir, "command.sh"), command.encode("utf-8"), 0o755)
+    write_bytes(os.path.join(task_dir, "command.sh"), command_bytes, 0o755)
     spec = {
         "id": task_id, "argv": ["bash", os.path.join(task_dir, "command.sh")], "workdir": workdir,
         "timeout_secs": int(args["timeout_secs"]), "stall_secs": int(args["stall_secs"]),
@@ -174,15 +175,21 @@ def summary(record: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def tail_lines(path: str, count: int) -> List[str]:
+    """The last ``count`` complete lines (all with 0), reading backwards only as far as needed."""
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - max(count, 1) * 400 - 4096))
-            data = handle.read()
+            start = size = handle.tell()
+            data = b""
+            while start > 0 and (count == 0 or data.count(b"\n") <= count):
+                start = max(0, start - max(65536, len(data)))
+                handle.seek(start)
+                data = handle.read(size - start)
     except OSError:
         return []
     lines = data.decode("utf-8", "replace").splitlines()
+    if start > 0:
+        lines = lines[1:]  # the first one may be cut
     return lines[-count:] if count else lines
 
 
