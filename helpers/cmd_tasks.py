@@ -39,7 +39,7 @@ def _patterns_payload(session: Session) -> dict[str, str]:
 
 
 def _task_env(session: Session) -> dict[str, str]:
-    env = session.cfg.passthrough_env(include_secrets=True)
+    env: dict[str, str] = {}  # the run variables of workflow.env are added on the pod, from its env file
     for item in session.options.task_env:
         name, sep, value = item.partition("=")
         if not sep or not _ENV_NAME.match(name):

@@ -100,10 +100,6 @@ class Config:
             out[key] = _to_text(setting.value)
         return out
 
-    def passthrough_env(self, include_secrets: bool) -> dict[str, str]:
-        return {k: v for k, v in self.pod_values(include_secrets).items()
-                if is_passthrough(k) or k in ("WANDB_API_KEY", "HF_TOKEN", "DATA_DIR")}
-
 
 def is_secret(key: str) -> bool:
     spec = KEYS_BY_NAME.get(key)

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from helpers.pod.context import RUN_ENV_PREFIXES
+
 KeyType = Literal["str", "int", "float", "bool", "enum", "path", "podpath", "secret", "words"]
 
 # A default of LOCAL_DEFAULT-marked keys differs on the `local` target: pod paths live inside
@@ -43,8 +45,7 @@ def is_secret_name(name: str) -> bool:
 
 # Variables for the runs themselves (W&B, Hugging Face, NCCL, ...): accepted in workflow.env
 # without being in the table, synced to the pod env file, and exported to every task and run.
-PASSTHROUGH_PREFIXES = ("WANDB_", "HF_", "HUGGINGFACE_", "NCCL_", "TORCH_", "PYTORCH_", "OMP_", "CUDA_",
-                        "MLFLOW_", "TOKENIZERS_", "RUNENV_")
+PASSTHROUGH_PREFIXES = RUN_ENV_PREFIXES
 
 
 def _k(section: str, name: str, type_: KeyType, default: str, doc: str, **kw: object) -> Key:

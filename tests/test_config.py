@@ -106,10 +106,17 @@ def test_secrets_come_from_environment_and_are_redacted(tmp_path):
     assert redact("HF_TOKEN", "") == ""
 
 
-def test_passthrough_keys_reach_runs(tmp_path):
-    cfg = load(tmp_path, "NCCL_DEBUG=INFO\nWANDB_PROJECT=demo\n")
-    env = cfg.passthrough_env(include_secrets=False)
-    assert env["NCCL_DEBUG"] == "INFO" and env["WANDB_PROJECT"] == "demo"
+def test_run_variables_are_accepted_and_reach_the_pod_env_file(tmp_path):
+    from helpers.pod.context import Context, run_env
+
+    cfg = load(tmp_path, "NCCL_DEBUG=INFO\nWANDB_PROJECT=demo\nRUNENV_MY_FLAG=on\n", environ={"HF_TOKEN": "t0k"})
+    values = cfg.pod_values(include_secrets=True)
+    assert values["NCCL_DEBUG"] == "INFO" and values["WANDB_PROJECT"] == "demo"
+    env_file = tmp_path / "pod.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items() if "\n" not in v and " " not in v))
+    env = run_env(Context({**values, "REMOTE_ENV_PATH": str(env_file)}))
+    assert env["NCCL_DEBUG"] == "INFO" and env["MY_FLAG"] == "on" and env["HF_TOKEN"] == "t0k"
+    assert "RUNENV_MY_FLAG" not in env and "OPS_DEFAULT_HOST" not in env
 
 
 @pytest.mark.parametrize("text,overrides,fragment", [

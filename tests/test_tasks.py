@@ -638,3 +638,17 @@ def test_last_output_utc_is_a_timestamp(local_pod: Pod):
     assert wait_task(local_pod, "quiet").returncode == 0
     value = status(local_pod, "quiet")["last_output_utc"]
     assert value is None or re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", value), value
+
+
+def test_task_environment_run_variables_secrets_and_extra_env(pod: Pod):
+    """A task sees --env K=V, workflow.env's run variables (RUNENV_X as X) and secrets, which stay out of
+    every file the tool writes but the 0600 pod env file."""
+    pod.set(NCCL_DEBUG="INFO", RUNENV_MY_FLAG="on", WANDB_API_KEY="wandb-secret-0123")
+    out = pod.root / "seen-env"
+    cmd = f'echo "$NCCL_DEBUG $MY_FLAG $EXTRA $WANDB_API_KEY $DATA_DIR" > {out}'
+    run_task(pod, "envy", cmd, "--env", "EXTRA=from-cli")
+    assert wait_task(pod, "envy").returncode == 0
+    assert out.read_text().split() == ["INFO", "on", "from-cli", "wandb-secret-0123", str(pod.root / "data")]
+    for path in task_dir(pod, "envy").iterdir():
+        assert b"wandb-secret-0123" not in path.read_bytes(), path.name
+    assert not (task_dir(pod, "envy") / ".env.json").exists()  # read by the supervisor, then removed

@@ -10,6 +10,10 @@ from .errors import ExitCode, WorkflowError
 from .jsonio import write_bytes
 
 ENV_FILE_MARKER = "# written by workflow.sh"
+# config variables meant for the runs themselves (W&B, Hugging Face, NCCL, ...): accepted in
+# workflow.env without being keys of the tool, and exported to every task and run
+RUN_ENV_PREFIXES = ("WANDB_", "HF_", "HUGGINGFACE_", "NCCL_", "TORCH_", "PYTORCH_", "OMP_", "CUDA_", "MLFLOW_",
+                    "TOKENIZERS_", "RUNENV_")
 
 
 def expand(path: str) -> str:
@@ -96,6 +100,19 @@ def sync_env_file(path: str, content: str) -> str:
         raise WorkflowError(f"cannot write REMOTE_ENV_PATH {path}: {exc.strerror}; set REMOTE_ENV_PATH to a "
                             "writable path", ExitCode.FAILED) from None
     return "written"
+
+
+def run_env(ctx: Context) -> Dict[str, str]:
+    """The environment every task and run gets on top of the pod's own: the run variables of the
+    pod env file (WANDB_*, HF_*, NCCL_*, ..., secrets included; RUNENV_X becomes X) and the pod paths."""
+    values = read_env_file(ctx.get("REMOTE_ENV_PATH"))
+    env = {k: v for k, v in values.items() if k.startswith(RUN_ENV_PREFIXES) or k in ("WANDB_API_KEY", "HF_TOKEN")}
+    for key in ("DATA_DIR", "OPS_REMOTE_OUTPUTS_DIR", "OPS_REMOTE_REPO"):
+        if ctx.get(key):
+            env[key] = ctx.path(key)
+    for key in [k for k in env if k.startswith("RUNENV_")]:
+        env[key[len("RUNENV_"):]] = env.pop(key)
+    return env
 
 
 def read_env_file(path: str) -> Dict[str, str]:

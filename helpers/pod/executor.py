@@ -19,7 +19,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from . import fsm, proctree, runs
-from .context import Context, read_env_file
+from .context import Context, run_env
 from .jsonio import append_jsonl, read_json, utc_now, write_bytes, write_json
 from .tasks import launch_supervised
 from .taskstate import is_terminal, read_status
@@ -27,8 +27,6 @@ from .taskstate import is_terminal, read_status
 TRANSIENT = ("nccl", "lost", "stalled")
 MAX_OOM_RETRIES = 2
 HEARTBEAT_SECS = 2.0
-PASSTHROUGH = ("WANDB_", "HF_", "HUGGINGFACE_", "NCCL_", "TORCH_", "PYTORCH_", "OMP_", "CUDA_", "MLFLOW_",
-               "TOKENIZERS_", "RUNENV_")
 
 
 def detect_slots(ctx: Context, env: Dict[str, str]) -> List[str]:
@@ -46,18 +44,6 @@ def detect_slots(ctx: Context, env: Dict[str, str]) -> List[str]:
         if gpus:
             return gpus
     return [f"cpu{i}" for i in range(max(1, ctx.number("SWEEP_CPU_SLOTS", 1)))]
-
-
-def run_env_from_pod_file(ctx: Context) -> Dict[str, str]:
-    values = read_env_file(ctx.get("REMOTE_ENV_PATH"))
-    env = {k: v for k, v in values.items() if k.startswith(PASSTHROUGH) or k in ("WANDB_API_KEY", "HF_TOKEN")}
-    for key in ("DATA_DIR", "OPS_REMOTE_OUTPUTS_DIR", "OPS_REMOTE_REPO"):
-        if ctx.get(key):
-            env[key] = ctx.path(key)
-    for key, value in list(env.items()):
-        if key.startswith("RUNENV_"):
-            env[key[len("RUNENV_"):]] = env.pop(key) if value is not None else ""
-    return env
 
 
 class RowRun:
@@ -248,7 +234,7 @@ class Executor:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         ctx = self.ctx
-        env_base = run_env_from_pod_file(ctx)
+        env_base = run_env(ctx)
         slots = detect_slots(ctx, env_base)
         cpu_mode = slots[0].startswith("cpu")
         threads = max(1, (os.cpu_count() or 1) // len(slots)) if cpu_mode else 1

@@ -17,7 +17,7 @@ import uuid
 from typing import Any, Dict, List, Optional
 
 from . import proctree, tmuxctl
-from .context import Context
+from .context import Context, run_env
 from .errors import ExitCode, WorkflowError
 from .ids import check_id
 from .jsonio import parse_utc, read_json, utc_now, write_bytes, write_json
@@ -102,7 +102,7 @@ def task_run(ctx: Context) -> Dict[str, Any]:
             "TASK_LOST_AFTER_SECS", 60), "log": "stdout.log", "command_display": command.replace("\n", "; ")[:200],
         "user_patterns": args.get("user_patterns", ""), "user_patterns_source": args.get("user_patterns_source", ""),
     }
-    env = {str(k): str(v) for k, v in (args.get("env") or {}).items()}
+    env = {**run_env(ctx), **{str(k): str(v) for k, v in (args.get("env") or {}).items()}}
     record = launch_supervised(task_dir, spec, env, command, ctx.tmux_base(), ctx.get("WF_TMUX_SESSION"))
     return {"id": task_id, "task_dir": task_dir, "session": ctx.get("WF_TMUX_SESSION"), "state": record["state"],
             "replaced": replaced, "socket": ctx.get("TMUX_SOCKET")}
