@@ -100,7 +100,8 @@ class Agent:
         (mode 0600) when it changed. With ``on_stdout`` the op's stdout streams to it and the
         exit code is returned instead of a parsed reply.
         """
-        request: dict[str, Any] = {"config": self.cfg.pod_values(include_secrets=sync_env), "args": args or {}}
+        # secrets travel only inside the env file's content, never in the config ops keep (manifests)
+        request: dict[str, Any] = {"config": self.cfg.pod_values(include_secrets=False), "args": args or {}}
         if sync_env:
             request["env_file"] = env_file_text(self.cfg)
         payload = json.dumps(request).encode()

@@ -26,11 +26,11 @@ def cmd_validate(session: Session) -> int:
         key = cfg.local_path("OPS_SSH_KEY")
         if key is not None and not key.is_file():
             raise WorkflowError(f"{cfg.source('OPS_SSH_KEY')}: OPS_SSH_KEY {key} does not exist", ExitCode.USAGE)
-    csv_arg = getattr(session.options, "csv", None)
-    csv_path = cfg.project_root / csv_arg if csv_arg else cfg.local_path("SWEEP_CSV")
-    if csv_path is not None and (csv_arg or csv_path.exists()):
-        from helpers.cmd_sweeps import load_selected_rows
+    from helpers.cmd_sweeps import csv_path_of, load_selected_rows
 
+    csv_arg = getattr(session.options, "csv", None)
+    csv_path = csv_path_of(session)
+    if csv_arg or csv_path.exists():
         rows, selected = load_selected_rows(session, csv_path)
         checked.append(f"sweep CSV OK: {csv_path} ({len(rows)} rows, {len(selected)} selected)")
     for line in checked:

@@ -18,7 +18,8 @@ from helpers.sweep_csv import SweepRow, parse_sweep_csv, select_rows, write_temp
 FAILED_STATES = ("failed", "timed_out", "stalled", "lost", "cancelled")
 
 
-def _csv_path(session: Session) -> Path:
+def csv_path_of(session: Session) -> Path:
+    """--csv (relative to the current directory), else SWEEP_CSV (relative to the checkout)."""
     given = getattr(session.options, "csv", None)
     if given:
         path = Path(given)
@@ -31,7 +32,7 @@ def _csv_path(session: Session) -> Path:
 
 def load_selected_rows(session: Session, path: Path | None = None) -> tuple[list[SweepRow], list[SweepRow]]:
     cfg = session.cfg
-    rows = parse_sweep_csv(path or _csv_path(session), cfg.project_root / cfg.text("TRAIN_WORKDIR"))
+    rows = parse_sweep_csv(path or csv_path_of(session), cfg.project_root / cfg.text("TRAIN_WORKDIR"))
     selected = select_rows(rows, cfg.text("SWEEP_MATCH") or None, cfg.text("SWEEP_START_AT") or None,
                            cfg.number("SWEEP_LIMIT"))
     return rows, selected
@@ -94,7 +95,7 @@ def plan_sweep(session: Session, rows: list[SweepRow], slots: list[str]) -> list
 
 def cmd_sweep_start(session: Session) -> int:
     cfg = session.cfg
-    path = _csv_path(session)
+    path = csv_path_of(session)
     _, selected = load_selected_rows(session, path)
     from helpers.cmd_tasks import load_user_patterns
 

@@ -148,6 +148,8 @@ class Executor:
         }
         launch_supervised(path, spec, env, rr.command, ctx.tmux_base(), ctx.get("SWEEP_TMUX_SESSION"))
         rr.slots = slots
+        if self.index.pop(rr.run_id, None) is not None:  # running again: its old verdict no longer holds
+            write_json(os.path.join(self.dir, "index.json"), self.index, durable=False)
         rr.attempts.append({"attempt": attempt, "started_utc": utc_now(), "slots": slots,
                             "overrides": overrides, "note": rr.retry_note})
         self.event("run-start", run_id=rr.run_id, attempt=attempt, slots=slots)
@@ -245,6 +247,8 @@ class Executor:
                            "environment": runs.environment_provenance(ctx.path("VENV_DIR"))}
         todo = [RowRun(row) for row in self.manifest["rows"]
                 if not runs.is_ok(runs.run_dir(self.outputs, str(row["run_id"])), row["spec_hash"])]
+        for rr in todo:  # rows to run (again): their old verdicts no longer hold
+            self.index.pop(rr.run_id, None)
         skipped = len(self.manifest["rows"]) - len(todo)
         self.say(f"campaign {self.campaign_id}: {len(todo)} row(s) to run, {skipped} already ok; slots: "
                  f"{','.join(slots)}")

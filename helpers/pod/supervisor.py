@@ -142,7 +142,10 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 self.sync_proc.kill()
         os.makedirs(self.sync_from, exist_ok=True)
-        argv = ["rsync", "-a", "--partial", "--timeout=300", f"{self.sync_from.rstrip('/')}/",
+        # the final copy compares content: rsync's quick check (size + whole-second mtime) misses a file
+        # rewritten at the same size within the second of the previous sync
+        exact = ["--checksum"] if final else []
+        argv = ["rsync", "-a", "--partial", "--timeout=300", *exact, f"{self.sync_from.rstrip('/')}/",
                 f"{self.sync_to.rstrip('/')}/"]
         self.sync_proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                           start_new_session=True)
