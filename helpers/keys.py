@@ -33,7 +33,9 @@ class Key:
 
     @property
     def is_secret(self) -> bool:
-        return self.type == "secret" or is_secret_name(self.name)
+        """Declared in this table (OOM_BATCH_KEY names a trainer key, it is no secret); run variables
+        outside the table are judged by their names (*_KEY, *_TOKEN, ...)."""
+        return self.type == "secret"
 
 
 _SECRET_NAME = re.compile(r"(_KEY|_TOKEN|_SECRET|PASSWORD|_PASS|_CREDENTIALS)$")

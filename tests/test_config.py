@@ -168,3 +168,10 @@ def test_require_names_the_key(tmp_path):
     with pytest.raises(WorkflowError) as info:
         cfg.require("checkout", "REPO_URL")
     assert "checkout needs REPO_URL" in info.value.message and info.value.code == ExitCode.USAGE
+
+
+def test_keys_that_only_look_secret_are_sent(tmp_path):
+    cfg = load(tmp_path, "MY_API_KEY=x\n".replace("MY_API_KEY", "WANDB_ENTITY_KEY"))
+    values = cfg.pod_values(include_secrets=False)
+    assert values["OOM_BATCH_KEY"] == "batch_size" and values["OOM_ACCUM_KEY"] == "gradient_accumulation_steps"
+    assert "WANDB_ENTITY_KEY" not in values  # a run variable named like a secret stays one

@@ -191,6 +191,9 @@ def _row_view(ctx: Context, campaign_id: str, row: Dict[str, Any], index: Dict[s
         return {**view, **indexed, "state": "ok" if indexed.get("ok") else indexed.get("state")}
     path = runs.run_dir(ctx.outputs, run_id)
     done = runs.summary(path)
+    status = read_status(path) or {} if done else {}
+    if done and (status.get("created_utc") or "") > (done.get("ended_utc") or ""):
+        done = None  # an attempt began after that verdict (a resume): the live status tells the truth
     if done and done.get("spec_hash") == row.get("spec_hash") and (
             done.get("campaign_id") == campaign_id or done.get("ok")):
         return {**view, "state": "ok" if done.get("ok") else done.get("state"), "attempts": done.get("attempts"),
@@ -200,7 +203,7 @@ def _row_view(ctx: Context, campaign_id: str, row: Dict[str, Any], index: Dict[s
     own = runs.owner(path) if os.path.isdir(path) else None
     if not own or own.get("campaign_id") != campaign_id:
         return {**view, "state": "queued" if executor_live else "missing", "attempts": 0}
-    status = read_status(path) or {}
+    status = status or read_status(path) or {}
     state = status.get("state", "pending")
     ended = is_terminal(state)
     if state in ("running", "pending") and status.get("supervisor_pid") and not proctree.is_alive(
