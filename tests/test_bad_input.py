@@ -145,8 +145,6 @@ class Case:
     # "fresh" (the agent only: state INIT), "none" (an empty pod root: a config error must not reach the pod)
     baseline: str = "bootstrap"
     targets: tuple[str, ...] = ("local",)
-    bug: str = ""  # a known bug: test_bad_input skips bug_check, test_bad_input_known_bugs is xfail(strict=True)
-    bug_check: str = ""  # the check the bug breaks: "one-line", "prefix" or "unchanged"
 
 
 BOTH = ("local", "ssh")
@@ -294,23 +292,15 @@ CASES: tuple[Case, ...] = (
 )
 
 
-CHECKS = ("one-line", "prefix", "unchanged")
 
 
-def _params(bugs_only: bool) -> list[object]:
-    params: list[object] = []
-    for case in CASES:
-        if bugs_only and not case.bug:
-            continue
-        marks = [pytest.mark.xfail(strict=True, reason=f"bug: {case.bug}")] if bugs_only else []
-        params += [pytest.param(case, target, id=f"{case.name}-{target}", marks=marks) for target in case.targets]
-    return params
+def _params() -> list[object]:
+    return [pytest.param(case, target, id=f"{case.name}-{target}") for case in CASES for target in case.targets]
 
 
 def test_table_is_big_enough():
     assert len(CASES) >= 30
     assert len({case.name for case in CASES}) == len(CASES)
-    assert all(case.bug_check in CHECKS for case in CASES if case.bug)
 
 
 @pytest.fixture
@@ -329,8 +319,8 @@ def new_pod(tmp_path: Path, source_repo: Path, request: pytest.FixtureRequest) -
             cleanup_pod(pod)
 
 
-def run_case(case: Case, pod: Pod, skip: str = "") -> None:
-    """Set the case up, run it, check everything but ``skip`` (the one check a known bug breaks)."""
+def run_case(case: Case, pod: Pod) -> None:
+    """Set the case up, run it, check the exit code, the one line, and that nothing changed."""
     base = base_of(pod)
     if case.baseline == "bootstrap":
         ready = pod.wf("bootstrap")
@@ -367,22 +357,13 @@ def run_case(case: Case, pod: Pod, skip: str = "") -> None:
     elapsed = time.monotonic() - started
 
     assert result.returncode == case.code, (result.returncode, result.stdout, result.stderr)
-    if skip == "one-line":
-        line = [line for line in result.stderr.splitlines() if line.strip()][-1]
-    else:
-        line = one_line_error(result)
-    if skip != "prefix":  # "workflow.sh COMMAND: what is wrong and what to do"
-        command = next((arg for arg in case.args if arg in COMMANDS_BY_NAME), "")
-        assert line.startswith(f"workflow.sh {command}: " if command else "workflow.sh"), line
+    line = one_line_error(result)
+    command = next((arg for arg in case.args if arg in COMMANDS_BY_NAME), "")  # "workflow.sh COMMAND: ..."
+    assert line.startswith(f"workflow.sh {command}: " if command else "workflow.sh"), line
     for fragment in case.fragments:
         assert fill(fragment) in line, (fill(fragment), line)
     assert "Traceback" not in result.stdout + result.stderr
     after, after_tree = pod.snapshot(), tree(pod)
-    if skip == "unchanged":  # the bug rewrites the pod env file; everything else must still hold
-        env_file = "project.env"
-        before, after = ({k: v for k, v in snap.items() if k != env_file} for snap in (before, after))
-        before_tree, after_tree = ({k: v for k, v in snap.items() if k != f"pod/{env_file}"}
-                                   for snap in (before_tree, after_tree))
     assert after == before
     assert after_tree == before_tree, sorted(set(after_tree.items()) ^ set(before_tree.items()), key=str)[:6]
     assert not tmux_running(pod)
@@ -391,15 +372,10 @@ def run_case(case: Case, pod: Pod, skip: str = "") -> None:
         assert elapsed < 20, f"a transport failure took {elapsed:.1f}s"
 
 
-@pytest.mark.parametrize("case,target", _params(bugs_only=False))
+@pytest.mark.parametrize("case,target", _params())
 def test_bad_input(case: Case, target: str, new_pod: Callable[[str], Pod]):
-    run_case(case, new_pod(target), skip=case.bug_check if case.bug else "")
-
-
-@pytest.mark.parametrize("case,target", _params(bugs_only=True))
-def test_bad_input_known_bugs(case: Case, target: str, new_pod: Callable[[str], Pod]):
-    """The rows with a known bug, with every check (test_bad_input skips the one the bug breaks)."""
     run_case(case, new_pod(target))
+
 
 
 # ----------------------------------------------------------------------------- after the clone

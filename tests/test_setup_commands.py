@@ -111,10 +111,10 @@ def test_checkout_builds_offline_data_and_installs_requirements(local_pod: Pod):
 def test_venv_recreate_only_rebuilds_our_own_venv(local_pod: Pod):
     local_pod.set(WF_FSM_ENFORCE="0")
     assert local_pod.wf("checkout").returncode == 0
-    marker = local_pod.root / "repo" / ".venv" / "pyvenv.cfg"
-    before = marker.stat().st_ino
+    sentinel = local_pod.root / "repo" / ".venv" / "left-by-the-old-venv"
+    sentinel.write_text("old")
     assert local_pod.wf("checkout", "--set", "VENV_RECREATE=1").returncode == 0
-    assert marker.stat().st_ino != before
+    assert not sentinel.exists() and (local_pod.root / "repo" / ".venv" / "pyvenv.cfg").is_file()
     foreign = local_pod.root / "foreign-venv"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
