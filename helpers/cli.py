@@ -168,7 +168,9 @@ def _add_global_flags(p: argparse.ArgumentParser, suppress: bool) -> None:
         g.add_argument("--env", dest="env_file", metavar="FILE", default=default,
                        help="config file (default workflow.env)")
     g.add_argument("--profile", metavar="NAME", default=default, help="layer profiles/NAME.env over the config")
-    g.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+    # after the command --set collects into its own list, merged in main(): argparse would otherwise let the
+    # subcommand's list replace the one given before the command
+    g.add_argument("--set", dest="sub_overrides" if suppress else "overrides", action="append", metavar="KEY=VALUE",
                    default=default if suppress else [], help="override one key (repeatable)")
     g.add_argument("--dry-run", action="store_true", default=default if suppress else False,
                    help="print the exact plan, change nothing")
@@ -233,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if options.top_help or not options.command:
         print(usage_text())
         return 0
+    options.overrides = list(options.overrides or []) + list(getattr(options, "sub_overrides", None) or [])
     command = COMMANDS_BY_NAME[options.command]
     from helpers.session import run_command
 

@@ -22,6 +22,14 @@ def cmd_validate(session: Session) -> int:
 
         count = len(load_user_patterns(session))
         checked.append(f"fatal patterns OK: {patterns} ({count} patterns)")
+    if cfg.text("LIUM_VOLUME"):
+        from helpers.lium_up import parse_volume
+
+        try:
+            parse_volume(cfg.text("LIUM_VOLUME"))
+        except WorkflowError as exc:
+            raise WorkflowError(f"{cfg.source('LIUM_VOLUME')}: {exc.message}", ExitCode.USAGE) from None
+        checked.append(f"LIUM_VOLUME OK: {cfg.text('LIUM_VOLUME')}")
     if cfg.target == "ssh":
         key = cfg.local_path("OPS_SSH_KEY")
         if key is not None and not key.is_file():

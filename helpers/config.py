@@ -162,7 +162,7 @@ def load_config(request: ConfigRequest, environ: Mapping[str, str] | None = None
         key, _, value = item.partition("=")
         key = key.strip()
         if not _KEY_NAME_RE.match(key):
-            raise WorkflowError(f"--set {item!r}: {key!r} is not a KEY name (A-Z, 0-9, _)", ExitCode.USAGE)
+            raise WorkflowError(f"--set: {key[:60]!r} is not a KEY name (A-Z, 0-9, _)", ExitCode.USAGE)
         layered[key] = Setting(key=key, raw=value, source="--set")
 
     for key, setting in layered.items():
@@ -210,7 +210,7 @@ def _read_env_file(path: Path, label: str) -> list[Setting]:
                                 "with spaces)", ExitCode.USAGE)
         if binding.key is None:
             continue
-        if not _KEY_NAME_RE.match(binding.key) and not binding.key.startswith("_"):
+        if not _KEY_NAME_RE.match(binding.key) and binding.key != "_BASE":
             raise WorkflowError(f"{label}:{line}: {binding.key!r} is not a KEY name (A-Z, 0-9, _)",
                                 ExitCode.USAGE)
         after_eq = binding.original.string.split("=", 1)[1].lstrip() if "=" in binding.original.string else ""
@@ -250,7 +250,7 @@ def _profile_chain(name: str, profiles_dir: Path, env_file: Path) -> list[Settin
         base = [s for s in settings if s.key == "_BASE"]
         layers.append([
             Setting(s.key, s.raw, f"profile {current} ({s.source})", s.literal)
-            for s in settings if not s.key.startswith("_")
+            for s in settings if s.key != "_BASE"
         ])
         current = base[-1].raw.strip() if base else None
     return [s for layer in reversed(layers) for s in layer]
@@ -335,7 +335,10 @@ def _typed(spec: Key, setting: Setting) -> object:
         if raw == "":
             return None
         if not re.match(r"^-?[0-9]+$", raw):
-            raise bad("is not a whole number")
+            limits = [f">= {spec.minimum}" if spec.minimum is not None else "",
+                      f"<= {spec.maximum}" if spec.maximum is not None else ""]
+            shown = " and ".join(limit for limit in limits if limit)
+            raise bad("is not a whole number" + (f"; use one {shown}" if shown else ""))
         number = int(raw)
         if spec.minimum is not None and number < spec.minimum:
             raise bad(f"is below the minimum {spec.minimum}")

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -68,7 +69,8 @@ def sdk() -> Any:
         import lium.sdk as lium_sdk
     except ImportError:
         raise WorkflowError(
-            "the Lium SDK is not installed: pip install 'lium.io>=0.32' (the [lium] extra of this project)",
+            f"the Lium SDK is not installed in this venv: run {sys.executable} -m pip install 'lium.io>=0.32' "
+            "(or delete .workflow/venv and let workflow.sh rebuild it)",
             ExitCode.USAGE,
         ) from None
     return lium_sdk

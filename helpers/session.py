@@ -135,7 +135,8 @@ def run_command(command: Command, options: argparse.Namespace, root: Path) -> in
         if debug:
             traceback.print_exc()
         sys.stdout.flush()
-        sys.stderr.write(f"workflow.sh {command.name}: {exc.message}\n")
+        message = exc.message.removeprefix(f"{command.name}: ")  # the prefix below already names the command
+        sys.stderr.write(f"workflow.sh {command.name}: {message}\n")
         return exc.code
     except KeyboardInterrupt:
         sys.stderr.write(f"workflow.sh {command.name}: interrupted\n")

@@ -40,7 +40,15 @@ install_venv() {
   fi
   "${venv}/bin/python" -m pip install --quiet --disable-pip-version-check -e "${spec}" >&2 \
     || die "pip install into ${venv} failed; see the messages above"
-  touch "${venv}/.workflow-stamp"
+  printf '%s\n' "${WORKFLOW_VENV_EXTRAS:-}" >"${venv}/.workflow-stamp"
+}
+
+# the venv is (re)installed when it is missing, older than pyproject.toml, or made with other extras
+venv_is_current() {
+  local root="$1" venv="$2" extras=""
+  [[ -f "${venv}/.workflow-stamp" && ! "${root}/pyproject.toml" -nt "${venv}/.workflow-stamp" ]] || return 1
+  IFS= read -r extras <"${venv}/.workflow-stamp" || true
+  [[ "${extras}" == "${WORKFLOW_VENV_EXTRAS:-}" ]]
 }
 
 venv_python() {
@@ -51,7 +59,7 @@ venv_python() {
     return
   fi
   local venv="${root}/.workflow/venv"
-  if [[ ! -f "${venv}/.workflow-stamp" || "${root}/pyproject.toml" -nt "${venv}/.workflow-stamp" ]]; then
+  if ! venv_is_current "${root}" "${venv}"; then
     mkdir -p "${root}/.workflow"
     install_venv "${root}" "${venv}"
   fi

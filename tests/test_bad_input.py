@@ -434,8 +434,8 @@ def test_checkout_failures_after_clone(local_pod: Pod, source_repo: Path, tmp_pa
         result = pod.wf(*args, "checkout", timeout=300)
         assert result.returncode == 1, (what, result.stderr)
         line = error_line(result.stderr)
-        assert line.startswith("workflow.sh checkout: checkout: ") or line.startswith(
-            "workflow.sh checkout: data check: "), (what, line)
+        assert line.startswith("workflow.sh checkout: ") and not line.startswith(
+            "workflow.sh checkout: checkout: "), (what, line)  # the command is named once
         for fragment in fragments:
             assert fragment in line, (what, fragment, line)
         assert state_file(pod).read_bytes() == state_before, what

@@ -175,3 +175,56 @@ def test_keys_that_only_look_secret_are_sent(tmp_path):
     values = cfg.pod_values(include_secrets=False)
     assert values["OOM_BATCH_KEY"] == "batch_size" and values["OOM_ACCUM_KEY"] == "gradient_accumulation_steps"
     assert "WANDB_ENTITY_KEY" not in values  # a run variable named like a secret stays one
+
+
+def test_profile_with_a_misspelt_base_line_is_an_error(tmp_path):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "a.env").write_text("_BAES=b\n")  # must not be silently dropped
+    message = error_of(tmp_path, "", profile="a").message
+    assert "profiles/a.env:1" in message and "'_BAES' is not a KEY name" in message
+
+
+def test_set_with_a_bad_key_never_echoes_the_value(tmp_path):
+    message = error_of(tmp_path, "", "bad-key=hunter2-secret").message
+    assert "'bad-key' is not a KEY name" in message and "hunter2-secret" not in message
+
+
+def test_set_before_and_after_the_command_both_count():
+    from helpers.cli import build_parser, main
+
+    parser = build_parser()
+    options = parser.parse_args(["--set", "RUN_RETRIES=5", "print-resolved-env", "--set", "SWEEP_LIMIT=3"])
+    assert options.overrides == ["RUN_RETRIES=5"] and options.sub_overrides == ["SWEEP_LIMIT=3"]
+    import contextlib
+    import io
+    import json
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["--set", "RUN_RETRIES=5", "print-resolved-env", "--json", "--set", "SWEEP_LIMIT=3",
+                     "--env", str(REPO_ROOT / "workflow.env")])
+    assert code == 0
+    keys = json.loads(out.getvalue())["keys"]
+    assert keys["RUN_RETRIES"]["value"] == "5" and keys["RUN_RETRIES"]["source"] == "--set"
+    assert keys["SWEEP_LIMIT"]["value"] == "3" and keys["SWEEP_LIMIT"]["source"] == "--set"
+
+
+def test_whole_number_error_names_the_allowed_range(tmp_path):
+    message = error_of(tmp_path, "SWEEP_CPU_SLOTS=two\n").message
+    assert "SWEEP_CPU_SLOTS='two' is not a whole number; use one >= 1" in message
+
+
+def test_validate_checks_the_lium_volume_grammar(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import WORKFLOW
+
+    env_file = tmp_path / "workflow.env"
+    env_file.write_text("LIUM_VOLUME=size:100G\n")
+    env = {"PATH": "/usr/bin:/bin", "WORKFLOW_VENV": sys.prefix, "HOME": str(tmp_path)}
+    result = subprocess.run([str(WORKFLOW), "--env", str(env_file), "validate"], text=True, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert "workflow.env:1: LIUM_VOLUME must be 'id:<HUID or UUID>'" in result.stderr.strip().splitlines()[-1]

@@ -90,3 +90,38 @@ def test_twenty_processes_transition_at_once(tmp_path):
     for before, after in zip(data["history"], data["history"][1:]):
         assert after["from"] == before["to"]  # each transition saw the previous one
     assert not list(tmp_path.glob(".s.json.*.tmp"))
+
+
+def _stop_then_start(args: tuple[str, int]) -> int:
+    """sweep-stop is legal only in SWEEP_RUNNING: retry it until this worker's turn, then sweep-start."""
+    import time
+
+    path, index = args
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            fsm.transition(path, "sweep-stop", f"stop {index}", enforce=True)
+            break
+        except WorkflowError as exc:
+            assert exc.code == ExitCode.ILLEGAL_STATE and tries < 20_000
+            time.sleep(0.001)
+    fsm.transition(path, "sweep-start", f"start {index}", enforce=True)
+    return tries
+
+
+def test_twenty_processes_checked_transitions_under_contention(tmp_path):
+    """The table is checked under the lock: two stops can never both see SWEEP_RUNNING."""
+    path = str(tmp_path / "s.json")
+    fsm.reset(path, "SWEEP_RUNNING", "start")
+    with multiprocessing.get_context("fork").Pool(20) as pool:
+        pool.map(_stop_then_start, [(path, i) for i in range(20)])
+    data = json.loads(Path(path).read_text())
+    moves = data["history"][1:]
+    assert len(moves) == 40
+    for before, after in zip(data["history"], moves):
+        assert after["from"] == before["to"]
+    stops = [h for h in moves if h["reason"].startswith("stop")]
+    assert len(stops) == 20 and all(h["from"] == "SWEEP_RUNNING" and h["to"] == "SWEEP_STOPPED" for h in stops)
+    assert sorted(h["reason"] for h in stops) == sorted(f"stop {i}" for i in range(20))
+    assert data["state"] == "SWEEP_RUNNING"

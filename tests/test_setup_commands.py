@@ -193,3 +193,46 @@ def test_help_lists_every_command_and_command_help():
         assert f"  {command.name}" in out
     one = subprocess.run([str(WORKFLOW), "task-run", "--help"], text=True, stdout=subprocess.PIPE, env=env)
     assert one.returncode == 0 and "--timeout-secs" in one.stdout
+
+
+def test_checkout_file_url_and_a_non_default_branch(pod: Pod, tmp_path: Path, source_repo: Path):
+    upstream = tmp_path / "upstream.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(source_repo), str(upstream)], check=True)
+    work = tmp_path / "work"
+    subprocess.run(["git", "clone", "-q", str(upstream), str(work)], check=True)
+    git(work, "checkout", "-q", "-b", "exp")
+    (work / "exp.txt").write_text("one\n")
+    git(work, "add", "exp.txt")
+    git(work, "commit", "-q", "-m", "exp one")
+    git(work, "push", "-q", "origin", "exp")
+    pod.set(REPO_URL=f"file://{upstream}", CHECKOUT_BRANCH="exp", WF_FSM_ENFORCE="0")
+    first = pod.wf("checkout")
+    assert first.returncode == 0, first.stderr
+    pod_repo = pod.root / "repo"
+    assert git(pod_repo, "rev-parse", "HEAD") == git(work, "rev-parse", "HEAD")
+    assert (pod_repo / "exp.txt").read_text() == "one\n"
+    (work / "exp.txt").write_text("two\n")
+    git(work, "commit", "-q", "-am", "exp two")
+    git(work, "push", "-q", "origin", "exp")
+    second = pod.wf("checkout")  # an existing clone moves to the branch's new head
+    assert second.returncode == 0, second.stderr
+    assert git(pod_repo, "rev-parse", "HEAD") == git(work, "rev-parse", "HEAD")
+    assert (pod_repo / "exp.txt").read_text() == "two\n"
+    wrong = pod.wf("checkout", "--set", "CHECKOUT_BRANCH=no-such-branch")
+    assert wrong.returncode != 0 and "no-such-branch" in wrong.stderr.splitlines()[-1]
+    assert git(pod_repo, "rev-parse", "HEAD") == git(work, "rev-parse", "HEAD")  # nothing lost
+
+
+def test_repo_url_that_looks_like_an_option_is_refused(local_pod: Pod):
+    local_pod.set(REPO_URL="--upload-pack=touch /tmp/x", WF_FSM_ENFORCE="0")
+    result = local_pod.wf("checkout")
+    assert result.returncode == 2 and "starts with '-'" in one_line_error(result)
+    assert not (local_pod.root / "repo").exists()
+
+
+def test_pip_install_args_naming_a_missing_requirements_file(local_pod: Pod):
+    local_pod.set(WF_FSM_ENFORCE="0", PIP_INSTALL_ARGS="-r nope/requirements.txt")  # not in this repo
+    result = local_pod.wf("checkout")
+    assert result.returncode == 1
+    line = result.stderr.splitlines()[-1]
+    assert "PIP_INSTALL_ARGS names nope/requirements.txt" in line and "PIP_INSTALL_ARGS=auto" in line

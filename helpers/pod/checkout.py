@@ -80,7 +80,7 @@ def update_repo(ctx: Context, dirty: Optional[str]) -> Dict[str, Any]:
     if dirty is None:
         Context.progress(f"checkout: cloning {url} into {repo}")
         os.makedirs(os.path.dirname(repo), exist_ok=True)
-        procs.check(["git", "clone", "--quiet", url, repo], "git clone",
+        procs.check(["git", "clone", "--quiet", "--", url, repo], "git clone",
                     "check REPO_URL and that the pod can reach it (deploy key / token)", timeout=timeout, env=GIT_ENV)
     else:
         if dirty:
@@ -191,6 +191,11 @@ def pip_install(ctx: Context, repo: str, venv: str) -> List[str]:
             args = []
     if not args or args == ["none"]:
         return []
+    for flag, name in zip(args, args[1:]):
+        if flag in ("-r", "--requirement") and not os.path.isfile(os.path.join(repo, name)):
+            raise WorkflowError(f"checkout: PIP_INSTALL_ARGS names {name}, which the checkout of REPO_URL does not "
+                                "have; set PIP_INSTALL_ARGS=auto (requirements.txt or the project itself) or none",
+                                ExitCode.FAILED)
     python = os.path.join(venv, "bin", "python")
     if procs.run([python, "-m", "pip", "--version"], timeout=60)[0] != 0:
         procs.check([python, "-m", "ensurepip", "--default-pip"], "installing pip into the venv (ensurepip)",
@@ -269,6 +274,9 @@ def preflight(ctx: Context) -> Optional[str]:
     """Refusals that need no change on the pod come first, so a refused checkout changed nothing."""
     if not ctx.get("REPO_URL"):
         raise WorkflowError("checkout needs REPO_URL (the git URL to clone); set it in workflow.env", ExitCode.USAGE)
+    if ctx.get("REPO_URL").startswith("-"):
+        raise WorkflowError(f"REPO_URL {ctx.get('REPO_URL')[:60]!r} starts with '-'; give a git URL or a path",
+                            ExitCode.USAGE)
     dirty = inspect_repo(ctx)
     venv = ctx.path("VENV_DIR")
     if os.path.exists(venv) and not os.path.exists(os.path.join(venv, VENV_MARKER)):
