@@ -171,6 +171,14 @@ def cmd_task_list(session: Session) -> int:
 
 
 def cmd_task_wait(session: Session) -> int:
+    """Block until the task ends; exit with ``wait_exit_code`` (README: Tracked tasks).
+
+    A failed task exits with its own exit code, which can coincide with a code task-wait reserves
+    for itself (a command that exits 124, 126 or 130 on its own looks like timed_out, lost or
+    cancelled; one that exits 123 like the wait's own timeout). ``task-wait --json`` tells them
+    apart: its object has ``state`` (the task's state: "failed" for the task's own code, "running"
+    or "pending" when the wait timed out), ``exit_code`` (the task's own), ``wait_exit_code`` and
+    ``wait_timed_out``."""
     o = session.options
     task_id = check_id(o.task_id, "task id")
     if o.timeout_secs is not None and o.timeout_secs < 0:
@@ -183,7 +191,7 @@ def cmd_task_wait(session: Session) -> int:
         if result["done"]:
             code = wait_exit_code(record)
             if session.as_json:
-                session.emit_json({**record, "wait_exit_code": code})
+                session.emit_json({**record, "wait_exit_code": code, "wait_timed_out": False})
             else:
                 detail = f" [{record['failure_class']}]" if record.get("failure_class") else ""
                 why = f": {record['reason']}" if record.get("reason") and record["state"] != "success" else ""
@@ -191,7 +199,7 @@ def cmd_task_wait(session: Session) -> int:
             return code
         if deadline is not None and time.monotonic() >= deadline:
             if session.as_json:
-                session.emit_json({**record, "wait_exit_code": int(ExitCode.WAIT_TIMEOUT)})
+                session.emit_json({**record, "wait_exit_code": int(ExitCode.WAIT_TIMEOUT), "wait_timed_out": True})
             session.note(f"task-wait: {task_id} is still {record['state']} after {o.timeout_secs}s; it goes on "
                          f"(exit {int(ExitCode.WAIT_TIMEOUT)})")
             return int(ExitCode.WAIT_TIMEOUT)

@@ -2,7 +2,8 @@
 supervisors, on the `local` target and over the loopback sshd.
 
 Behaviours that are the same on both targets use the parametrized ``pod`` fixture; purely pod-side
-ones (fatal matching, process cleanup, lost detection) use ``local_pod``; the dropped-connection
+ones use ``local_pod`` (a fatal line mid-run, a config echo and tmux kill-server -> lost run on both);
+more supervisor cases are in test_tasks_supervisor.py; the dropped-connection
 test needs ``ssh_pod``. Every process a test starts is stopped: the pod fixtures kill their tmux
 server, and ``_reap_task_processes`` below SIGKILLs anything still carrying a task's marker.
 """
@@ -25,7 +26,7 @@ import pytest
 from conftest import WORKFLOW, Pod, one_line_error, wait_until
 
 ID_RULE = "use 1-128 characters from A-Z a-z 0-9 . _ -"
-DDP_TINY = Path("/work/shared/recipes/ddp_tiny.py")
+DDP_TINY = Path(__file__).resolve().parent / "data" / "ddp_tiny.py"
 TERMINAL = {"success", "failed", "timed_out", "stalled", "cancelled", "lost"}
 
 
@@ -278,8 +279,7 @@ def test_timeout_and_stall(pod: Pod):
 OOM_LINE = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
 
 
-def test_fatal_pattern_mid_run_stops_fast_and_keeps_context(local_pod: Pod, tmp_path: Path):
-    pod = local_pod
+def test_fatal_pattern_mid_run_stops_fast_and_keeps_context(pod: Pod, tmp_path: Path):
     gate, side = tmp_path / "go", tmp_path / "fatal_written_at"
     cmd = (f"for i in $(seq 1 150); do echo \"step $i loss 2.5\"; done; "
            f"while [ ! -e {gate} ]; do sleep 0.02; done; "
@@ -307,8 +307,8 @@ def test_fatal_pattern_mid_run_stops_fast_and_keeps_context(local_pod: Pod, tmp_
     assert record["fatal"]["pattern"] == "cuda_oom"
     assert record["fatal"]["lines"] == [OOM_LINE]
     context = record["fatal"]["context"]
-    assert len(context) == 100 and context[-1] == OOM_LINE
-    assert context[0] == "step 52 loss 2.5" and context[-2] == "step 150 loss 2.5"  # the last 100 lines
+    assert len(context) == 101 and context[-1] == OOM_LINE  # the matching line and the 100 before it
+    assert context[0] == "step 51 loss 2.5" and context[-2] == "step 150 loss 2.5"
     assert "never" not in (task_dir(pod, "oom") / "stdout.log").read_text()
     started = time.mktime(time.strptime(record["started_utc"][:19], "%Y-%m-%dT%H:%M:%S"))
     ended = time.mktime(time.strptime(record["ended_utc"][:19], "%Y-%m-%dT%H:%M:%S"))
@@ -317,7 +317,7 @@ def test_fatal_pattern_mid_run_stops_fast_and_keeps_context(local_pod: Pod, tmp_
 
     text = pod.wf("task-status", "oom")
     assert "state:     failed  [oom]" in text.stdout
-    assert f"  > {OOM_LINE}" in text.stdout and "context (100 lines" in text.stdout
+    assert f"  > {OOM_LINE}" in text.stdout and "context (101 lines" in text.stdout
     assert "  | step 150 loss 2.5" in text.stdout
     assert task_status_json(pod, "oom")["fatal"]["context"] == context
 
@@ -337,16 +337,16 @@ def test_python_traceback_mid_run(local_pod: Pod):
     assert "never" not in log_text(local_pod, "tb")
 
 
-def test_config_echo_does_not_match(local_pod: Pod):
+def test_config_echo_does_not_match(pod: Pod):
     cmd = ('echo "MAX_TRAIN_SAMPLES: 500"; echo "config: nccl_timeout=600 oom_retry=1 error_rate=0.1"; '
            'echo "OutOfMemoryError handler installed"; echo "NCCL WARN retrying connection"; '
            'echo "cuda_oom_guard=on data_error_limit=3"; echo done')
-    run_task(local_pod, "cfg", cmd)
-    waited = wait_task(local_pod, "cfg")
+    run_task(pod, "cfg", cmd)
+    waited = wait_task(pod, "cfg")
     assert waited.returncode == 0, (waited.stdout, waited.stderr)
-    record = status(local_pod, "cfg")
+    record = status(pod, "cfg")
     assert (record["state"], record["failure_class"], record["fatal"]) == ("success", None, None)
-    assert (task_dir(local_pod, "cfg") / "stdout.log").read_text().splitlines()[-1] == "done"
+    assert (task_dir(pod, "cfg") / "stdout.log").read_text().splitlines()[-1] == "done"
 
 
 def test_user_patterns_file(local_pod: Pod, tmp_path: Path):
@@ -444,8 +444,7 @@ def test_task_kill_twice_and_wait_edges(pod: Pod):
     assert pod.snapshot() == before
 
 
-def test_tmux_kill_server_makes_task_lost(local_pod: Pod):
-    pod = local_pod
+def test_tmux_kill_server_makes_task_lost(pod: Pod):
     sleeper = unique_sleep(pod, 314)
     run_task(pod, "tk", f"echo up; {sleeper}")
     wait_state(pod, "tk", "running")

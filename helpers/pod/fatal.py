@@ -31,8 +31,10 @@ default pattern (``torch.OutOfMemoryError: ...`` -> oom), else python_exception.
 traceback ("During handling of the above exception..." / "The above exception was the direct
 cause...") can only follow the exception line, so a block's match is held back: ``feed`` returns
 it 30 lines after the exception line (or chain header), or when the same prefix starts an
-unchained traceback; otherwise ``flush()`` does, which the supervisor calls at end of output and
-after about a second of quiet (``pending`` says a match is held). A chain gives one match, at
+unchained traceback; with ``hold_secs`` set (the supervisor uses 0.5 s), ``feed`` or
+``release_due()`` also returns it that long after the exception line (or chain header), however
+much other output keeps coming; otherwise ``flush()`` does, which the supervisor calls at end of
+output and after 0.3 s of quiet (``pending`` says a match is held). A chain gives one match, at
 its final exception line. A traceback cut off before its exception line never fires.
 
 A complete traceback fires even when a program logged a handled exception (that cannot be told
@@ -48,9 +50,10 @@ import os
 import re
 import signal
 import subprocess
+import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 from .errors import ExitCode, WorkflowError
 
@@ -73,13 +76,20 @@ class FatalMatch:
     """A fatal error seen in the output. ``lines`` are raw lines as fed: for a single-line pattern
     that line; for a traceback its header, its last ``File`` frame line (if any) and its final
     exception line, plus the line that gave the class if that is another one (an exception
-    earlier in a chain, a message line). ``line_number``: of that line / the exception line."""
+    earlier in a chain, a message line). ``line_number``: of that line / the exception line;
+    ``first_line_number``: of the match's first line (the traceback header; else line_number).
+    Lines are numbered from 1 in the order fed."""
 
     failure_class: str
     pattern: str
     description: str
     lines: tuple[str, ...]
     line_number: int
+    first_line_number: int = field(default=0, compare=False)
+
+    @property
+    def first_line(self) -> int:
+        return self.first_line_number or self.line_number
 
 
 _DATA_EXT = r"\.(?:bin|npy|npz|parquet|arrow|jsonl|csv|tsv|txt|idx|tfrecords?|tar|zst)\b"
@@ -169,8 +179,9 @@ def _split(line: str) -> tuple[str, str]:
 class _Block:
     """A traceback in progress (and a chain after it) for one rank prefix."""
 
-    def __init__(self, header: str) -> None:
-        self.header, self.phase, self.junk = header, _FRAMES, 0
+    def __init__(self, header: str, header_no: int) -> None:
+        self.header, self.header_no, self.phase, self.junk = header, header_no, _FRAMES, 0
+        self.mark_t = 0.0
         self.last_frame: str | None = None
         self.exc_line: str | None = None
         self.exc_text, self.exc_no, self.mark_no = "", 0, 0
@@ -180,11 +191,16 @@ class _Block:
 
 class FatalMatcher:
     """Stateful matcher for one output stream: call ``feed`` once per line, in order, and
-    ``flush`` when the output has been quiet for about a second and at its end (module doc)."""
+    ``flush`` when the output has been quiet for a moment and at its end (module doc). With
+    ``hold_secs``, a held traceback match is also released that long after its exception line
+    (``clock`` tells the time); call ``release_due`` when no line arrives to get it on time."""
 
-    def __init__(self, user_patterns: Iterable[FatalPattern] = (), python_exception: bool = True) -> None:
+    def __init__(self, user_patterns: Iterable[FatalPattern] = (), python_exception: bool = True,
+                 hold_secs: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._user = tuple(user_patterns)
         self._python_exception = python_exception
+        self._hold = hold_secs
+        self._clock = clock
         self._blocks: dict[str, _Block] = {}
         self._out: deque[FatalMatch] = deque()
         self._n = 0
@@ -193,6 +209,24 @@ class FatalMatcher:
     def pending(self) -> bool:
         """True while a match is held back (a complete traceback waiting for a possible chain)."""
         return bool(self._out) or any(b.exc_line is not None for b in self._blocks.values())
+
+    @property
+    def lines_fed(self) -> int:
+        """How many lines were fed so far (the number of the last one)."""
+        return self._n
+
+    def release_due(self) -> FatalMatch | None:
+        """Release held matches whose ``hold_secs`` have passed (tracebacks still in their frames
+        are kept); returns the first, later calls return any others."""
+        self._expire()
+        return self._out.popleft() if self._out else None
+
+    def _expire(self) -> None:
+        now = self._clock() if self._hold is not None else 0.0
+        for k, b in list(self._blocks.items()):
+            if b.phase != _FRAMES and (self._n - b.mark_no > _WINDOW
+                                       or (self._hold is not None and now - b.mark_t >= self._hold)):
+                self._finish(k)
 
     def feed(self, line: str) -> FatalMatch | None:
         self._n += 1
@@ -209,14 +243,13 @@ class FatalMatcher:
 
     def _process(self, line: str) -> None:
         key, text = _split(line)
-        for k, b in list(self._blocks.items()):
-            if b.phase != _FRAMES and self._n - b.mark_no > _WINDOW:
-                self._finish(k)
+        if self._blocks:
+            self._expire()
         block = self._blocks.get(key)
         if block is not None:
             self._feed_block(key, block, line, text)
         elif _HEADER_RE.search(text):
-            self._blocks[key] = _Block(line)
+            self._blocks[key] = _Block(line, self._n)
         else:
             self._single(line, text)
 
@@ -231,9 +264,10 @@ class FatalMatcher:
                 if text.lstrip().startswith('File "'):
                     b.last_frame = line
             elif _HEADER_RE.search(text):  # the previous traceback was cut short
-                b.header, b.last_frame, b.junk = line, None, 0
+                b.header, b.header_no, b.last_frame, b.junk = line, self._n, None, 0
             elif _EXC_RE.match(text):
                 b.exc_line, b.exc_text, b.exc_no, b.mark_no, b.phase = line, text, self._n, self._n, _AFTER
+                b.mark_t = self._clock() if self._hold is not None else 0.0
                 self._classify(b, line, text)
             else:  # interleaved output: matched on its own
                 b.junk += 1
@@ -244,12 +278,13 @@ class FatalMatcher:
             pass
         elif _CHAIN_RE.match(text):
             b.phase, b.mark_no = _CHAIN, self._n
+            b.mark_t = self._clock() if self._hold is not None else 0.0
         elif _HEADER_RE.search(text):
-            if b.phase == _CHAIN:
+            if b.phase == _CHAIN:  # the chain's first header stays the block's first line
                 b.phase, b.header, b.last_frame, b.junk = _FRAMES, line, None, 0
             else:
                 self._finish(key)
-                self._blocks[key] = _Block(line)
+                self._blocks[key] = _Block(line, self._n)
         elif b.phase == _AFTER:  # a message line of the exception
             self._classify(b, line, text)
 
@@ -278,7 +313,7 @@ class FatalMatcher:
         lines = [b.header] + ([b.last_frame] if b.last_frame is not None else []) + [b.exc_line]
         if b.cause_line is not None and b.cause_line != b.exc_line:
             lines.append(b.cause_line)
-        self._out.append(FatalMatch(p.failure_class, p.name, p.description, tuple(lines), b.exc_no))
+        self._out.append(FatalMatch(p.failure_class, p.name, p.description, tuple(lines), b.exc_no, b.header_no))
 
 
 def parse_user_patterns(text: str, source: str) -> list[FatalPattern]:
@@ -333,18 +368,13 @@ def classify_exit(
 
     Exit code -N (Python's ``returncode``) or 128+N in 129..192 (a shell's, e.g. 137) is signal N.
     ``oom_killed``: the kernel OOM-killed this task's process or a child of it during the run (a
-    wrapper like torchrun then exits 1); see ``oom_kill_count`` and ``kernel_oom_killed``. "lost"
+    wrapper like torchrun then exits 1), as ``oom_verdict`` decides from the evidence. "lost"
     (the supervisor vanished) is otherwise decided by the caller."""
     if stopped_by is not None:
         if stopped_by not in _STOPPED_BY:
             raise ValueError(f"stopped_by must be one of {sorted(_STOPPED_BY)}, not {stopped_by!r}")
         return _STOPPED_BY[stopped_by]
-    sig = signal_number
-    if sig is None and exit_code is not None:
-        if exit_code < 0:
-            sig = -exit_code
-        elif 128 < exit_code <= 192:
-            sig = exit_code - 128
+    sig = exit_signal(exit_code, signal_number)
     if sig is None and exit_code is None:
         return "lost"
     if sig is None and exit_code == 0:
@@ -413,6 +443,57 @@ def _kernel_log() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.decode("utf-8", "replace") if done.returncode == 0 else None
+
+
+_KILLED_RE = re.compile(r"Killed process (\d+)\b|oom-kill:.*?\bpid=(\d+)\b")
+# a wrapper's report that a child died of SIGKILL: torchrun's ChildFailedError summary and its log line
+WORKER_SIGKILL_RE = re.compile(r"\bexitcode\s*:\s*-9\b|\bSignal 9 \(SIGKILL\) received by PID\b")
+
+
+def exit_signal(exit_code: int | None, signal_number: int | None) -> int | None:
+    """The signal that ended a process: ``signal_number``, else exit code -N (Python's
+    ``returncode``) or 128+N in 129..192 (a shell's: ``bash command.sh`` whose child was
+    SIGKILLed exits 137), else None."""
+    if signal_number is not None:
+        return signal_number
+    if exit_code is not None and exit_code < 0:
+        return -exit_code
+    if exit_code is not None and 128 < exit_code <= 192:
+        return exit_code - 128
+    return None
+
+
+def kernel_oom_killed_pids() -> set[int] | None:
+    """Every pid the kernel log shows OOM-killed ("Killed process PID", "oom-kill:... pid=PID"),
+    read as ``kernel_oom_killed`` does; None if the log is not readable."""
+    try:
+        text = _kernel_log()
+        if text is None:
+            return None
+        return {int(a or b) for a, b in _KILLED_RE.findall(text)}
+    except Exception:  # best effort: never raise
+        return None
+
+
+def oom_verdict(exit_code: int | None, signal_number: int | None, counter_before: int | None,
+                counter_after: int | None, task_pids: Iterable[int], worker_sigkill: bool = False,
+                kernel_killed: Callable[[], set[int] | None] | None = None) -> bool:
+    """Whether a task that failed without a fatal match was killed by the kernel's OOM killer.
+
+    The ``oom_kill`` counter (``oom_kill_count``) belongs to a memory cgroup the task may share
+    with other processes, so its rise alone proves nothing: it counts only with a SIGKILL of this
+    task (exit_signal is SIGKILL, e.g. exit 137, or ``worker_sigkill``: the output reported a
+    worker that died with -9). The kernel log is decisive when it shows one of ``task_pids``
+    (the task's processes seen during the run) OOM-killed; it is read only when there is some
+    evidence (a SIGKILL or a counter rise). ``kernel_killed`` defaults to kernel_oom_killed_pids."""
+    sigkill = exit_signal(exit_code, signal_number) == signal.SIGKILL or worker_sigkill
+    counter_rose = counter_before is not None and counter_after is not None and counter_after > counter_before
+    if not (sigkill or counter_rose):
+        return False
+    killed = (kernel_killed or kernel_oom_killed_pids)()
+    if killed and killed & set(task_pids):
+        return True
+    return counter_rose and sigkill
 
 
 def kernel_oom_killed(pid: int) -> bool | None:

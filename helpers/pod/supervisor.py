@@ -8,6 +8,14 @@ enforces the wall-clock timeout and the stall window. Any stop is SIGTERM to the
 grace period, then SIGKILL to every descendant, including processes that started their own
 session (the supervisor is a child subreaper and marks the task's environment). The state it
 leaves in status.json is always true: a non-zero exit is never success.
+
+The heartbeat goes on while it stops a tree and during a run's final sync (a status read takes a
+task without a heartbeat for TASK_LOST_AFTER_SECS for lost). A held traceback match is released
+at most TRACEBACK_HOLD_SECS after its exception line, however much other output follows, so a
+fatal error stops the task and marks it failed within a second. The kept context is the
+matching lines and the CONTEXT_LINES lines before them. A failure is classified oom only on
+corroborated evidence (``fatal.oom_verdict``), matched against the task's processes seen during
+the run (sampled at every heartbeat).
 """
 
 from __future__ import annotations
@@ -20,15 +28,18 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Deque, Dict, List, Optional
+from typing import Any, Deque, Dict, List, Optional, Set, Tuple
 
 from . import fatal, proctree
 from .jsonio import read_json, utc_at, utc_now
 from .taskstate import TaskState, update_status
 
 HEARTBEAT_SECS = 2.0
-CONTEXT_LINES = 100
+CONTEXT_LINES = 100  # kept before the first matching line
+CONTEXT_KEEP = 2000  # recent lines kept to cut the context from
+CONTEXT_BLOCK_MAX = 300  # a longer traceback keeps its first 50 and last 250 lines
 QUIET_FLUSH_SECS = 0.3
+TRACEBACK_HOLD_SECS = 0.5
 STOP_STATES = {"cancel": TaskState.CANCELLED, "timeout": TaskState.TIMED_OUT, "stall": TaskState.STALLED,
                "fatal": TaskState.FAILED, "hangup": TaskState.LOST}
 
@@ -45,7 +56,7 @@ class Supervisor:
         self.stall = float(spec.get("stall_secs") or 0)
         self.marker = str(spec["marker"])
         self.log_path = os.path.join(self.task_dir, spec.get("log", "stdout.log"))
-        self.context: Deque[str] = collections.deque(maxlen=CONTEXT_LINES)
+        self.context: Deque[Tuple[int, str]] = collections.deque(maxlen=CONTEXT_KEEP)
         self.partial = b""
         self.stop_request: Optional[str] = None
         self.stopped_by: Optional[str] = None
@@ -53,7 +64,10 @@ class Supervisor:
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.matcher = fatal.FatalMatcher(
             fatal.parse_user_patterns(spec.get("user_patterns", ""), spec.get("user_patterns_source", "patterns")),
-            python_exception=bool(spec.get("python_exception", True)))
+            python_exception=bool(spec.get("python_exception", True)), hold_secs=TRACEBACK_HOLD_SECS)
+        self.seen_pids: Set[int] = set()  # the task's processes, sampled at each heartbeat (OOM evidence)
+        self.worker_sigkill = False  # the output reported a worker killed with -9
+        self.last_beat = self.last_output = time.monotonic()
         sync = spec.get("sync") or {}
         self.sync_from, self.sync_to = sync.get("from"), sync.get("to")
         self.sync_interval = float(sync.get("interval") or 60)
@@ -92,8 +106,10 @@ class Supervisor:
         found = None
         for segment in text.split("\r"):  # progress bars rewrite a line with \r
             if segment:
-                self.context.append(segment[:2000])
                 match = self.matcher.feed(segment)  # every segment is fed, in order
+                self.context.append((self.matcher.lines_fed, segment[:2000]))
+                if not self.worker_sigkill and ("-9" in segment or "SIGKILL" in segment):
+                    self.worker_sigkill = fatal.WORKER_SIGKILL_RE.search(segment) is not None
                 found = found or match
         return found
 
@@ -111,18 +127,43 @@ class Supervisor:
             found = self._feed(line) or found
         return found
 
+    def _context_of(self, match: fatal.FatalMatch) -> List[str]:
+        """The matching lines (from the first to the last) and the CONTEXT_LINES lines before them."""
+        first, last = match.first_line, match.line_number
+        before = [text for n, text in self.context if first - CONTEXT_LINES <= n < first]
+        block = [text for n, text in self.context if first <= n <= last]
+        if len(block) > CONTEXT_BLOCK_MAX:
+            omitted = len(block) - CONTEXT_BLOCK_MAX
+            block = block[:50] + [f"[workflow.sh: {omitted} lines of the traceback omitted]"] + block[-250:]
+        return before + block
+
     def _fatal(self, match: fatal.FatalMatch) -> None:
         self.stopped_by = "fatal"
         update_status(self.task_dir, state=TaskState.FAILED.value, failure_class=match.failure_class,
                       reason=f"fatal error: {match.description}", ended_utc=utc_now(), cleanup="stopping",
+                      heartbeat_utc=utc_now(),
                       fatal={"pattern": match.pattern, "description": match.description, "lines": list(match.lines),
-                             "line_number": match.line_number, "context": list(self.context), "utc": utc_now()})
+                             "line_number": match.line_number, "context": self._context_of(match),
+                             "utc": utc_now()})
 
     def _request_stop(self, why: str, reason: str) -> None:
         self.stopped_by = why
         state = STOP_STATES[why]
         update_status(self.task_dir, state=state.value, failure_class=_state_class(state), reason=reason,
-                      ended_utc=utc_now(), cleanup="stopping")
+                      ended_utc=utc_now(), cleanup="stopping", heartbeat_utc=utc_now())
+
+    def _beat(self, force: bool = False) -> Dict[str, Any]:
+        """Write the heartbeat if HEARTBEAT_SECS passed (or ``force``); returns the record, or {}."""
+        now = time.monotonic()
+        if not force and now - self.last_beat < HEARTBEAT_SECS:
+            return {}
+        self.last_beat = now
+        return update_status(self.task_dir, durable=False, heartbeat_utc=utc_now(),
+                             last_output_utc=utc_at(time.time() - (now - self.last_output)))
+
+    def _on_stop_wait(self, fd: int, log: Any) -> None:
+        self._drain(fd, log)
+        self._beat()  # a tree that takes its grace period to stop is not a hung supervisor
 
     def _find(self) -> set:
         found = proctree.descendants(os.getpid()) | proctree.marked(self.marker)
@@ -130,17 +171,30 @@ class Supervisor:
             found.discard(self.sync_proc.pid)
         return found
 
+    def _wait_beating(self, proc: subprocess.Popen[bytes], limit: float) -> Optional[bytes]:
+        """Wait up to ``limit`` s for ``proc`` (its stderr collected), keeping the heartbeat going;
+        its stderr, or None if it was killed for running too long."""
+        deadline = time.monotonic() + limit
+        while True:
+            try:
+                _, err = proc.communicate(timeout=0.5)
+                return err or b""
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    proc.kill()
+                    proc.communicate()
+                    return None
+                self._beat()
+
     def _sync(self, final: bool = False) -> Optional[str]:
-        """local_sync: rsync the run's fast local dir into its durable dir (never blocks the loop)."""
+        """local_sync: rsync the run's fast local dir into its durable dir (never blocks the loop;
+        the final one waits for its copy, with the heartbeat going, so the run is not taken for lost)."""
         if not self.sync_from or not self.sync_to:
             return None
         if self.sync_proc is not None and self.sync_proc.poll() is None:
             if not final:
                 return None
-            try:
-                self.sync_proc.wait(timeout=600)
-            except subprocess.TimeoutExpired:
-                self.sync_proc.kill()
+            self._wait_beating(self.sync_proc, 600)
         os.makedirs(self.sync_from, exist_ok=True)
         # the final copy compares content: rsync's quick check (size + whole-second mtime) misses a file
         # rewritten at the same size within the second of the previous sync
@@ -150,10 +204,8 @@ class Supervisor:
         self.sync_proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                           start_new_session=True)
         if final:
-            try:
-                _, err = self.sync_proc.communicate(timeout=600)
-            except subprocess.TimeoutExpired:
-                self.sync_proc.kill()
+            err = self._wait_beating(self.sync_proc, 600)
+            if err is None:
                 return "final sync timed out after 600s"
             if self.sync_proc.returncode != 0:
                 detail = err.decode(errors="replace")[-200:]
@@ -185,7 +237,8 @@ class Supervisor:
             return 1
         proc = self.proc
         started = time.monotonic()
-        last_output = last_beat = last_sync = started
+        self.last_output = self.last_beat = last_sync = started
+        self.seen_pids.add(proc.pid)
         update_status(self.task_dir, state=TaskState.RUNNING.value, pid=proc.pid,
                       pid_start_time=proctree.start_time(proc.pid), supervisor_pid=os.getpid(),
                       supervisor_start_time=proctree.start_time(os.getpid()), boot_id=proctree.boot_id(),
@@ -200,15 +253,17 @@ class Supervisor:
             if readable:
                 chunk = os.read(fd, 65536)
                 if chunk:
-                    last_output = now
+                    self.last_output = now
                     match = self._consume(chunk, log)
                     if match and self.stopped_by is None:
                         self._fatal(match)
                 else:
                     eof = True
-            elif now - last_output > QUIET_FLUSH_SECS and self.matcher.pending:
-                match = self.matcher.flush()
-                if match and self.stopped_by is None:
+            if self.matcher.pending and self.stopped_by is None:
+                # after a moment of quiet, or TRACEBACK_HOLD_SECS after the exception line at the latest
+                match = self.matcher.flush() if now - self.last_output > QUIET_FLUSH_SECS else \
+                    self.matcher.release_due()
+                if match:
                     self._fatal(match)
             if self.stopped_by is None:
                 if self.stop_request:
@@ -217,10 +272,10 @@ class Supervisor:
                                        "the tmux window or server was closed (SIGHUP); the supervisor stopped the task")
                 elif self.timeout and now - started > self.timeout:
                     self._request_stop("timeout", f"wall-clock timeout after {self.timeout:.0f}s")
-                elif self.stall and now - last_output > self.stall:
+                elif self.stall and now - self.last_output > self.stall:
                     self._request_stop("stall", f"no output for {self.stall:.0f}s (stall window)")
             if self.stopped_by is not None:
-                proctree.stop_tree(self._find, self.grace, pgid=proc.pid, on_wait=lambda: self._drain(fd, log),
+                proctree.stop_tree(self._find, self.grace, pgid=proc.pid, on_wait=lambda: self._on_stop_wait(fd, log),
                                    keep=proc.pid)
                 self._drain(fd, log)
                 break
@@ -228,20 +283,23 @@ class Supervisor:
                 exited_at = now
             if exited_at is not None and (eof or now - exited_at > 1.0):
                 # the command is done; descendants it left behind do not outlive it
-                proctree.stop_tree(self._find, min(self.grace, 2.0), on_wait=lambda: self._drain(fd, log),
+                proctree.stop_tree(self._find, min(self.grace, 2.0), on_wait=lambda: self._on_stop_wait(fd, log),
                                    keep=proc.pid)
                 self._drain(fd, log)
                 break
-            if now - last_beat >= HEARTBEAT_SECS:
-                last_beat = now
-                record = update_status(self.task_dir, durable=False, heartbeat_utc=utc_now(),
-                                       last_output_utc=utc_at(time.time() - (now - last_output)))
+            if now - self.last_beat >= HEARTBEAT_SECS:
+                self.seen_pids |= proctree.descendants(os.getpid())
+                record = self._beat(force=True)
                 if record.get("state") not in (TaskState.RUNNING.value, TaskState.PENDING.value):
                     self.stopped_by = "external"  # marked lost/cancelled by someone else: honour it
             if self.sync_from and now - last_sync >= self.sync_interval:
                 last_sync = now
                 self._sync()
         return self._finish(proc, log, oom_before)
+
+    def _oom_killed(self, exit_code: Optional[int], sig: Optional[int], oom_before: Optional[int]) -> bool:
+        pids = self.seen_pids - ({self.sync_proc.pid} if self.sync_proc is not None else set())
+        return fatal.oom_verdict(exit_code, sig, oom_before, fatal.oom_kill_count(), pids, self.worker_sigkill)
 
     def _drain(self, fd: int, log: Any) -> None:
         while True:
@@ -273,16 +331,16 @@ class Supervisor:
         changes: Dict[str, Any] = {"exit_code": exit_code, "signal": sig, "cleanup": "done",
                                    "heartbeat_utc": utc_now(), "sync_error": sync_error}
         if self.stopped_by is None:
-            oom_after = fatal.oom_kill_count()
-            oom_killed = bool(oom_before is not None and oom_after is not None and oom_after > oom_before)
             if code == 0:
                 changes.update(state=TaskState.SUCCESS.value, reason="exit 0")
             else:
-                killed_by_oom = oom_killed or (sig == signal.SIGKILL and fatal.kernel_oom_killed(proc.pid))
-                failure = fatal.classify_exit(exit_code, sig, bool(killed_by_oom), None)
-                changes.update(state=TaskState.FAILED.value, failure_class=failure,
-                               reason=f"exit {exit_code}" if sig is None else f"killed by signal {sig}",
-                               fatal={"context": list(self.context)[-20:]} if failure else None)
+                oom = self._oom_killed(exit_code, sig, oom_before)
+                failure = fatal.classify_exit(exit_code, sig, oom, None)
+                reason = f"exit {exit_code}" if sig is None else f"killed by signal {sig}"
+                if oom:
+                    reason += " (the kernel's OOM killer killed a process of the task)"
+                changes.update(state=TaskState.FAILED.value, failure_class=failure, reason=reason,
+                               fatal={"context": [text for _, text in self.context][-20:]} if failure else None)
             changes["ended_utc"] = utc_now()
         record = update_status(self.task_dir, **changes)
         verdict = record["state"] + (f" ({record['failure_class']})" if record.get("failure_class") else "")

@@ -69,19 +69,7 @@ def task_run(ctx: Context) -> Dict[str, Any]:
     args = ctx.args
     task_id = check_id(str(args["id"]), "task id")
     task_dir = task_dir_of(ctx, task_id, must_exist=False)
-    replaced = None
-    if os.path.exists(task_dir):
-        old = read_status(task_dir) or {}
-        if not args.get("force"):
-            raise WorkflowError(f"task {task_id!r} already exists (state {old.get('state', '?')}); choose another "
-                                "id, or --force to replace it (the old directory is kept)", ExitCode.REFUSED)
-        old = refresh(task_dir, old, ctx) if old else old
-        if old and not is_terminal(old["state"]):
-            raise WorkflowError(f"task {task_id!r} is still {old['state']}; stop it first: workflow.sh task-kill "
-                                f"--id {task_id}", ExitCode.REFUSED)
-        replaced = os.path.join(tasks_root(ctx), "_replaced", f"{task_id}.{utc_now().replace(':', '')}")
-        os.makedirs(os.path.dirname(replaced), exist_ok=True)
-        os.rename(task_dir, replaced)
+    # every check comes before any change: a refused task-run (even with --force) leaves everything as it was
     workdir = args.get("workdir") or ""
     if workdir:
         workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -92,7 +80,24 @@ def task_run(ctx: Context) -> Dict[str, Any]:
         workdir = repo if os.path.isdir(repo) else task_dir
     command = str(args["cmd"])
     command_bytes = command.encode("utf-8", "surrogateescape")  # the exact bytes given, even if not UTF-8
+    replaced = None
+    if os.path.exists(task_dir):
+        old = read_status(task_dir) or {}
+        if not args.get("force"):
+            raise WorkflowError(f"task {task_id!r} already exists (state {old.get('state', '?')}); choose another "
+                                "id, or --force to replace it (the old directory is kept)", ExitCode.REFUSED)
+        old = refresh(task_dir, old, ctx) if old else old
+        if old and not is_terminal(old["state"]):
+            raise WorkflowError(f"task {task_id!r} is still {old['state']}; stop it first: workflow.sh task-kill "
+                                f"--id {task_id}", ExitCode.REFUSED)
+        if old and old.get("cleanup") == "stopping":
+            raise WorkflowError(f"task {task_id!r} is {old['state']} and its supervisor is still stopping its "
+                                "processes; try again in a moment", ExitCode.REFUSED)
     ctx.sync_env()
+    if os.path.exists(task_dir):
+        replaced = os.path.join(tasks_root(ctx), "_replaced", f"{task_id}.{utc_now().replace(':', '')}")
+        os.makedirs(os.path.dirname(replaced), exist_ok=True)
+        os.rename(task_dir, replaced)
     os.makedirs(task_dir)
     write_bytes(os.path.join(task_dir, "command.sh"), command_bytes, 0o755)
     spec = {
@@ -113,12 +118,20 @@ def task_run(ctx: Context) -> Dict[str, Any]:
 
 def refresh(task_dir: str, record: Dict[str, Any], ctx: Optional[Context] = None,
             lost_after: Optional[float] = None) -> Dict[str, Any]:
-    """Mark a running/pending task whose supervisor vanished as lost, and stop its leftovers."""
-    if is_terminal(record["state"]):
-        return record
+    """Mark a running/pending task whose supervisor vanished as lost, and stop its leftovers.
+
+    A task that ended but whose cleanup is still ``stopping`` (its supervisor was stopping the
+    tree, or doing a run's final sync) is finished here if that supervisor is gone or has no
+    heartbeat for ``lost_after`` seconds: its leftovers are stopped and cleanup becomes ``done``,
+    so task-wait and task-logs --follow end, and task-kill leaves nothing behind."""
     if lost_after is None:
         lost_after = float((record.get("timeouts") or {}).get("lost_after_secs") or
                            (ctx.number("TASK_LOST_AFTER_SECS", 60) if ctx else 60))
+    if is_terminal(record["state"]):
+        if record.get("cleanup") != "stopping" or _supervisor_fine(record, lost_after):
+            return record
+        left = stop_leftovers(task_dir, record)
+        return update_status(task_dir, cleanup="done", leftovers_stopped=left)
     now = time.time()
     reason = None
     boot = record.get("boot_id")
@@ -141,6 +154,16 @@ def refresh(task_dir: str, record: Dict[str, Any], ctx: Optional[Context] = None
                            ended_utc=utc_now(), cleanup="stopping")
     left = stop_leftovers(task_dir, record)
     return update_status(task_dir, cleanup="done", leftovers_stopped=left)
+
+
+def _supervisor_fine(record: Dict[str, Any], lost_after: float) -> bool:
+    """The record's supervisor is alive, on this boot, with a heartbeat within ``lost_after`` s."""
+    if record.get("boot_id") and record["boot_id"] != proctree.boot_id():
+        return False
+    if not proctree.is_alive(record.get("supervisor_pid"), record.get("supervisor_start_time")):
+        return False
+    beat = parse_utc(record.get("heartbeat_utc"))
+    return beat is None or time.time() - beat <= lost_after
 
 
 def stop_leftovers(task_dir: str, record: Dict[str, Any]) -> int:

@@ -47,6 +47,11 @@ def is_terminal(state: str) -> bool:
 
 
 def wait_exit_code(record: Dict[str, Any]) -> int:
+    """task-wait's exit code for a terminal record: 0 success; a failed task's own exit code (1 when
+    stopped on a fatal line, 128+N when killed by signal N); 124 timed_out, 125 stalled, 126 lost,
+    130 cancelled. A task's own code can equal a reserved one (a command may exit 124 itself):
+    ``task-wait --json`` reports ``state`` next to ``exit_code`` and ``wait_exit_code``, which
+    tells them apart."""
     state = TaskState(record["state"])
     if state == T.FAILED:
         code = record.get("exit_code")
