@@ -16,8 +16,11 @@ from helpers.pod.fatal import (
     FatalMatch,
     FatalMatcher,
     classify_exit,
+    exit_signal,
     kernel_oom_killed,
+    kernel_oom_killed_pids,
     oom_kill_count,
+    oom_verdict,
     parse_user_patterns,
 )
 
@@ -260,6 +263,66 @@ def test_held_traceback_is_released_after_the_window() -> None:
     index, m = found[0]
     assert m.failure_class == "python_exception" and m.line_number == 6
     assert index == 5 + 31  # released by the 31st line after the exception line
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_held_traceback_is_released_on_a_timer_whatever_else_is_printed() -> None:
+    clock = FakeClock()
+    matcher = FatalMatcher(hold_secs=0.5, clock=clock)
+    assert [matcher.feed(line) for line in SIMPLE] == [None] * len(SIMPLE)
+    assert matcher.release_due() is None and matcher.pending  # not yet: a chain may follow
+    clock.now += 0.2
+    assert matcher.feed("iter 1 | loss 3.2") is None
+    clock.now += 0.3
+    m = matcher.feed("iter 2 | loss 3.2")  # 2 lines after, but 0.5 s after the exception line
+    assert m is not None and m.failure_class == "python_exception" and m.line_number == 6
+    assert m.first_line == 1 and not matcher.pending
+
+
+def test_release_due_without_further_lines() -> None:
+    clock = FakeClock()
+    matcher = FatalMatcher(hold_secs=0.5, clock=clock)
+    for line in SIMPLE:
+        matcher.feed(line)
+    clock.now += 0.49
+    assert matcher.release_due() is None
+    clock.now += 0.02
+    m = matcher.release_due()
+    assert m is not None and m.lines[-1] == "ValueError: bad lr"
+    assert matcher.release_due() is None
+
+
+def test_timer_restarts_at_a_chain_header_and_keeps_frames_of_the_chain() -> None:
+    clock = FakeClock()
+    matcher = FatalMatcher(hold_secs=0.5, clock=clock)
+    for line in CHAINED[:6]:  # up to "During handling of the above exception..."
+        clock.now += 0.1
+        assert matcher.feed(line) is None
+    clock.now += 0.4  # 0.6 s after the first exception line, 0.4 s after the chain header
+    assert matcher.release_due() is None
+    for line in CHAINED[6:10]:
+        assert matcher.feed(line) is None
+    clock.now += 5.0  # the chain's frames: never released while a traceback is being read
+    assert matcher.release_due() is None
+    assert matcher.feed(CHAINED[10]) is None
+    clock.now += 0.5
+    m = matcher.release_due()
+    assert m is not None and m.failure_class == "data_missing" and m.line_number == 11
+    assert m.first_line == 1  # the chain's first header
+
+
+def test_single_line_match_numbers() -> None:
+    matcher = FatalMatcher()
+    matcher.feed("step 1")
+    m = matcher.feed("RuntimeError: CUDA error: an illegal memory access was encountered")
+    assert m is not None and (m.line_number, m.first_line) == (2, 2) and matcher.lines_fed == 2
 
 
 def test_incomplete_traceback_never_fires() -> None:
@@ -587,3 +650,63 @@ def test_speed_of_ordinary_lines() -> None:
     elapsed = time.perf_counter() - start
     assert hits == 0
     assert elapsed < 5.0, f"1,000,000 ordinary lines took {elapsed:.2f} s"
+
+
+@pytest.mark.parametrize(("exit_code", "signal_number", "expected"), [
+    (137, None, signal.SIGKILL), (-9, None, signal.SIGKILL), (None, 15, 15), (1, None, None),
+    (0, None, None), (193, None, None), (None, None, None), (143, None, signal.SIGTERM),
+])
+def test_exit_signal(exit_code: int | None, signal_number: int | None, expected: int | None) -> None:
+    assert exit_signal(exit_code, signal_number) == expected
+
+
+def test_kernel_oom_killed_pids(monkeypatch: pytest.MonkeyPatch) -> None:
+    log = ("6,3,4,-;oom-kill:constraint=CONSTRAINT_MEMCG,task=python,pid=4242,uid=0\n"
+           "3,5,6,-;Memory cgroup out of memory: Killed process 4242 (python) total-vm:123kB\n"
+           "3,7,8,-;Out of memory: Killed process 777 (other) total-vm:1kB\n")
+    monkeypatch.setattr(fatal, "_kernel_log", lambda: log)
+    assert kernel_oom_killed_pids() == {4242, 777}
+    monkeypatch.setattr(fatal, "_kernel_log", lambda: None)
+    assert kernel_oom_killed_pids() is None
+
+
+def _never() -> set[int] | None:
+    raise AssertionError("the kernel log must not be read without other evidence")
+
+
+@pytest.mark.parametrize(("exit_code", "sig", "before", "after", "worker_sigkill", "killed", "expected"), [
+    # the kernel log names one of the task's processes: oom, whatever the wrapper's exit code
+    (1, None, None, None, True, {11, 99}, True),
+    (137, None, 3, 4, False, {12}, True),
+    (137, None, None, None, False, {12}, True),
+    # a shared cgroup's counter rose: only with a SIGKILL of this task
+    (137, None, 3, 4, False, None, True),
+    (None, signal.SIGKILL, 3, 4, False, set(), True),
+    (1, None, 3, 4, True, None, True),  # torchrun: a worker died with -9
+    (1, None, 3, 4, False, None, False),  # another process of the cgroup was OOM-killed
+    (1, None, 3, 4, False, {555}, False),
+    (137, None, 4, 4, False, None, False),  # a plain kill -9
+    (137, None, None, None, False, None, False),
+    (137, None, None, None, False, {555}, False),  # someone else's pid in the kernel log
+])
+def test_oom_verdict(exit_code: int | None, sig: int | None, before: int | None, after: int | None,
+                     worker_sigkill: bool, killed: set[int] | None, expected: bool) -> None:
+    assert oom_verdict(exit_code, sig, before, after, {11, 12}, worker_sigkill, lambda: killed) is expected
+
+
+def test_oom_verdict_reads_no_kernel_log_without_evidence() -> None:
+    assert oom_verdict(1, None, 3, 3, {11}, False, _never) is False
+    assert oom_verdict(2, None, None, None, {11}, False, _never) is False
+
+
+@pytest.mark.parametrize("line", [
+    "  exitcode  : -9 (pid: 4321)",
+    "torch.distributed.elastic.multiprocessing.api: [WARNING] Signal 9 (SIGKILL) received by PID 4321",
+])
+def test_worker_sigkill_lines(line: str) -> None:
+    assert fatal.WORKER_SIGKILL_RE.search(line)
+
+
+@pytest.mark.parametrize("line", ["exitcode  : 1 (pid: 4321)", "lr=-9e-4", "exitcode: -90"])
+def test_not_worker_sigkill_lines(line: str) -> None:
+    assert not fatal.WORKER_SIGKILL_RE.search(line)
