@@ -236,3 +236,31 @@ def test_pip_install_args_naming_a_missing_requirements_file(local_pod: Pod):
     assert result.returncode == 1
     line = result.stderr.splitlines()[-1]
     assert "PIP_INSTALL_ARGS names nope/requirements.txt" in line and "PIP_INSTALL_ARGS=auto" in line
+
+
+def test_checkout_downloads_a_fineweb_pair_when_data_dir_is_empty(pod: Pod, tmp_path: Path):
+    """DOWNLOAD_FINEWEB=1 against a local server speaking the hub's resolve URLs (HF_ENDPOINT, as for runs)."""
+    import functools
+    import http.server
+    import threading
+
+    hub = tmp_path / "hub"
+    served = hub / "datasets" / "kjj0" / "fineweb10B-gpt2" / "resolve" / "main"
+    write_shard(served / "fineweb_val_000000.bin", tokens=500)
+    write_shard(served / "fineweb_train_000001.bin", tokens=700)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(hub))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        pod.set(WF_FSM_ENFORCE="0", CHECK_DATA="1", DOWNLOAD_FINEWEB="1",
+                HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}")
+        result = pod.wf("checkout", timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert "downloading a FineWeb shard pair" in result.stderr and "1+1 shards" in result.stdout
+        data = pod.root / "data"
+        assert sorted(p.name for p in data.glob("*.bin")) == ["fineweb_train_000001.bin", "fineweb_val_000000.bin"]
+        assert (data / "fineweb_train_000001.bin").read_bytes() == (served / "fineweb_train_000001.bin").read_bytes()
+    finally:
+        server.shutdown()
+        server.server_close()

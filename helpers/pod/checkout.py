@@ -15,7 +15,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from . import fsm, procs, runs, shards
-from .context import Context, expand
+from .context import Context, expand, run_env
 from .errors import ExitCode, WorkflowError
 
 VENV_MARKER = ".workflow-venv.json"
@@ -248,7 +248,7 @@ def ensure_data(ctx: Context, repo: str, venv: str) -> Dict[str, Any]:
             Context.progress(f"checkout: DATA_DIR is on a FUSE mount; staging the download in {staging}")
         Context.progress(f"checkout: downloading a FineWeb shard pair into {staging}")
         procs.check([python, script, "--out", staging], "FineWeb download", "check the pod's network (huggingface.co)",
-                    cwd=workdir, timeout=timeout)
+                    cwd=workdir, timeout=timeout, env=run_env(ctx))  # HF_TOKEN, HF_ENDPOINT, ... as for runs
         if staging != data_dir:
             os.makedirs(data_dir, exist_ok=True)
             for split_paths in shards.find_shards(staging).values():
