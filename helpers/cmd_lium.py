@@ -33,7 +33,8 @@ def lium_settings(cfg: Config) -> LiumSettings:
 
 
 def _cache_file(cfg: Config) -> Path:
-    return cfg.project_root / ".workflow" / "lium-targets.json"
+    """Beside the config file that names the target (for the tracked workflow.env: the checkout's .workflow/)."""
+    return cfg.env_file.parent / ".workflow" / "lium-targets.json"
 
 
 def _known_hosts_dir() -> Path:
