@@ -53,13 +53,14 @@ def tiny_args(data_dir: Path, out_dir: Path, *overrides: str) -> list[str]:
     return [TINY, f"data_dir={data_dir}", f"out_dir={out_dir}", *overrides]
 
 
-def start_train(args: list[str], torchrun_nproc: int = 0) -> subprocess.Popen[str]:
-    """Start ``python train.py ARGS`` (or under torchrun) in examples/nanogpt."""
+def start_train(args: list[str], torchrun_nproc: int = 0, new_session: bool = False) -> subprocess.Popen[str]:
+    """Start ``python train.py ARGS`` (or under torchrun) in examples/nanogpt; ``new_session``: in a
+    process group of its own (its pid is the group id), to be signalled as a whole like the supervisor does."""
     cmd = [sys.executable, "train.py", *args]
     if torchrun_nproc:
         cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun_nproc}"]
     return subprocess.Popen(cmd, cwd=NANOGPT, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=new_session)
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 90) -> subprocess.CompletedProcess[str]:

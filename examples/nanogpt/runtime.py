@@ -50,11 +50,17 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def init_distributed(d: DistInfo, backend: str, device: torch.device) -> Any:
-    """Join the torchrun process group. Returns the group used for cheap CPU-side collectives
-    (stop flag, RNG states): the default group under gloo, a side gloo group under nccl."""
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The process-group backend: ``auto`` is nccl on GPU, gloo on CPU."""
     if backend == "auto":
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        return "nccl" if device.type == "cuda" else "gloo"
+    return backend
+
+
+def init_distributed(backend: str) -> Any:
+    """Join the torchrun process group with ``backend`` (resolved: nccl or gloo). Returns the group
+    used for cheap CPU-side collectives (stop flag, RNG states, loss sums): the default group under
+    gloo, a side gloo group under nccl."""
     dist.init_process_group(backend=backend)
     return dist.new_group(backend="gloo") if backend == "nccl" else dist.group.WORLD
 

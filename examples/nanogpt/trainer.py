@@ -35,7 +35,8 @@ class Trainer:
         self.ckpt_path = self.out_dir / "ckpt.pt"
         self.device = runtime.pick_device(cfg.device, d)
         self.dtype = runtime.pick_dtype(cfg.dtype, self.device)
-        self.cpu_group = runtime.init_distributed(d, cfg.backend, self.device) if d.is_ddp else None
+        self.backend = runtime.resolve_backend(cfg.backend, self.device) if d.is_ddp else None
+        self.cpu_group = runtime.init_distributed(self.backend) if self.backend else None
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -60,6 +61,10 @@ class Trainer:
         self.last_eval_iter = -1
         self.elapsed_before = 0.0  # seconds spent in earlier (resumed) runs
         self.saved_tok_per_sec: float | None = None
+        # training-loss accumulators since the last eval (a device tensor: no GPU sync until a log or
+        # eval needs the value); checkpointed, so a resume between evals reports the same train_loss
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.loss_steps = 0
         self.resumed = cfg.resume and self.load_checkpoint()
         self.start_iter = self.iter
         model: torch.nn.Module = self.raw_model
@@ -68,9 +73,6 @@ class Trainer:
         if d.is_ddp:
             model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.model = model
-        # training-loss accumulators (device tensors: no GPU sync until a log or eval needs the value)
-        self.loss_sum = torch.zeros((), device=self.device)
-        self.loss_steps = 0
         self.train_time = 0.0
         self.train_tokens = 0
 
@@ -129,6 +131,9 @@ class Trainer:
         if self.cpu_group is not None:  # every rank's RNG, so dropout continues exactly
             rng_states = [None] * self.d.world
             dist.all_gather_object(rng_states, rng, group=self.cpu_group)
+        # every rank has trained the same number of steps since the last eval: keep the mean of the
+        # ranks' loss sums (restored on every rank, it gives the same mean whatever the new world size)
+        loss_sum = self.all_mean(self.loss_sum.clone())
         if not self.d.master:
             return
         runtime.atomic_torch_save({
@@ -137,7 +142,7 @@ class Trainer:
             "rng": rng_states, "model_args": {k: getattr(self.cfg, k) for k in ARCH_KEYS},
             "config": self.cfg.to_dict(), "best_val_loss": self.best_val_loss,
             "last_train_loss": self.last_train_loss, "last_val_loss": self.last_val_loss,
-            "last_eval_iter": self.last_eval_iter,
+            "last_eval_iter": self.last_eval_iter, "loss_sum": loss_sum, "loss_steps": self.loss_steps,
             "elapsed_s": self.elapsed(), "tokens_per_sec": self.throughput()[0],
         }, self.ckpt_path)
 
@@ -162,6 +167,8 @@ class Trainer:
         self.best_val_loss = ckpt["best_val_loss"]
         self.last_train_loss, self.last_val_loss = ckpt["last_train_loss"], ckpt["last_val_loss"]
         self.last_eval_iter = ckpt["last_eval_iter"]
+        self.loss_sum.fill_(float(ckpt.get("loss_sum", 0.0)))  # (absent in older checkpoints)
+        self.loss_steps = int(ckpt.get("loss_steps", 0))
         self.elapsed_before, self.saved_tok_per_sec = ckpt["elapsed_s"], ckpt["tokens_per_sec"]
         data = ckpt["data"]
         self.log(f"resume: continuing from {self.ckpt_path} at iter {self.iter} "
@@ -261,51 +268,71 @@ class Trainer:
                 f"CUDA out of memory. Tried to allocate 2.00 GiB (simulated: batch_size={cfg.batch_size} "
                 f"> simulate_oom_batch_over={cfg.simulate_oom_batch_over})")
 
+    def eval_due(self, it: int) -> bool:
+        return it == self.cfg.max_iters or bool(self.cfg.eval_interval and it % self.cfg.eval_interval == 0)
+
+    def checkpoint_due(self, it: int) -> bool:
+        cfg = self.cfg
+        return it > self.start_iter and (
+            it == cfg.max_iters or bool(cfg.checkpoint_interval and it % cfg.checkpoint_interval == 0))
+
+    def sync(self) -> None:
+        """Wait for the GPU's queued work (a no-op on CPU)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def run(self) -> int:
         cfg = self.cfg
         self.start_outputs()
         self.log(config_echo(cfg))
         self.log(f"model: {self.raw_model.num_params() / 1e6:.2f}M params | device {self.device} | "
                  f"dtype {str(self.dtype).removeprefix('torch.')} | world_size {self.d.world} | "
-                 f"tokens/iter {self.tokens_per_iter}")
+                 + (f"backend {self.backend} | " if self.backend else "")
+                 + f"tokens/iter {self.tokens_per_iter}")
         it = self.iter
-        window_time, window_steps, first = 0.0, 0, True
+        window_time, window_steps, first = 0.0, 0, True  # the log window (since the last log line)
+        # Timing: a stretch of training steps runs from a start (GPU idle) to a CUDA synchronize at
+        # its end, which comes before every log line, eval and checkpoint: queued GPU work is counted
+        # in the stretch that queued it, and eval, checkpoint and log time is never counted.
+        stretch_t0: float | None = None
+        stretch_steps = 0
         while True:
-            eval_due = it == cfg.max_iters or (cfg.eval_interval and it % cfg.eval_interval == 0)
-            if eval_due and it != self.last_eval_iter:  # (a resumed run may have done it already)
+            if self.eval_due(it) and it != self.last_eval_iter:  # (a resumed run may have done it)
                 self.evaluate(it)
-            if it > self.start_iter and (it == cfg.max_iters or (
-                    cfg.checkpoint_interval and it % cfg.checkpoint_interval == 0)):
+            if self.checkpoint_due(it):
                 self.save_checkpoint()
             if it >= cfg.max_iters:
                 break
             self.simulate_oom(it)
-            t0 = time.perf_counter()
+            if stretch_t0 is None:
+                self.sync()
+                stretch_t0 = time.perf_counter()
             loss = self.train_step(self.lr_at(it))
             it += 1
             self.iter = it
             self.loss_sum += loss
             self.loss_steps += 1
+            stretch_steps += 1
             log_now = it % cfg.log_interval == 0 or it == cfg.max_iters
-            loss_value = float(loss.item()) if log_now else 0.0  # .item() waits for the GPU
-            if first and self.device.type == "cuda":
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
-            if not first:  # the first step includes warm-up / compilation
-                self.train_time += dt
-                self.train_tokens += self.tokens_per_iter
-            first = False
-            window_time += dt
-            window_steps += 1
+            stop = it < cfg.max_iters and self.stop.agreed(self.cpu_group)
+            if first or log_now or stop or self.eval_due(it) or self.checkpoint_due(it):
+                self.sync()
+                dt = time.perf_counter() - stretch_t0
+                if not first:  # the first step includes warm-up / compilation
+                    self.train_time += dt
+                    self.train_tokens += stretch_steps * self.tokens_per_iter
+                window_time += dt
+                window_steps += stretch_steps
+                stretch_t0, stretch_steps, first = None, 0, False
             if log_now:
                 tps = window_steps * self.tokens_per_iter / window_time
                 mfu = self.mfu(tps)
                 mfu_text = f"{100 * mfu:.2f}%" if mfu is not None else "n/a"
                 ms = 1000 * window_time / window_steps
-                self.log(f"iter {it} | loss {loss_value:.4f} | lr {self.lr_at(it - 1):.2e} | "
+                self.log(f"iter {it} | loss {float(loss.item()):.4f} | lr {self.lr_at(it - 1):.2e} | "
                          f"{tps:.0f} tok/s | mfu {mfu_text} | {ms:.1f} ms/iter")
                 window_time, window_steps = 0.0, 0
-            if it < cfg.max_iters and self.stop.agreed(self.cpu_group):
+            if stop:
                 self.save_checkpoint()
                 self.write_results("interrupted")
                 self.log(f"interrupted: checkpoint saved at iter {it}")
