@@ -11,6 +11,7 @@ from typing import Any
 
 from helpers.errors import ExitCode, WorkflowError
 from helpers.pod import runs
+from helpers.pod.executor import plan_schedule
 from helpers.render import bar, duration, table
 from helpers.session import Session
 from helpers.sweep_csv import SweepRow, parse_sweep_csv, select_rows, write_template
@@ -55,16 +56,14 @@ def cmd_sweep_csv_template(session: Session) -> int:
 
 
 def _pod_slots(session: Session) -> list[str]:
-    """GPU ids on the pod (read-only probe, no agent), else the CPU slots from config."""
-    result = session.transport().run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], timeout=60)
-    gpus = [line.strip() for line in result.stdout.decode(errors="replace").splitlines() if line.strip()]
-    if result.exit_code == 0 and gpus:
-        return gpus
-    return [f"cpu{i}" for i in range(session.cfg.number("SWEEP_CPU_SLOTS") or 1)]
+    """The slots the executor would use (same detection on the pod: CUDA_VISIBLE_DEVICES, nvidia-smi,
+    SWEEP_CPU_SLOTS); a read-only agent call."""
+    return [str(slot) for slot in session.call("sweep-start", {"plan_only": True}, timeout=120)["slots"]]
 
 
 def plan_sweep(session: Session, rows: list[SweepRow], slots: list[str]) -> list[str]:
-    """Every row's exact command and slot assignment (first wave of the packing)."""
+    """Every row's exact command and slot assignment, in the order the executor starts them: the
+    executor's own rule (:func:`schedule_step`), simulated as if every run took the same time."""
     cfg = session.cfg
     cpu = slots[0].startswith("cpu")
     repo = cfg.text("OPS_REMOTE_REPO").rstrip("/")
@@ -72,20 +71,19 @@ def plan_sweep(session: Session, rows: list[SweepRow], slots: list[str]) -> list
     python = f"{cfg.text('VENV_DIR').rstrip('/')}/bin/python"
     outputs = cfg.text("OPS_REMOTE_OUTPUTS_DIR").rstrip("/")
     local_sync = cfg.text("RUN_OUT_MODE") == "local_sync"
-    free, lines, wave = list(slots), [], 1
+    by_id = {row.run_id: row for row in rows}
+    lines = []
     for row in rows:
         need = row.gpus or len(slots)
         if need > len(slots):
             lines.append(f"row {row.row_number} {row.run_id}: needs {need} slot(s), the pod has {len(slots)}: "
                          "sweep-start will refuse it")
-            continue
-        if need > len(free):
-            free, wave = list(slots), wave + 1
-        take, free = free[:need], free[need:]
+    for run_id, take, wave in plan_schedule([(row.run_id, row.gpus or len(slots)) for row in rows], slots):
+        row = by_id[run_id]
         base = cfg.text("RUN_OUT_LOCAL_ROOT").rstrip("/") if local_sync else outputs
         out_dir = f"{base}/{row.run_id}"
         argv = runs.build_argv(python, cfg.text("TRAIN_ENTRYPOINT"), row.config, row.seed, out_dir, list(row.overrides),
-                               need)
+                               len(take))
         visible = "" if cpu else ",".join(take)
         where = f"CPU slot(s) {','.join(take)}" if cpu else f"GPU(s) {visible}"
         lines.append(f"row {row.row_number} {row.run_id}: {where} (wave {wave})")
@@ -104,7 +102,9 @@ def cmd_sweep_start(session: Session) -> int:
     if session.dry_run:
         slots = _pod_slots(session)
         session.print(f"would start a campaign of {len(selected)} row(s) from {path} on {session.transport_label()}; "
-                      f"slots: {', '.join(slots)}; timeout {cfg.number('RUN_TIMEOUT_SECS') or 'none'}s per attempt")
+                      f"slots: {', '.join(slots)}; timeout {cfg.number('RUN_TIMEOUT_SECS') or 'none'}s per attempt; "
+                      "rows start in this order as slots free up, none ahead of an earlier row that waits for "
+                      "slots (the slots shown assume equal run times)")
         for line in plan_sweep(session, selected, slots):
             session.print(line)
         return 0
@@ -158,15 +158,30 @@ def render_status(status: dict[str, Any]) -> list[str]:
     totals = status["totals"]
     done = sum(v for k, v in totals.items() if k in ("ok", *FAILED_STATES))
     lines.append(bar(done, status["total"]) + "  " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
+    left = unfinished_rows(status)
+    if left:
+        gone = "is gone" if ex["state"] == "lost" else f"has {ex['state']}"
+        lines.append(f"incomplete: the executor {gone} and {len(left)} row(s) never finished "
+                     f"({', '.join(left[:5])}{', ...' if len(left) > 5 else ''}); rerun them with: "
+                     f"infra_scripts/workflow.sh sweep-resume --campaign {status['campaign_id']}")
     return lines
 
 
+def unfinished_rows(status: dict[str, Any]) -> list[str]:
+    """Rows that neither succeeded nor failed although no executor is left to run them."""
+    if status["executor"]["state"] in ("running", "starting"):
+        return []
+    return [row["run_id"] for row in status["rows"] if row["state"] not in ("ok", *FAILED_STATES)]
+
+
 def _status_code(status: dict[str, Any]) -> int:
-    return int(ExitCode.FAILED) if any(status["totals"].get(s) for s in FAILED_STATES) else 0
+    failed = any(status["totals"].get(s) for s in FAILED_STATES)
+    return int(ExitCode.FAILED) if failed or unfinished_rows(status) else 0
 
 
 def cmd_sweep_status(session: Session) -> int:
     status = expand_rows(session.call("sweep-status", {"campaign": session.options.campaign}, timeout=300))
+    status["unfinished"] = unfinished_rows(status)
     if session.as_json:
         session.emit_json(status)
     else:

@@ -137,13 +137,13 @@ def _fetch(session: Session, args: dict[str, Any]) -> int:
     else:
         _rsync(session, listing, items, root)
     bad = _verify(root, items)
-    running = {run["run_id"] for run in listing["runs"] if run.get("state") in ("running", "pending")}
-    changing = [b for b in bad if b.split("/", 1)[0] in running]
+    not_final = [run["run_id"] for run in listing["runs"] if not _is_final(run)]
+    changing = [b for b in bad if b.split("/", 1)[0] in not_final]
     hard = [b for b in bad if b not in changing]
     rows = [[run["run_id"], str(run.get("state") or "-"), str(len(run["files"])), f"{run['bytes'] / 1e6:.1f} MB"]
             for run in listing["runs"]]
     report = {"campaign_id": listing.get("campaign_id"), "dest": str(root), "runs": rows, "missing": listing["missing"],
-              "mismatched": hard, "changed_while_running": changing}
+              "mismatched": hard, "changed_while_running": changing, "not_final": not_final}
     if session.as_json:
         session.emit_json(report)
     else:
@@ -159,10 +159,31 @@ def _fetch(session: Session, args: dict[str, Any]) -> int:
     if hard:
         raise WorkflowError(f"fetch incomplete: {len(hard)} file(s) did not arrive intact ({', '.join(hard[:3])}); run "
                             "the fetch again", ExitCode.FAILED)
-    total = sum(size for _, _, size, _ in items)
     if not session.as_json:
-        session.print(f"fetched and verified {len(items)} file(s), {total / 1e6:.1f} MB, into {root}")
+        session.print(fetch_verdict(items, changing, not_final, root))
     return 0
+
+
+def _is_final(run: dict[str, Any]) -> bool:
+    if "final" in run:
+        return bool(run["final"])
+    return run.get("state") not in ("running", "pending", None)  # an older pod agent
+
+
+def fetch_verdict(items: list[tuple[str, str, int, str]], changing: list[str], not_final: list[str],
+                  root: Path) -> str:
+    """The last line of a fetch: what was verified, and which runs are only a snapshot."""
+    moved = {b.split(" (", 1)[0] for b in changing}
+    good = [item for item in items if f"{item[0]}/{item[1]}" not in moved]
+    total = sum(size for _, _, size, _ in good)
+    line = f"fetched and verified {len(good)} file(s), {total / 1e6:.1f} MB, into {root}"
+    if not_final:
+        shown = ", ".join(not_final[:5]) + (", ..." if len(not_final) > 5 else "")
+        line = (f"fetched {len(items)} file(s) into {root}; verified {len(good)}"
+                + (f" ({len(changing)} changed during the fetch)" if changing else "")
+                + f"; NOT FINAL: {len(not_final)} run(s) still running or not concluded ({shown}): their copies are "
+                "a snapshot; fetch again when they end")
+    return line
 
 
 def cmd_fetch_run(session: Session) -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO_ROOT, Pod, cleanup_pod, git, make_pod, one_line_error, wait_until
+from conftest import REPO_ROOT, Pod, SSHServer, cleanup_pod, git, make_pod, one_line_error, wait_until
 
 # RUN_STALL_SECS: torchrun prints nothing while it starts (~4 s here, far more when other jobs load the
 # machine), so a window of 12 s sometimes stalls a healthy run: 20 s where a row must stall, 60 s elsewhere.
@@ -199,12 +199,31 @@ def shared(tmp_path_factory: pytest.TempPathFactory, source_repo: Path) -> Itera
         reap(pod)
 
 
+@pytest.fixture(scope="module")
+def shared_ssh(tmp_path_factory: pytest.TempPathFactory, source_repo: Path, sshd: SSHServer) -> Iterator[Pod]:
+    """The same as ``shared``, reached over the loopback sshd, for the scenarios that run on both."""
+    pod = make_pod("ssh", tmp_path_factory.mktemp("shared-ssh"), source_repo, sshd)
+    try:
+        setup_pod(pod, WANDB_API_KEY=SECRET)
+        yield pod
+    finally:
+        reap(pod)
+
+
+def shared_pod(request: pytest.FixtureRequest) -> Pod:
+    """``shared`` or ``shared_ssh``, after the parameter (local / ssh) of a scenario fixture."""
+    pod: Pod = request.getfixturevalue("shared" if request.param == "local" else "shared_ssh")
+    return pod
+
+
 @pytest.fixture(autouse=True)
 def _no_sweep_left_running(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A test on the shared pod that failed half-way leaves no running sweep to the next one."""
+    """A test on a shared pod that failed half-way leaves no running sweep to the next one."""
     yield
-    if "shared" in request.fixturenames:
-        pod: Pod = request.getfixturevalue("shared")
+    for name in ("shared", "shared_ssh"):
+        if name not in request.fixturenames:
+            continue
+        pod: Pod = request.getfixturevalue(name)
         for campaign in campaign_ids(pod):
             if executor_record(pod, campaign).get("state") in ("running", "starting"):
                 pod.wf("sweep-stop", "--campaign", campaign, timeout=300)
@@ -359,6 +378,8 @@ def test_packing_full_width_row_and_watch(shared: Pod, tmp_path: Path):
     assert windows_overlap(runs["pk-a"], runs["pk-b"]), (runs["pk-a"], runs["pk-b"])
     for other in ("pk-a", "pk-b", "pk-c"):
         assert not windows_overlap(runs["pk-wide"], runs[other]), other
+    # no backfill past the waiting wide row: pk-c (1 slot) starts only after it, as --dry-run says
+    assert utc(runs["pk-c"]["started_utc"]) >= utc(runs["pk-wide"]["ended_utc"])
     wide_argv = read_json(run_dir(pod, "pk-wide") / "run_manifest.json")["argv"]
     assert "--nproc_per_node=2" in wide_argv
     assert "--nproc_per_node=1" in read_json(run_dir(pod, "pk-a") / "run_manifest.json")["argv"]
@@ -368,14 +389,15 @@ def test_packing_full_width_row_and_watch(shared: Pod, tmp_path: Path):
     assert code == 0 and status["totals"] == {"ok": 4}
 
 
-@pytest.fixture(scope="module")
-def stop_resume(shared: Pod, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A sweep of slow rows stopped mid-way, then resumed to the end; what each step showed.
+@pytest.fixture(scope="module", params=["local", "ssh"])
+def stop_resume(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A sweep of slow rows stopped mid-way, then resumed to the end; what each step showed, on the
+    local pod and over SSH.
 
     st-quick ends before the stop; st-s1 and st-s2 are running when sweep-stop comes; st-s3 has not
-    started. The tests below judge the record (one scenario, two verdicts: one of them is a known bug)."""
-    pod = shared
-    seen: dict[str, Any] = {}
+    started. The tests below judge the record."""
+    pod = shared_pod(request)
+    seen: dict[str, Any] = {"pod": pod}
     csv = write_csv(tmp_path_factory.mktemp("stop") / "stop.csv",
                     "st-quick,config/ok.py,1,,done before the stop,1",
                     "st-s1,config/slow.py,1,steps=14,stopped,1",
@@ -532,17 +554,17 @@ def _place(path: Path, content: bytes, mtime_ns: int) -> None:
     os.replace(staging, path)
 
 
-@pytest.fixture(scope="module")
-def local_sync(shared: Pod, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A slow run with RUN_OUT_MODE=local_sync, SYNC_INTERVAL_SECS=1. While it runs, a probe file in its
-    fast dir is synced, then replaced by content of the same size whose mtime falls in the same second
-    (as when a trainer rewrites a checkpoint right after a sync)."""
-    pod = shared
+@pytest.fixture(scope="module", params=["local", "ssh"])
+def local_sync(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A slow run with RUN_OUT_MODE=local_sync, SYNC_INTERVAL_SECS=1, on the local pod and over SSH.
+    While it runs, a probe file in its fast dir is synced, then replaced by content of the same size
+    whose mtime falls in the same second (as when a trainer rewrites a checkpoint right after a sync)."""
+    pod = shared_pod(request)
     fast = pod.root / "fast"
     settings = ["--set", "RUN_OUT_MODE=local_sync", "--set", f"RUN_OUT_LOCAL_ROOT={fast}",
                 "--set", "SYNC_INTERVAL_SECS=1"]
     csv = write_csv(tmp_path_factory.mktemp("sync") / "sync.csv", "sy-slow,config/slow.py,1,steps=16,,1")
-    seen: dict[str, Any] = {"fast": fast / "sy-slow", "durable": run_dir(pod, "sy-slow")}
+    seen: dict[str, Any] = {"fast": fast / "sy-slow", "durable": run_dir(pod, "sy-slow"), "pod": pod}
     cid = start(pod, csv, *settings)["campaign_id"]
     durable = seen["durable"] / "metrics.jsonl"
 
@@ -563,13 +585,13 @@ def local_sync(shared: Pod, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     return seen
 
 
-def test_local_sync(shared: Pod, local_sync: dict[str, Any]):
+def test_local_sync(local_sync: dict[str, Any]):
     """RUN_OUT_MODE=local_sync: the trainer writes to RUN_OUT_LOCAL_ROOT/<run_id>/, the durable run dir
     gets its files while it runs (every SYNC_INTERVAL_SECS) and identical copies at the end."""
     seen = local_sync
     assert 1 <= seen["lines_while_running"] < 16
     assert seen["executor"]["state"] == "finished" and seen["running_after_probe"]
-    done = summary(shared, "sy-slow")
+    done = summary(seen["pod"], "sy-slow")
     assert done["ok"] and done["out_dir"] == str(seen["fast"])
     for name in ("metrics.jsonl", "results.json", "config.json"):
         assert (seen["durable"] / name).read_bytes() == (seen["fast"] / name).read_bytes(), name

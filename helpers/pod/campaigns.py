@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from . import fsm, proctree, runs, tmuxctl
 from .context import Context
 from .errors import ExitCode, WorkflowError
-from .executor import detect_slots
+from .executor import detect_slots, planned_run_env, request_stop
 from .ids import check_id
 from .jsonio import parse_utc, read_json, utc_now, write_bytes, write_json
 from .taskstate import is_terminal, read_status
@@ -97,7 +97,7 @@ def _check_pod_side(ctx: Context, rows: List[Dict[str, Any]]) -> List[str]:
     if not os.path.isfile(entry):
         raise WorkflowError(f"TRAIN_ENTRYPOINT {entry} does not exist in the pod checkout; fix TRAIN_WORKDIR / "
                             "TRAIN_ENTRYPOINT or run checkout", ExitCode.USAGE)
-    slots = detect_slots(ctx, ctx.config)
+    slots = detect_slots(ctx, planned_run_env(ctx))  # exactly as the executor will see them
     for row in rows:
         if not os.path.isfile(os.path.join(workdir, row["config"])):
             raise WorkflowError(f"row {row['row_number']} ({row['run_id']}): config {row['config']} is not in the "
@@ -106,6 +106,17 @@ def _check_pod_side(ctx: Context, rows: List[Dict[str, Any]]) -> List[str]:
             raise WorkflowError(f"row {row['row_number']} ({row['run_id']}) needs {row['gpus']} GPU(s) but the pod "
                                 f"has {len(slots)} slot(s) ({', '.join(slots)})", ExitCode.USAGE)
     return slots
+
+
+def run_is_live(path: str) -> bool:
+    """Whether the run's supervisor is still alive with an attempt that has not ended."""
+    status = read_status(path) or {}
+    return bool(status) and not is_terminal(status.get("state", "success")) and proctree.is_alive(
+        status.get("supervisor_pid"), status.get("supervisor_start_time"))
+
+
+def live_runs(ctx: Context, rows: List[Dict[str, Any]]) -> List[str]:
+    return [row["run_id"] for row in rows if run_is_live(runs.run_dir(ctx.outputs, row["run_id"]))]
 
 
 def _check_ownership(ctx: Context, rows: List[Dict[str, Any]], reuse: bool, campaign_id: Optional[str] = None
@@ -120,9 +131,7 @@ def _check_ownership(ctx: Context, rows: List[Dict[str, Any]], reuse: bool, camp
         if own is None:
             raise WorkflowError(f"row {row['row_number']}: {path} exists and was not created by workflow.sh; it is "
                                 "left alone: choose another run_id", ExitCode.REFUSED)
-        status = read_status(path) or {}
-        if status and not is_terminal(status.get("state", "success")) and proctree.is_alive(
-                status.get("supervisor_pid"), status.get("supervisor_start_time")):
+        if run_is_live(path):
             raise WorkflowError(f"row {row['row_number']}: run {row['run_id']} is running right now (campaign "
                                 f"{own.get('campaign_id')}); stop it first", ExitCode.REFUSED)
         if own.get("campaign_id") in (campaign_id, None) or own.get("spec_hash") == row["spec_hash"]:
@@ -138,6 +147,8 @@ def _check_ownership(ctx: Context, rows: List[Dict[str, Any]], reuse: bool, camp
 
 def sweep_start(ctx: Context) -> Dict[str, Any]:
     args = ctx.args
+    if args.get("plan_only"):  # --dry-run: the slots the executor would pack onto; changes nothing
+        return {"slots": detect_slots(ctx, planned_run_env(ctx))}
     rows: List[Dict[str, Any]] = [dict(r) for r in args["rows"]]
     for row in rows:
         check_id(row["run_id"], "run id")
@@ -191,7 +202,7 @@ def _row_view(ctx: Context, campaign_id: str, row: Dict[str, Any], index: Dict[s
         return {**view, **indexed, "state": "ok" if indexed.get("ok") else indexed.get("state")}
     path = runs.run_dir(ctx.outputs, run_id)
     done = runs.summary(path)
-    status = read_status(path) or {} if done else {}
+    status = (read_status(path) or {}) if done else {}
     if done and (status.get("created_utc") or "") > (done.get("ended_utc") or ""):
         done = None  # an attempt began after that verdict (a resume): the live status tells the truth
     if done and done.get("spec_hash") == row.get("spec_hash") and (
@@ -277,6 +288,9 @@ def sweep_stop(ctx: Context) -> Dict[str, Any]:
     campaign_id, path = campaign_dir(ctx, ctx.args.get("campaign"))
     manifest = read_json(os.path.join(path, "manifest.json"), "campaign manifest") or {}
     state, executor = executor_state(path)
+    # first the request: an executor still starting reads it before it runs anything, and a running one
+    # before each launch (a signal alone could come before it has installed its handler, or be missed)
+    request_stop(path, int(executor.get("generation") or 1))
     if state == "running":
         os.kill(int(executor["pid"]), signal.SIGTERM)  # it cancels its active runs, then exits
         deadline = time.monotonic() + ctx.number("TASK_KILL_GRACE_SECS", 10) + 60
@@ -308,6 +322,13 @@ def sweep_resume(ctx: Context) -> Dict[str, Any]:
                             "instead", ExitCode.REFUSED)
     if not todo:
         return {"campaign_id": campaign_id, "rerun": [], "state": fsm.read_state(ctx.state_file).state}
+    live = live_runs(ctx, todo)
+    if live:
+        raise WorkflowError(
+            f"campaign {campaign_id}: run(s) {', '.join(live[:5])} are still running under their supervisors (the "
+            "executor is gone, the runs are not); resuming now would start them twice. Wait for them to end "
+            f"(workflow.sh sweep-status --campaign {campaign_id}) or stop them with workflow.sh sweep-stop "
+            f"--campaign {campaign_id}, then resume", ExitCode.REFUSED)
     _check_pod_side(ctx, todo)
     ctx.sync_env()
     record = read_json(os.path.join(path, "executor.json"), "executor status") or {}

@@ -16,10 +16,10 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import fsm, proctree, runs
-from .context import Context, run_env
+from .context import RUN_ENV_PREFIXES, Context, run_env
 from .jsonio import append_jsonl, read_json, utc_now, write_bytes, write_json
 from .tasks import launch_supervised
 from .taskstate import is_terminal, read_status
@@ -29,21 +29,89 @@ MAX_OOM_RETRIES = 2
 HEARTBEAT_SECS = 2.0
 
 
-def detect_slots(ctx: Context, env: Dict[str, str]) -> List[str]:
-    """GPU ids (respecting CUDA_VISIBLE_DEVICES), else SWEEP_CPU_SLOTS CPU slots named cpu0..."""
-    visible = env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
+STOP_REQUEST = "stop-request.json"
+
+
+def slots_from(visible: Optional[str], gpus: Sequence[str], cpu_slots: int) -> List[str]:
+    """The slots a sweep packs rows onto: CUDA_VISIBLE_DEVICES when it is set (set but empty: no GPU),
+    else the GPUs nvidia-smi lists, else ``cpu_slots`` CPU slots named cpu0, cpu1, ..."""
     if visible is not None and visible.strip():
         return [v.strip() for v in visible.split(",") if v.strip()]
-    if visible is None:
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=30)
-            gpus = [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
-        except (OSError, subprocess.TimeoutExpired):
-            gpus = []
-        if gpus:
-            return gpus
-    return [f"cpu{i}" for i in range(max(1, ctx.number("SWEEP_CPU_SLOTS", 1)))]
+    if visible is None and gpus:
+        return list(gpus)
+    return [f"cpu{i}" for i in range(max(1, cpu_slots))]
+
+
+def visible_devices(env: Dict[str, str]) -> Optional[str]:
+    """CUDA_VISIBLE_DEVICES as a run sees it: the run environment first, then this process's own."""
+    return env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def list_gpus() -> List[str]:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def detect_slots(ctx: Context, env: Dict[str, str]) -> List[str]:
+    """GPU ids (respecting CUDA_VISIBLE_DEVICES), else SWEEP_CPU_SLOTS CPU slots named cpu0..."""
+    visible = visible_devices(env)
+    return slots_from(visible, list_gpus() if visible is None else [], ctx.number("SWEEP_CPU_SLOTS", 1))
+
+
+def planned_run_env(ctx: Context) -> Dict[str, str]:
+    """The run environment the executor will have once sweep-start has written this request's config
+    to the pod env file (secrets aside: they never decide slots)."""
+    env = run_env(ctx)
+    for key, value in ctx.config.items():
+        if key.startswith(RUN_ENV_PREFIXES):
+            env[key[len("RUNENV_"):] if key.startswith("RUNENV_") else key] = str(value)
+    return env
+
+
+# ----------------------------------------------------------------------------- the scheduling rule
+
+
+def schedule_step(queue: Sequence[Tuple[str, int, bool]], free: Sequence[str], total: int
+                  ) -> Tuple[List[Tuple[str, List[str]]], List[str]]:
+    """Which queued rows start now, on which slots: the one rule of the executor and of --dry-run.
+
+    ``queue`` is (key, slots needed, ready) in queue order (CSV order; a retried row goes first);
+    a row that is not ready is waiting out a retry backoff and does not hold the queue. Ready rows
+    start in order while they fit; the first ready row that does not fit waits for slots, and no
+    row behind it starts meanwhile (no backfill), so a full-width row is never starved by a stream
+    of narrow ones. A row needing more than ``total`` slots is never started (sweep-start refuses
+    it; the executor fails it). Returns the (key, slots) started and the slots left free."""
+    left = list(free)
+    started: List[Tuple[str, List[str]]] = []
+    for key, need, ready in queue:
+        if not ready or need > total:
+            continue
+        if need > len(left):
+            break
+        started.append((key, left[:need]))
+        left = left[need:]
+    return started, left
+
+
+def plan_schedule(needs: Sequence[Tuple[str, int]], slots: Sequence[str]) -> List[Tuple[str, List[str], int]]:
+    """(key, slots, wave) for each row, simulating the executor with :func:`schedule_step` as if every
+    run took the same time: the order and packing that sweep-start will follow (which slot a row gets
+    later on depends on which run ends first). Rows that can never fit are left out."""
+    total = len(slots)
+    queue = [(key, need) for key, need in needs if need <= total]
+    plan: List[Tuple[str, List[str], int]] = []
+    wave = 0
+    while queue:  # equal run times: a wave's runs end together, so each wave starts on all slots
+        wave += 1
+        started, _ = schedule_step([(key, need, True) for key, need in queue], slots, total)
+        done = {key for key, _ in started}
+        queue = [(key, need) for key, need in queue if key not in done]
+        plan += [(key, taken, wave) for key, taken in started]
+    return plan
 
 
 class RowRun:
@@ -79,6 +147,8 @@ class Executor:
         self.stop_reason: Optional[str] = None
         self.log_handle = open(os.path.join(self.dir, "executor.log"), "a", encoding="utf-8")  # noqa: SIM115
         self.index: Dict[str, Any] = read_json(os.path.join(self.dir, "index.json"), "campaign index") or {}
+        record = read_json(os.path.join(self.dir, "executor.json"), "executor status") or {}
+        self.generation = int(record.get("generation") or 1)
 
     # -- output and bookkeeping
     def say(self, text: str) -> None:
@@ -99,6 +169,25 @@ class Executor:
         record = read_json(path, "executor status") or {}
         record.update(state=state, heartbeat_utc=utc_now(), **extra)
         write_json(path, record, durable=state != "running")
+
+    def _check_stop_request(self) -> bool:
+        """True (and stopping) once sweep-stop has asked this executor's generation to stop."""
+        if self.stop_reason is None and stop_requested(self.dir, self.generation):
+            self.stop_reason = "stop"
+        return self.stop_reason is not None
+
+    @staticmethod
+    def _need(rr: RowRun, slots: List[str]) -> int:
+        return int(rr.row.get("gpus") or len(slots))
+
+    def _unschedulable(self, rr: RowRun, slots: List[str]) -> None:
+        need = self._need(rr, slots)
+        reason = f"needs {need} slot(s); the pod has {len(slots)} ({','.join(slots)})"
+        self.index[rr.run_id] = {"ok": False, "state": "failed", "failure_class": "unschedulable", "attempts": 0,
+                                 "duration_s": None, "started_utc": None, "ended_utc": None, "val_loss": None}
+        self.event("run-end", run_id=rr.run_id, ok=False, state="failed", failure_class="unschedulable",
+                   reason=reason)
+        self.say(f"{rr.run_id}: not run: {reason}")
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self.stop_reason is None:
@@ -241,9 +330,14 @@ class Executor:
         cpu_mode = slots[0].startswith("cpu")
         threads = max(1, (os.cpu_count() or 1) // len(slots)) if cpu_mode else 1
         self.beat("running", pid=os.getpid(), start_time=proctree.start_time(os.getpid()),
-                  boot_id=proctree.boot_id(), started_utc=utc_now(), slots=slots, ended_utc=None, stop_reason=None)
+                  boot_id=proctree.boot_id(), started_utc=utc_now(), slots=slots, ended_utc=None, stop_reason=None,
+                  reason=None)
+        if self._check_stop_request():  # sweep-stop came while this executor was starting: run nothing
+            self.say("sweep-stop was requested before this executor started: running nothing")
+            return self._end(0, [RowRun(row) for row in self.manifest["rows"]])
         repo = ctx.path("OPS_REMOTE_REPO")
-        self.provenance = {"git": runs.git_provenance(repo),
+        own = [ctx.path("VENV_DIR"), ctx.path("DATA_DIR"), ctx.path("RUN_OUT_LOCAL_ROOT"), self.outputs]
+        self.provenance = {"git": runs.git_provenance(repo, [p for p in own if p]),
                            "environment": runs.environment_provenance(ctx.path("VENV_DIR"))}
         todo = [RowRun(row) for row in self.manifest["rows"]
                 if not runs.is_ok(runs.run_dir(self.outputs, str(row["run_id"])), row["spec_hash"])]
@@ -256,8 +350,14 @@ class Executor:
         active: Dict[str, RowRun] = {}
         failed = 0
         last_beat = last_index = 0.0
+        for rr in [r for r in todo if self._need(r, slots) > len(slots)]:
+            todo.remove(rr)  # sweep-start refuses these; the pod's slots changed since
+            failed += 1
+            self._unschedulable(rr, slots)
         while (todo or active) and not self.stop_reason:
             now = time.monotonic()
+            if self._check_stop_request():
+                break
             for run_id in list(active):
                 rr = active[run_id]
                 status = self._finished(rr)
@@ -277,14 +377,14 @@ class Executor:
                         self.stop_reason = "fail-fast"
             if self.stop_reason:
                 break
-            for rr in list(todo):
-                need = int(rr.row.get("gpus") or len(slots))
-                if rr.not_before > now or need > len(free):
-                    continue
-                if need > len(slots):
-                    continue  # refused at sweep-start; never schedulable
+            queue = [(rr.run_id, self._need(rr, slots), rr.not_before <= now) for rr in todo]
+            started, _ = schedule_step(queue, free, len(slots))
+            for run_id, take in started:
+                if self._check_stop_request():
+                    break  # sweep-stop came meanwhile: launch nothing more
+                rr = next(r for r in todo if r.run_id == run_id)
                 todo.remove(rr)
-                take, free = free[:need], free[need:]
+                free = [slot for slot in free if slot not in take]
                 active[rr.run_id] = rr
                 self._start(rr, take, env_base, cpu_mode, threads)
             if now - last_beat >= HEARTBEAT_SECS:
@@ -304,18 +404,35 @@ class Executor:
     def _end(self, failed: int, todo: List[RowRun]) -> int:
         ctx = self.ctx
         state = {"stop": "stopped", "hangup": "lost", "fail-fast": "finished"}.get(self.stop_reason or "", "finished")
+        reason = None
+        if self.stop_reason == "hangup":
+            reason = (f"the executor got SIGHUP (its tmux window or session was closed) with {len(todo)} row(s) not "
+                      f"run and {failed} cancelled; rerun them with workflow.sh sweep-resume --campaign "
+                      f"{self.campaign_id}")
         self.beat(state, ended_utc=utc_now(), stop_reason=self.stop_reason, active=[], queued=len(todo),
-                  failed=failed)
-        if self.stop_reason in (None, "fail-fast"):
+                  failed=failed, reason=reason)
+        if self.stop_reason in (None, "fail-fast", "hangup"):
             command = "sweep-fail" if failed or todo else "sweep-complete"
+            why = f"campaign {self.campaign_id}: {reason}" if reason else (
+                f"campaign {self.campaign_id}: {failed} failed row(s)" + (f", {len(todo)} not run" if todo else ""))
             try:
-                fsm.transition(ctx.state_file, command, f"campaign {self.campaign_id}: {failed} failed row(s)",
-                               ctx.enforce)
+                fsm.transition(ctx.state_file, command, why, ctx.enforce)
             except Exception as exc:  # the state was changed by hand meanwhile: say so, keep going
                 self.say(f"workflow state not updated: {exc}")
         self.event("executor-end", state=state, failed=failed)
         self.say(f"campaign {self.campaign_id} {state}: {failed} failed row(s)")
         return 0
+
+
+def request_stop(campaign_path: str, generation: int) -> None:
+    """Ask the executor of ``generation`` (and any earlier one) to stop; read by the executor before it
+    starts and before each launch, so one that is still starting never runs a row."""
+    write_json(os.path.join(campaign_path, STOP_REQUEST), {"generation": generation, "utc": utc_now()})
+
+
+def stop_requested(campaign_path: str, generation: int) -> bool:
+    record = read_json(os.path.join(campaign_path, STOP_REQUEST), "stop request") or {}
+    return isinstance(record, dict) and int(record.get("generation") or 0) >= generation
 
 
 def executor_main(argv: List[str]) -> int:

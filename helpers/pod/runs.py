@@ -15,7 +15,7 @@ import json
 import os
 import shlex
 import socket
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import procs
 from .jsonio import parse_utc, read_json, utc_now, write_json
@@ -165,13 +165,65 @@ def replay_script(argv: List[str], workdir: str, env: Dict[str, str], env_file: 
 # ----------------------------------------------------------------------------- provenance
 
 
-def git_provenance(repo: str) -> Dict[str, Any]:
+UNTRACKED_HASH_LIMIT = 16 << 20  # bytes of an untracked file hashed by content (larger: by size)
+
+
+def _porcelain_entries(text: str) -> List[Tuple[str, str]]:
+    """(XY, path) of ``git status --porcelain -z``; a rename's second (original) path is skipped."""
+    entries: List[Tuple[str, str]] = []
+    words = text.split("\0")
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if len(word) < 4:
+            continue
+        entries.append((word[:2], word[3:]))
+        if word[0] in "RC":
+            i += 1
+    return entries
+
+
+def git_provenance(repo: str, ignore: Sequence[str] = ()) -> Dict[str, Any]:
+    """HEAD, whether the tree is dirty (``git status --porcelain``: changed, staged or untracked files)
+    and a hash of the difference (``git diff HEAD --binary`` plus each untracked file's path and
+    content), so runs from the same dirty tree can be told apart from runs from another one. Paths in
+    ``ignore`` (the run venv, local_sync's out root, data: this tool's own, inside the checkout by
+    default) and bytecode caches are not part of the tree."""
     info: Dict[str, Any] = {"repo": repo}
     code, sha = procs.run(["git", "-C", repo, "rev-parse", "HEAD"], timeout=30)
     info["git_sha"] = sha.strip() if code == 0 else None
-    code, diff = procs.run(["git", "-C", repo, "diff", "HEAD", "--binary"], timeout=60)
-    info["dirty"] = bool(diff.strip()) if code == 0 else None
-    info["diff_sha256"] = hashlib.sha256(diff.encode()).hexdigest() if code == 0 and diff.strip() else None
+    specs = ["--", ".", ":(exclude,glob)**/__pycache__/**", ":(exclude,glob)**/*.pyc"]
+    top = os.path.realpath(repo)
+    for path in ignore:
+        rel = os.path.relpath(os.path.realpath(path), top) if path else ".."
+        if rel != "." and not rel.startswith(".."):
+            specs.append(f":(exclude){rel}")
+    code, porcelain = procs.run(["git", "-C", repo, "status", "--porcelain", "-z", "--untracked-files=all", *specs],
+                                timeout=60)
+    dcode, diff = procs.run(["git", "-C", repo, "diff", "HEAD", "--binary", *specs], timeout=60)
+    if code != 0 or dcode != 0:
+        info.update(dirty=None, diff_sha256=None, changed_files=None, untracked_files=None)
+        return info
+    entries = _porcelain_entries(porcelain)
+    untracked = sorted(path for xy, path in entries if xy == "??")
+    digest = hashlib.sha256(diff.encode())
+    for rel in untracked:
+        digest.update(b"\0untracked\0" + rel.encode())
+        full = os.path.join(repo, rel)
+        try:
+            size = os.path.getsize(full)
+            if size <= UNTRACKED_HASH_LIMIT:
+                with open(full, "rb") as handle:
+                    digest.update(hashlib.sha256(handle.read()).digest())
+            else:
+                digest.update(f"size={size}".encode())
+        except OSError:
+            digest.update(b"unreadable")
+    info["dirty"] = bool(entries)
+    info["diff_sha256"] = digest.hexdigest() if entries else None
+    info["changed_files"] = len(entries) - len(untracked)
+    info["untracked_files"] = len(untracked)
     return info
 
 

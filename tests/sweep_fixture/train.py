@@ -2,7 +2,7 @@
 (config file, then key=value overrides; out_dir, seed, resume, batch_size, gradient_accumulation_steps)
 but no torch in the worker, so a run takes a second. `mode` picks its behaviour: ok, fail, hang,
 oom (fails while batch_size > oom_above, like CUDA running out of memory), flaky_nccl (an NCCL
-error on the first attempt only), lost (kills its own supervisor on the first attempt)."""
+error on the first attempt only), nccl_always (an NCCL error on every attempt, resumed or not)."""
 
 import json
 import os
@@ -54,7 +54,7 @@ def main() -> int:
                   f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (batch {batch})",
                   file=sys.stderr, flush=True)
             return 1
-        if step == 1 and mode == "flaky_nccl" and first_attempt:
+        if (step == 1 and mode == "flaky_nccl" and first_attempt) or (step == start and mode == "nccl_always"):
             print("torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled "
                   "system error, NCCL version 2.21.5", file=sys.stderr, flush=True)
             return 1
