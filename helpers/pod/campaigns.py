@@ -288,9 +288,15 @@ def sweep_stop(ctx: Context) -> Dict[str, Any]:
     campaign_id, path = campaign_dir(ctx, ctx.args.get("campaign"))
     manifest = read_json(os.path.join(path, "manifest.json"), "campaign manifest") or {}
     state, executor = executor_state(path)
+    was = state
     # first the request: an executor still starting reads it before it runs anything, and a running one
     # before each launch (a signal alone could come before it has installed its handler, or be missed)
     request_stop(path, int(executor.get("generation") or 1))
+    if state == "starting":  # it may have come up between that look and the request: then stop it as running
+        state_now, record_now = executor_state(path)
+        if state_now == "running":
+            executor = record_now
+            state = "running"
     if state == "running":
         os.kill(int(executor["pid"]), signal.SIGTERM)  # it cancels its active runs, then exits
         deadline = time.monotonic() + ctx.number("TASK_KILL_GRACE_SECS", 10) + 60
@@ -299,12 +305,12 @@ def sweep_stop(ctx: Context) -> Dict[str, Any]:
     stopped = _stop_runs(ctx, manifest, campaign_id)  # anything the executor did not (or could not) stop
     record = read_json(os.path.join(path, "executor.json"), "executor status") or {}
     if record.get("state") in ("running", "starting"):
-        record.update(state="stopped", ended_utc=utc_now(), stop_reason="sweep-stop (executor was gone)")
+        record.update(state="stopped", ended_utc=utc_now(), stop_reason="sweep-stop (executor gone or not yet started)")
         write_json(os.path.join(path, "executor.json"), record)
     current = fsm.read_state(ctx.state_file)
     if current.state == fsm.State.SWEEP_RUNNING.value:
         fsm.transition(ctx.state_file, "sweep-stop", f"campaign {campaign_id} stopped", ctx.enforce)
-    return {"campaign_id": campaign_id, "executor_was": state, "stopped_runs": stopped,
+    return {"campaign_id": campaign_id, "executor_was": was, "stopped_runs": stopped,
             "state": fsm.read_state(ctx.state_file).state}
 
 
