@@ -89,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         return fail("config", exc, d, 2)
     code = trainer.run()  # exceptions (e.g. CUDA OOM) propagate: traceback, exit code 1
     trainer.close()
+    if d.world > 1:
+        # Everything is written and the process group is gone. Skip interpreter teardown: there gloo's
+        # worker threads can still be torn down after Python (std::terminate, SIGABRT), which would turn
+        # a finished run into a failed one.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 
