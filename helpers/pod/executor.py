@@ -249,13 +249,13 @@ class Executor:
         path = runs.run_dir(self.outputs, rr.run_id)
         status = read_status(path) or {}
         if not is_terminal(status.get("state", "pending")) or status.get("cleanup") not in ("done", None):
-            if status.get("state") in ("running", "pending"):
-                from .tasks import refresh
+            if not status.get("state"):
+                return None
+            from .tasks import refresh
 
-                status = refresh(path, status)  # a vanished supervisor is lost, and told
-                if not (is_terminal(status["state"]) and status.get("cleanup") == "done"):
-                    return None
-            else:
+            # a vanished supervisor is lost, and told; one that died while stopping its tree is finished
+            status = refresh(path, status)
+            if not (is_terminal(status["state"]) and status.get("cleanup") == "done"):
                 return None
         return status
 
@@ -364,7 +364,7 @@ class Executor:
                 if status is None:
                     continue
                 del active[run_id]
-                free += rr.slots
+                free = [slot for slot in slots if slot in free or slot in rr.slots]  # the pod's order: 0,1,2,3
                 verdict = self._decide(rr, status)
                 if verdict == "retry":
                     self.say(f"{rr.run_id}: {status['state']} [{status.get('failure_class')}] -> {rr.retry_note}")
