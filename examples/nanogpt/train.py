@@ -78,9 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         return fail("data", exc, d, 3)
 
-    # Idle OpenMP threads sleep instead of spinning: CPU runs stay fast when several share a machine
-    # (a sweep, a test suite); set OMP_WAIT_POLICY yourself to override.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from trainer import Trainer  # imports torch: only now that config and data are known to be good
 
     try:
