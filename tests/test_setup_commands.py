@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import stat
 import subprocess
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -238,8 +241,9 @@ def test_pip_install_args_naming_a_missing_requirements_file(local_pod: Pod):
     assert "PIP_INSTALL_ARGS names nope/requirements.txt" in line and "PIP_INSTALL_ARGS=auto" in line
 
 
-def test_checkout_downloads_a_fineweb_pair_when_data_dir_is_empty(pod: Pod, tmp_path: Path):
-    """DOWNLOAD_FINEWEB=1 against a local server speaking the hub's resolve URLs (HF_ENDPOINT, as for runs)."""
+@contextlib.contextmanager
+def fake_hub(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A local HTTP server speaking the hub's resolve URLs for a FineWeb shard pair: (HF_ENDPOINT, files)."""
     import functools
     import http.server
     import threading
@@ -253,14 +257,47 @@ def test_checkout_downloads_a_fineweb_pair_when_data_dir_is_empty(pod: Pod, tmp_
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        pod.set(WF_FSM_ENFORCE="0", CHECK_DATA="1", DOWNLOAD_FINEWEB="1",
-                HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}")
-        result = pod.wf("checkout", timeout=300)
-        assert result.returncode == 0, result.stderr
-        assert "downloading a FineWeb shard pair" in result.stderr and "1+1 shards" in result.stdout
-        data = pod.root / "data"
-        assert sorted(p.name for p in data.glob("*.bin")) == ["fineweb_train_000001.bin", "fineweb_val_000000.bin"]
-        assert (data / "fineweb_train_000001.bin").read_bytes() == (served / "fineweb_train_000001.bin").read_bytes()
+        yield f"http://127.0.0.1:{server.server_address[1]}", served
     finally:
         server.shutdown()
         server.server_close()
+
+
+SHARD_PAIR = ["fineweb_train_000001.bin", "fineweb_val_000000.bin"]
+
+
+def test_checkout_downloads_a_fineweb_pair_when_data_dir_is_empty(pod: Pod, tmp_path: Path):
+    """DOWNLOAD_FINEWEB=1 against a local server speaking the hub's resolve URLs (HF_ENDPOINT, as for runs)."""
+    with fake_hub(tmp_path) as (endpoint, served):
+        pod.set(WF_FSM_ENFORCE="0", CHECK_DATA="1", DOWNLOAD_FINEWEB="1", HF_ENDPOINT=endpoint)
+        result = pod.wf("checkout", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "downloading a FineWeb shard pair" in result.stderr and "1+1 shards" in result.stdout
+    assert "FUSE" not in result.stderr
+    data = pod.root / "data"
+    assert sorted(p.name for p in data.glob("*.bin")) == SHARD_PAIR
+    assert (data / "fineweb_train_000001.bin").read_bytes() == (served / "fineweb_train_000001.bin").read_bytes()
+
+
+def test_download_onto_a_fuse_data_dir_is_staged_on_local_disk(local_pod: Pod, tmp_path: Path):
+    """DATA_DIR on a real FUSE mount (bindfs): the download goes to local disk first, then is copied over."""
+    bindfs = shutil.which("bindfs")
+    assert bindfs, "bindfs is required by this test (apt-get install bindfs); tests never skip"
+    backing, mount = tmp_path / "bucket", local_pod.root / "data"
+    backing.mkdir()
+    mount.mkdir()
+    subprocess.run([bindfs, str(backing), str(mount)], check=True)
+    home = tmp_path / "home"
+    home.mkdir()
+    try:
+        with fake_hub(tmp_path) as (endpoint, _):
+            local_pod.set(WF_FSM_ENFORCE="0", CHECK_DATA="1", DOWNLOAD_FINEWEB="1", HF_ENDPOINT=endpoint)
+            result = local_pod.wf("checkout", timeout=300, env={"HOME": str(home)})
+        assert result.returncode == 0, result.stderr
+        staging = home / ".cache" / "workflow" / "fineweb-staging"
+        assert f"DATA_DIR is on a FUSE mount; staging the download in {staging}" in result.stderr
+        assert sorted(p.name for p in staging.glob("*.bin")) == SHARD_PAIR
+        assert sorted(p.name for p in backing.glob("*.bin")) == SHARD_PAIR  # copied through the mount
+        assert not list(backing.glob("*.partial"))
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
