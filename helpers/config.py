@@ -10,22 +10,25 @@ is allowed; exit code 2.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-from dotenv.parser import parse_stream
-from dotenv.variables import Variable, parse_variables
-
+from helpers.config_layers import (
+    Setting,
+    TargetKind,
+    read_layers,
+    resolve_references,
+    target_kind,
+    unknown_key_message,
+)
 from helpers.errors import ExitCode, WorkflowError
 from helpers.keys import KEYS, KEYS_BY_NAME, Key, is_passthrough, is_secret_name
 
-TargetKind = Literal["local", "ssh", "lium"]
+__all__ = ["Config", "ConfigRequest", "Setting", "TargetKind", "is_secret", "load_config", "redact"]
 
 _BOOL_TRUE = {"1", "true", "yes", "on"}
 _BOOL_FALSE = {"0", "false", "no", "off"}
@@ -33,16 +36,6 @@ _HOST_RE = re.compile(r"^(?:[A-Za-z0-9._-]+@)?(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+
 _TMUX_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SHA_RE = re.compile(r"^[0-9a-fA-F]{7,40}$")
 _PR_RE = re.compile(r"^(?:[0-9]+|pull/[0-9]+/head)$")
-_KEY_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
-
-
-@dataclass
-class Setting:
-    key: str
-    raw: str  # as written (after ${VAR} resolution), "" when unset
-    source: str  # "workflow.env:12", "profile gpu (profiles/gpu.env:3)", "--set", "default", "environment"
-    literal: bool = False  # single-quoted: no ${VAR} resolution
-    value: object = None  # typed value, set by validation
 
 
 @dataclass
@@ -148,29 +141,13 @@ def load_config(request: ConfigRequest, environ: Mapping[str, str] | None = None
                             "(a fresh clone has one at the repo root)", ExitCode.USAGE)
     profile = request.profile or env.get("WORKFLOW_PROFILE") or None
     cfg = Config(project_root=root, env_file=env_file, profile=profile)
-
-    layered: dict[str, Setting] = {}
-    for setting in _read_env_file(env_file, env_file.name):
-        layered[setting.key] = setting
-    if profile:
-        for setting in _profile_chain(profile, _profiles_dir(layered, env_file), env_file):
-            layered[setting.key] = setting
-    for item in request.overrides:
-        if "=" not in item:
-            raise WorkflowError(f"--set {item!r}: expected KEY=VALUE, e.g. --set RUN_TIMEOUT_SECS=3600",
-                                ExitCode.USAGE)
-        key, _, value = item.partition("=")
-        key = key.strip()
-        if not _KEY_NAME_RE.match(key):
-            raise WorkflowError(f"--set: {key[:60]!r} is not a KEY name (A-Z, 0-9, _)", ExitCode.USAGE)
-        layered[key] = Setting(key=key, raw=value, source="--set")
-
+    layered = read_layers(env_file, profile, request.overrides)
     for key, setting in layered.items():
         if key not in KEYS_BY_NAME and not is_passthrough(key):
-            raise WorkflowError(_unknown_key_message(key, setting.source), ExitCode.USAGE)
+            raise WorkflowError(unknown_key_message(key, setting.source), ExitCode.USAGE)
 
-    cfg.target = _target_kind(layered)
-    _resolve_references(layered, env, cfg.target)
+    cfg.target = target_kind(layered)
+    resolve_references(layered, env, cfg.target)
     for spec in KEYS:
         found = layered.get(spec.name)
         if found is not None and found.raw != "":
@@ -192,129 +169,6 @@ def load_config(request: ConfigRequest, environ: Mapping[str, str] | None = None
     _derive(cfg)
     _cross_check(cfg)
     return cfg
-
-
-def _read_env_file(path: Path, label: str) -> list[Setting]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WorkflowError(f"cannot read config file {path}: {exc}", ExitCode.USAGE) from exc
-    import io
-
-    out: list[Setting] = []
-    for binding in parse_stream(io.StringIO(text)):
-        line = binding.original.line
-        if binding.error:
-            shown = binding.original.string.strip()[:60]
-            raise WorkflowError(f"{label}:{line}: cannot parse {shown!r}; write KEY=VALUE (quote values "
-                                "with spaces)", ExitCode.USAGE)
-        if binding.key is None:
-            continue
-        if not _KEY_NAME_RE.match(binding.key) and binding.key != "_BASE":
-            raise WorkflowError(f"{label}:{line}: {binding.key!r} is not a KEY name (A-Z, 0-9, _)",
-                                ExitCode.USAGE)
-        after_eq = binding.original.string.split("=", 1)[1].lstrip() if "=" in binding.original.string else ""
-        out.append(Setting(key=binding.key, raw=binding.value or "", source=f"{label}:{line}",
-                           literal=after_eq.startswith("'")))
-    return out
-
-
-def _profiles_dir(layered: Mapping[str, Setting], env_file: Path) -> Path:
-    text = layered["WORKFLOW_PROFILES_DIR"].raw if "WORKFLOW_PROFILES_DIR" in layered else ""
-    path = Path(os.path.expanduser(text or KEYS_BY_NAME["WORKFLOW_PROFILES_DIR"].default))
-    return path if path.is_absolute() else env_file.parent / path
-
-
-def _profile_chain(name: str, profiles_dir: Path, env_file: Path) -> list[Setting]:
-    """Settings of profile ``name`` and its _BASE ancestors, base first."""
-    chain: list[str] = []
-    layers: list[list[Setting]] = []
-    current: str | None = name
-    while current:
-        if current in chain:
-            loop = " -> ".join([*chain, current])
-            raise WorkflowError(f"profile loop: {loop}; remove one _BASE= line to break it", ExitCode.USAGE)
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", current):
-            raise WorkflowError(f"invalid profile name {current!r}: use letters, digits, . _ -", ExitCode.USAGE)
-        path = profiles_dir / f"{current}.env"
-        if not path.is_file():
-            known = sorted(p.stem for p in profiles_dir.glob("*.env")) if profiles_dir.is_dir() else []
-            hint = f"known profiles: {', '.join(known)}" if known else f"no profiles in {profiles_dir}"
-            raise WorkflowError(f"unknown profile {current!r} (no {path}); {hint}", ExitCode.USAGE)
-        chain.append(current)
-        try:
-            rel = path.relative_to(env_file.parent)
-        except ValueError:
-            rel = path
-        settings = _read_env_file(path, str(rel))
-        base = [s for s in settings if s.key == "_BASE"]
-        layers.append([
-            Setting(s.key, s.raw, f"profile {current} ({s.source})", s.literal)
-            for s in settings if s.key != "_BASE"
-        ])
-        current = base[-1].raw.strip() if base else None
-    return [s for layer in reversed(layers) for s in layer]
-
-
-def _unknown_key_message(key: str, source: str) -> str:
-    close = difflib.get_close_matches(key, list(KEYS_BY_NAME), n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]}?" if close else "see workflow.env for the keys"
-    return (f"{source}: unknown key {key}; {hint} (variables for runs may use the prefixes "
-            "WANDB_, HF_, NCCL_, TORCH_, OMP_, CUDA_, MLFLOW_, RUNENV_)")
-
-
-def _resolve_references(layered: dict[str, Setting], environ: Mapping[str, str], target: TargetKind) -> None:
-    resolved: dict[str, str] = {}
-    visiting: list[str] = []
-
-    def lookup(name: str) -> str | None:
-        if name in resolved:
-            return resolved[name]
-        if name in layered and layered[name].raw:
-            return resolve(name)
-        spec = KEYS_BY_NAME.get(name)
-        if spec is not None:  # a key left empty: its default, as the final config will have it
-            if target == "local" and spec.local_default is not None:
-                return spec.local_default
-            return spec.default or environ.get(name)
-        return environ.get(name)
-
-    def resolve(name: str) -> str:
-        setting = layered[name]
-        if name in visiting:
-            cycle = " -> ".join([*visiting[visiting.index(name):], name])
-            raise WorkflowError(f"{setting.source}: ${{...}} references form a loop: {cycle}", ExitCode.USAGE)
-        if setting.literal or "$" not in setting.raw:
-            resolved[name] = setting.raw
-            return setting.raw
-        visiting.append(name)
-        parts: list[str] = []
-        for atom in parse_variables(setting.raw):
-            if isinstance(atom, Variable):
-                value = lookup(atom.name)
-                parts.append(value if value else (atom.default or ""))
-            else:
-                parts.append(atom.resolve({}))
-        visiting.pop()
-        setting.raw = "".join(parts)
-        resolved[name] = setting.raw
-        return setting.raw
-
-    for key in list(layered):
-        resolve(key)
-
-
-def _target_kind(layered: Mapping[str, Setting]) -> TargetKind:
-    host = layered["OPS_DEFAULT_HOST"].raw.strip() if "OPS_DEFAULT_HOST" in layered else "local"
-    lium = layered["LIUM_TARGET"].raw.strip() if "LIUM_TARGET" in layered else ""
-    if lium and host not in ("", "local"):
-        raise WorkflowError(
-            f"both LIUM_TARGET ({layered['LIUM_TARGET'].source}) and OPS_DEFAULT_HOST "
-            f"({layered['OPS_DEFAULT_HOST'].source}) name a pod; set only one (OPS_DEFAULT_HOST=local "
-            "to use LIUM_TARGET)", ExitCode.USAGE)
-    if lium:
-        return "lium"
-    return "local" if host in ("", "local") else "ssh"
 
 
 def _typed(spec: Key, setting: Setting) -> object:

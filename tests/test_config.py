@@ -228,3 +228,12 @@ def test_validate_checks_the_lium_volume_grammar(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     assert result.returncode == 2
     assert "workflow.env:1: LIUM_VOLUME must be 'id:<HUID or UUID>'" in result.stderr.strip().splitlines()[-1]
+
+
+def test_public_names_stay_importable_from_helpers_config():
+    import helpers.config as config
+    import helpers.config_layers as layers
+
+    for name in ("Config", "ConfigRequest", "Setting", "TargetKind", "is_secret", "load_config", "redact"):
+        assert hasattr(config, name), name
+    assert config.Setting is layers.Setting
