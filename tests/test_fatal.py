@@ -1,4 +1,5 @@
-"""Tests for helpers/pod/fatal.py: fatal-error patterns, tracebacks, user patterns, exit classes."""
+"""Tests for helpers/pod/fatal.py (fatal-error patterns, tracebacks, user patterns) and
+helpers/pod/exitcause.py (exit classes, OOM evidence)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from helpers.pod import fatal
+from helpers.pod import exitcause
 from helpers.pod.errors import ExitCode, WorkflowError
-from helpers.pod.fatal import (
-    DEFAULT_PATTERNS,
-    FAILURE_CLASSES,
-    FatalMatch,
-    FatalMatcher,
+from helpers.pod.exitcause import (
     classify_exit,
     exit_signal,
     kernel_oom_killed,
     kernel_oom_killed_pids,
     oom_kill_count,
     oom_verdict,
+)
+from helpers.pod.fatal import (
+    DEFAULT_PATTERNS,
+    FAILURE_CLASSES,
+    FatalMatch,
+    FatalMatcher,
     parse_user_patterns,
 )
 
@@ -615,9 +618,9 @@ def test_oom_kill_count_is_best_effort() -> None:
 def test_read_counter_parses_memory_events(tmp_path: Path) -> None:
     path = tmp_path / "memory.events"
     path.write_text("low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n")
-    assert fatal._read_counter(str(path), "oom_kill") == 2
-    assert fatal._read_counter(str(path), "nope") is None
-    assert fatal._read_counter(str(path) + ".missing", "oom_kill") is None
+    assert exitcause._read_counter(str(path), "oom_kill") == 2
+    assert exitcause._read_counter(str(path), "nope") is None
+    assert exitcause._read_counter(str(path) + ".missing", "oom_kill") is None
 
 
 def test_kernel_oom_killed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -628,16 +631,16 @@ def test_kernel_oom_killed(monkeypatch: pytest.MonkeyPatch) -> None:
         "6,3,4,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),task=python,pid=4242,uid=0\n"
         "3,5,6,-;Memory cgroup out of memory: Killed process 4242 (python) total-vm:123kB\n"
     )
-    monkeypatch.setattr(fatal, "_kernel_log", lambda: log)
+    monkeypatch.setattr(exitcause, "_kernel_log", lambda: log)
     assert kernel_oom_killed(4242) is True
     assert kernel_oom_killed(424) is False
-    monkeypatch.setattr(fatal, "_kernel_log", lambda: None)
+    monkeypatch.setattr(exitcause, "_kernel_log", lambda: None)
     assert kernel_oom_killed(4242) is None
 
     def boom() -> str:
         raise RuntimeError("unexpected")
 
-    monkeypatch.setattr(fatal, "_kernel_log", boom)
+    monkeypatch.setattr(exitcause, "_kernel_log", boom)
     assert kernel_oom_killed(4242) is None
 
 
@@ -664,9 +667,9 @@ def test_kernel_oom_killed_pids(monkeypatch: pytest.MonkeyPatch) -> None:
     log = ("6,3,4,-;oom-kill:constraint=CONSTRAINT_MEMCG,task=python,pid=4242,uid=0\n"
            "3,5,6,-;Memory cgroup out of memory: Killed process 4242 (python) total-vm:123kB\n"
            "3,7,8,-;Out of memory: Killed process 777 (other) total-vm:1kB\n")
-    monkeypatch.setattr(fatal, "_kernel_log", lambda: log)
+    monkeypatch.setattr(exitcause, "_kernel_log", lambda: log)
     assert kernel_oom_killed_pids() == {4242, 777}
-    monkeypatch.setattr(fatal, "_kernel_log", lambda: None)
+    monkeypatch.setattr(exitcause, "_kernel_log", lambda: None)
     assert kernel_oom_killed_pids() is None
 
 
@@ -704,9 +707,9 @@ def test_oom_verdict_reads_no_kernel_log_without_evidence() -> None:
     "torch.distributed.elastic.multiprocessing.api: [WARNING] Signal 9 (SIGKILL) received by PID 4321",
 ])
 def test_worker_sigkill_lines(line: str) -> None:
-    assert fatal.WORKER_SIGKILL_RE.search(line)
+    assert exitcause.WORKER_SIGKILL_RE.search(line)
 
 
 @pytest.mark.parametrize("line", ["exitcode  : 1 (pid: 4321)", "lr=-9e-4", "exitcode: -90"])
 def test_not_worker_sigkill_lines(line: str) -> None:
-    assert not fatal.WORKER_SIGKILL_RE.search(line)
+    assert not exitcause.WORKER_SIGKILL_RE.search(line)

@@ -157,7 +157,7 @@ def test_traceback_amid_continuous_output_stops_within_a_second(local_pod: Pod, 
 
 DRIVER = """import os, sys
 sys.path.insert(0, {repo!r})
-from helpers.pod import fatal, supervisor
+from helpers.pod import exitcause, supervisor
 
 def _read(name):
     try:
@@ -166,8 +166,8 @@ def _read(name):
     except FileNotFoundError:
         return None
 
-fatal.oom_kill_count = lambda: None if _read("oom_kill") is None else int(_read("oom_kill"))
-fatal._kernel_log = lambda: _read("kmsg")
+exitcause.oom_kill_count = lambda: None if _read("oom_kill") is None else int(_read("oom_kill"))
+exitcause._kernel_log = lambda: _read("kmsg")
 sys.exit(supervisor.supervise_main([{task!r}]))
 """
 

@@ -14,7 +14,7 @@ task without a heartbeat for TASK_LOST_AFTER_SECS for lost). A held traceback ma
 at most TRACEBACK_HOLD_SECS after its exception line, however much other output follows, so a
 fatal error stops the task and marks it failed within a second. The kept context is the
 matching lines and the CONTEXT_LINES lines before them. A failure is classified oom only on
-corroborated evidence (``fatal.oom_verdict``), matched against the task's processes seen during
+corroborated evidence (``exitcause.oom_verdict``), matched against the task's processes seen during
 the run (sampled at every heartbeat).
 """
 
@@ -30,7 +30,7 @@ import sys
 import time
 from typing import Any, Deque, Dict, List, Optional, Set, Tuple
 
-from . import fatal, proctree
+from . import exitcause, fatal, proctree
 from .jsonio import read_json, utc_at, utc_now
 from .taskstate import TaskState, update_status
 
@@ -109,7 +109,7 @@ class Supervisor:
                 match = self.matcher.feed(segment)  # every segment is fed, in order
                 self.context.append((self.matcher.lines_fed, segment[:2000]))
                 if not self.worker_sigkill and ("-9" in segment or "SIGKILL" in segment):
-                    self.worker_sigkill = fatal.WORKER_SIGKILL_RE.search(segment) is not None
+                    self.worker_sigkill = exitcause.WORKER_SIGKILL_RE.search(segment) is not None
                 found = found or match
         return found
 
@@ -219,7 +219,7 @@ class Supervisor:
         if current.get("state") not in (None, TaskState.PENDING.value):
             return 0  # cancelled (or marked lost) before it started: do not run it
         proctree.become_subreaper()
-        oom_before = fatal.oom_kill_count()
+        oom_before = exitcause.oom_kill_count()
         argv: List[str] = list(self.spec["argv"])
         workdir = self.spec.get("workdir") or self.task_dir
         log = open(self.log_path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the loop
@@ -299,7 +299,7 @@ class Supervisor:
 
     def _oom_killed(self, exit_code: Optional[int], sig: Optional[int], oom_before: Optional[int]) -> bool:
         pids = self.seen_pids - ({self.sync_proc.pid} if self.sync_proc is not None else set())
-        return fatal.oom_verdict(exit_code, sig, oom_before, fatal.oom_kill_count(), pids, self.worker_sigkill)
+        return exitcause.oom_verdict(exit_code, sig, oom_before, exitcause.oom_kill_count(), pids, self.worker_sigkill)
 
     def _drain(self, fd: int, log: Any) -> None:
         while True:
@@ -335,7 +335,7 @@ class Supervisor:
                 changes.update(state=TaskState.SUCCESS.value, reason="exit 0")
             else:
                 oom = self._oom_killed(exit_code, sig, oom_before)
-                failure = fatal.classify_exit(exit_code, sig, oom, None)
+                failure = exitcause.classify_exit(exit_code, sig, oom, None)
                 reason = f"exit {exit_code}" if sig is None else f"killed by signal {sig}"
                 if oom:
                     reason += " (the kernel's OOM killer killed a process of the task)"
