@@ -11,7 +11,7 @@ from typing import Any
 
 from helpers.errors import ExitCode, WorkflowError
 from helpers.pod import runs
-from helpers.pod.executor import plan_schedule
+from helpers.pod.scheduling import plan_schedule
 from helpers.render import bar, duration, table
 from helpers.session import Session
 from helpers.sweep_csv import SweepRow, parse_sweep_csv, select_rows, write_template

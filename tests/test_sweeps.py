@@ -187,27 +187,31 @@ def windows_overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory, source_repo: Path) -> Iterator[Pod]:
-    """One checked-out local pod for the tests below the core scenario (they run one sweep at a time).
-    Its config holds a W&B key, so every test on it also feeds the secret checks."""
-    pod = make_pod("local", tmp_path_factory.mktemp("shared"), source_repo, None)
+@contextlib.contextmanager
+def _pod_with_secret(kind: str, base: Path, source_repo: Path, sshd: SSHServer | None) -> Iterator[Pod]:
+    """A set-up pod of ``kind`` whose config holds a W&B key (so every test on it also feeds the
+    secret checks); reaped afterwards."""
+    pod = make_pod(kind, base, source_repo, sshd)
     try:
         setup_pod(pod, WANDB_API_KEY=SECRET)
         yield pod
     finally:
         reap(pod)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, source_repo: Path) -> Iterator[Pod]:
+    """One checked-out local pod for the tests below the core scenario (they run one sweep at a time).
+    Its config holds a W&B key, so every test on it also feeds the secret checks."""
+    with _pod_with_secret("local", tmp_path_factory.mktemp("shared"), source_repo, None) as pod:
+        yield pod
 
 
 @pytest.fixture(scope="module")
 def shared_ssh(tmp_path_factory: pytest.TempPathFactory, source_repo: Path, sshd: SSHServer) -> Iterator[Pod]:
     """The same as ``shared``, reached over the loopback sshd, for the scenarios that run on both."""
-    pod = make_pod("ssh", tmp_path_factory.mktemp("shared-ssh"), source_repo, sshd)
-    try:
-        setup_pod(pod, WANDB_API_KEY=SECRET)
+    with _pod_with_secret("ssh", tmp_path_factory.mktemp("shared-ssh"), source_repo, sshd) as pod:
         yield pod
-    finally:
-        reap(pod)
 
 
 def shared_pod(request: pytest.FixtureRequest) -> Pod:

@@ -41,9 +41,9 @@ from test_sweeps import (
     write_csv,
 )
 
-from helpers.pod.executor import plan_schedule, schedule_step
 from helpers.pod.jsonio import utc_now
 from helpers.pod.runs import git_provenance
+from helpers.pod.scheduling import plan_schedule, schedule_step
 
 HEADER = "run_id,config,seed,overrides,notes,gpus,timeout,retries"
 

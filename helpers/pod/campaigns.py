@@ -17,9 +17,10 @@ from typing import Any, Dict, List, Optional, Tuple
 from . import fsm, proctree, runs, tmuxctl
 from .context import Context
 from .errors import ExitCode, WorkflowError
-from .executor import detect_slots, planned_run_env, request_stop
+from .executor import request_stop
 from .ids import check_id
 from .jsonio import parse_utc, read_json, utc_now, write_bytes, write_json
+from .scheduling import detect_slots, planned_run_env
 from .taskstate import is_terminal, read_status
 
 STARTING_GRACE_SECS = 30
