@@ -45,7 +45,8 @@ def read_layers(env_file: Path, profile: str | None, overrides: tuple[str, ...])
             layered[setting.key] = setting
     for item in overrides:
         if "=" not in item:
-            raise WorkflowError(f"--set {item!r}: expected KEY=VALUE, e.g. --set RUN_TIMEOUT_SECS=3600",
+            shown = repr(item) if _KEY_NAME_RE.match(item) else "(not shown: it may hold a secret)"
+            raise WorkflowError(f"--set {shown}: expected KEY=VALUE, e.g. --set RUN_TIMEOUT_SECS=3600",
                                 ExitCode.USAGE)
         key, _, value = item.partition("=")
         key = key.strip()

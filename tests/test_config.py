@@ -237,3 +237,8 @@ def test_public_names_stay_importable_from_helpers_config():
     for name in ("Config", "ConfigRequest", "Setting", "TargetKind", "is_secret", "load_config", "redact"):
         assert hasattr(config, name), name
     assert config.Setting is layers.Setting
+
+
+def test_set_without_equals_never_echoes_what_may_be_a_secret(tmp_path):
+    message = error_of(tmp_path, "", "WANDB_API_KEY:hunter2-secret").message
+    assert "expected KEY=VALUE" in message and "hunter2-secret" not in message
