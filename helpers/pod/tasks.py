@@ -128,23 +128,14 @@ def refresh(task_dir: str, record: Dict[str, Any], ctx: Optional[Context] = None
         lost_after = float((record.get("timeouts") or {}).get("lost_after_secs") or
                            (ctx.number("TASK_LOST_AFTER_SECS", 60) if ctx else 60))
     if is_terminal(record["state"]):
-        if record.get("cleanup") != "stopping" or _supervisor_fine(record, lost_after):
+        if record.get("cleanup") != "stopping" or (record.get("supervisor_pid") and
+                                                   _supervisor_problem(record, lost_after) is None):
             return record
         left = stop_leftovers(task_dir, record)
         return update_status(task_dir, cleanup="done", leftovers_stopped=left)
-    now = time.time()
-    reason = None
-    boot = record.get("boot_id")
-    if boot and boot != proctree.boot_id():
-        reason = "the pod rebooted while it ran"
-    elif record.get("supervisor_pid"):
-        if not proctree.is_alive(record["supervisor_pid"], record.get("supervisor_start_time")):
-            reason = "its supervisor is gone (tmux server killed, or the process was killed)"
-        else:
-            beat = parse_utc(record.get("heartbeat_utc"))
-            if beat is not None and now - beat > lost_after:
-                reason = f"no heartbeat for {now - beat:.0f}s (supervisor hung, or the pod was suspended)"
-    else:
+    reason = _supervisor_problem(record, lost_after)
+    if reason is None and not record.get("supervisor_pid"):
+        now = time.time()
         created = parse_utc(record.get("created_utc")) or now
         if now - created > PENDING_GRACE_SECS:
             reason = f"its supervisor never started ({now - created:.0f}s after task-run)"
@@ -156,14 +147,21 @@ def refresh(task_dir: str, record: Dict[str, Any], ctx: Optional[Context] = None
     return update_status(task_dir, cleanup="done", leftovers_stopped=left)
 
 
-def _supervisor_fine(record: Dict[str, Any], lost_after: float) -> bool:
-    """The record's supervisor is alive, on this boot, with a heartbeat within ``lost_after`` s."""
-    if record.get("boot_id") and record["boot_id"] != proctree.boot_id():
-        return False
-    if not proctree.is_alive(record.get("supervisor_pid"), record.get("supervisor_start_time")):
-        return False
+def _supervisor_problem(record: Dict[str, Any], lost_after: float) -> Optional[str]:
+    """Why the record's supervisor can no longer be counted on (None: on this boot, alive, with a heartbeat
+    within ``lost_after`` s; also None when no supervisor was recorded yet)."""
+    boot = record.get("boot_id")
+    if boot and boot != proctree.boot_id():
+        return "the pod rebooted while it ran"
+    if not record.get("supervisor_pid"):
+        return None
+    if not proctree.is_alive(record["supervisor_pid"], record.get("supervisor_start_time")):
+        return "its supervisor is gone (tmux server killed, or the process was killed)"
     beat = parse_utc(record.get("heartbeat_utc"))
-    return beat is None or time.time() - beat <= lost_after
+    age = time.time() - beat if beat is not None else 0.0
+    if age > lost_after:
+        return f"no heartbeat for {age:.0f}s (supervisor hung, or the pod was suspended)"
+    return None
 
 
 def stop_leftovers(task_dir: str, record: Dict[str, Any]) -> int:
