@@ -137,7 +137,7 @@ def _fetch(session: Session, args: dict[str, Any]) -> int:
     else:
         _rsync(session, listing, items, root)
     bad = _verify(root, items)
-    not_final = [run["run_id"] for run in listing["runs"] if not _is_final(run)]
+    not_final = [run["run_id"] for run in listing["runs"] if not run["final"]]
     changing = [b for b in bad if b.split("/", 1)[0] in not_final]
     hard = [b for b in bad if b not in changing]
     rows = [[run["run_id"], str(run.get("state") or "-"), str(len(run["files"])), f"{run['bytes'] / 1e6:.1f} MB"]
@@ -162,12 +162,6 @@ def _fetch(session: Session, args: dict[str, Any]) -> int:
     if not session.as_json:
         session.print(fetch_verdict(items, changing, not_final, root))
     return 0
-
-
-def _is_final(run: dict[str, Any]) -> bool:
-    if "final" in run:
-        return bool(run["final"])
-    return run.get("state") not in ("running", "pending", None)  # an older pod agent
 
 
 def fetch_verdict(items: list[tuple[str, str, int, str]], changing: list[str], not_final: list[str],

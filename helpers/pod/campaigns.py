@@ -204,8 +204,8 @@ def _row_view(ctx: Context, campaign_id: str, row: Dict[str, Any], index: Dict[s
     path = runs.run_dir(ctx.outputs, run_id)
     done = runs.summary(path)
     status = (read_status(path) or {}) if done else {}
-    if done and (status.get("created_utc") or "") > (done.get("ended_utc") or ""):
-        done = None  # an attempt began after that verdict (a resume): the live status tells the truth
+    if done and runs.superseded(done, status):
+        done = None
     if done and done.get("spec_hash") == row.get("spec_hash") and (
             done.get("campaign_id") == campaign_id or done.get("ok")):
         return {**view, "state": "ok" if done.get("ok") else done.get("state"), "attempts": done.get("attempts"),

@@ -71,8 +71,8 @@ def list_run(path: str, include_checkpoints: bool) -> Dict[str, Any]:
             pass  # a read-only volume: no cache, still correct
     status = read_status(path) or {}
     done = runs.summary(path) or {}
-    if done and (status.get("created_utc") or "") > (done.get("ended_utc") or ""):
-        done = {}  # an attempt began after that verdict (a resume): the run is not final
+    if done and runs.superseded(done, status):
+        done = {}  # the run is not final
     # final: the runner wrote its verdict and nothing runs in the directory any more
     return {"path": path, "files": files, "skipped_symlinks": symlinks,
             "state": ("ok" if done.get("ok") else done.get("state")) if done else status.get("state"),

@@ -56,6 +56,11 @@ def summary(path: str) -> Optional[Dict[str, Any]]:
     return data if isinstance(data, dict) else None
 
 
+def superseded(done: Dict[str, Any], status: Dict[str, Any]) -> bool:
+    """An attempt began after this summary's verdict (a resume): the live status tells the truth."""
+    return (status.get("created_utc") or "") > (done.get("ended_utc") or "")
+
+
 def is_ok(path: str, campaign_spec_hash: str) -> bool:
     done = summary(path)
     return bool(done and done.get("ok") is True and done.get("spec_hash") == campaign_spec_hash)
