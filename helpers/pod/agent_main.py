@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from typing import Any, Callable, Dict, List, Tuple
 
@@ -74,6 +75,10 @@ def main(argv: List[str]) -> int:
             return exc.code
         except (BrokenPipeError, KeyboardInterrupt):
             return ExitCode.FAILED
+        except OSError as exc:
+            error = _os_error(exc)
+            sys.stderr.write(error.message + "\n")
+            return error.code
     if op not in OPS:
         _emit({"ok": False, "error": f"unknown agent op {op!r}; the local workflow.sh and the pod agent "
                "disagree (re-run to re-upload)", "code": ExitCode.USAGE})
@@ -88,12 +93,37 @@ def main(argv: List[str]) -> int:
     except KeyboardInterrupt:
         _emit({"ok": False, "error": "interrupted", "code": ExitCode.FAILED})
         return ExitCode.FAILED
+    except OSError as exc:
+        if not _is_full(exc):
+            return _bug(op, exc)
+        error = _os_error(exc)
+        _emit({"ok": False, "error": error.message, "code": error.code})
+        return error.code
     except Exception as exc:  # a bug: say where, never a half answer
-        import traceback
-
-        traceback.print_exc()
-        _emit({"ok": False, "error": f"internal error in the pod agent ({op}): {exc.__class__.__name__}: {exc} "
-               "(a bug in workflow.sh; the traceback is above)", "code": ExitCode.FAILED})
-        return ExitCode.FAILED
+        return _bug(op, exc)
     _emit({"ok": True, "result": result})
     return ExitCode.OK
+
+
+def _bug(op: str, exc: BaseException) -> int:
+    import traceback
+
+    traceback.print_exception(type(exc), exc, exc.__traceback__)
+    _emit({"ok": False, "error": f"internal error in the pod agent ({op}): {exc.__class__.__name__}: {exc} "
+           "(a bug in workflow.sh; the traceback is above)", "code": ExitCode.FAILED})
+    return ExitCode.FAILED
+
+
+def _is_full(exc: OSError) -> bool:
+    from .jsonio import is_disk_full
+
+    return is_disk_full(exc)
+
+
+def _os_error(exc: OSError) -> WorkflowError:
+    """A full filesystem met outside the state writers (a log, a lock file): one line naming it."""
+    from .jsonio import disk_full_error
+
+    if _is_full(exc):
+        return disk_full_error(exc.filename or os.getcwd(), exc)
+    return WorkflowError(f"{exc.strerror or exc} ({exc.filename or 'no file named'})", ExitCode.FAILED)

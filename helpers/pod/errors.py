@@ -41,3 +41,11 @@ class WorkflowError(Exception):
 
     def to_json(self) -> dict[str, object]:
         return {"error": self.message, "code": self.code}
+
+
+class DiskFullError(WorkflowError):
+    """A state file could not be written because its filesystem is full (exit 6); the message names it."""
+
+    def __init__(self, message: str, mount: str) -> None:
+        super().__init__(message, ExitCode.STATE_UNREADABLE)
+        self.mount = mount

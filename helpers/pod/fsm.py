@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from .errors import ExitCode, WorkflowError
-from .jsonio import locked, read_json, utc_now, write_json
+from .jsonio import keep_corrupt, locked, read_json, utc_now, write_json
 
 SCHEMA_VERSION = 1
 HISTORY_LIMIT = 500
@@ -101,29 +101,16 @@ class StateRecord:
 
 
 def read_state(path: str) -> StateRecord:
-    data = read_json(path, "workflow state file")
+    """The state file's record (a fresh INIT record if there is none); exit 6 if it does not match its schema."""
+    data = read_json(path, "workflow state file")  # checked against schema.workflow_state
     if data is None:
         return StateRecord()
-    try:
-        record = StateRecord(
-            state=State(data["state"]).value,
-            previous_state=data.get("previous_state"),
-            reason=str(data.get("reason", "")),
-            created_utc=data.get("created_utc"),
-            updated_utc=data.get("updated_utc"),
-            last_command=data.get("last_command"),
-            history=list(data.get("history", [])),
-            schema_version=int(data.get("schema_version", SCHEMA_VERSION)),
-            exists=True,
-        )
-    except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        raise WorkflowError(
-            f"workflow state file {path} is unreadable ({exc.__class__.__name__}: {exc}); inspect it, then "
-            "run: workflow.sh fsm-reset STATE --reason '...'", ExitCode.STATE_UNREADABLE) from None
-    if record.schema_version > SCHEMA_VERSION:
-        raise WorkflowError(f"workflow state file {path} has schema_version {record.schema_version}, newer than "
-                            f"this tool's {SCHEMA_VERSION}; update workflow.sh", ExitCode.STATE_UNREADABLE)
-    return record
+    return StateRecord(
+        state=State(data["state"]).value, previous_state=data.get("previous_state"),
+        reason=str(data.get("reason") or ""), created_utc=data.get("created_utc"),
+        updated_utc=data.get("updated_utc"), last_command=data.get("last_command"),
+        history=list(data.get("history", [])), schema_version=int(data.get("schema_version", SCHEMA_VERSION)),
+        exists=True)
 
 
 def check_allowed(record: StateRecord, command: str, enforce: bool) -> State:
@@ -178,7 +165,6 @@ def reset(path: str, state: str, reason: str) -> StateRecord:
         except WorkflowError as exc:
             if exc.code != ExitCode.STATE_UNREADABLE:
                 raise
-            kept = f"{path}.corrupt-{utc_now().replace(':', '')}"
-            os.replace(path, kept)
+            kept = keep_corrupt(path)
             record = StateRecord(reason=f"previous file kept as {kept}")
         return _write(path, record, target, "fsm-reset", reason or "manual reset")

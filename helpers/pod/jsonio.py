@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import fcntl
 import json
 import os
 import tempfile
 from typing import Any, Iterator, Optional
 
-from .errors import ExitCode, WorkflowError
+from .errors import DiskFullError, ExitCode, WorkflowError
+from .schema import check
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def utc_now() -> str:
@@ -49,10 +53,12 @@ def write_json(path: str, data: Any, mode: int = 0o644, durable: bool = True) ->
 
 
 def write_bytes(path: str, payload: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """Atomically replace ``path``; a full filesystem is a DiskFullError naming it (exit 6)."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    tmp = None
     try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
@@ -60,9 +66,12 @@ def write_bytes(path: str, payload: bytes, mode: int = 0o644, durable: bool = Tr
             if durable:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError) and is_disk_full(exc):
+            raise disk_full_error(path, exc) from None
         raise
 
 
@@ -76,10 +85,45 @@ def read_json(path: str, what: str = "state file") -> Optional[Any]:
     except OSError as exc:
         raise WorkflowError(f"cannot read {what} {path}: {exc.strerror}", ExitCode.STATE_UNREADABLE) from None
     try:
-        return json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise WorkflowError(f"{what} {path} is corrupt ({exc.__class__.__name__}: {str(exc)[:80]})",
-                            ExitCode.STATE_UNREADABLE) from None
+        problem = "it is empty" if not raw.strip() else f"not JSON ({exc.__class__.__name__}: {str(exc)[:60]})"
+        raise WorkflowError(f"{what} {path} is corrupt: {problem}; inspect it (workflow.sh never repairs it "
+                            "silently)", ExitCode.STATE_UNREADABLE) from None
+    return check(what, path, data)
+
+
+def keep_corrupt(path: str) -> str:
+    """Rename a corrupt file to ``<path>.corrupt-<UTC time>`` (before anything is written in its place)."""
+    kept = f"{path}.corrupt-{utc_now().replace(':', '')}"
+    os.replace(path, kept)
+    return kept
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in FULL_ERRNOS
+
+
+def mount_point(path: str) -> str:
+    """The mount point of the filesystem holding ``path`` (its nearest existing parent)."""
+    current = os.path.abspath(path)
+    while not os.path.exists(current):
+        current = os.path.dirname(current)
+    while current != os.path.dirname(current) and not os.path.ismount(current):
+        current = os.path.dirname(current)
+    return current
+
+
+def disk_full_error(path: str, exc: OSError) -> DiskFullError:
+    """One line naming the full filesystem (exit 6: a state file cannot be written)."""
+    where = mount_point(path)
+    try:
+        stat = os.statvfs(where)
+        free = f"{stat.f_bavail * stat.f_frsize // 1024} KiB free of {stat.f_blocks * stat.f_frsize // 1024} KiB"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(f"the filesystem {where} on the pod is full ({exc.strerror}; {free}) so {path} cannot be "
+                         "written; free space there (or move OPS_REMOTE_OUTPUTS_DIR), then try again", where)
 
 
 @contextlib.contextmanager
@@ -102,5 +146,9 @@ def append_jsonl(path: str, record: Any) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(path, exc) from None
+        raise
     finally:
         os.close(fd)

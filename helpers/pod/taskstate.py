@@ -6,7 +6,7 @@ import enum
 import os
 from typing import Any, Dict, FrozenSet, Optional
 
-from .errors import ExitCode, WorkflowError
+from .errors import ExitCode
 from .jsonio import locked, read_json, utc_now, write_json
 
 SCHEMA_VERSION = 1
@@ -69,10 +69,8 @@ def status_path(task_dir: str) -> str:
 
 
 def read_status(task_dir: str) -> Optional[Dict[str, Any]]:
-    data = read_json(status_path(task_dir), "task status file")
-    if data is not None and (not isinstance(data, dict) or "state" not in data):
-        raise WorkflowError(f"task status file {status_path(task_dir)} has no state; it was not written by "
-                            "workflow.sh", ExitCode.STATE_UNREADABLE)
+    """The task's status record (None if there is none); exit 6 if it does not match schema.task_status."""
+    data: Optional[Dict[str, Any]] = read_json(status_path(task_dir), "task status file")
     return data
 
 
