@@ -147,6 +147,16 @@ def _check_ownership(ctx: Context, rows: List[Dict[str, Any]], reuse: bool, camp
 
 
 def sweep_start(ctx: Context) -> Dict[str, Any]:
+    """Start a campaign: one sweep-start at a time (the check that none runs and the creation are atomic)."""
+    from .jsonio import locked
+
+    if ctx.args.get("plan_only"):
+        return _sweep_start(ctx)
+    with locked(os.path.join(ctx.outputs, "_control", "sweep-start")):
+        return _sweep_start(ctx)
+
+
+def _sweep_start(ctx: Context) -> Dict[str, Any]:
     args = ctx.args
     if args.get("plan_only"):  # --dry-run: the slots the executor would pack onto; changes nothing
         return {"slots": detect_slots(ctx, planned_run_env(ctx))}

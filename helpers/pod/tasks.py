@@ -18,10 +18,10 @@ from typing import Any, Dict, List, Optional
 
 from . import proctree, tmuxctl
 from .context import Context, run_env
-from .errors import ExitCode, WorkflowError
+from .errors import DiskFullError, ExitCode, WorkflowError
 from .ids import check_id
-from .jsonio import parse_utc, read_json, utc_now, write_bytes, write_json
-from .taskstate import TaskState, is_terminal, new_record, read_status, update_status
+from .jsonio import keep_corrupt, locked, parse_utc, read_json, utc_now, write_bytes, write_json
+from .taskstate import TaskState, is_terminal, new_record, read_status, status_path, update_status
 
 PENDING_GRACE_SECS = 30
 
@@ -65,6 +65,45 @@ def launch_supervised(task_dir: str, spec: Dict[str, Any], env: Dict[str, str], 
     return update_status(task_dir, tmux={**spec["tmux"], "window": window})
 
 
+def _claim(ctx: Context, task_id: str, task_dir: str, force: bool) -> Optional[str]:
+    """Create the task's directory (exactly one concurrent task-run wins: mkdir is atomic), moving an
+    ended task aside first with ``force``; exit 7 if the id is taken. Returns where the old one went."""
+    replaced = None
+    if os.path.lexists(task_dir):
+        try:
+            old = read_status(task_dir) or {}
+            corrupt = None
+        except WorkflowError as exc:
+            if exc.code != ExitCode.STATE_UNREADABLE or not force or isinstance(exc, DiskFullError):
+                raise
+            old, corrupt = {}, exc.message
+        if not force:
+            raise WorkflowError(f"task {task_id!r} already exists (state {old.get('state', 'being created')}); "
+                                "choose another id, or --force to replace it (the old directory is kept)",
+                                ExitCode.REFUSED)
+        old = refresh(task_dir, old, ctx) if old else old
+        if old and not is_terminal(old["state"]):
+            raise WorkflowError(f"task {task_id!r} is still {old['state']}; stop it first: workflow.sh task-kill "
+                                f"--id {task_id}", ExitCode.REFUSED)
+        if old and old.get("cleanup") == "stopping":
+            raise WorkflowError(f"task {task_id!r} is {old['state']} and its supervisor is still stopping its "
+                                "processes; try again in a moment", ExitCode.REFUSED)
+        ctx.sync_env()
+        replaced = os.path.join(tasks_root(ctx), "_replaced", f"{task_id}.{utc_now().replace(':', '')}")
+        os.makedirs(os.path.dirname(replaced), exist_ok=True)
+        os.rename(task_dir, replaced)
+        if corrupt is not None:  # the unreadable status is kept, under a name that says so
+            keep_corrupt(status_path(replaced))
+    else:
+        ctx.sync_env()
+    try:
+        os.mkdir(task_dir)
+    except FileExistsError:
+        raise WorkflowError(f"task {task_id!r} was just created by another task-run; choose another id",
+                            ExitCode.REFUSED) from None
+    return replaced
+
+
 def task_run(ctx: Context) -> Dict[str, Any]:
     args = ctx.args
     task_id = check_id(str(args["id"]), "task id")
@@ -80,35 +119,20 @@ def task_run(ctx: Context) -> Dict[str, Any]:
         workdir = repo if os.path.isdir(repo) else task_dir
     command = str(args["cmd"])
     command_bytes = command.encode("utf-8", "surrogateescape")  # the exact bytes given, even if not UTF-8
-    replaced = None
-    if os.path.exists(task_dir):
-        old = read_status(task_dir) or {}
-        if not args.get("force"):
-            raise WorkflowError(f"task {task_id!r} already exists (state {old.get('state', '?')}); choose another "
-                                "id, or --force to replace it (the old directory is kept)", ExitCode.REFUSED)
-        old = refresh(task_dir, old, ctx) if old else old
-        if old and not is_terminal(old["state"]):
-            raise WorkflowError(f"task {task_id!r} is still {old['state']}; stop it first: workflow.sh task-kill "
-                                f"--id {task_id}", ExitCode.REFUSED)
-        if old and old.get("cleanup") == "stopping":
-            raise WorkflowError(f"task {task_id!r} is {old['state']} and its supervisor is still stopping its "
-                                "processes; try again in a moment", ExitCode.REFUSED)
-    ctx.sync_env()
-    if os.path.exists(task_dir):
-        replaced = os.path.join(tasks_root(ctx), "_replaced", f"{task_id}.{utc_now().replace(':', '')}")
-        os.makedirs(os.path.dirname(replaced), exist_ok=True)
-        os.rename(task_dir, replaced)
-    os.makedirs(task_dir)
-    write_bytes(os.path.join(task_dir, "command.sh"), command_bytes, 0o755)
-    spec = {
-        "id": task_id, "argv": ["bash", os.path.join(task_dir, "command.sh")], "workdir": workdir,
-        "timeout_secs": int(args["timeout_secs"]), "stall_secs": int(args["stall_secs"]),
-        "kill_grace_secs": ctx.number("TASK_KILL_GRACE_SECS", 10), "lost_after_secs": ctx.number(
-            "TASK_LOST_AFTER_SECS", 60), "log": "stdout.log", "command_display": command.replace("\n", "; ")[:200],
-        "user_patterns": args.get("user_patterns", ""), "user_patterns_source": args.get("user_patterns_source", ""),
-    }
-    env = {**run_env(ctx), **{str(k): str(v) for k, v in (args.get("env") or {}).items()}}
-    record = launch_supervised(task_dir, spec, env, command, ctx.tmux_base(), ctx.get("WF_TMUX_SESSION"))
+    os.makedirs(tasks_root(ctx), exist_ok=True)
+    with locked(os.path.join(tasks_root(ctx), f".{task_id}")):  # one task-run per id at a time, until its status exists
+        replaced = _claim(ctx, task_id, task_dir, bool(args.get("force")))
+        write_bytes(os.path.join(task_dir, "command.sh"), command_bytes, 0o755)
+        spec = {
+            "id": task_id, "argv": ["bash", os.path.join(task_dir, "command.sh")], "workdir": workdir,
+            "timeout_secs": int(args["timeout_secs"]), "stall_secs": int(args["stall_secs"]),
+            "kill_grace_secs": ctx.number("TASK_KILL_GRACE_SECS", 10), "lost_after_secs": ctx.number(
+                "TASK_LOST_AFTER_SECS", 60), "log": "stdout.log", "command_display": command.replace("\n", "; ")[:200],
+            "user_patterns": args.get("user_patterns", ""),
+            "user_patterns_source": args.get("user_patterns_source", ""),
+        }
+        env = {**run_env(ctx), **{str(k): str(v) for k, v in (args.get("env") or {}).items()}}
+        record = launch_supervised(task_dir, spec, env, command, ctx.tmux_base(), ctx.get("WF_TMUX_SESSION"))
     return {"id": task_id, "task_dir": task_dir, "session": ctx.get("WF_TMUX_SESSION"), "state": record["state"],
             "replaced": replaced, "socket": ctx.get("TMUX_SOCKET")}
 
