@@ -148,11 +148,11 @@ def _check_ownership(ctx: Context, rows: List[Dict[str, Any]], reuse: bool, camp
 
 def sweep_start(ctx: Context) -> Dict[str, Any]:
     """Start a campaign: one sweep-start at a time (the check that none runs and the creation are atomic)."""
-    from .jsonio import locked
+    from .jsonio import locked_dir
 
-    if ctx.args.get("plan_only"):
+    if ctx.args.get("plan_only") or not os.path.isdir(ctx.outputs):
         return _sweep_start(ctx)
-    with locked(os.path.join(ctx.outputs, "_control", "sweep-start")):
+    with locked_dir(ctx.outputs):
         return _sweep_start(ctx)
 
 

@@ -139,6 +139,17 @@ def locked(path: str) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+@contextlib.contextmanager
+def locked_dir(path: str) -> Iterator[None]:
+    """Hold an exclusive flock on the directory ``path`` itself (no lock file is left behind)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def append_jsonl(path: str, record: Any) -> None:
     """Append one JSON line (O_APPEND writes of one line are atomic enough for logs)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

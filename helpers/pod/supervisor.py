@@ -32,6 +32,7 @@ from typing import Any, Deque, Dict, List, Optional, Set, Tuple
 
 from . import exitcause, fatal, proctree
 from .jsonio import read_json, utc_at, utc_now
+from .statuswriter import StatusWriter
 from .taskstate import TaskState, update_status
 
 HEARTBEAT_SECS = 2.0
@@ -40,6 +41,8 @@ CONTEXT_KEEP = 2000  # recent lines kept to cut the context from
 CONTEXT_BLOCK_MAX = 300  # a longer traceback keeps its first 50 and last 250 lines
 QUIET_FLUSH_SECS = 0.3
 TRACEBACK_HOLD_SECS = 0.5
+FINAL_RETRY_SECS = 600.0  # how long the last status write is retried on a full filesystem
+FINAL_RETRY_SLEEP = 1.0
 STOP_STATES = {"cancel": TaskState.CANCELLED, "timeout": TaskState.TIMED_OUT, "stall": TaskState.STALLED,
                "fatal": TaskState.FAILED, "hangup": TaskState.LOST}
 
@@ -72,6 +75,7 @@ class Supervisor:
         self.sync_from, self.sync_to = sync.get("from"), sync.get("to")
         self.sync_interval = float(sync.get("interval") or 60)
         self.sync_proc: Optional[subprocess.Popen[bytes]] = None
+        self.status = StatusWriter(self.task_dir)  # status writes that survive a full filesystem
 
     # -- signals: task-kill sends SIGTERM; a closing tmux window/server sends SIGHUP
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -114,7 +118,7 @@ class Supervisor:
         return found
 
     def _consume(self, chunk: bytes, log: Any) -> Optional[fatal.FatalMatch]:
-        log.write(chunk)
+        self.status.write_log(log, chunk)
         self._pane(chunk)
         data = self.partial + chunk
         lines = data.split(b"\n")
@@ -139,7 +143,7 @@ class Supervisor:
 
     def _fatal(self, match: fatal.FatalMatch) -> None:
         self.stopped_by = "fatal"
-        update_status(self.task_dir, state=TaskState.FAILED.value, failure_class=match.failure_class,
+        self.status.update(state=TaskState.FAILED.value, failure_class=match.failure_class,
                       reason=f"fatal error: {match.description}", ended_utc=utc_now(), cleanup="stopping",
                       heartbeat_utc=utc_now(),
                       fatal={"pattern": match.pattern, "description": match.description, "lines": list(match.lines),
@@ -149,7 +153,7 @@ class Supervisor:
     def _request_stop(self, why: str, reason: str) -> None:
         self.stopped_by = why
         state = STOP_STATES[why]
-        update_status(self.task_dir, state=state.value, failure_class=_state_class(state), reason=reason,
+        self.status.update(state=state.value, failure_class=_state_class(state), reason=reason,
                       ended_utc=utc_now(), cleanup="stopping", heartbeat_utc=utc_now())
 
     def _beat(self, force: bool = False) -> Dict[str, Any]:
@@ -158,7 +162,7 @@ class Supervisor:
         if not force and now - self.last_beat < HEARTBEAT_SECS:
             return {}
         self.last_beat = now
-        return update_status(self.task_dir, durable=False, heartbeat_utc=utc_now(),
+        return self.status.update(durable=False, heartbeat_utc=utc_now(),
                              last_output_utc=utc_at(time.time() - (now - self.last_output)))
 
     def _on_stop_wait(self, fd: int, log: Any) -> None:
@@ -219,19 +223,21 @@ class Supervisor:
         if current.get("state") not in (None, TaskState.PENDING.value):
             return 0  # cancelled (or marked lost) before it started: do not run it
         proctree.become_subreaper()
+        self.status.make_reserve()
         oom_before = exitcause.oom_kill_count()
         argv: List[str] = list(self.spec["argv"])
         workdir = self.spec.get("workdir") or self.task_dir
         log = open(self.log_path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the loop
         if self.spec.get("log_banner"):
-            log.write(f"\n===== {self.spec['log_banner']} ({utc_now()}) =====\n".encode("utf-8", "replace"))
+            self.status.write_log(log, f"\n===== {self.spec['log_banner']} ({utc_now()}) =====\n".encode(
+                "utf-8", "replace"))
         self._pane(f"[workflow.sh] task {self.spec['id']}: {self.spec.get('command_display', ' '.join(argv))}\n"
                    .encode("utf-8", "replace"))
         try:
             self.proc = subprocess.Popen(argv, cwd=workdir, env=self._env(), stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
-            update_status(self.task_dir, state=TaskState.FAILED.value, failure_class="nonzero_exit",
+            self.status.update(state=TaskState.FAILED.value, failure_class="nonzero_exit",
                           reason=f"cannot start {argv[0]!r} in {workdir}: {exc.strerror}", ended_utc=utc_now(),
                           cleanup="done", supervisor_pid=os.getpid())
             return 1
@@ -239,7 +245,7 @@ class Supervisor:
         started = time.monotonic()
         self.last_output = self.last_beat = last_sync = started
         self.seen_pids.add(proc.pid)
-        update_status(self.task_dir, state=TaskState.RUNNING.value, pid=proc.pid,
+        self.status.update(state=TaskState.RUNNING.value, pid=proc.pid,
                       pid_start_time=proctree.start_time(proc.pid), supervisor_pid=os.getpid(),
                       supervisor_start_time=proctree.start_time(os.getpid()), boot_id=proctree.boot_id(),
                       started_utc=utc_now(), heartbeat_utc=utc_now())
@@ -289,8 +295,9 @@ class Supervisor:
                 break
             if now - self.last_beat >= HEARTBEAT_SECS:
                 self.seen_pids |= proctree.descendants(os.getpid())
+                self.status.retry()
                 record = self._beat(force=True)
-                if record.get("state") not in (TaskState.RUNNING.value, TaskState.PENDING.value):
+                if record and record.get("state") not in (TaskState.RUNNING.value, TaskState.PENDING.value):
                     self.stopped_by = "external"  # marked lost/cancelled by someone else: honour it
             if self.sync_from and now - last_sync >= self.sync_interval:
                 last_sync = now
@@ -330,22 +337,38 @@ class Supervisor:
         exit_code, sig = (None, -code) if code < 0 else (code, None)
         changes: Dict[str, Any] = {"exit_code": exit_code, "signal": sig, "cleanup": "done",
                                    "heartbeat_utc": utc_now(), "sync_error": sync_error}
+        full = self.status.verdict_note()  # the filesystem was (or is) full
+        if self.status.dropped:
+            changes["log_dropped_bytes"] = self.status.dropped
         if self.stopped_by is None:
             if code == 0:
-                changes.update(state=TaskState.SUCCESS.value, reason="exit 0")
+                changes.update(state=TaskState.SUCCESS.value, reason="exit 0" + (f" ({full})" if full else ""))
             else:
                 oom = self._oom_killed(exit_code, sig, oom_before)
                 failure = exitcause.classify_exit(exit_code, sig, oom, None)
                 reason = f"exit {exit_code}" if sig is None else f"killed by signal {sig}"
                 if oom:
                     reason += " (the kernel's OOM killer killed a process of the task)"
+                elif full:
+                    failure, reason = "disk_full", f"{reason} ({full})"
                 changes.update(state=TaskState.FAILED.value, failure_class=failure, reason=reason,
                                fatal={"context": [text for _, text in self.context][-20:]} if failure else None)
             changes["ended_utc"] = utc_now()
-        record = update_status(self.task_dir, **changes)
+        record = self._final_write(changes)
         verdict = record["state"] + (f" ({record['failure_class']})" if record.get("failure_class") else "")
         self._pane(f"\n[workflow.sh] task {self.spec['id']} finished: {verdict}\n".encode())
         return 0
+
+
+    def _final_write(self, changes: Dict[str, Any]) -> Dict[str, Any]:
+        """The verdict, retried (every FINAL_RETRY_SLEEP s, up to FINAL_RETRY_SECS) while the filesystem is full."""
+        deadline = time.monotonic() + FINAL_RETRY_SECS
+        record = self.status.update(**changes)
+        while not record and time.monotonic() < deadline:
+            time.sleep(FINAL_RETRY_SLEEP)
+            record = self.status.update()
+        self.status.release()
+        return record or {"state": "unknown (the filesystem is full: the verdict could not be written)"}
 
 
 def _state_class(state: TaskState) -> Optional[str]:

@@ -20,7 +20,7 @@ from . import proctree, tmuxctl
 from .context import Context, run_env
 from .errors import DiskFullError, ExitCode, WorkflowError
 from .ids import check_id
-from .jsonio import keep_corrupt, locked, parse_utc, read_json, utc_now, write_bytes, write_json
+from .jsonio import keep_corrupt, locked_dir, parse_utc, read_json, utc_now, write_bytes, write_json
 from .taskstate import TaskState, is_terminal, new_record, read_status, status_path, update_status
 
 PENDING_GRACE_SECS = 30
@@ -120,7 +120,7 @@ def task_run(ctx: Context) -> Dict[str, Any]:
     command = str(args["cmd"])
     command_bytes = command.encode("utf-8", "surrogateescape")  # the exact bytes given, even if not UTF-8
     os.makedirs(tasks_root(ctx), exist_ok=True)
-    with locked(os.path.join(tasks_root(ctx), f".{task_id}")):  # one task-run per id at a time, until its status exists
+    with locked_dir(tasks_root(ctx)):  # one task-run at a time, until its status exists
         replaced = _claim(ctx, task_id, task_dir, bool(args.get("force")))
         write_bytes(os.path.join(task_dir, "command.sh"), command_bytes, 0o755)
         spec = {
