@@ -59,10 +59,10 @@ def _fields(data: Dict[str, Any], required: Dict[str, Tuple[type, ...]], optiona
             _expect(data[key], types, f"{prefix}{key!r}")
 
 
-def _one_of(value: Any, allowed: Sequence[str], where: str) -> None:
+def _one_of(value: Any, allowed: Sequence[Optional[str]], where: str) -> None:
     if value not in allowed:
         shown = repr(value)[:40]
-        raise Bad(f"{where} {shown} is not one of {', '.join(allowed)}")
+        raise Bad(f"{where} {shown} is not one of {', '.join(str(a) for a in allowed if a is not None)}")
 
 
 def _object(data: Any) -> Dict[str, Any]:
@@ -106,7 +106,7 @@ def task_status(data: Any) -> None:
         "fatal": _OPT_DICT, "timeouts": _OPT_DICT, "tmux": _OPT_DICT, "boot_id": _OPT_STR, "workdir": _OPT_STR,
         "pid_start_time": (int, float, str, NoneType), "supervisor_start_time": (int, float, str, NoneType)})
     _one_of(record["state"], [s.value for s in TaskState], "state")
-    _one_of(record.get("cleanup"), [None, "stopping", "done"], "cleanup")  # type: ignore[list-item]
+    _one_of(record.get("cleanup"), [None, "stopping", "done"], "cleanup")
     for key, value in (record.get("timeouts") or {}).items():
         _expect(value, (int, float, NoneType), f"timeouts.{key}")
     _version(record, SCHEMA_VERSION)
