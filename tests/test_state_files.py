@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import Pod, SSHServer, cleanup_pod, make_pod, one_line_error, wait_until
 
 STATE = "_control/workflow_state.json"
@@ -208,3 +207,136 @@ def test_the_intact_files_read_fine(corpus_pod: Pod):
     for command in (FSM, TASK, SWEEP, ("task-wait", "--id", "t1")):
         result = corpus_pod.wf(*command)
         assert result.returncode == 0, (command, result.stderr)
+
+
+# ----------------------------------------------------------------------------- a later write keeps the bad file
+
+
+def test_fsm_reset_keeps_a_null_state_file(corpus_pod: Pod):
+    state = corpus_pod.outputs / STATE
+    original = state.read_bytes()
+    state.write_bytes(b"null")
+    try:
+        result = corpus_pod.wf("fsm-reset", "BOOTSTRAPPED", "--reason", "recovered")
+        assert result.returncode == 0, result.stderr
+        kept = list(state.parent.glob("workflow_state.json.corrupt-*"))
+        assert [p.read_bytes() for p in kept] == [b"null"]
+        assert json.loads(state.read_text())["state"] == "BOOTSTRAPPED"
+    finally:
+        for path in state.parent.glob("workflow_state.json.corrupt-*"):
+            path.unlink()
+        state.write_bytes(original)
+
+
+def test_task_run_force_keeps_a_corrupt_status(corpus_pod: Pod):
+    assert corpus_pod.wf("task-run", "--id", "t2", "--cmd", "echo one").returncode == 0
+    assert corpus_pod.wf("task-wait", "--id", "t2").returncode == 0
+    (corpus_pod.outputs / "_tasks/t2/status.json").write_bytes(b'{"state": "weird"}')
+    refused = corpus_pod.wf("task-run", "--id", "t2", "--cmd", "echo two")
+    assert refused.returncode == 6 and "status.json is corrupt" in one_line_error(refused)
+    result = corpus_pod.wf("task-run", "--id", "t2", "--force", "--cmd", "echo two")
+    assert result.returncode == 0, result.stderr
+    kept = list((corpus_pod.outputs / "_tasks/_replaced").glob("t2.*/status.json.corrupt-*"))
+    assert [p.read_bytes() for p in kept] == [b'{"state": "weird"}']
+    assert corpus_pod.wf("task-wait", "--id", "t2").returncode == 0
+
+
+# ----------------------------------------------------------------------------- concurrent task-run of one id
+
+
+def race_task_runs(pod: Pod, task_id: str, count: int) -> list[subprocess.CompletedProcess[str]]:
+    results: list[subprocess.CompletedProcess[str]] = []
+    lock = threading.Lock()
+
+    def one(n: int) -> None:
+        result = pod.wf("task-run", "--id", task_id, "--cmd", f"echo run{n}", timeout=120)
+        with lock:
+            results.append(result)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+@pytest.mark.parametrize("where", ["local", "ssh"])
+def test_concurrent_task_runs_of_one_id_one_wins(where: str, request: pytest.FixtureRequest):
+    pod: Pod = request.getfixturevalue("corpus_pod" if where == "local" else "corpus_ssh_pod")
+    task_id = f"race-{uuid.uuid4().hex[:6]}"
+    results = race_task_runs(pod, task_id, 5)
+    codes = sorted(r.returncode for r in results)
+    assert codes == [0, 7, 7, 7, 7], [(r.returncode, r.stderr) for r in results]
+    for result in results:
+        assert "Traceback" not in result.stderr and "FileNotFoundError" not in result.stderr, result.stderr
+        if result.returncode == 7:
+            assert f"task {task_id!r}" in one_line_error(result)
+    assert not list((pod.outputs / "_tasks" / "_replaced").glob(f"{task_id}.*"))
+    assert pod.wf("task-wait", "--id", task_id).returncode == 0
+    winner = next(r for r in results if r.returncode == 0)
+    log = (pod.outputs / "_tasks" / task_id / "stdout.log").read_text()
+    assert log.strip().startswith("run") and log.strip() in winner.stdout + winner.stderr + log
+
+
+# ----------------------------------------------------------------------------- a full filesystem
+
+
+@pytest.fixture
+def tmpfs_pod(tmp_path: Path) -> Iterator[Pod]:
+    """A local pod whose outputs are on a 3 MiB tmpfs (needs root), unmounted after."""
+    pod = make_pod("local", tmp_path, None, None)
+    pod.outputs.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(pod.outputs)],
+                             stderr=subprocess.PIPE, text=True)
+    if mounted.returncode != 0:
+        pytest.fail(f"this test mounts a tmpfs (run as root): {mounted.stderr.strip()}")
+    try:
+        yield pod
+    finally:
+        cleanup_pod(pod)
+        subprocess.run(["umount", "-l", str(pod.outputs)], check=False)
+
+
+def fill(path: Path) -> None:
+    """Write zeros to ``path`` until the filesystem is full."""
+    with open(path, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+
+
+def test_disk_full_task_is_classed_and_readers_say_so(tmpfs_pod: Pod):
+    pod = tmpfs_pod
+    assert pod.wf("fsm-reset", "BOOTSTRAPPED", "--reason", "test").returncode == 0
+    # the task fills the filesystem, then prints a lot (its log cannot take it) and fails
+    cmd = ('head -c 8000000 /dev/zero > "$WF_TASK_DIR/fill"; '
+           'for i in $(seq 2000); do echo "line $i of output the full disk cannot take"; done; exit 3')
+    assert pod.wf("task-run", "--id", "full", "--cmd", cmd).returncode == 0
+    waited = pod.wf("task-wait", "--id", "full", "--json", timeout=120)
+    assert "Traceback" not in waited.stderr, waited.stderr
+    record = json.loads(waited.stdout)
+    verdict = record.get("record", record)
+    assert verdict["state"] == "failed" and verdict["failure_class"] == "disk_full", verdict
+    status = pod.wf("task-status", "full")
+    assert status.returncode == 0 and "disk_full" in status.stdout, status.stderr
+    assert not (pod.outputs / "_tasks/full/.wf-reserve").exists()
+    # a reading command that has to write (a task whose supervisor vanished) names the full filesystem
+    assert pod.wf("task-run", "--id", "sleeper", "--cmd", "sleep 60").returncode == 0
+    sup = wait_until(lambda: json.loads((pod.outputs / "_tasks/sleeper/status.json").read_text()).get(
+        "supervisor_pid"), 30, what="the supervisor")
+    fill(pod.outputs / "more-fill")
+    os.kill(int(sup), 9)
+    wait_until(lambda: not Path(f"/proc/{sup}").exists(), 10, what="the supervisor to die")
+    result = pod.wf("task-status", "sleeper")
+    assert result.returncode == 6, (result.stdout, result.stderr)
+    line = one_line_error(result)
+    assert f"the filesystem {pod.outputs} on the pod is full" in line and "Traceback" not in result.stdout, line
+    (pod.outputs / "more-fill").unlink()
+    (pod.outputs / "_tasks/full/fill").unlink()
+    after = pod.wf("task-status", "sleeper", "--json")
+    assert after.returncode == 0 and '"lost"' in after.stdout, after.stderr
+    assert sys.executable  # the pod's python ran the agent from the tmpfs throughout
