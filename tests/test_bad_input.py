@@ -259,7 +259,8 @@ CASES: tuple[Case, ...] = (
     Case("state-file-garbage-bootstrap", ("bootstrap",), 6, ("workflow_state.json is corrupt",),
          setup=garbage_state),
     Case("state-file-bad-state-checkout", ("checkout",), 6,
-         ("workflow_state.json is unreadable", "fsm-reset STATE"), setup=bogus_state_value),
+         ("workflow_state.json is corrupt: state 'FLYING' is not one of", "fsm-reset STATE"),
+         setup=bogus_state_value),
     Case("state-file-newer-schema", ("fsm-status",), 6, ("schema_version 99, newer than this tool's 1",),
          setup=newer_schema_state),
     # --- things on the pod the tool did not make
