@@ -340,3 +340,34 @@ def test_disk_full_task_is_classed_and_readers_say_so(tmpfs_pod: Pod):
     after = pod.wf("task-status", "sleeper", "--json")
     assert after.returncode == 0 and '"lost"' in after.stdout, after.stderr
     assert sys.executable  # the pod's python ran the agent from the tmpfs throughout
+
+
+def test_task_runs_released_at_once_on_the_pod_one_wins(corpus_pod: Pod):
+    """Eight pod agents, all waiting on their request, released together: the tightest race."""
+    pod = corpus_pod
+    agent = next((pod.outputs / "_control").glob("agent-*.pyz"))
+    task_id = f"burst-{uuid.uuid4().hex[:6]}"
+    config = {"OPS_REMOTE_OUTPUTS_DIR": str(pod.outputs), "OPS_REMOTE_REPO": str(pod.root / "repo"),
+              "TMUX_SOCKET": pod.socket, "WF_TMUX_SESSION": "wf-tasks", "TASK_KILL_GRACE_SECS": "2"}
+    args = {"id": task_id, "cmd": "echo burst", "timeout_secs": 60, "stall_secs": 60}
+    procs = [subprocess.Popen([sys.executable, "-I", "-S", str(agent), "task-run"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(8)]
+    for number, proc in enumerate(procs):
+        assert proc.stdin is not None  # each brings its own pod env file (as a changed workflow.env does)
+        env_file = {"path": str(pod.root / "project.env"), "content": f"# written by workflow.sh\nRUNENV_N={number}\n"}
+        proc.stdin.write(json.dumps({"config": config, "args": args, "env_file": env_file}).encode())
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.close()
+    outcomes = []
+    for proc in procs:
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = proc.stdout.read(), proc.stderr.read()
+        proc.wait(timeout=60)
+        reply = json.loads(out.decode().strip().splitlines()[-1])
+        outcomes.append((proc.returncode, reply, err.decode()))
+    assert sorted(code for code, _, _ in outcomes) == [0] + [7] * 7, outcomes
+    for _code, reply, err in outcomes:
+        assert "Traceback" not in err and "FileNotFoundError" not in json.dumps(reply), (reply, err)
+    assert not list((pod.outputs / "_tasks" / "_replaced").glob(f"{task_id}.*"))
+    assert pod.wf("task-wait", "--id", task_id).returncode == 0
