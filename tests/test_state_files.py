@@ -323,7 +323,7 @@ def test_disk_full_task_is_classed_and_readers_say_so(tmpfs_pod: Pod):
     assert verdict["state"] == "failed" and verdict["failure_class"] == "disk_full", verdict
     status = pod.wf("task-status", "full")
     assert status.returncode == 0 and "disk_full" in status.stdout, status.stderr
-    assert not (pod.outputs / "_tasks/full/.wf-reserve").exists()
+    assert not (pod.outputs / "_tasks/full/.wf-reserve.tmp").exists()
     # a reading command that has to write (a task whose supervisor vanished) names the full filesystem
     assert pod.wf("task-run", "--id", "sleeper", "--cmd", "sleep 60").returncode == 0
     sup = wait_until(lambda: json.loads((pod.outputs / "_tasks/sleeper/status.json").read_text()).get(

@@ -43,9 +43,12 @@ class WorkflowError(Exception):
         return {"error": self.message, "code": self.code}
 
 
-class DiskFullError(WorkflowError):
-    """A state file could not be written because its filesystem is full (exit 6); the message names it."""
+class DiskFullError(WorkflowError, OSError):
+    """A state file could not be written because its filesystem is full (exit 6); the message names it.
+    Also an OSError with its errno, so a caller that tolerates a failed write (a cache) still does."""
 
-    def __init__(self, message: str, mount: str) -> None:
-        super().__init__(message, ExitCode.STATE_UNREADABLE)
+    def __init__(self, message: str, mount: str, errno_value: int, strerror: str) -> None:
+        WorkflowError.__init__(self, message, ExitCode.STATE_UNREADABLE)
         self.mount = mount
+        self.errno = errno_value
+        self.strerror = strerror

@@ -123,7 +123,8 @@ def disk_full_error(path: str, exc: OSError) -> DiskFullError:
     except OSError:
         free = "free space unknown"
     return DiskFullError(f"the filesystem {where} on the pod is full ({exc.strerror}; {free}) so {path} cannot be "
-                         "written; free space there (or move OPS_REMOTE_OUTPUTS_DIR), then try again", where)
+                         "written; free space there (or move OPS_REMOTE_OUTPUTS_DIR), then try again", where,
+                         int(exc.errno or errno.ENOSPC), exc.strerror or os.strerror(errno.ENOSPC))
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from .errors import DiskFullError
 from .jsonio import is_disk_full, mount_point
 from .taskstate import update_status
 
-RESERVE_FILE = ".wf-reserve"
+RESERVE_FILE = ".wf-reserve.tmp"  # a dot name ending in .tmp: never fetched
 RESERVE_BYTES = 256 * 1024
 FULL_BELOW_BYTES = 1024 * 1024  # a filesystem with less free than this is full (for the verdict)
 
