@@ -144,17 +144,17 @@ class Supervisor:
     def _fatal(self, match: fatal.FatalMatch) -> None:
         self.stopped_by = "fatal"
         self.status.update(state=TaskState.FAILED.value, failure_class=match.failure_class,
-                      reason=f"fatal error: {match.description}", ended_utc=utc_now(), cleanup="stopping",
-                      heartbeat_utc=utc_now(),
-                      fatal={"pattern": match.pattern, "description": match.description, "lines": list(match.lines),
-                             "line_number": match.line_number, "context": self._context_of(match),
-                             "utc": utc_now()})
+                           reason=f"fatal error: {match.description}", ended_utc=utc_now(), cleanup="stopping",
+                           heartbeat_utc=utc_now(),
+                           fatal={"pattern": match.pattern, "description": match.description,
+                                  "lines": list(match.lines), "line_number": match.line_number,
+                                  "context": self._context_of(match), "utc": utc_now()})
 
     def _request_stop(self, why: str, reason: str) -> None:
         self.stopped_by = why
         state = STOP_STATES[why]
         self.status.update(state=state.value, failure_class=_state_class(state), reason=reason,
-                      ended_utc=utc_now(), cleanup="stopping", heartbeat_utc=utc_now())
+                           ended_utc=utc_now(), cleanup="stopping", heartbeat_utc=utc_now())
 
     def _beat(self, force: bool = False) -> Dict[str, Any]:
         """Write the heartbeat if HEARTBEAT_SECS passed (or ``force``); returns the record, or {}."""
@@ -163,7 +163,7 @@ class Supervisor:
             return {}
         self.last_beat = now
         return self.status.update(durable=False, heartbeat_utc=utc_now(),
-                             last_output_utc=utc_at(time.time() - (now - self.last_output)))
+                                  last_output_utc=utc_at(time.time() - (now - self.last_output)))
 
     def _on_stop_wait(self, fd: int, log: Any) -> None:
         self._drain(fd, log)
@@ -238,17 +238,17 @@ class Supervisor:
                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
             self.status.update(state=TaskState.FAILED.value, failure_class="nonzero_exit",
-                          reason=f"cannot start {argv[0]!r} in {workdir}: {exc.strerror}", ended_utc=utc_now(),
-                          cleanup="done", supervisor_pid=os.getpid())
+                               reason=f"cannot start {argv[0]!r} in {workdir}: {exc.strerror}", ended_utc=utc_now(),
+                               cleanup="done", supervisor_pid=os.getpid())
             return 1
         proc = self.proc
         started = time.monotonic()
         self.last_output = self.last_beat = last_sync = started
         self.seen_pids.add(proc.pid)
         self.status.update(state=TaskState.RUNNING.value, pid=proc.pid,
-                      pid_start_time=proctree.start_time(proc.pid), supervisor_pid=os.getpid(),
-                      supervisor_start_time=proctree.start_time(os.getpid()), boot_id=proctree.boot_id(),
-                      started_utc=utc_now(), heartbeat_utc=utc_now())
+                           pid_start_time=proctree.start_time(proc.pid), supervisor_pid=os.getpid(),
+                           supervisor_start_time=proctree.start_time(os.getpid()), boot_id=proctree.boot_id(),
+                           started_utc=utc_now(), heartbeat_utc=utc_now())
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
         eof = False
@@ -359,14 +359,13 @@ class Supervisor:
         self._pane(f"\n[workflow.sh] task {self.spec['id']} finished: {verdict}\n".encode())
         return 0
 
-
     def _final_write(self, changes: Dict[str, Any]) -> Dict[str, Any]:
         """The verdict, retried (every FINAL_RETRY_SLEEP s, up to FINAL_RETRY_SECS) while the filesystem is full."""
         deadline = time.monotonic() + FINAL_RETRY_SECS
         record = self.status.update(**changes)
         while not record and time.monotonic() < deadline:
             time.sleep(FINAL_RETRY_SLEEP)
-            record = self.status.update()
+            record = self.status.update(heartbeat_utc=utc_now())  # alive, still trying
         self.status.release()
         return record or {"state": "unknown (the filesystem is full: the verdict could not be written)"}
 
