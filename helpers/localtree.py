@@ -74,7 +74,7 @@ def _text(root: Path, *args: str) -> str | None:
 
 def _config_files(cfg: Config, root: Path) -> set[str]:
     """The local config files inside the tree (workflow.env, profiles), relative to it."""
-    paths = [cfg.env_file]
+    paths = [cfg.env_file, root / "workflow.env"]
     profiles = cfg.local_path("WORKFLOW_PROFILES_DIR")
     if profiles is not None and profiles.is_dir():
         paths += list(profiles.glob("*.env"))
