@@ -8,7 +8,7 @@ from typing import Any
 from helpers.config import redact
 from helpers.errors import ExitCode, WorkflowError
 from helpers.keys import KEYS_BY_NAME
-from helpers.localtree import local_tree, make_patch, relation
+from helpers.localtree import expected_commit, local_tree, make_patch, relation
 from helpers.pod import fsm
 from helpers.session import Session
 
@@ -199,7 +199,11 @@ def plan_local_tree(session: Session) -> list[str]:
                     "or set CHECKOUT_PUSH_LOCAL=1)")
     if tree.left_out:
         plan.append(f"never sent: {', '.join(tree.left_out)} (config files: the pod gets the resolved config)")
-    plan.append("warn if local HEAD differs from the commit the pod checks out")
+    sha, what = expected_commit(cfg, tree)
+    differs = relation(tree, sha, f"what the pod will check out, {what}") if sha else None
+    if differs:
+        plan.append(f"warning: {differs}")
+    plan.append("after the checkout: warn if local HEAD differs from the commit the pod checked out")
     return plan
 
 

@@ -37,6 +37,7 @@ class LocalTree:
     branch: str  # "" when detached
     changed: list[str] = field(default_factory=list)  # tracked files that differ from HEAD, config files excluded
     left_out: list[str] = field(default_factory=list)  # changed config files, never sent
+    remote: str = ""  # the local remote whose URL is REPO_URL; "" when REPO_URL is this tree itself
 
     def describe(self, limit: int = 5) -> str:
         shown = ", ".join(self.changed[:limit])
@@ -95,7 +96,9 @@ def local_tree(cfg: Config) -> LocalTree | None:
         return None
     root = Path(os.path.realpath(top))
     remotes = (_text(root, "config", "--get-regexp", r"^remote\..*\.url$") or "").splitlines()
-    if not same_url(url, str(root)) and not any(same_url(url, line.split(" ", 1)[-1]) for line in remotes):
+    matching = [line.split(" ", 1)[0][len("remote."):-len(".url")] for line in remotes
+                if same_url(url, line.split(" ", 1)[-1])]
+    if not same_url(url, str(root)) and not matching:
         return None
     head = _text(root, "rev-parse", "HEAD")
     if not head:
@@ -104,7 +107,29 @@ def local_tree(cfg: Config) -> LocalTree | None:
     code, names = _git(root, "diff", "HEAD", "--name-only", "-z", *DIFF_SPECS, raw=True)
     changed = sorted(n.decode(errors="replace") for n in names.split(b"\0") if n) if code == 0 else []
     config = _config_files(cfg, root)
-    return LocalTree(root, head, branch, [n for n in changed if n not in config], [n for n in changed if n in config])
+    remote = "" if same_url(url, str(root)) else matching[0]
+    return LocalTree(root, head, branch, [n for n in changed if n not in config], [n for n in changed if n in config],
+                     remote)
+
+
+def expected_commit(cfg: Config, tree: LocalTree) -> tuple[str | None, str]:
+    """Without asking the remote: the commit the pod will check out as far as this checkout knows
+    (EXPECT_GIT_SHA, else the branch as last fetched), and what it is."""
+    if cfg.text("EXPECT_GIT_SHA"):
+        return _text(tree.root, "rev-parse", "--verify", "--quiet", f"{cfg.text('EXPECT_GIT_SHA')}^{{commit}}"), \
+            f"EXPECT_GIT_SHA {cfg.text('EXPECT_GIT_SHA')}"
+    if cfg.text("CHECKOUT_PR"):
+        return None, f"PR {cfg.text('CHECKOUT_PR')}"
+    branch = cfg.text("CHECKOUT_BRANCH")
+    if tree.remote:
+        if not branch:
+            default = _text(tree.root, "symbolic-ref", "--quiet", "--short", f"refs/remotes/{tree.remote}/HEAD") or ""
+            branch = default.split("/", 1)[1] if "/" in default else ""
+        ref = f"refs/remotes/{tree.remote}/{branch}"
+        return (_text(tree.root, "rev-parse", "--verify", "--quiet", ref) if branch else None), \
+            f"{tree.remote}/{branch or '(default)'} as last fetched"
+    ref = f"refs/heads/{branch}" if branch else "HEAD"  # REPO_URL is this tree: its committed branch
+    return _text(tree.root, "rev-parse", "--verify", "--quiet", ref), f"branch {branch or tree.branch or 'HEAD'}"
 
 
 def make_patch(cfg: Config, tree: LocalTree) -> Patch | None:
@@ -139,17 +164,17 @@ def _file_holding(data: bytes, needle: bytes) -> str:
     return "a file"
 
 
-def relation(tree: LocalTree, pod_sha: str) -> str | None:
-    """How local HEAD relates to the commit the pod checked out; None when they are the same."""
+def relation(tree: LocalTree, pod_sha: str, target: str = "what the pod checked out") -> str | None:
+    """How local HEAD relates to the commit the pod checked out (``target``); None when they are the same."""
     if tree.head == pod_sha:
         return None
     if _git(tree.root, "cat-file", "-e", f"{pod_sha}^{{commit}}")[0] != 0:
-        return (f"local HEAD {tree.head[:12]} differs from the pod's {pod_sha[:12]}, a commit this checkout does "
-                "not have (git fetch, then compare)")
+        return (f"local HEAD {tree.head[:12]} differs from {target} ({pod_sha[:12]}, a commit this checkout does "
+                "not have: git fetch, then compare)")
     ahead = _text(tree.root, "rev-list", "--count", f"{pod_sha}..{tree.head}") or "0"
     behind = _text(tree.root, "rev-list", "--count", f"{tree.head}..{pod_sha}") or "0"
     if behind == "0":
-        return (f"local HEAD {tree.head[:12]} is {ahead} commit(s) ahead of what the pod checked out "
-                f"({pod_sha[:12]}): push them (git push) and run checkout again")
-    return (f"local HEAD {tree.head[:12]} differs from what the pod checked out ({pod_sha[:12]}: {ahead} commit(s) "
-            f"only here, {behind} only there)")
+        return (f"local HEAD {tree.head[:12]} is {ahead} commit(s) ahead of {target} ({pod_sha[:12]}): push "
+                "them (git push) and run checkout again")
+    return (f"local HEAD {tree.head[:12]} differs from {target} ({pod_sha[:12]}: {ahead} commit(s) only here, "
+            f"{behind} only there)")

@@ -401,6 +401,8 @@ def test_local_patch_edited_on_the_pod_is_refused_and_an_ahead_head_is_named(loc
     assert wf_from(work, local_pod, "--set", "CHECKOUT_FORCE_CLEAN=1", "checkout").returncode == 0
 
     git(work, "commit", "-q", "-am", "not pushed")  # local HEAD is now ahead of REPO_URL
+    planned = wf_from(work, local_pod, "--dry-run", "checkout")
+    assert "is 1 commit(s) ahead of what the pod will check out, origin/main as last fetched" in planned.stdout
     ahead = wf_from(work, local_pod, "checkout")
     assert ahead.returncode == 0, ahead.stderr
     assert "is 1 commit(s) ahead of what the pod checked out" in ahead.stderr
