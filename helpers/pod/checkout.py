@@ -116,7 +116,7 @@ def update_repo(ctx: Context, found: Optional[RepoState]) -> Dict[str, Any]:
                                 ExitCode.FAILED)
         label = f"branch {branch}"
     target = git("rev-parse", f"{ref}^{{commit}}", what="git rev-parse", fix="inspect the repo")
-    check_target(ctx, label, target, patch)  # before the tree moves
+    check_target(ctx, label, target, patch, fresh=found is None)  # before the tree moves
     if found is not None and found.dirty:
         if found.ours:
             mine = found.ours
@@ -150,7 +150,7 @@ def update_repo(ctx: Context, found: Optional[RepoState]) -> Dict[str, Any]:
     return {"repo": repo, "sha": sha, "ref": label, "local_patch": applied, "reverted_patch": reverted}
 
 
-def check_target(ctx: Context, label: str, sha: str, patch: Optional[Dict[str, Any]]) -> None:
+def check_target(ctx: Context, label: str, sha: str, patch: Optional[Dict[str, Any]], fresh: bool = False) -> None:
     expected = ctx.get("EXPECT_GIT_SHA").lower()
     if expected and not sha.lower().startswith(expected):
         raise WorkflowError(f"checkout: HEAD of {label} is {sha[:12]}, but EXPECT_GIT_SHA is {expected}; push that "
@@ -158,7 +158,8 @@ def check_target(ctx: Context, label: str, sha: str, patch: Optional[Dict[str, A
     if patch is not None and patch["base"] != sha:
         raise WorkflowError(f"checkout: CHECKOUT_PUSH_LOCAL=1 sends your uncommitted changes on top of your HEAD "
                             f"{patch['base'][:12]}, but {label} is at {sha[:12]}; push your commits (or pick that "
-                            "commit with CHECKOUT_BRANCH), then run checkout again; the pod tree was not changed",
+                            "commit with CHECKOUT_BRANCH), then run checkout again; "
+                            + ("nothing was applied to the fresh clone" if fresh else "the pod tree was not changed"),
                             ExitCode.FAILED)
 
 
