@@ -8,6 +8,7 @@ from typing import Any
 from helpers.config import redact
 from helpers.errors import ExitCode, WorkflowError
 from helpers.keys import KEYS_BY_NAME
+from helpers.localtree import expected_commit, local_tree, make_patch, relation
 from helpers.pod import fsm
 from helpers.session import Session
 
@@ -157,9 +158,11 @@ def plan_checkout(session: Session) -> list[str]:
            else f"branch {cfg.text('CHECKOUT_BRANCH') or '(remote default)'}")
     plan = [f"on {describe_target(session)}:",
             f"git clone/fetch {cfg.text('REPO_URL')} -> {cfg.text('OPS_REMOTE_REPO')}, {ref}"
-            + ("; discard uncommitted changes" if cfg.flag("CHECKOUT_FORCE_CLEAN") else "; refuse if dirty")]
+            + ("; discard uncommitted changes" if cfg.flag("CHECKOUT_FORCE_CLEAN") else "; refuse if dirty")
+            + " (a local patch an earlier CHECKOUT_PUSH_LOCAL=1 checkout applied, unchanged there, is reverted)"]
     if cfg.text("EXPECT_GIT_SHA"):
         plan.append(f"verify HEAD starts with {cfg.text('EXPECT_GIT_SHA')}")
+    plan += plan_local_tree(session)
     plan.append(f"venv {cfg.text('VENV_DIR')} from {cfg.text('REMOTE_PYTHON_BIN')} --system-site-packages"
                 + (" (rebuilt: VENV_RECREATE=1)" if cfg.flag("VENV_RECREATE") else ""))
     words = cfg.words("PIP_INSTALL_ARGS")
@@ -175,18 +178,67 @@ def plan_checkout(session: Session) -> list[str]:
     return plan
 
 
+def plan_local_tree(session: Session) -> list[str]:
+    """What checkout does with the local tree's changes (the same rules as the real command)."""
+    cfg = session.cfg
+    tree = local_tree(cfg)
+    if tree is None:
+        return ["CHECKOUT_PUSH_LOCAL=1: refused: this checkout is not a git clone of REPO_URL"
+                if cfg.flag("CHECKOUT_PUSH_LOCAL") else "local tree: not a clone of REPO_URL (not compared)"]
+    head = f"HEAD {tree.head[:12]}" + (f" (branch {tree.branch})" if tree.branch else " (detached)")
+    plan = [f"local tree {tree.root}: {head}"
+            + (f"; uncommitted tracked changes: {tree.describe()}" if tree.changed else "; no uncommitted changes")]
+    if cfg.flag("CHECKOUT_PUSH_LOCAL"):
+        patch = make_patch(cfg, tree)
+        plan.append("CHECKOUT_PUSH_LOCAL=1: no local changes to send" if patch is None else
+                    f"apply the local patch on top of {tree.head[:12]} (git apply --index; refused unless the pod's "
+                    f"commit is that one): {len(patch.files)} file(s) [{', '.join(patch.files)}], "
+                    f"{len(patch.data)} bytes, sha256 {patch.sha256}; runs record the tree as dirty with that hash")
+    elif tree.changed:
+        plan.append(f"warning: the pod will not run your local changes to {tree.describe()} (commit and push them, "
+                    "or set CHECKOUT_PUSH_LOCAL=1)")
+    if tree.left_out:
+        plan.append(f"never sent: {', '.join(tree.left_out)} (config files: the pod gets the resolved config)")
+    sha, what = expected_commit(cfg, tree)
+    differs = relation(tree, sha, f"what the pod will check out, {what}") if sha else None
+    if differs:
+        plan.append(f"warning: {differs}")
+    plan.append("after the checkout: warn if local HEAD differs from the commit the pod checked out")
+    return plan
+
+
 def cmd_checkout(session: Session) -> int:
-    if session.cfg.target != "local":
-        session.cfg.require("checkout", "REPO_URL")
+    cfg = session.cfg
+    if cfg.target != "local":
+        cfg.require("checkout", "REPO_URL")
     if session.dry_run:
         for line in plan_checkout(session):
             session.print(line)
         return 0
-    timeout = float((session.cfg.number("CHECKOUT_TIMEOUT_SECS") or 1800) * 4)
-    r = session.call("checkout", sync_env=True, timeout=timeout)
+    tree = local_tree(cfg)
+    patch = None
+    if cfg.flag("CHECKOUT_PUSH_LOCAL"):
+        if tree is None:
+            raise WorkflowError(f"{cfg.source('CHECKOUT_PUSH_LOCAL')}: CHECKOUT_PUSH_LOCAL=1 needs this checkout "
+                                f"({cfg.project_root}) to be a git clone of REPO_URL; set it to 0, or fix REPO_URL",
+                                ExitCode.USAGE)
+        patch = make_patch(cfg, tree)
+        if patch is None:
+            session.note("checkout: CHECKOUT_PUSH_LOCAL=1: no local changes to send")
+    elif tree is not None and tree.changed:
+        session.note(f"warning: the pod will not run your local changes to {tree.describe()}: commit and push them, "
+                     "or set CHECKOUT_PUSH_LOCAL=1 to send them as a patch")
+    timeout = float((cfg.number("CHECKOUT_TIMEOUT_SECS") or 1800) * 4)
+    r = session.call("checkout", {"local_patch": patch.to_args()} if patch else None, sync_env=True, timeout=timeout)
+    if tree is not None:
+        differs = relation(tree, r["sha"])
+        if differs:
+            session.note(f"warning: {differs}")
     data = r["data"]
     data_text = (f"{data['train_shards']}+{data['val_shards']} shards" if data.get("checked") else "data not checked")
-    session.print(f"checkout OK: {r['ref']} at {r['sha'][:12]}; torch {r['torch']} "
+    applied = r.get("local_patch")
+    extra = (f" + local patch ({len(applied['files'])} file(s), sha256 {applied['sha256']})" if applied else "")
+    session.print(f"checkout OK: {r['ref']} at {r['sha'][:12]}{extra}; torch {r['torch']} "
                   f"(CUDA {'yes' if r['cuda'] else 'no'}); {data_text}; state {r['state']}")
     return 0
 

@@ -53,20 +53,24 @@ def _plan(session: Session, listing: dict[str, Any]) -> list[tuple[str, str, int
     return items
 
 
-def _copy_local(listing: dict[str, Any], items: list[tuple[str, str, int, str]], root: Path) -> int:
-    copied = 0
+def human_size(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def _copy_local(listing: dict[str, Any], items: list[tuple[str, str, int, str]], root: Path) -> None:
     sources = {run["run_id"]: Path(run["path"]) for run in listing["runs"]}
     for run_id, rel, _, _ in items:
         src, dst = sources[run_id] / rel, root / run_id / rel
-        stat = src.stat()
-        if dst.exists() and dst.stat().st_size == stat.st_size and int(dst.stat().st_mtime) == int(stat.st_mtime):
-            continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(f".{dst.name}.partial")
-        shutil.copy2(src, tmp)
+        try:
+            shutil.copy2(src, tmp)
+        except FileNotFoundError:
+            continue  # vanished meanwhile (a running run): named by the verification
         os.replace(tmp, dst)
-        copied += 1
-    return copied
 
 
 def _rsync(session: Session, listing: dict[str, Any], items: list[tuple[str, str, int, str]], root: Path) -> None:
@@ -76,8 +80,8 @@ def _rsync(session: Session, listing: dict[str, Any], items: list[tuple[str, str
     host = transport.rsync_host()
     progress = ["--info=progress2"] if sys.stderr.isatty() else ["--stats"]
     file_list = "".join(f"{run_id}/{rel}\n" for run_id, rel, _, _ in items)
-    argv = ["rsync", "-a", "--partial", "--timeout=300", "--safe-links", "--no-devices", "--no-specials",
-            "--protect-args",
+    argv = ["rsync", "-a", "--ignore-times", "--partial", "--timeout=300", "--safe-links", "--no-devices",
+            "--no-specials", "--protect-args",
             "--files-from=-", "-e", shlex.join(shell), *progress, f"{host}:{listing['outputs'].rstrip('/')}/",
             f"{root}/"]
     root.mkdir(parents=True, exist_ok=True)
@@ -89,7 +93,9 @@ def _rsync(session: Session, listing: dict[str, Any], items: list[tuple[str, str
 
 
 def _verify(root: Path, items: list[tuple[str, str, int, str]]) -> list[str]:
-    """Paths that are missing or differ; local checksums are cached by (size, mtime)."""
+    """Paths that are missing or differ; local checksums are cached by (size, mtime). Before the copy it
+    picks what to fetch (only those: ``--ignore-times`` then copies each even when rsync's size + mtime
+    check would skip it); after, it verifies every file."""
     bad: list[str] = []
     caches: dict[str, dict[str, Any]] = {}
     for run_id, rel, size, digest in items:
@@ -132,22 +138,31 @@ def _fetch(session: Session, args: dict[str, Any]) -> int:
         return 0
     listing = session.call("fetch-list", args, timeout=600)
     items = _plan(session, listing)
-    if session.transport().kind == "local":
-        _copy_local(listing, items, root)
-    else:
-        _rsync(session, listing, items, root)
+    stale = {path.split(" (", 1)[0] for path in _verify(root, items)}
+    todo = [item for item in items if f"{item[0]}/{item[1]}" in stale]
+    if todo and session.transport().kind == "local":
+        _copy_local(listing, todo, root)
+    elif todo:
+        _rsync(session, listing, todo, root)
     bad = _verify(root, items)
     not_final = [run["run_id"] for run in listing["runs"] if not run["final"]]
     changing = [b for b in bad if b.split("/", 1)[0] in not_final]
     hard = [b for b in bad if b not in changing]
-    rows = [[run["run_id"], str(run.get("state") or "-"), str(len(run["files"])), f"{run['bytes'] / 1e6:.1f} MB"]
+    fetched = {run["run_id"]: 0 for run in listing["runs"]}
+    for run_id, *_ in todo:
+        fetched[run_id] += 1
+    runs = [{"run_id": run["run_id"], "state": run.get("state"), "final": bool(run["final"]),
+             "files": len(run["files"]), "bytes": int(run["bytes"]), "fetched_files": fetched[run["run_id"]]}
             for run in listing["runs"]]
-    report = {"campaign_id": listing.get("campaign_id"), "dest": str(root), "runs": rows, "missing": listing["missing"],
-              "mismatched": hard, "changed_while_running": changing, "not_final": not_final}
+    report = {"campaign_id": listing.get("campaign_id"), "dest": str(root), "runs": runs, "missing": listing["missing"],
+              "mismatched": hard, "changed_while_running": changing, "not_final": not_final,
+              "fetched_files": len(todo), "up_to_date": not todo and not bad}
     if session.as_json:
         session.emit_json(report)
     else:
-        for line in table(["RUN_ID", "STATE", "FILES", "SIZE"], rows):
+        rows = [[r["run_id"], str(r["state"] or "-"), str(r["files"]), human_size(r["bytes"]), str(r["fetched_files"])]
+                for r in runs]
+        for line in table(["RUN_ID", "STATE", "FILES", "SIZE", "FETCHED"], rows):
             session.print(line)
         for run in listing["runs"]:
             if run["skipped_symlinks"]:
@@ -160,20 +175,23 @@ def _fetch(session: Session, args: dict[str, Any]) -> int:
         raise WorkflowError(f"fetch incomplete: {len(hard)} file(s) did not arrive intact ({', '.join(hard[:3])}); run "
                             "the fetch again", ExitCode.FAILED)
     if not session.as_json:
-        session.print(fetch_verdict(items, changing, not_final, root))
+        session.print(fetch_verdict(items, changing, not_final, root, len(todo)))
     return 0
 
 
 def fetch_verdict(items: list[tuple[str, str, int, str]], changing: list[str], not_final: list[str],
-                  root: Path) -> str:
-    """The last line of a fetch: what was verified, and which runs are only a snapshot."""
+                  root: Path, fetched: int) -> str:
+    """The last line of a fetch: what was copied and verified, and which runs are only a snapshot."""
     moved = {b.split(" (", 1)[0] for b in changing}
     good = [item for item in items if f"{item[0]}/{item[1]}" not in moved]
     total = sum(size for _, _, size, _ in good)
-    line = f"fetched and verified {len(good)} file(s), {total / 1e6:.1f} MB, into {root}"
+    if fetched:
+        line = f"fetched {fetched} file(s) and verified all {len(good)}, {human_size(total)}, in {root}"
+    else:
+        line = f"up to date, verified {len(good)} file(s), {human_size(total)}, in {root}"
     if not_final:
         shown = ", ".join(not_final[:5]) + (", ..." if len(not_final) > 5 else "")
-        line = (f"fetched {len(items)} file(s) into {root}; verified {len(good)}"
+        line = (f"fetched {fetched} of {len(items)} file(s) into {root}; verified {len(good)}"
                 + (f" ({len(changing)} changed during the fetch)" if changing else "")
                 + f"; NOT FINAL: {len(not_final)} run(s) still running or not concluded ({shown}): their copies are "
                 "a snapshot; fetch again when they end")

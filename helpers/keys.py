@@ -110,6 +110,9 @@ KEYS: tuple[Key, ...] = (
     _k(_C, "EXPECT_GIT_SHA", "str", "", "fail checkout unless HEAD is this commit (7-40 hex digits)"),
     _k(_C, "CHECKOUT_FORCE_CLEAN", "bool", "0",
        "1 = discard uncommitted changes in the pod checkout (else checkout refuses)"),
+    # issue 10: sending the local tree's uncommitted changes
+    _k(_C, "CHECKOUT_PUSH_LOCAL", "bool", "0",
+       "1 = checkout sends this checkout's uncommitted tracked changes as a patch on top of the commit"),
     _k(_C, "VENV_RECREATE", "bool", "0", "1 = rebuild the run venv from REMOTE_PYTHON_BIN"),
     _k(_C, "PIP_INSTALL_ARGS", "words", "-r examples/nanogpt/requirements.txt",
        "what checkout pip-installs into the venv (run in the repo); auto = requirements.txt or -e .; none = nothing"),

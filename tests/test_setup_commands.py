@@ -9,11 +9,12 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from conftest import Pod, git, one_line_error
+from conftest import REPO_ROOT, Pod, git, one_line_error, wait_until
 
 from helpers.pod.shards import HEADER_INTS, MAGIC
 
@@ -301,3 +302,129 @@ def test_download_onto_a_fuse_data_dir_is_staged_on_local_disk(local_pod: Pod, t
         assert not list(backing.glob("*.partial"))
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+# ----------------------------------------------------------------------------- local changes (issue 10)
+
+
+def wf_from(tree: Path, pod: Pod, *args: str, timeout: float = 300,
+            env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """workflow.sh run from the checkout ``tree`` (its project root), as a user who cloned the project there."""
+    env = {**os.environ, **pod.extra_env, "WORKFLOW_ROOT": str(tree), "PYTHONPATH": str(REPO_ROOT),
+           **(env_extra or {})}
+    env.pop("WORKFLOW_PROFILE", None)
+    return subprocess.run([sys.executable, "-m", "helpers.cli", "--env", str(pod.env_file), *args], env=env,
+                          text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def _executor_state(pod: Pod) -> str | None:
+    campaigns = pod.outputs / "_campaigns"
+    for campaign in campaigns.iterdir() if campaigns.is_dir() else []:
+        with contextlib.suppress(OSError, ValueError):
+            return str(json.loads((campaign / "executor.json").read_text()).get("state"))
+    return None
+
+
+def test_checkout_warns_about_local_changes_and_pushes_them_as_a_patch(pod: Pod, tmp_path: Path, source_repo: Path):
+    work = tmp_path / "work"
+    subprocess.run(["git", "clone", "-q", str(source_repo), str(work)], check=True)
+    config = "tests/sweep_fixture/config/ok.py"
+    original = (work / config).read_text()
+    (work / config).write_text(original.replace("steps = 3", "steps = 2") + 'edited = "locally"\n')
+    pod.set(WF_FSM_ENFORCE="0", TRAIN_WORKDIR="tests/sweep_fixture", SWEEP_CPU_SLOTS="1", RUN_STALL_SECS="60")
+    pod_file = pod.root / "repo" / config
+
+    plain = wf_from(work, pod, "checkout")  # the pod runs the commit: warned, with the file
+    assert plain.returncode == 0, plain.stderr
+    assert f"warning: the pod will not run your local changes to {config}" in plain.stderr
+    assert "CHECKOUT_PUSH_LOCAL=1" in plain.stderr and pod_file.read_text() == original
+
+    before = pod.snapshot()
+    dry = wf_from(work, pod, "--set", "CHECKOUT_PUSH_LOCAL=1", "--dry-run", "checkout")
+    assert dry.returncode == 0, dry.stderr
+    planned = [line for line in dry.stdout.splitlines() if line.startswith("apply the local patch")]
+    assert len(planned) == 1 and f"1 file(s) [{config}]" in planned[0], dry.stdout
+    digest = planned[0].split("sha256 ")[1].split(";")[0]
+    assert len(digest) == 64 and pod.snapshot() == before  # a dry run changes nothing
+
+    pushed = wf_from(work, pod, "--set", "CHECKOUT_PUSH_LOCAL=1", "checkout")
+    assert pushed.returncode == 0, pushed.stderr
+    assert f"+ local patch (1 file(s), sha256 {digest})" in pushed.stdout
+    assert "warning" not in pushed.stderr and pod_file.read_text() == (work / config).read_text()
+
+    csv = tmp_path / "one.csv"
+    csv.write_text("run_id,config,seed,overrides,notes,gpus\nlp-1,config/ok.py,1,,edited locally,1\n")
+    started = wf_from(work, pod, "sweep-start", "--csv", str(csv))
+    assert started.returncode == 0, started.stderr
+    try:
+        wait_until(lambda: _executor_state(pod) in ("finished", "stopped", "lost"), 300, interval=0.5,
+                   what="the sweep to end")
+    finally:
+        pod.tmux("kill-server")
+    run = pod.outputs / "lp-1"
+    assert json.loads((run / "config.json").read_text())["edited"] == "locally"  # the pod ran the edited file
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    git_info = json.loads((run / "run_manifest.json").read_text())["git"]
+    assert git_info["dirty"] is True and git_info["diff_sha256"] == digest
+    assert git_info["git_sha"] == git(source_repo, "rev-parse", "HEAD")
+
+    # a later checkout without the flag reverts the tool's own patch (the edit lives on locally) and warns again
+    later = wf_from(work, pod, "checkout")
+    assert later.returncode == 0, later.stderr
+    assert "reverting the local patch an earlier CHECKOUT_PUSH_LOCAL=1 checkout applied" in later.stderr
+    assert f"warning: the pod will not run your local changes to {config}" in later.stderr
+    assert pod_file.read_text() == original and git(pod.root / "repo", "status", "--porcelain",
+                                                    "--untracked-files=no") == ""
+
+
+def test_local_patch_edited_on_the_pod_is_refused_and_an_ahead_head_is_named(local_pod: Pod, tmp_path: Path,
+                                                                              source_repo: Path):
+    work = tmp_path / "work"
+    subprocess.run(["git", "clone", "-q", str(source_repo), str(work)], check=True)
+    (work / "README.md").write_text("local edit\n")
+    (work / "workflow.env").write_text(local_pod.env_file.read_text())  # the config file in the tree: never sent
+    git(work, "add", "workflow.env")
+    local_pod.env_file = work / "workflow.env"
+    local_pod.set(WF_FSM_ENFORCE="0")
+    pushed = wf_from(work, local_pod, "--set", "CHECKOUT_PUSH_LOCAL=1", "checkout")
+    assert pushed.returncode == 0, pushed.stderr
+    assert "+ local patch (1 file(s)" in pushed.stdout  # README.md only
+    readme = local_pod.root / "repo" / "README.md"
+    assert readme.read_text() == "local edit\n" and not (local_pod.root / "repo" / "workflow.env").exists()
+
+    readme.write_text("edited on the pod\n")  # not the tool's patch any more: refused, nothing lost
+    refused = wf_from(work, local_pod, "checkout")
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("workflow.sh checkout:")]
+    assert refused.returncode == 7 and len(errors) == 1 and "edited on the pod since" in errors[0], refused.stderr
+    assert readme.read_text() == "edited on the pod\n"
+    assert wf_from(work, local_pod, "--set", "CHECKOUT_FORCE_CLEAN=1", "checkout").returncode == 0
+
+    git(work, "commit", "-q", "-am", "not pushed")  # local HEAD is now ahead of REPO_URL
+    planned = wf_from(work, local_pod, "--dry-run", "checkout")
+    assert "is 1 commit(s) ahead of what the pod will check out, origin/main as last fetched" in planned.stdout
+    ahead = wf_from(work, local_pod, "checkout")
+    assert ahead.returncode == 0, ahead.stderr
+    assert "is 1 commit(s) ahead of what the pod checked out" in ahead.stderr
+    (work / "README.md").write_text("again\n")
+    pod_head = git(local_pod.root / "repo", "rev-parse", "HEAD")
+    stale = wf_from(work, local_pod, "--set", "CHECKOUT_PUSH_LOCAL=1", "checkout")
+    assert stale.returncode == 1 and "push your commits" in stale.stderr.splitlines()[-1]
+    assert "the pod tree was not changed" in stale.stderr.splitlines()[-1]
+    assert git(local_pod.root / "repo", "rev-parse", "HEAD") == pod_head and readme.read_text() != "again\n"
+    assert git(local_pod.root / "repo", "status", "--porcelain", "--untracked-files=no") == ""
+
+
+def test_local_patch_holding_a_secret_is_refused(local_pod: Pod, tmp_path: Path, source_repo: Path):
+    work = tmp_path / "work"
+    subprocess.run(["git", "clone", "-q", str(source_repo), str(work)], check=True)
+    secret = "hf_sekrit_value_1234567890"
+    (work / "README.md").write_text(f"token {secret}\n")
+    local_pod.set(WF_FSM_ENFORCE="0")
+    for extra in ((), ("--dry-run",)):
+        result = wf_from(work, local_pod, "--set", "CHECKOUT_PUSH_LOCAL=1", *extra, "checkout",
+                         env_extra={"HF_TOKEN": secret})
+        assert result.returncode == 2, result.stderr
+        assert "README.md holds the value of HF_TOKEN" in one_line_error(result)
+        assert secret not in result.stdout + result.stderr
+    assert not (local_pod.root / "repo").exists()  # nothing happened on the pod

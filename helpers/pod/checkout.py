@@ -1,8 +1,9 @@
 """checkout: clone/update REPO_URL, make the run venv, install, verify torch/CUDA and the data.
 
 Every failure names the check that failed and how to fix it. Nothing the tool did not create
-is deleted: a dirty tree is refused (unless CHECKOUT_FORCE_CLEAN=1), a foreign directory or
-venv is refused, and VENV_RECREATE only rebuilds a venv this tool made.
+is deleted: a dirty tree is refused (unless CHECKOUT_FORCE_CLEAN=1, or its changes are exactly the
+local patch an earlier CHECKOUT_PUSH_LOCAL=1 checkout applied: see localpatch.py), a foreign directory
+or venv is refused, and VENV_RECREATE only rebuilds a venv this tool made.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from . import fsm, procs, runs, shards
+from . import fsm, localpatch, procs, runs, shards
 from .context import Context, expand, run_env
 from .errors import ExitCode, WorkflowError
 
@@ -36,7 +37,7 @@ class Git:
         return out.strip() if code == 0 else None
 
 
-def _same_url(a: str, b: str) -> bool:
+def same_url(a: str, b: str) -> bool:
     def norm(url: str) -> str:
         url = url.strip().rstrip("/")
         if url.startswith("file://"):
@@ -48,9 +49,18 @@ def _same_url(a: str, b: str) -> bool:
     return norm(a) == norm(b)
 
 
-def inspect_repo(ctx: Context) -> Optional[str]:
-    """Refuse a foreign directory, another origin, or uncommitted changes (unless forced) before any
-    change; returns the dirty files, or None for a fresh clone."""
+class RepoState:
+    """What inspect_repo found: None for a fresh clone, else the dirty files and whether they are
+    exactly the local patch an earlier CHECKOUT_PUSH_LOCAL=1 checkout applied (``ours``)."""
+
+    def __init__(self, dirty: str, ours: Optional[Dict[str, Any]] = None) -> None:
+        self.dirty = dirty
+        self.ours = ours
+
+
+def inspect_repo(ctx: Context) -> Optional[RepoState]:
+    """Refuse a foreign directory, another origin, or uncommitted changes (unless forced, or they are the
+    tool's own local patch) before any change; returns None for a fresh clone."""
     url, repo = ctx.get("REPO_URL"), ctx.path("OPS_REMOTE_REPO")
     if not os.path.exists(repo) or (os.path.isdir(repo) and not os.listdir(repo)):
         return None
@@ -59,33 +69,35 @@ def inspect_repo(ctx: Context) -> Optional[str]:
                             "alone: point OPS_REMOTE_REPO elsewhere or move it away", ExitCode.REFUSED)
     git = Git(repo, ctx.number("CHECKOUT_TIMEOUT_SECS", 1800))
     origin = git.try_("remote", "get-url", "origin") or ""
-    if not _same_url(origin, url):
+    if not same_url(origin, url):
         raise WorkflowError(f"checkout: {repo} is a clone of {origin!r}, not REPO_URL {url!r}; point "
                             "OPS_REMOTE_REPO elsewhere or fix REPO_URL", ExitCode.REFUSED)
     dirty = procs.check(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"], "git status",
                         "inspect the repo", timeout=git.timeout, env=GIT_ENV).rstrip("\n")
-    if dirty and not ctx.flag("CHECKOUT_FORCE_CLEAN"):
+    mine = localpatch.ours(repo, git.try_("rev-parse", "HEAD"), git.timeout) if dirty else None
+    if dirty and not mine and not ctx.flag("CHECKOUT_FORCE_CLEAN"):
         files = ", ".join(line[3:] for line in dirty.splitlines()[:5])
-        raise WorkflowError(f"checkout: uncommitted changes on the pod in {repo} ({files}); commit or stash them "
-                            "there, or set CHECKOUT_FORCE_CLEAN=1 to discard them", ExitCode.REFUSED)
-    return dirty
+        since = (" (edited on the pod since an earlier CHECKOUT_PUSH_LOCAL=1 checkout applied the local patch)"
+                 if localpatch.read_marker(repo) else "")
+        raise WorkflowError(f"checkout: uncommitted changes on the pod in {repo} ({files}){since}; commit or stash "
+                            "them there, or set CHECKOUT_FORCE_CLEAN=1 to discard them", ExitCode.REFUSED)
+    return RepoState(dirty, mine)
 
 
-def update_repo(ctx: Context, dirty: Optional[str]) -> Dict[str, Any]:
+def update_repo(ctx: Context, found: Optional[RepoState]) -> Dict[str, Any]:
     url = ctx.get("REPO_URL")
     repo = ctx.path("OPS_REMOTE_REPO")
     timeout = ctx.number("CHECKOUT_TIMEOUT_SECS", 1800)
     branch, pr = ctx.get("CHECKOUT_BRANCH"), ctx.get("CHECKOUT_PR")
     git = Git(repo, timeout)
-    if dirty is None:
+    patch = localpatch.decode(ctx.args)
+    reverted: Optional[Dict[str, Any]] = None
+    if found is None:
         Context.progress(f"checkout: cloning {url} into {repo}")
         os.makedirs(os.path.dirname(repo), exist_ok=True)
         procs.check(["git", "clone", "--quiet", "--", url, repo], "git clone",
                     "check REPO_URL and that the pod can reach it (deploy key / token)", timeout=timeout, env=GIT_ENV)
     else:
-        if dirty:
-            Context.progress("checkout: CHECKOUT_FORCE_CLEAN=1: discarding uncommitted changes (git reset --hard)")
-            git("reset", "--hard", "--quiet", what="git reset", fix="inspect the repo")
         Context.progress(f"checkout: fetching {url}")
         git("fetch", "--quiet", "--prune", "origin", what="git fetch", fix="check that the pod can reach REPO_URL")
     if pr:
@@ -93,15 +105,31 @@ def update_repo(ctx: Context, dirty: Optional[str]) -> Dict[str, Any]:
         ref = f"refs/remotes/origin/pr/{number}"
         git("fetch", "--quiet", "origin", f"+pull/{number}/head:{ref}", what=f"fetching pull request {number}",
             fix="check CHECKOUT_PR and that the remote serves pull/N/head refs (GitHub does)")
-        git("checkout", "--quiet", "-B", f"pr-{number}", ref, what=f"checking out PR {number}", fix="inspect the repo")
         label = f"PR {number}"
     else:
         if not branch:
             head = git.try_("symbolic-ref", "--short", "refs/remotes/origin/HEAD") or ""
             branch = head.split("/", 1)[1] if "/" in head else (git.try_("rev-parse", "--abbrev-ref", "HEAD") or "")
-        if not git.try_("rev-parse", "--verify", "--quiet", f"refs/remotes/origin/{branch}"):
+        ref = f"refs/remotes/origin/{branch}"
+        if not git.try_("rev-parse", "--verify", "--quiet", ref):
             raise WorkflowError(f"checkout: branch {branch!r} does not exist on {url}; fix CHECKOUT_BRANCH",
                                 ExitCode.FAILED)
+        label = f"branch {branch}"
+    target = git("rev-parse", f"{ref}^{{commit}}", what="git rev-parse", fix="inspect the repo")
+    check_target(ctx, label, target, patch, fresh=found is None)  # before the tree moves
+    if found is not None and found.dirty:
+        if found.ours:
+            mine = found.ours
+            Context.progress(f"checkout: reverting the local patch an earlier CHECKOUT_PUSH_LOCAL=1 checkout applied "
+                             f"({len(mine.get('files') or [])} file(s), sha256 {str(mine.get('sha256'))[:12]})")
+            reverted = localpatch.summary(mine)
+        else:
+            Context.progress("checkout: CHECKOUT_FORCE_CLEAN=1: discarding uncommitted changes (git reset --hard)")
+        git("reset", "--hard", "--quiet", what="git reset", fix="inspect the repo")
+    localpatch.forget(repo)
+    if pr:
+        git("checkout", "--quiet", "-B", f"pr-{number}", ref, what=f"checking out PR {number}", fix="inspect the repo")
+    else:
         if git.try_("rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"):
             git("checkout", "--quiet", branch, what=f"git checkout {branch}", fix="inspect the repo")
             git("merge", "--quiet", "--ff-only", f"origin/{branch}", what=f"updating {branch}",
@@ -109,17 +137,30 @@ def update_repo(ctx: Context, dirty: Optional[str]) -> Dict[str, Any]:
         else:
             git("checkout", "--quiet", "-b", branch, f"origin/{branch}", what=f"git checkout {branch}",
                 fix="inspect the repo")
-        label = f"branch {branch}"
     if os.path.exists(os.path.join(repo, ".gitmodules")):
         git("submodule", "update", "--init", "--recursive", "--quiet", what="git submodule update",
             fix="check the submodule URLs")
     sha = git("rev-parse", "HEAD", what="git rev-parse", fix="inspect the repo")
+    check_target(ctx, label, sha, patch)
+    applied = None
+    if patch is not None:
+        Context.progress(f"checkout: applying the local patch ({len(patch['files'])} file(s)) on top of {sha[:12]}")
+        applied = localpatch.summary(localpatch.apply(repo, patch, timeout))
+    Context.progress(f"checkout: {label} at {sha[:12]}" + (" + local patch" if applied else ""))
+    return {"repo": repo, "sha": sha, "ref": label, "local_patch": applied, "reverted_patch": reverted}
+
+
+def check_target(ctx: Context, label: str, sha: str, patch: Optional[Dict[str, Any]], fresh: bool = False) -> None:
     expected = ctx.get("EXPECT_GIT_SHA").lower()
     if expected and not sha.lower().startswith(expected):
         raise WorkflowError(f"checkout: HEAD of {label} is {sha[:12]}, but EXPECT_GIT_SHA is {expected}; push that "
                             "commit or fix EXPECT_GIT_SHA", ExitCode.FAILED)
-    Context.progress(f"checkout: {label} at {sha[:12]}")
-    return {"repo": repo, "sha": sha, "ref": label}
+    if patch is not None and patch["base"] != sha:
+        raise WorkflowError(f"checkout: CHECKOUT_PUSH_LOCAL=1 sends your uncommitted changes on top of your HEAD "
+                            f"{patch['base'][:12]}, but {label} is at {sha[:12]}; push your commits (or pick that "
+                            "commit with CHECKOUT_BRANCH), then run checkout again; "
+                            + ("nothing was applied to the fresh clone" if fresh else "the pod tree was not changed"),
+                            ExitCode.FAILED)
 
 
 _PY_INFO = ("import json, site, sys; print(json.dumps({'prefix': sys.prefix, 'base_prefix': sys.base_prefix, "
@@ -270,34 +311,35 @@ def ensure_data(ctx: Context, repo: str, venv: str) -> Dict[str, Any]:
     return {"checked": True, "data_dir": data_dir, **result}
 
 
-def preflight(ctx: Context) -> Optional[str]:
+def preflight(ctx: Context) -> Optional[RepoState]:
     """Refusals that need no change on the pod come first, so a refused checkout changed nothing."""
     if not ctx.get("REPO_URL"):
         raise WorkflowError("checkout needs REPO_URL (the git URL to clone); set it in workflow.env", ExitCode.USAGE)
     if ctx.get("REPO_URL").startswith("-"):
         raise WorkflowError(f"REPO_URL {ctx.get('REPO_URL')[:60]!r} starts with '-'; give a git URL or a path",
                             ExitCode.USAGE)
-    dirty = inspect_repo(ctx)
+    found = inspect_repo(ctx)
     venv = ctx.path("VENV_DIR")
     if os.path.exists(venv) and not os.path.exists(os.path.join(venv, VENV_MARKER)):
         raise WorkflowError(f"checkout: VENV_DIR {venv} exists but was not made by workflow.sh; it is left "
                             "alone: set VENV_DIR elsewhere or move it away", ExitCode.REFUSED)
     python_info(ctx.get("REMOTE_PYTHON_BIN") or "python3")
-    return dirty
+    return found
 
 
 def checkout(ctx: Context) -> Dict[str, Any]:
     record = fsm.read_state(ctx.state_file)
     fsm.check_allowed(record, "checkout", ctx.enforce)
-    dirty = preflight(ctx)
+    found = preflight(ctx)
     ctx.sync_env()
-    repo_info = update_repo(ctx, dirty)
+    repo_info = update_repo(ctx, found)
     venv_info = ensure_venv(ctx)
     installed = pip_install(ctx, repo_info["repo"], venv_info["venv"])
     torch_info = check_torch(ctx, venv_info["venv"])
     data_info = ensure_data(ctx, repo_info["repo"], venv_info["venv"])
     runs.environment_provenance(venv_info["venv"])  # recorded now, so a sweep starts without that cost
-    record = fsm.transition(ctx.state_file, "checkout", f"checkout {repo_info['ref']} at {repo_info['sha'][:12]}",
-                            ctx.enforce)
+    patched = " + local patch" if repo_info["local_patch"] else ""
+    record = fsm.transition(ctx.state_file, "checkout",
+                            f"checkout {repo_info['ref']} at {repo_info['sha'][:12]}{patched}", ctx.enforce)
     return {**repo_info, **venv_info, "pip": installed, **torch_info, "data": data_info, "state": record.state,
             "agent_python": sys.version.split()[0]}
