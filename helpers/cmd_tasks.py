@@ -186,7 +186,8 @@ def cmd_task_wait(session: Session) -> int:
     deadline = None if not o.timeout_secs else time.monotonic() + o.timeout_secs
     while True:
         slice_secs = 60.0 if deadline is None else max(0.0, min(60.0, deadline - time.monotonic()))
-        result = session.call("task-wait", {"id": task_id, "slice_secs": slice_secs}, timeout=slice_secs + 60)
+        result = session.call_reconnecting("task-wait", {"id": task_id, "slice_secs": slice_secs},
+                                           timeout=slice_secs + 60)
         record = result["record"]
         if result["done"]:
             code = wait_exit_code(record)
