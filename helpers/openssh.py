@@ -79,14 +79,44 @@ class OpenSSHTransport(Transport):
         self.port, self.user, self.key_file = port, user, key_file
         self.known_hosts, self.ssh_config, self.proxy_command = known_hosts, ssh_config, proxy_command
         self.connect_timeout, self.keepalive, self.persist_secs = connect_timeout, keepalive, persist_secs
-        host = f"[{destination}]" if ":" in destination else destination
-        self.description = label or f"{user + '@' if user else ''}{host}{':' + str(port) if port else ''}"
+        self._label = label
+        self._description = ""
         self.connections = 0  # TCP connections (masters) this invocation opened
         self._ready = False
         identity = "\0".join(str(part) for part in (destination, port, user, key_file, known_hosts, ssh_config,
                                                      proxy_command))
         self._name = "cm-" + hashlib.sha256(identity.encode()).hexdigest()[:24]
         self._socket: str | None = None
+
+    @property  # type: ignore[override]
+    def description(self) -> str:
+        """user@host:port as ssh resolves it (an ssh_config alias is looked up with `ssh -G`, on demand)."""
+        if not self._description:
+            if self._label:
+                self._description = self._label
+            else:
+                user, host, port = self._resolved()
+                shown = f"[{host}]" if ":" in host else host
+                self._description = f"{user + '@' if user else ''}{shown}:{port}"
+        return self._description
+
+    def _resolved(self) -> tuple[str | None, str, str]:
+        user, host, port = self.user, self.destination, str(self.port or 22)
+        if self.ssh_config and os.path.isfile(self.ssh_config):
+            try:
+                shown = subprocess.run([*self._options(), "-G", "--", self.destination], capture_output=True,
+                                       text=True, timeout=10).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                shown = ""
+            for line in shown.splitlines():
+                word, _, value = line.partition(" ")
+                if word == "hostname":
+                    host = value
+                elif word == "port":
+                    port = value
+                elif word == "user" and self.user is None:
+                    user = value
+        return user, host, port
 
     @property
     def agent_python(self) -> str:
@@ -160,13 +190,14 @@ class OpenSSHTransport(Transport):
         with tempfile.TemporaryFile() as errors:
             # the master lives on in the background: it must hold none of our pipes
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
-            try:
-                code = proc.wait(timeout=self.connect_timeout * 2 + 5)
+            try:  # ConnectTimeout bounds the TCP connect and the banner; this bounds the login after it
+                code = proc.wait(timeout=self.connect_timeout + 2)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-                raise ConnectionLost(f"cannot reach {self.description}: no login within "
-                                     f"{self.connect_timeout * 2 + 5}s; check that the pod is up") from None
+                raise ConnectionLost(f"cannot reach {self.description}: no SSH login (waited at most "
+                                     f"{self.connect_timeout}s); check that the pod is up and OPS_DEFAULT_HOST / "
+                                     "LIUM_TARGET") from None
             errors.seek(0)
             text = errors.read().decode(errors="replace")
         self.connections += 1
@@ -182,25 +213,17 @@ class OpenSSHTransport(Transport):
                 f"answers, or the pod was re-created); if you trust it, remove the old key: ssh-keygen -R "
                 f"'{host}' -f {self.known_hosts}", ExitCode.TRANSPORT)
         if "Permission denied" in text:
-            return WorkflowError(f"cannot log in to {where}: {_last_line(text)}; check OPS_SSH_KEY / IdentityFile "
+            why = _last_line(text)
+            if self.key_file and _is_encrypted(os.path.expanduser(self.key_file)):
+                why = f"private key file {self.key_file} is encrypted (a passphrase; nothing may prompt here)"
+            return WorkflowError(f"cannot log in to {where}: {why}; check OPS_SSH_KEY / IdentityFile "
                                  "and the pod's authorized_keys", ExitCode.TRANSPORT)
         return ConnectionLost(f"cannot reach {where}: {_last_line(text) or 'ssh failed'} (waited at most "
                               f"{self.connect_timeout}s); check that the pod is up and OPS_DEFAULT_HOST / LIUM_TARGET")
 
     def _resolved_host(self) -> str:
-        """host[:port] as known_hosts names it, from `ssh -G` (no network)."""
-        host, port = self.destination, str(self.port or 22)
-        try:
-            shown = subprocess.run([*self._options(), "-G", "--", self.destination], capture_output=True,
-                                   text=True, timeout=10).stdout
-            for line in shown.splitlines():
-                word, _, value = line.partition(" ")
-                if word == "hostname":
-                    host = value
-                elif word == "port":
-                    port = value
-        except (OSError, subprocess.TimeoutExpired):
-            pass
+        """host[:port] as known_hosts names it."""
+        _, host, port = self._resolved()
         return host if port == "22" else f"[{host}]:{port}"
 
     # -- commands
@@ -274,6 +297,15 @@ def _touch_private(path: str) -> None:
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+
+
+def _is_encrypted(key: str) -> bool:
+    try:
+        probe = subprocess.run(["ssh-keygen", "-y", "-P", "", "-f", key], capture_output=True, text=True, timeout=10,
+                               stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode != 0 and "passphrase" in probe.stderr
 
 
 def _last_line(text: str) -> str:

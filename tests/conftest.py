@@ -246,6 +246,8 @@ def make_pod(kind: str, base: Path, source: Path | None, server: SSHServer | Non
 
 
 def cleanup_pod(pod: Pod) -> None:
+    if pod.kind == "ssh":  # the shared SSH connection (ControlPersist) would outlive the test
+        pod.wf("disconnect", timeout=60)
     pod.tmux("kill-server")  # supervisors get SIGHUP and stop their process trees
     time.sleep(0.2)
 
