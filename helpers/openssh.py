@@ -88,8 +88,8 @@ class OpenSSHTransport(Transport):
         self._name = "cm-" + hashlib.sha256(identity.encode()).hexdigest()[:24]
         self._socket: str | None = None
 
-    @property  # type: ignore[override]
-    def description(self) -> str:
+    @property
+    def description(self) -> str:  # type: ignore[override]
         """user@host:port as ssh resolves it (an ssh_config alias is looked up with `ssh -G`, on demand)."""
         if not self._description:
             if self._label:
