@@ -26,6 +26,7 @@ from helpers.errors import ExitCode, WorkflowError
 from helpers.transport import CommandResult, ConnectionLost, Sink, Transport, _pump, remote_command_string
 
 MUX_MSG_HELLO = 0x00000001  # OpenSSH PROTOCOL.mux: each side of a control connection first sends a hello
+MAX_DIR_LENGTH = 60  # sun_path holds 107 bytes: dir + "/cm-<24 hex>" + ssh's ".<16 random>" while binding
 HELLO_WAIT_SECS = 2.0  # a live master answers its socket at once; one that does not is replaced
 
 
@@ -45,6 +46,10 @@ def control_dir() -> str:
                             "WORKFLOW_SSH_CONTROL_DIR", ExitCode.USAGE)
     if stat.S_IMODE(info.st_mode) != 0o700:
         os.chmod(base, 0o700)
+    if len(base) > MAX_DIR_LENGTH:
+        raise WorkflowError(f"the SSH control directory {base} is too long for a Unix socket path (at most "
+                            f"{MAX_DIR_LENGTH} characters); set WORKFLOW_SSH_CONTROL_DIR to a shorter one",
+                            ExitCode.USAGE)
     return base
 
 
@@ -83,8 +88,9 @@ class OpenSSHTransport(Transport):
         self._description = ""
         self.connections = 0  # TCP connections (masters) this invocation opened
         self._ready = False
+        # a master serves exactly these options, and this ssh_config content (an edit means a new connection)
         identity = "\0".join(str(part) for part in (destination, port, user, key_file, known_hosts, ssh_config,
-                                                     proxy_command))
+                                                     proxy_command, _file_digest(ssh_config)))
         self._name = "cm-" + hashlib.sha256(identity.encode()).hexdigest()[:24]
         self._socket: str | None = None
 
@@ -297,6 +303,16 @@ def _touch_private(path: str) -> None:
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+
+
+def _file_digest(path: str | None) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except OSError:
+        return ""
 
 
 def _is_encrypted(key: str) -> bool:

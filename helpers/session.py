@@ -85,6 +85,7 @@ class Session:
         (each op is safe to repeat). Out of time: exit 3 with one line."""
         budget = self.cfg.number("RECONNECT_SECS") or 0
         deadline: float | None = None
+        first = ""
         delay = 1.0
         while True:
             try:
@@ -98,9 +99,11 @@ class Session:
                     if budget <= 0:
                         raise
                     deadline = now + budget
+                    first = exc.message
                     self.note(f"workflow.sh {self.command.name}: {exc.message}; reconnecting (for up to {budget}s)")
                 if now >= deadline:
-                    raise ConnectionLost(f"{exc.message}; no reconnect within RECONNECT_SECS={budget}s") from None
+                    raise ConnectionLost(f"{first}; no reconnect within RECONNECT_SECS={budget}s (last try: "
+                                         f"{exc.message.split(';')[0]})") from None
                 self.close()
                 time.sleep(min(delay, max(0.0, deadline - now)))
                 delay = min(delay * 2, 10.0)

@@ -5,9 +5,11 @@ per-connection processes belong to the test alone."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,9 +45,11 @@ def client(request: pytest.FixtureRequest) -> str:
 def pod_over(tmp_path: Path, source_repo: Path, own_sshd: SSHServer, client: str) -> Iterator[Pod]:
     made = make_pod("ssh", tmp_path, source_repo, own_sshd)
     made.set(SSH_CLIENT=client)
-    made.extra_env["WORKFLOW_SSH_CONTROL_DIR"] = str(tmp_path / "ctl")
+    short = Path(tempfile.mkdtemp(prefix="wfc-", dir="/tmp"))  # a socket path must stay short
+    made.extra_env["WORKFLOW_SSH_CONTROL_DIR"] = str(short / "ctl")
     yield made
     cleanup_pod(made)
+    shutil.rmtree(short, ignore_errors=True)
 
 
 def logins(server: SSHServer) -> int:
