@@ -11,10 +11,8 @@ command costs one round trip in the steady state.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import sys
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,6 +65,9 @@ def bundle_hash(sources: list[tuple[str, bytes]] | None = None) -> str:
 
 def build_bundle() -> bytes:
     """The agent zipapp, byte-for-byte reproducible."""
+    import io
+    import zipfile
+
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, data in [("__main__.py", _MAIN), *_sources()]:

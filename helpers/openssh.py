@@ -19,7 +19,6 @@ import socket
 import stat
 import struct
 import subprocess
-import tempfile
 from collections.abc import Sequence
 
 from helpers.errors import ExitCode, WorkflowError
@@ -193,6 +192,8 @@ class OpenSSHTransport(Transport):
         self._connect([*self._options(), "-T", "--", self.destination, "true"])
 
     def _connect(self, argv: list[str]) -> None:
+        import tempfile
+
         with tempfile.TemporaryFile() as errors:
             # the master lives on in the background: it must hold none of our pipes
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)

@@ -71,6 +71,19 @@ def kill_connections(server: SSHServer) -> int:
     return len(pids)
 
 
+def agent_waiting(pod: Pod) -> bool:
+    """The pod agent's task-wait op is running for this pod (its call is in flight over SSH)."""
+    marker = str(pod.outputs / "_control").encode()
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline and b"\0task-wait" in cmdline:
+            return True
+    return False
+
+
 def master_pid(pod: Pod) -> int:
     control = Path(pod.extra_env["WORKFLOW_SSH_CONTROL_DIR"])
     sockets = [p for p in control.iterdir() if p.is_socket()]
@@ -146,8 +159,7 @@ def test_task_wait_rides_out_killed_ssh_connections(pod_over: Pod, own_sshd: SSH
     waiter = subprocess.Popen([*wait_argv(pod_over), "task-wait", "--id", "t1"], env=wait_env(pod_over), text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
-        wait_until(lambda: len(connection_pids(own_sshd)) > 0, 20, what="task-wait connected")
-        time.sleep(1.0)
+        wait_until(lambda: agent_waiting(pod_over), 60, what="task-wait's call running on the pod")
         assert kill_connections(own_sshd) > 0
         out, err = waiter.communicate(timeout=120)
     finally:
@@ -166,8 +178,7 @@ def test_lost_connection_is_exit_3_with_one_line(pod_over: Pod, own_sshd: SSHSer
                                    "--id", "t2"], env=wait_env(pod_over), text=True, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         try:
-            wait_until(lambda: len(connection_pids(own_sshd)) > 0, 20, what="task-wait connected")
-            time.sleep(1.0)
+            wait_until(lambda: agent_waiting(pod_over), 60, what="task-wait's call running on the pod")
             if reconnect == "2":  # nothing answers any more
                 os.kill(own_sshd.pid, signal.SIGSTOP)
             kill_connections(own_sshd)
