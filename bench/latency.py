@@ -126,7 +126,7 @@ def pod_importtime(pod: benchpods.conftest.Pod, env: dict[str, str]) -> str:
     sys.path.insert(0, str(benchpods.REPO_ROOT))
     from helpers.agent import bundle_hash
 
-    agent = pod.outputs / "_control" / f"agent-{bundle_hash()}.pyz"
+    agent = pod.outputs / "_control" / f"agent-{bundle_hash()}.d" / "entry.py"
     request = json.dumps({"config": {"OPS_REMOTE_OUTPUTS_DIR": str(pod.outputs)}, "args": {}})
     result = subprocess.run(["python3", "-X", "importtime", "-I", "-S", str(agent), "fsm-status"], input=request,
                             text=True, capture_output=True, timeout=60, env=env)

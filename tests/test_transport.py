@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import stat
@@ -149,6 +150,7 @@ def test_agent_file_is_named_by_the_hash_of_its_sources(ssh_pod: Pod):
     # an agent of another version lying there is not used; a missing one is uploaded again
     (control / "agent-0123456789abcdef.pyz").write_bytes(b"#!/usr/bin/env python3\nraise SystemExit(9)\n")
     (control / agents[0]).unlink()
+    shutil.rmtree(control / agents[0].replace(".pyz", ".d"))  # the unpacked copy it runs from
     assert debug_counts(ssh_pod.wf("fsm-status", "--debug"))[2] == 1
     assert (control / agents[0]).read_bytes() == build_bundle()
     assert debug_counts(ssh_pod.wf("fsm-status", "--debug"))[1:] == (1, 0)
