@@ -103,7 +103,8 @@ class Agent:
         return [self.transport.agent_python, "-I", "-S", self.path if archive else self.entry, op, *extra]
 
     def call(self, op: str, args: dict[str, Any] | None = None, *, sync_env: bool = False,
-             timeout: float | None = None, on_stdout: Callable[[bytes], None] | None = None) -> Any:
+             timeout: float | None = None, on_stdout: Callable[[bytes], None] | None = None,
+             on_stderr: Callable[[bytes], None] | None = None) -> Any:
         """Run ``op`` on the pod and return its result; a pod-side error is re-raised here.
 
         ``sync_env`` also writes the resolved config (secrets included) to REMOTE_ENV_PATH
@@ -116,7 +117,7 @@ class Agent:
             request["env_file"] = env_file_text(self.cfg)
         payload = json.dumps(request).encode()
         for attempt in range(3):
-            missing = _MissingWatcher(self._stderr, capture=on_stdout is not None)
+            missing = _MissingWatcher(self._stderr, capture=on_stdout is not None, tap=on_stderr)
             bound = DEFAULT_TIMEOUT_SECS if timeout is None and on_stdout is None else timeout
             # the unpacked entry first; missing: the .pyz (it unpacks itself), uploaded if missing too
             result = self.transport.run(self.argv(op, archive=attempt > 0), stdin=payload, timeout=bound,
@@ -144,8 +145,10 @@ class Agent:
 class _MissingWatcher:
     """Forwards the agent's stderr, but notices python's "can't open file" for a missing agent."""
 
-    def __init__(self, forward: Callable[[bytes], None], capture: bool = False) -> None:
+    def __init__(self, forward: Callable[[bytes], None], capture: bool = False,
+                 tap: Callable[[bytes], None] | None = None) -> None:
         self.forward = forward
+        self.tap = tap  # also sees the op's stderr (task-logs -f: where its output began in the log)
         self.missing = False
         self._head = b""
         self.capture = capture  # streaming ops: stderr carries only an error message; keep it
@@ -159,6 +162,8 @@ class _MissingWatcher:
                 return
         if self.missing:
             return
+        if self.tap is not None:
+            self.tap(chunk)
         if self.capture:
             self.captured += chunk
         else:

@@ -79,7 +79,9 @@ class Session:
             return self.agent().call(op, args, sync_env=sync_env, timeout=timeout)
 
     def call_reconnecting(self, op: str, args: dict[str, Any] | None = None, *, timeout: float | None = None,
-                          on_stdout: Callable[[bytes], None] | None = None) -> Any:
+                          on_stdout: Callable[[bytes], None] | None = None,
+                          on_stderr: Callable[[bytes], None] | None = None,
+                          args_fn: Callable[[], dict[str, Any]] | None = None) -> Any:
         """``call`` for the commands that wait (task-wait, sweep-watch, task-logs -f): a dropped connection
         is reconnected with backoff for up to RECONNECT_SECS, saying so, then the call is repeated
         (each op is safe to repeat). Out of time: exit 3 with one line."""
@@ -89,8 +91,10 @@ class Session:
         delay = 1.0
         while True:
             try:
+                if args_fn is not None:
+                    args = args_fn()  # e.g. task-logs -f: go on from where the output got to
                 if on_stdout is not None:
-                    result = self.agent().call(op, args, timeout=timeout, on_stdout=on_stdout)
+                    result = self.agent().call(op, args, timeout=timeout, on_stdout=on_stdout, on_stderr=on_stderr)
                 else:
                     result = self.call(op, args, timeout=timeout)
             except ConnectionLost as exc:

@@ -71,8 +71,8 @@ def kill_connections(server: SSHServer) -> int:
     return len(pids)
 
 
-def agent_waiting(pod: Pod, before: frozenset[str] = frozenset()) -> set[str]:
-    """pids of the pod agent's task-wait ops for this pod (a call in flight over SSH), less ``before``."""
+def agent_waiting(pod: Pod, before: frozenset[str] = frozenset(), op: bytes = b"task-wait") -> set[str]:
+    """pids of the pod agent's ``op`` calls for this pod (a call in flight over SSH), less ``before``."""
     marker = str(pod.outputs / "_control").encode()
     found = set()
     for entry in Path("/proc").iterdir():
@@ -80,7 +80,7 @@ def agent_waiting(pod: Pod, before: frozenset[str] = frozenset()) -> set[str]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if marker in cmdline and b"\0task-wait" in cmdline and entry.name not in before:
+        if marker in cmdline and b"\0" + op + b"\0" in cmdline + b"\0" and entry.name not in before:
             found.add(entry.name)
     return found
 
@@ -170,6 +170,25 @@ def test_task_wait_rides_out_killed_ssh_connections(pod_over: Pod, own_sshd: SSH
     assert waiter.returncode == 7, err  # the task's true result, not a transport failure
     assert "reconnecting" in err and "reconnected" in err and "Traceback" not in err
     assert "task t1: failed" in out
+
+
+def test_task_logs_follow_goes_on_where_it_stopped(pod_over: Pod, own_sshd: SSHServer):
+    script = "for i in $(seq 1 40); do echo line-$i; sleep 0.2; done"
+    assert pod_over.wf("task-run", "--id", "t3", "--cmd", script).returncode == 0
+    follower = subprocess.Popen([*wait_argv(pod_over), "task-logs", "--id", "t3", "--follow"], env=wait_env(pod_over),
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: agent_waiting(pod_over, op=b"task-logs"), 60, what="the task-logs call on the pod")
+        time.sleep(1.5)  # some lines shown
+        assert kill_connections(own_sshd) > 0
+        out, err = follower.communicate(timeout=120)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.communicate()
+    assert follower.returncode == 0, err
+    assert out.split() == [f"line-{i}" for i in range(1, 41)]  # every line once: none lost, none repeated
+    assert "reconnecting" in err and "reconnected" in err and "Traceback" not in err
 
 
 def test_lost_connection_is_exit_3_with_one_line(pod_over: Pod, own_sshd: SSHServer):
