@@ -294,8 +294,11 @@ class OpenSSHTransport(Transport):
         """Close the shared connection, if one is open; True when there was one."""
         if self.persist_secs <= 0 or master_answers(self.control_path) is not True:
             return False
-        subprocess.run([*self._options(), "-O", "exit", "--", self.destination], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15)
+        try:
+            subprocess.run([*self._options(), "-O", "exit", "--", self.destination], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15)
+        except subprocess.TimeoutExpired:  # it stopped answering: set its socket aside (it dies on its keepalives)
+            os.unlink(self.control_path)
         return True
 
 
