@@ -8,7 +8,6 @@ import json
 import shutil
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -229,6 +228,8 @@ def run_command(command: Command, options: argparse.Namespace, root: Path) -> in
         return int(handler(session) or 0)
     except WorkflowError as exc:
         if debug:
+            import traceback
+
             traceback.print_exc()
         sys.stdout.flush()
         message = exc.message.removeprefix(f"{command.name}: ")  # the prefix below already names the command
