@@ -128,6 +128,27 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ssh_control_dir() -> Iterator[Path]:
+    """The tests' shared SSH connections (ControlMaster sockets) live in a directory of this session's
+    own (short: a socket path is limited to 107 bytes); every master left is closed at the end."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="wft-ctl-", dir="/tmp"))
+    previous = os.environ.get("WORKFLOW_SSH_CONTROL_DIR")
+    os.environ["WORKFLOW_SSH_CONTROL_DIR"] = str(base / "ctl")
+    yield base / "ctl"
+    for sock in (base / "ctl").glob("cm-*"):
+        if sock.is_socket():
+            subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "unused"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15)
+    if previous is None:
+        os.environ.pop("WORKFLOW_SSH_CONTROL_DIR", None)
+    else:
+        os.environ["WORKFLOW_SSH_CONTROL_DIR"] = previous
+    shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]:
     server = start_sshd(tmp_path_factory.mktemp("sshd"), free_port())
