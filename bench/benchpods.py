@@ -49,6 +49,9 @@ def sshd(base: Path) -> Iterator[conftest.SSHServer]:
     try:
         yield server
     finally:
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
+        for pid in (children.read_text().split() if children.exists() else []):
+            conftest.with_signal(int(pid), 9)  # its connections: a shared one (ControlMaster) ends with them
         conftest.with_signal(server.pid, 15)
 
 

@@ -140,8 +140,11 @@ def ssh_control_dir() -> Iterator[Path]:
     yield base / "ctl"
     for sock in (base / "ctl").glob("cm-*"):
         if sock.is_socket():
-            subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "unused"], stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15)
+            try:
+                subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "unused"], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
     if previous is None:
         os.environ.pop("WORKFLOW_SSH_CONTROL_DIR", None)
     else:
