@@ -25,10 +25,14 @@ test: lint pytest
 demo:
 	examples/demo.sh
 
+BENCH_SUMMARY ?= /tmp/workflow-bench-$(shell id -u).jsonl
+
 bench: $(VENV)/.test-stamp
-	WORKFLOW_VENV=$(VENV) $(PY) bench/latency.py
-	WORKFLOW_VENV=$(VENV) $(PY) bench/failure_detection.py
-	WORKFLOW_VENV=$(VENV) $(PY) bench/sweep_makespan.py
-	WORKFLOW_VENV=$(VENV) $(PY) bench/sweep_status_10k.py
-	WORKFLOW_VENV=$(VENV) $(PY) bench/fetch_all.py
-	WORKFLOW_VENV=$(VENV) $(PY) bench/trainer_throughput.py
+	rm -f $(BENCH_SUMMARY)
+	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/latency.py
+	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/failure_detection.py
+	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/sweep_makespan.py
+	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/sweep_status_10k.py
+	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/fetch_all.py
+	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/trainer_throughput.py
+	BENCH_SUMMARY=$(BENCH_SUMMARY) $(PY) bench/summary.py

@@ -49,6 +49,9 @@ def sshd(base: Path) -> Iterator[conftest.SSHServer]:
     try:
         yield server
     finally:
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
+        for pid in (children.read_text().split() if children.exists() else []):
+            conftest.with_signal(int(pid), 9)  # its connections: a shared one (ControlMaster) ends with them
         conftest.with_signal(server.pid, 15)
 
 
@@ -89,3 +92,14 @@ def must(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProces
     if result.returncode != 0:
         raise SystemExit(f"bench: step failed ({result.returncode}): {result.stderr.strip()[-500:]}")
     return result
+
+
+def record(bench: str, name: str, ratio: float, target: float | None = None) -> None:
+    """Append one ratio to $BENCH_SUMMARY (JSON lines) for `make bench`'s closing table (bench/summary.py)."""
+    path = os.environ.get("BENCH_SUMMARY")
+    if not path:
+        return
+    import json
+
+    with open(path, "a") as handle:
+        handle.write(json.dumps({"bench": bench, "name": name, "ratio": round(ratio, 3), "target": target}) + "\n")

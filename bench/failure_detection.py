@@ -15,6 +15,12 @@ What it measures (one run, `local` target, real tmux supervisors):
    (time status.json says ``stalled``) - (time of the last output + 3 s). Baseline: a 5 s
    poller that declares a stall when the log has not grown for 3 s, measured the same way.
 
+3. End to end over SSH (a loopback sshd, the default OpenSSH shared connection): the same fatal
+   task started with task-run, then `workflow.sh task-wait` run at once; measured from the
+   timestamp written on the pod to task-wait returning on the client (what a user waits for).
+   Baseline: a client polling the task's log over SSH every 5 s (`ssh host grep -qE PATTERN log`,
+   what the replaced tool did), measured from the same timestamp to the poll that sees it.
+
 N trials each (default 5; the same random delays for both sides). Baseline trials run
 concurrently with each other (they sleep), never with workflow.sh's trials. Prints medians,
 min/max and the baseline/workflow.sh ratio. Takes about 1-2 minutes. It uses its own
@@ -41,7 +47,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "infra_scripts" / "workflow.sh"
@@ -188,6 +194,53 @@ def row(name: str, values: List[float]) -> str:
             + " ".join(f"{v:.2f}" for v in values))
 
 
+def ssh_end_to_end(delays: List[float]) -> Tuple[List[float], List[float]]:
+    """Over a loopback sshd: from the fatal line printed on the pod to `task-wait` returning on the client,
+    against polling the task's log over SSH every 5 s (`ssh host grep -qE PATTERN stdout.log`)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import benchpods
+
+    e2e: List[float] = []
+    polled: List[float] = []
+    with benchpods.workspace("detect-ssh") as base, benchpods.sshd(base) as server:
+        control = tempfile.mkdtemp(prefix="wfd-", dir="/tmp")
+        pod = benchpods.make_pod("ssh", base, server)
+        pod.extra_env["WORKFLOW_SSH_CONTROL_DIR"] = os.path.join(control, "ctl")
+        known = server.pinned_known_hosts(base / "pinned_known_hosts")
+        try:
+            for i, delay in enumerate(delays):
+                side = base / f"e2e{i}.t"
+                benchpods.must(pod.wf("task-run", "--id", f"e2e{i}", "--cmd", fatal_cmd(delay, side)))
+                waited = pod.wf("task-wait", "--id", f"e2e{i}", timeout=120)
+                returned = time.time()
+                if waited.returncode == 0:
+                    raise SystemExit("task-wait: the fatal task did not fail")
+                e2e.append(returned - read_stamp(side))
+            for i, delay in enumerate(delays):
+                side = base / f"poll{i}.t"
+                benchpods.must(pod.wf("task-run", "--id", f"poll{i}", "--cmd", fatal_cmd(delay, side)))
+                log = pod.outputs / "_tasks" / f"poll{i}" / "stdout.log"
+                while True:
+                    time.sleep(POLL_SECS)
+                    probe = subprocess.run([*server.ssh_argv(known), "grep", "-qE", shlex_quote(OOM_ERE), str(log)],
+                                           stdin=subprocess.DEVNULL, capture_output=True)
+                    if probe.returncode == 0:
+                        polled.append(time.time() - read_stamp(side))
+                        break
+                pod.wf("task-kill", "--id", f"poll{i}")
+        finally:
+            pod.wf("disconnect")
+            pod.tmux("kill-server")
+            shutil.rmtree(control, ignore_errors=True)
+    return e2e, polled
+
+
+def shlex_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=5)
@@ -221,6 +274,8 @@ def main() -> int:
             (lambda i=i, d=d: run_baseline_trial(stall_cmd(d, scratch / f"stall{i}.t"), scratch / f"stall{i}.t",
                                                  scratch / f"stall{i}.log", quiet_for_stall, STALL_SECS))
             for i, d in enumerate(stall_delays)])
+        print("end to end over SSH (loopback sshd): task-wait vs polling the log over ssh every 5 s ...", flush=True)
+        ssh_wait, ssh_poll = ssh_end_to_end(fatal_delays)
     finally:
         pod.close()
 
@@ -230,8 +285,17 @@ def main() -> int:
     print(row("fatal line  5 s polling", base_fatal))
     print(row("stall (>3s) workflow.sh", wf_stall))
     print(row("stall (>3s) 5 s polling", base_stall))
+    print("end to end over SSH: fatal line printed on the pod -> the client knows")
+    print(row("  task-wait returns", ssh_wait))
+    print(row("  5 s poll over ssh", ssh_poll))
     print()
-    for what, ours, theirs in (("fatal line", wf_fatal, base_fatal), ("stall", wf_stall, base_stall)):
+    for what, ours, theirs in (("fatal line", wf_fatal, base_fatal), ("stall", wf_stall, base_stall),
+                               ("end to end over SSH", ssh_wait, ssh_poll)):
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import benchpods
+
+        benchpods.record("failure_detection", f"{what}: workflow.sh / 5 s polling",
+                         statistics.median(ours) / statistics.median(theirs))
         mine, old = statistics.median(ours), statistics.median(theirs)
         print(f"{what}: workflow.sh notices {old / mine:.0f}x sooner (median {mine:.3f} s vs {old:.3f} s)"
               if mine > 0 else f"{what}: median {mine:.3f} s vs {old:.3f} s")

@@ -80,6 +80,9 @@ def main() -> None:
               f"({got} files arrived, verified)")
         print(f"  ssh tar cf - | tar xf -          {benchpods.describe(baseline)}")
         print(f"  fetch-all (rsync + sha256 check)  {benchpods.describe(ours)}   ratio {ratio:.2f}x")
+        benchpods.record("fetch_all", "fetch-all / ssh tar", ratio)
+        benchpods.record("fetch_all", "fetch-all unchanged / ssh tar",
+                         statistics.median(unchanged) / statistics.median(baseline))
         print(f"  fetch-all again, nothing changed  {benchpods.describe(unchanged)}   "
               f"ratio {statistics.median(unchanged) / statistics.median(baseline):.2f}x of a full tar copy")
 

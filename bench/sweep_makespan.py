@@ -4,10 +4,12 @@
 Run: WORKFLOW_VENV=.workflow/venv python bench/sweep_makespan.py [--rows 8] [--slots 4] [--steps 12]
 
 In one run, on the `local` target (this machine is the pod; CPU slots): bootstrap + checkout of a
-repo holding the sweep test trainer (tests/sweep_fixture: sleeps between steps, so slots do not
-fight over CPU except in torchrun's start-up), then the same CSV twice as two campaigns: with
-SWEEP_CPU_SLOTS=--slots and with SWEEP_CPU_SLOTS=1. Makespan = the executor's start to end
-(executor.json); ideal = sum of the packed runs' durations / slots. Prints both ratios.
+repo holding the sweep test trainer (tests/sweep_fixture), then for two kinds of rows, sleeping
+steps (slots do not fight over CPU except in torchrun's start-up) and CPU-bound steps (`busy=1`:
+each step spins for its time, so with fewer cores than slots packing gains little), the same CSV
+twice as two campaigns: with SWEEP_CPU_SLOTS=--slots and with SWEEP_CPU_SLOTS=1. Makespan = the
+executor's start to end (executor.json); ideal = sum of the packed runs' durations / slots.
+Prints both ratios for each kind.
 """
 
 from __future__ import annotations
@@ -51,25 +53,35 @@ def main() -> None:
         try:
             benchpods.must(pod.wf("bootstrap"))
             benchpods.must(pod.wf("checkout"))
-            csvs = []
-            for name in ("packed", "sequential"):
-                path = base / f"{name}.csv"
-                path.write_text("run_id,config,seed,overrides,notes,gpus\n" + "".join(
-                    f"{name}-{i},config/ok.py,{i},steps={args.steps} sleep=0.5,,1\n" for i in range(args.rows)))
-                csvs.append(str(path))
-            packed_span, durations = campaign_times(pod, run_sweep(pod, csvs[0], args.slots))
-            sequential_span, _ = campaign_times(pod, run_sweep(pod, csvs[1], 1))
+            results = {}
+            for kind, extra in (("sleeping", ""), ("CPU-bound", " busy=1")):
+                csvs = []
+                for name in ("packed", "sequential"):
+                    tag = f"{name}-{'cpu' if extra else 'sleep'}"
+                    path = base / f"{tag}.csv"
+                    path.write_text("run_id,config,seed,overrides,notes,gpus\n" + "".join(
+                        f"{tag}-{i},config/ok.py,{i},steps={args.steps} sleep=0.5{extra},,1\n"
+                        for i in range(args.rows)))
+                    csvs.append(str(path))
+                packed_span, durations = campaign_times(pod, run_sweep(pod, csvs[0], args.slots))
+                sequential_span, _ = campaign_times(pod, run_sweep(pod, csvs[1], 1))
+                results[kind] = (packed_span, sequential_span, durations)
         finally:
             pod.tmux("kill-server")
-    ideal = sum(durations) / args.slots
-    mean = sum(durations) / len(durations)
-    print(f"sweep makespan: {args.rows} one-slot rows, {args.slots} CPU slots (runs ~{mean:.1f}s each: torchrun "
-          "start-up + steps)")
-    print(f"  ideal (sum of run times / {args.slots}) {ideal:7.1f} s")
-    print(f"  packed on {args.slots} slots            {packed_span:7.1f} s   "
-          f"ratio to ideal {packed_span / ideal:.2f}x")
-    print(f"  one by one (1 slot)          {sequential_span:7.1f} s   "
-          f"packed is {sequential_span / packed_span:.2f}x faster")
+    import os
+
+    print(f"sweep makespan: {args.rows} one-slot rows, {args.slots} CPU slots, on {os.cpu_count()} CPU core(s)")
+    for kind, (packed_span, sequential_span, durations) in results.items():
+        ideal = sum(durations) / args.slots
+        mean = sum(durations) / len(durations)
+        print(f" {kind} rows (runs ~{mean:.1f}s each: torchrun start-up + steps"
+              f"{' that spin the CPU' if kind == 'CPU-bound' else ' that sleep'})")
+        print(f"  ideal (sum of run times / {args.slots}) {ideal:7.1f} s")
+        print(f"  packed on {args.slots} slots            {packed_span:7.1f} s   "
+              f"ratio to ideal {packed_span / ideal:.2f}x")
+        print(f"  one by one (1 slot)          {sequential_span:7.1f} s   "
+              f"packed is {sequential_span / packed_span:.2f}x faster")
+        benchpods.record("sweep_makespan", f"{kind}: packed / one by one", packed_span / sequential_span)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,10 @@ def main() -> None:
               f"ratio {statistics.median(with_index) / base_median:.2f}x")
         print(f"  sweep-status (read every summary) {benchpods.describe(without_index)}   "
               f"ratio {statistics.median(without_index) / base_median:.2f}x")
+        benchpods.record("sweep_status_10k", "sweep-status (index) / cold ssh",
+                         statistics.median(with_index) / base_median)
+        benchpods.record("sweep_status_10k", "sweep-status (no index) / cold ssh",
+                         statistics.median(without_index) / base_median)
 
 
 if __name__ == "__main__":

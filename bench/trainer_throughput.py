@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bare loop, same model and optimizer: {bare_tps:,.0f} tokens/s; "
           f"trainer / bare loop = {res['tokens_per_sec'] / bare_tps:.2f}x")
     print(f"command: cd {NANOGPT} && {shlex.join(cmd)}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import benchpods
+
+    benchpods.record("trainer_throughput", "trainer / bare loop tokens/s", res["tokens_per_sec"] / bare_tps)
     return 0
 
 

@@ -3,18 +3,18 @@
 The agent is a zipapp built from helpers/pod/*.py and named by the hash of its content
 (``_control/agent-<hash>.pyz`` under OPS_REMOTE_OUTPUTS_DIR). A call runs
 ``python3 -I -S <that file> <op>`` with a JSON request on stdin and reads one JSON reply from
-stdout; progress lines arrive on stderr and are shown as they come. When the file is not there
-(python3 says "can't open file"), it is uploaded once and the call repeated, so a read-only
+stdout; progress lines arrive on stderr and are shown as they come. The first run unpacks the
+bundle beside itself (``agent-<hash>.d/``); later calls run its ``entry.py`` as a plain script
+(no zipimport, no runpy). When that is not there (python3 says "can't open file") the .pyz is
+run, and when that is missing too it is uploaded once and the call repeated, so a read-only
 command costs one round trip in the steady state.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import sys
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ if not os.path.isdir(unpacked):
     try:
         staging = tempfile.mkdtemp(prefix=".unpack-", dir=os.path.dirname(archive))
         with zipfile.ZipFile(archive) as bundle:
-            bundle.extractall(staging, [n for n in bundle.namelist() if n.startswith("pod/")])
+            bundle.extractall(staging, [n for n in bundle.namelist() if n.startswith("pod/") or n == "entry.py"])
         os.rename(staging, unpacked)
     except OSError:
         if staging:
@@ -48,6 +48,12 @@ if not os.path.isdir(unpacked):
         if not os.path.isdir(unpacked):
             unpacked = archive
 sys.path.insert(0, unpacked)
+from pod.agent_main import main
+sys.exit(main(sys.argv[1:]))
+"""
+# Later calls run the unpacked entry.py as a plain script: no zipimport, no runpy.
+_ENTRY = b"""import os, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pod.agent_main import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -59,7 +65,7 @@ def _sources() -> list[tuple[str, bytes]]:
 
 
 def bundle_hash(sources: list[tuple[str, bytes]] | None = None) -> str:
-    digest = hashlib.sha256(f"format {BUNDLE_FORMAT}\n".encode() + _MAIN)
+    digest = hashlib.sha256(f"format {BUNDLE_FORMAT}\n".encode() + _MAIN + _ENTRY)
     for name, data in sources or _sources():
         digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
     return digest.hexdigest()[:16]
@@ -67,9 +73,12 @@ def bundle_hash(sources: list[tuple[str, bytes]] | None = None) -> str:
 
 def build_bundle() -> bytes:
     """The agent zipapp, byte-for-byte reproducible."""
+    import io
+    import zipfile
+
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, data in [("__main__.py", _MAIN), *_sources()]:
+        for name, data in [("__main__.py", _MAIN), ("entry.py", _ENTRY), *_sources()]:
             info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
@@ -86,14 +95,16 @@ class Agent:
         self.hash = bundle_hash()
         outputs = cfg.text("OPS_REMOTE_OUTPUTS_DIR").rstrip("/")
         self.path = f"{outputs}/_control/agent-{self.hash}.pyz"
+        self.entry = f"{outputs}/_control/agent-{self.hash}.d/entry.py"  # unpacked by the .pyz's first run
         self._stderr = stderr or _write_stderr
         self.uploads = 0
 
-    def argv(self, op: str, *extra: str) -> list[str]:
-        return [self.transport.agent_python, "-I", "-S", self.path, op, *extra]
+    def argv(self, op: str, *extra: str, archive: bool = False) -> list[str]:
+        return [self.transport.agent_python, "-I", "-S", self.path if archive else self.entry, op, *extra]
 
     def call(self, op: str, args: dict[str, Any] | None = None, *, sync_env: bool = False,
-             timeout: float | None = None, on_stdout: Callable[[bytes], None] | None = None) -> Any:
+             timeout: float | None = None, on_stdout: Callable[[bytes], None] | None = None,
+             on_stderr: Callable[[bytes], None] | None = None) -> Any:
         """Run ``op`` on the pod and return its result; a pod-side error is re-raised here.
 
         ``sync_env`` also writes the resolved config (secrets included) to REMOTE_ENV_PATH
@@ -105,13 +116,15 @@ class Agent:
         if sync_env:
             request["env_file"] = env_file_text(self.cfg)
         payload = json.dumps(request).encode()
-        for attempt in range(2):
-            missing = _MissingWatcher(self._stderr, capture=on_stdout is not None)
+        for attempt in range(3):
+            missing = _MissingWatcher(self._stderr, capture=on_stdout is not None, tap=on_stderr)
             bound = DEFAULT_TIMEOUT_SECS if timeout is None and on_stdout is None else timeout
-            result = self.transport.run(self.argv(op), stdin=payload, timeout=bound, on_stdout=on_stdout,
-                                        on_stderr=missing)
-            if missing.missing and attempt == 0:
+            # the unpacked entry first; missing: the .pyz (it unpacks itself), uploaded if missing too
+            result = self.transport.run(self.argv(op, archive=attempt > 0), stdin=payload, timeout=bound,
+                                        on_stdout=on_stdout, on_stderr=missing)
+            if missing.missing and attempt == 1:
                 self.upload()
+            if missing.missing and attempt < 2:
                 continue
             if result.exit_code == 127:
                 raise WorkflowError(f"python3 is not installed on {self.transport.description}; install it "
@@ -132,8 +145,10 @@ class Agent:
 class _MissingWatcher:
     """Forwards the agent's stderr, but notices python's "can't open file" for a missing agent."""
 
-    def __init__(self, forward: Callable[[bytes], None], capture: bool = False) -> None:
+    def __init__(self, forward: Callable[[bytes], None], capture: bool = False,
+                 tap: Callable[[bytes], None] | None = None) -> None:
         self.forward = forward
+        self.tap = tap  # also sees the op's stderr (task-logs -f: where its output began in the log)
         self.missing = False
         self._head = b""
         self.capture = capture  # streaming ops: stderr carries only an error message; keep it
@@ -147,6 +162,8 @@ class _MissingWatcher:
                 return
         if self.missing:
             return
+        if self.tap is not None:
+            self.tap(chunk)
         if self.capture:
             self.captured += chunk
         else:

@@ -147,6 +147,8 @@ COMMANDS: tuple[Command, ...] = (
             "cmd_sweep_resume", _setup_campaign, changes=True, json=True),
     Command("fetch-run", "copy one run into LOCAL_ARTIFACTS_DIR/<run_id>/ (incremental, verified)", "fetch",
             "cmd_fetch_run", _setup_fetch_run, changes=True, json=True),
+    Command("disconnect", "close the shared SSH connection to the pod (it closes itself when idle)", "session",
+            "cmd_disconnect"),
     Command("fetch-all", "copy every run of a campaign (from its manifest on the pod), verified", "fetch",
             "cmd_fetch_all", _setup_campaign, changes=True, json=True),
 )

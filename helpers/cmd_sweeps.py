@@ -193,7 +193,8 @@ def cmd_sweep_watch(session: Session) -> int:
     interval = max(0.5, float(session.options.interval))
     tty = sys.stdout.isatty()
     while True:
-        status = expand_rows(session.call("sweep-status", {"campaign": session.options.campaign}, timeout=300))
+        status = expand_rows(session.call_reconnecting("sweep-status", {"campaign": session.options.campaign},
+                                                       timeout=300))
         if tty:
             sys.stdout.write("\x1b[2J\x1b[H")
         session.print("\n".join(render_status(status)))

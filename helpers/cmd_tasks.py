@@ -186,7 +186,8 @@ def cmd_task_wait(session: Session) -> int:
     deadline = None if not o.timeout_secs else time.monotonic() + o.timeout_secs
     while True:
         slice_secs = 60.0 if deadline is None else max(0.0, min(60.0, deadline - time.monotonic()))
-        result = session.call("task-wait", {"id": task_id, "slice_secs": slice_secs}, timeout=slice_secs + 60)
+        result = session.call_reconnecting("task-wait", {"id": task_id, "slice_secs": slice_secs},
+                                           timeout=slice_secs + 60)
         record = result["record"]
         if result["done"]:
             code = wait_exit_code(record)
@@ -211,12 +212,32 @@ def cmd_task_logs(session: Session) -> int:
     if o.lines < 0:
         raise WorkflowError("--lines must be >= 0", ExitCode.USAGE)
 
+    # task-logs -f: where in the log the shown bytes began (the pod says so on stderr) and how many were shown
+    base: list[int | None] = [None]
+    shown = [0]
+
     def out(chunk: bytes) -> None:
+        shown[0] += len(chunk)
         sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
 
-    return int(session.agent().call("task-logs", {"id": task_id, "lines": o.lines, "follow": o.follow},
-                                    on_stdout=out))
+    if not o.follow:
+        return int(session.agent().call("task-logs", {"id": task_id, "lines": o.lines, "follow": False},
+                                        on_stdout=out))
+
+    def offset_line(chunk: bytes) -> None:
+        found = re.search(rb"log-offset (\d+)", chunk)
+        if found and base[0] is None:
+            base[0] = int(found.group(1))
+
+    def request() -> dict[str, object]:  # a reconnect goes on from the byte where the output stopped
+        args: dict[str, object] = {"id": task_id, "lines": o.lines, "follow": True, "report_offset": True}
+        if base[0] is not None:
+            args["offset"] = base[0] + shown[0]
+            base[0], shown[0] = None, 0  # the resumed call reports its own start
+        return args
+
+    return int(session.call_reconnecting("task-logs", on_stdout=out, on_stderr=offset_line, args_fn=request))
 
 
 def cmd_task_kill(session: Session) -> int:

@@ -70,6 +70,12 @@ KEYS: tuple[Key, ...] = (
        maximum=600),
     _k(_T, "SSH_KEEPALIVE_SECS", "int", "15", "keepalive interval on the one SSH connection", minimum=1,
        maximum=3600),
+    _k(_T, "SSH_CLIENT", "enum", "auto", "auto = OpenSSH's ssh if installed (one shared connection), else paramiko",
+       choices=("auto", "openssh", "paramiko")),
+    _k(_T, "CONNECTION_PERSIST_SECS", "int", "300", "an idle shared SSH connection stays open this long (0 = none)",
+       minimum=0, maximum=86400),
+    _k(_T, "RECONNECT_SECS", "int", "300", "task-wait/sweep-watch/task-logs -f reconnect for this long after a drop",
+       minimum=0, maximum=86400),
     # --- Lium
     _k(_L, "LIUM_TARGET", "str", "",
        "Lium pod name, HUID or UUID; when set the pod is found through the Lium API (then SSH)"),

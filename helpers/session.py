@@ -5,15 +5,24 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import shutil
 import sys
-import traceback
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from helpers.agent import Agent
 from helpers.config import Config, ConfigRequest, load_config
 from helpers.errors import ExitCode, WorkflowError
-from helpers.transport import LocalTransport, SSHTransport, Transport, endpoint_from_ssh_config
+from helpers.transport import (
+    ConnectionLost,
+    LocalTransport,
+    SSHTransport,
+    Transport,
+    endpoint_from_ssh_config,
+    parse_host,
+)
 
 if TYPE_CHECKING:
     from helpers.cli import Command
@@ -62,11 +71,50 @@ class Session:
         except WorkflowError as exc:
             if exc.code != ExitCode.TRANSPORT or self.cfg.target != "lium" or self._agent is None:
                 raise
-            if self._agent.uploads or getattr(self._transport, "_client", None) is not None:
+            if self._agent.uploads or getattr(self._transport, "reached", False):
                 raise  # we did reach the pod: not a stale endpoint
             self.close()
             self._transport = make_transport(self.cfg, refresh=True)
             return self.agent().call(op, args, sync_env=sync_env, timeout=timeout)
+
+    def call_reconnecting(self, op: str, args: dict[str, Any] | None = None, *, timeout: float | None = None,
+                          on_stdout: Callable[[bytes], None] | None = None,
+                          on_stderr: Callable[[bytes], None] | None = None,
+                          args_fn: Callable[[], dict[str, Any]] | None = None) -> Any:
+        """``call`` for the commands that wait (task-wait, sweep-watch, task-logs -f): a dropped connection
+        is reconnected with backoff for up to RECONNECT_SECS, saying so, then the call is repeated
+        (each op is safe to repeat). Out of time: exit 3 with one line."""
+        budget = self.cfg.number("RECONNECT_SECS") or 0
+        deadline: float | None = None
+        first = ""
+        delay = 1.0
+        while True:
+            try:
+                if args_fn is not None:
+                    args = args_fn()  # e.g. task-logs -f: go on from where the output got to
+                if on_stdout is not None:
+                    result = self.agent().call(op, args, timeout=timeout, on_stdout=on_stdout, on_stderr=on_stderr)
+                else:
+                    result = self.call(op, args, timeout=timeout)
+            except ConnectionLost as exc:
+                now = time.monotonic()
+                if deadline is None:
+                    if budget <= 0:
+                        raise
+                    deadline = now + budget
+                    first = exc.message
+                    self.note(f"workflow.sh {self.command.name}: {exc.message}; reconnecting (for up to {budget}s)")
+                if now >= deadline:
+                    raise ConnectionLost(f"{first}; no reconnect within RECONNECT_SECS={budget}s (last try: "
+                                         f"{exc.message.split(';')[0]})") from None
+                self.close()
+                time.sleep(min(delay, max(0.0, deadline - now)))
+                delay = min(delay * 2, 10.0)
+                continue
+            if deadline is not None:
+                self.note(f"workflow.sh {self.command.name}: reconnected to {self.transport().description}; "
+                          "carrying on")
+            return result
 
     # -- output
     def print(self, text: str = "") -> None:
@@ -91,21 +139,68 @@ class Session:
             self._agent = None
 
 
+def use_openssh(cfg: Config) -> bool:
+    """SSH_CLIENT: auto = OpenSSH's client when installed (shared connections), else paramiko."""
+    choice = cfg.text("SSH_CLIENT") or "auto"
+    if choice == "paramiko":
+        return False
+    found = shutil.which("ssh") is not None
+    if choice == "openssh" and not found:
+        raise WorkflowError("SSH_CLIENT=openssh but no ssh client is installed; install openssh-client or set "
+                            "SSH_CLIENT=auto", ExitCode.USAGE)
+    return found
+
+
 def make_transport(cfg: Config, refresh: bool = False) -> Transport:
     if cfg.target == "local":
         return LocalTransport()
     timeout = cfg.number("SSH_CONNECT_TIMEOUT_SECS") or 15
     keepalive = cfg.number("SSH_KEEPALIVE_SECS") or 15
     ssh_config = cfg.local_path("OPS_SSH_CONFIG")
+    openssh = use_openssh(cfg)
     if cfg.target == "lium":
         from helpers.cmd_lium import resolve_lium_endpoint
 
         endpoint = resolve_lium_endpoint(cfg, refresh=refresh)
+        if openssh:
+            return _openssh(cfg, endpoint.host, endpoint.port, endpoint.user, endpoint.key_filename,
+                            endpoint.known_hosts or str(Path("~/.ssh/known_hosts").expanduser()), None,
+                            label=endpoint.label)
         return SSHTransport(endpoint, timeout, keepalive, None)
+    if openssh:  # ssh reads ssh_config itself: no parsing (and no paramiko) here
+        user, host, port = parse_host(cfg.text("OPS_DEFAULT_HOST"))
+        key = cfg.local_path("OPS_SSH_KEY")
+        known_hosts = cfg.local_path("OPS_KNOWN_HOSTS") or Path("~/.ssh/known_hosts").expanduser()
+        return _openssh(cfg, host, port, user, str(key) if key else None, str(known_hosts),
+                        str(ssh_config) if ssh_config else None)
     known_hosts = cfg.local_path("OPS_KNOWN_HOSTS") or Path("~/.ssh/known_hosts").expanduser()
     endpoint = endpoint_from_ssh_config(cfg.text("OPS_DEFAULT_HOST"), ssh_config, known_hosts,
                                         cfg.local_path("OPS_SSH_KEY"))
     return SSHTransport(endpoint, timeout, keepalive, ssh_config)
+
+
+def _openssh(cfg: Config, host: str, port: int | None, user: str | None, key: str | None, known_hosts: str,
+             ssh_config: str | None, label: str = "") -> Transport:
+    from helpers.openssh import OpenSSHTransport
+
+    return OpenSSHTransport(host, port=port, user=user, key_file=key, known_hosts=known_hosts,
+                            ssh_config=ssh_config, connect_timeout=cfg.number("SSH_CONNECT_TIMEOUT_SECS") or 15,
+                            keepalive=cfg.number("SSH_KEEPALIVE_SECS") or 15,
+                            persist_secs=cfg.number("CONNECTION_PERSIST_SECS") or 0, label=label)
+
+
+def cmd_disconnect(session: Session) -> int:
+    """Close the shared SSH connection to the pod (it would close itself after CONNECTION_PERSIST_SECS idle)."""
+    if session.cfg.target == "local":
+        session.print("local target: no SSH connection to close")
+        return 0
+    transport = session.transport()
+    closer = getattr(transport, "disconnect", None)
+    if closer is not None and closer():
+        session.print(f"closed the shared SSH connection to {transport.description}")
+    else:
+        session.print(f"no shared SSH connection to {transport.description} was open")
+    return 0
 
 
 def run_command(command: Command, options: argparse.Namespace, root: Path) -> int:
@@ -133,6 +228,8 @@ def run_command(command: Command, options: argparse.Namespace, root: Path) -> in
         return int(handler(session) or 0)
     except WorkflowError as exc:
         if debug:
+            import traceback
+
             traceback.print_exc()
         sys.stdout.flush()
         message = exc.message.removeprefix(f"{command.name}: ")  # the prefix below already names the command

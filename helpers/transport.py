@@ -35,6 +35,14 @@ _PUT_SCRIPT = ('umask 077; mkdir -p "$(dirname "$1")" && cat > "$1.tmp.$$" && ch
               '&& mv -f "$1.tmp.$$" "$1"')
 
 
+class ConnectionLost(WorkflowError):
+    """The SSH connection dropped, or the pod cannot be reached right now (exit 3): worth a reconnect,
+    unlike a refused host key or login, which are plain WorkflowErrors with exit 3."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ExitCode.TRANSPORT)
+
+
 @dataclass
 class CommandResult:
     exit_code: int
@@ -294,7 +302,7 @@ class SSHTransport(Transport):
                 client.get_host_keys().add(hostname, key.get_name(), key)
 
         client.set_missing_host_key_policy(AcceptNew())
-        sock = paramiko.ProxyCommand(ep.proxy_command) if ep.proxy_command else None
+        sock: Any = paramiko.ProxyCommand(ep.proxy_command) if ep.proxy_command else None
         kwargs: dict[str, Any] = dict(
             hostname=ep.host, port=ep.port, username=ep.user or _local_user(), timeout=self.connect_timeout,
             banner_timeout=self.connect_timeout, auth_timeout=self.connect_timeout, sock=sock,
@@ -307,6 +315,10 @@ class SSHTransport(Transport):
                           allow_agent=False)
         where = ep.display()
         try:
+            if sock is None:  # our own socket, so TCP_NODELAY is set before the handshake (~40 ms less)
+                sock = socket.create_connection((ep.host, ep.port), timeout=self.connect_timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                kwargs["sock"] = sock
             client.connect(**kwargs)
         except paramiko.BadHostKeyException:
             host = ep.host if ep.port == 22 else f"[{ep.host}]:{ep.port}"
@@ -319,9 +331,8 @@ class SSHTransport(Transport):
                                 "pod's authorized_keys", ExitCode.TRANSPORT) from None
         except (OSError, socket.timeout, paramiko.SSHException, EOFError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
-            raise WorkflowError(f"cannot reach {where}: {reason} (waited at most {self.connect_timeout}s); "
-                                "check that the pod is up and OPS_DEFAULT_HOST / LIUM_TARGET", ExitCode.TRANSPORT
-                                ) from None
+            raise ConnectionLost(f"cannot reach {where}: {reason} (waited at most {self.connect_timeout}s); "
+                                 "check that the pod is up and OPS_DEFAULT_HOST / LIUM_TARGET") from None
         transport = client.get_transport()
         assert transport is not None
         transport.set_keepalive(self.keepalive)
@@ -344,7 +355,8 @@ class SSHTransport(Transport):
                 channel.sendall(stdin)
             channel.shutdown_write()
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise WorkflowError(f"lost the connection to {self.description}: {exc}", ExitCode.TRANSPORT) from None
+            self._drop()
+            raise ConnectionLost(f"lost the connection to {self.description}: {exc or type(exc).__name__}") from None
         out, err = bytearray(), bytearray()
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -361,7 +373,8 @@ class SSHTransport(Transport):
                 if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
                     break
                 if not transport.is_active():
-                    raise WorkflowError(f"lost the connection to {self.description}", ExitCode.TRANSPORT)
+                    self._drop()
+                    raise ConnectionLost(f"lost the connection to {self.description}")
                 if deadline is not None and time.monotonic() > deadline:
                     channel.close()
                     raise WorkflowError(f"command on {self.description} did not finish within {timeout:.0f}s",
@@ -371,7 +384,15 @@ class SSHTransport(Transport):
             code = channel.recv_exit_status()
         finally:
             channel.close()
-        return CommandResult(code if code >= 0 else 255, bytes(out), bytes(err))
+        if code < 0:  # the channel closed without an exit status: the connection went away
+            self._drop()
+            raise ConnectionLost(f"lost the connection to {self.description} (the command's end was not seen)")
+        return CommandResult(code, bytes(out), bytes(err))
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def rsync_shell(self) -> list[str]:
         ep = self.endpoint

@@ -70,7 +70,8 @@ main() {
   local root python
   root="$(repo_root)"
   python="$(venv_python "${root}")"
-  WORKFLOW_ROOT="${root}" PYTHONPATH="${root}${PYTHONPATH:+:${PYTHONPATH}}" exec "${python}" -m helpers.cli "$@"
+  # -S: no site module (its .pth hooks cost ~30 ms a command); helpers/launch.py adds the venv's packages
+  WORKFLOW_ROOT="${root}" PYTHONPATH="${root}${PYTHONPATH:+:${PYTHONPATH}}" exec "${python}" -S -m helpers.launch "$@"
 }
 
 main "$@"

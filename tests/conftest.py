@@ -128,6 +128,30 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ssh_control_dir() -> Iterator[Path]:
+    """The tests' shared SSH connections (ControlMaster sockets) live in a directory of this session's
+    own (short: a socket path is limited to 107 bytes); every master left is closed at the end."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="wft-ctl-", dir="/tmp"))
+    previous = os.environ.get("WORKFLOW_SSH_CONTROL_DIR")
+    os.environ["WORKFLOW_SSH_CONTROL_DIR"] = str(base / "ctl")
+    yield base / "ctl"
+    for sock in (base / "ctl").glob("cm-*"):
+        if sock.is_socket():
+            try:
+                subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "unused"], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+    if previous is None:
+        os.environ.pop("WORKFLOW_SSH_CONTROL_DIR", None)
+    else:
+        os.environ["WORKFLOW_SSH_CONTROL_DIR"] = previous
+    shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]:
     server = start_sshd(tmp_path_factory.mktemp("sshd"), free_port())
@@ -246,6 +270,8 @@ def make_pod(kind: str, base: Path, source: Path | None, server: SSHServer | Non
 
 
 def cleanup_pod(pod: Pod) -> None:
+    if pod.kind == "ssh":  # the shared SSH connection (ControlPersist) would outlive the test
+        pod.wf("disconnect", timeout=60)
     pod.tmux("kill-server")  # supervisors get SIGHUP and stop their process trees
     time.sleep(0.2)
 

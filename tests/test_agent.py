@@ -35,8 +35,8 @@ def test_bundle_is_reproducible_and_named_by_its_content():
     assert len(bundle_hash()) == 16 and bundle_hash() == bundle_hash()
     with zipfile.ZipFile(__import__("io").BytesIO(first)) as archive:
         names = set(archive.namelist())
-    assert "__main__.py" in names
-    assert {n for n in names if n != "__main__.py"} == {f"pod/{p.name}" for p in POD_PACKAGE.glob("*.py")}
+    assert "__main__.py" in names and "entry.py" in names
+    assert names - {"__main__.py", "entry.py"} == {f"pod/{p.name}" for p in POD_PACKAGE.glob("*.py")}
 
 
 def test_bundle_runs_with_isolated_python_and_unpacks_beside_itself(tmp_path: Path):
@@ -50,6 +50,14 @@ def test_bundle_runs_with_isolated_python_and_unpacks_beside_itself(tmp_path: Pa
         reply = json.loads(result.stdout)
         assert reply["ok"] and reply["result"]["state"] == "INIT"
     assert (tmp_path / f"agent-{bundle_hash()}.d" / "pod" / "fsm.py").is_file()
+    # later calls run the unpacked entry.py as a plain script (no zipimport, no runpy)
+    entry = tmp_path / f"agent-{bundle_hash()}.d" / "entry.py"
+    probe = subprocess.run([sys.executable, "-I", "-S", str(entry), "fsm-status"], input=request, text=True,
+                           capture_output=True)
+    assert probe.returncode == 0 and json.loads(probe.stdout)["result"]["state"] == "INIT", probe.stderr
+    traced = subprocess.run([sys.executable, "-X", "importtime", "-I", "-S", str(entry), "fsm-status"], input=request,
+                            text=True, capture_output=True)
+    assert traced.returncode == 0 and not [line for line in traced.stderr.splitlines() if line.endswith(" runpy")]
     unknown = subprocess.run([sys.executable, "-I", "-S", str(archive), "no-such-op"], input="{}", text=True,
                              capture_output=True)
     assert unknown.returncode == 2 and "unknown agent op" in json.loads(unknown.stdout)["error"]

@@ -313,16 +313,23 @@ def task_logs(ctx: Context) -> int:
     path = os.path.join(task_dir, "stdout.log")
     count = int(ctx.args.get("lines", 50))
     out = sys.stdout.buffer
-    if count:
-        text = "\n".join(tail_lines(path, count))
-        out.write((text + "\n").encode() if text else b"")
+    if ctx.args.get("offset") is not None:  # a follow resumed after a reconnect: from where the client got to
+        count, offset = 0, max(0, int(ctx.args["offset"]))
+    elif count:
+        text = ("\n".join(tail_lines(path, count)) + "\n").encode()
+        text = b"" if text == b"\n" else text
+        out.write(text)
         offset = os.path.getsize(path) if os.path.exists(path) else 0
+        start = max(0, offset - len(text))
     else:
-        offset = 0
+        offset = start = 0
+    if ctx.args.get("report_offset"):  # where the printed bytes begin in the log, so a resume can go on
+        sys.stderr.write("log-offset %d\n" % (offset if ctx.args.get("offset") is not None else start))
+        sys.stderr.flush()
     out.flush()
     if not ctx.args.get("follow"):
         if not count:
-            offset = _copy_from(path, 0, out)
+            offset = _copy_from(path, offset, out)
         return 0
     while True:
         offset = _copy_from(path, offset, out)

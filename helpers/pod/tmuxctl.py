@@ -22,6 +22,8 @@ def _tmux(base: Sequence[str], *args: str) -> subprocess.CompletedProcess:
 def agent_command(*args: str) -> List[str]:
     """argv that runs this very agent file with the pod's python."""
     archive = os.path.abspath(sys.argv[0])
+    if os.path.basename(archive) == "entry.py" and os.path.dirname(archive).endswith(".d"):
+        return [sys.executable, "-I", "-S", archive, *args]  # the unpacked bundle: complete on its own
     if not archive.endswith(".pyz"):
         raise WorkflowError("the pod agent must run from its .pyz file to start supervisors", ExitCode.FAILED)
     return [sys.executable, "-I", "-S", archive, *args]

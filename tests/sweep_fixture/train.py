@@ -58,7 +58,12 @@ def main() -> int:
             print("torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled "
                   "system error, NCCL version 2.21.5", file=sys.stderr, flush=True)
             return 1
-        time.sleep(float(cfg.get("sleep", 0.3)))
+        if cfg.get("busy"):  # CPU-bound step (bench/sweep_makespan.py): spin instead of sleeping
+            until = time.monotonic() + float(cfg.get("sleep", 0.3))
+            while time.monotonic() < until:
+                sum(i * i for i in range(1000))
+        else:
+            time.sleep(float(cfg.get("sleep", 0.3)))
     if rank == 0:
         with open(os.path.join(out, "results.json"), "w") as handle:
             json.dump({"status": "completed", "iters": steps}, handle)
