@@ -242,12 +242,19 @@ def cmd_sweep_status(session: Session) -> int:
     return _status_code(status)
 
 
+def _change_keys(status: dict[str, Any]) -> list[str]:
+    """One key per line of render_status that ignores what changes on its own (a running row's
+    duration, the table's padding): a line is printed again only when its key changes."""
+    still = {**status, "rows": [{**row, "duration_s": None} for row in status["rows"]]}
+    return [" ".join(line.split()) for line in render_status(still)]
+
+
 def cmd_sweep_watch(session: Session) -> int:
     """On a TTY the screen is redrawn; elsewhere (a log file, a pipe) the table is printed once, then
     only the lines that changed."""
     interval = max(0.5, float(session.options.interval))
     tty = sys.stdout.isatty()
-    shown: list[str] = []
+    shown: set[str] = set()
     while True:
         status = _status_call(session)
         lines = render_status(status)
@@ -255,10 +262,11 @@ def cmd_sweep_watch(session: Session) -> int:
             sys.stdout.write("\x1b[2J\x1b[H")
             session.print("\n".join(lines))
         else:
-            changed = [line for line in lines if line not in shown]
+            keys = _change_keys(status)
+            changed = [line for line, key in zip(lines, keys) if key not in shown]
             if changed:
                 session.print("\n".join(changed if shown else lines))
-            shown = lines
+            shown = set(keys)
         sys.stdout.flush()
         if status["executor"]["state"] not in ("running", "starting"):
             return _status_code(status)
