@@ -189,6 +189,9 @@ def render_status(status: dict[str, Any]) -> list[str]:
             klass = f" [{attempt['failure_class']}]" if attempt.get("failure_class") else ""
             lines.append(f"  {row['run_id']} attempt {attempt['attempt']} ({attempt.get('campaign_id')}): "
                          f"{attempt['state']}{klass}{why}  log {attempt['log']}")
+    failed = [row for row in status["rows"] if row["state"] in FAILED_STATES and row.get("log")]
+    if failed:
+        lines.append(f"a failed row's log: infra_scripts/workflow.sh sweep-logs {failed[0]['run_id']}")
     lines.append(progress_line(status))
     left = unfinished_rows(status)
     if left:
@@ -196,9 +199,6 @@ def render_status(status: dict[str, Any]) -> list[str]:
         lines.append(f"incomplete: the executor {gone} and {len(left)} row(s) never finished "
                      f"({', '.join(left[:5])}{', ...' if len(left) > 5 else ''}); rerun them with: "
                      f"infra_scripts/workflow.sh sweep-resume --campaign {status['campaign_id']}")
-    failed = [row for row in status["rows"] if row["state"] in FAILED_STATES and row.get("log")]
-    if failed:
-        lines.append(f"why a row failed: infra_scripts/workflow.sh sweep-logs {failed[0]['run_id']}")
     return lines
 
 
