@@ -210,7 +210,7 @@ def progress_line(status: dict[str, Any]) -> str:
         row["state"] == "ok" or (row["state"] in FAILED_STATES and row["state"] != "lost")))
     totals = status["totals"]
     extra = f", unfinished {len(left)}" if left else ""
-    return bar(done, status["total"]) + " done  " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())) + extra
+    return bar(done, status["total"]) + "  " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())) + extra
 
 
 def unfinished_rows(status: dict[str, Any]) -> list[str]:
