@@ -17,6 +17,7 @@ from helpers.session import Session
 from helpers.sweep_csv import SweepRow, parse_sweep_csv, select_rows, write_template
 
 FAILED_STATES = ("failed", "timed_out", "stalled", "lost", "cancelled")
+LIVE = ("running", "starting", "stopping")  # executor states that may still change rows (pod/campaigns.LIVE)
 
 
 def csv_path_of(session: Session) -> Path:
@@ -216,7 +217,7 @@ def progress_line(status: dict[str, Any]) -> str:
 def unfinished_rows(status: dict[str, Any]) -> list[str]:
     """Rows that neither succeeded nor failed for good although no executor is left to run them (a
     lost row is unfinished: sweep-resume reruns it)."""
-    if status["executor"]["state"] in ("running", "starting"):
+    if status["executor"]["state"] in LIVE:
         return []
     return [row["run_id"] for row in status["rows"] if row["state"] not in ("ok", *FAILED_STATES)
             or row["state"] == "lost"]
@@ -268,7 +269,7 @@ def cmd_sweep_watch(session: Session) -> int:
                 session.print("\n".join(changed if shown else lines))
             shown = set(keys)
         sys.stdout.flush()
-        if status["executor"]["state"] not in ("running", "starting"):
+        if status["executor"]["state"] not in LIVE:
             return _status_code(status)
         time.sleep(interval)
 
@@ -311,7 +312,7 @@ def cmd_sweep_resume(session: Session) -> int:
                           "after the executor died" + (" (not run again)" if ok else ""))
         for run_id in plan["rerun"]:
             session.print(f"  would rerun {run_id}")
-        if plan.get("executor") in ("running", "starting") or plan.get("live"):
+        if plan.get("executor") in LIVE or plan.get("live"):
             session.print("  (the real resume refuses now: the campaign is still running)")
         return 0
     result = session.call("sweep-resume", {"campaign": campaign}, sync_env=True, timeout=180)

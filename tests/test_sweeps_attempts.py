@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from conftest import Pod, SSHServer, make_pod, wait_until
 from test_sweeps import (
+    _alive,
     campaign_ids,
     campaigns_dir,
     executor_record,
@@ -234,10 +235,12 @@ def test_resume_concludes_what_finished_after_the_executor_died(local: Pod, tmp_
     csv = write_csv(tmp_path / "c.csv", "c-slow,config/slow.py,1,steps=8,,2", "c-next,config/slow.py,2,steps=6,,2")
     cid = start(pod, csv)["campaign_id"]
     wait_until(lambda: run_state(pod, "c-slow") == "running", 120, interval=0.2, what="c-slow running")
-    os.kill(int(executor_record(pod, cid)["pid"]), signal.SIGKILL)
+    pid = int(executor_record(pod, cid)["pid"])
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not _alive(pid), 10, what="the executor to die")
+    # the very first read after its death tells the truth (pid + start time checked on every read)
+    assert json.loads(pod.wf("sweep-status", "--json").stdout)["executor"]["state"] == "lost"
     wait_until(lambda: run_state(pod, "c-slow") == "success", 120, interval=0.3, what="c-slow to finish")
-    wait_until(lambda: json.loads(pod.wf("sweep-status", "--json").stdout)["executor"]["state"] == "lost", 30,
-               interval=0.3, what="the executor seen as lost")
     dry = pod.wf("sweep-resume", "--dry-run")
     assert "would first conclude c-slow" in dry.stdout and "would rerun c-next" in dry.stdout, dry.stdout
     assert "would rerun c-slow" not in dry.stdout

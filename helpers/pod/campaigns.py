@@ -24,6 +24,7 @@ from .scheduling import detect_slots, planned_run_env, slot_env
 from .taskstate import is_terminal, read_status
 
 STARTING_GRACE_SECS = 30
+LIVE = ("running", "starting", "stopping")  # an executor in these states may still start or stop runs
 ROW_COLUMNS = ("run_id", "state", "attempts", "duration_s", "failure_class", "val_loss", "from_campaign",
                "reason_line", "log", "recovered_from")
 
@@ -53,10 +54,11 @@ def campaign_dir(ctx: Context, campaign_id: Optional[str]) -> Tuple[str, str]:
 
 
 def executor_state(path: str) -> Tuple[str, Dict[str, Any]]:
-    """running | starting | finished | stopped | lost, told truthfully (a dead executor is lost)."""
+    """running | starting | stopping | finished | stopped | lost, told truthfully on every read: a
+    running or stopping executor whose process (pid + start time) is gone is lost."""
     record = read_json(os.path.join(path, "executor.json"), "executor status") or {}
     state = record.get("state", "lost")
-    if state == "running":
+    if state in ("running", "stopping"):
         if record.get("boot_id") and record["boot_id"] != proctree.boot_id():
             return "lost", {**record, "reason": "the pod rebooted"}
         if not proctree.is_alive(record.get("pid"), record.get("start_time")):
@@ -72,7 +74,7 @@ def live_campaigns(ctx: Context) -> List[str]:
     if not os.path.isdir(root(ctx)):
         return []
     return [name for name in sorted(os.listdir(root(ctx)))
-            if executor_state(os.path.join(root(ctx), name))[0] in ("running", "starting")]
+            if executor_state(os.path.join(root(ctx), name))[0] in LIVE]
 
 
 def _refuse_if_running(ctx: Context) -> None:
@@ -242,7 +244,7 @@ def sweep_status(ctx: Context) -> Dict[str, Any]:
     manifest = read_json(os.path.join(path, "manifest.json"), "campaign manifest") or {}
     state, executor = executor_state(path)
     index = read_json(os.path.join(path, "index.json"), "campaign index") or {}
-    live = state in ("running", "starting")
+    live = state in LIVE
     views = [_row_view(ctx, campaign_id, row, index, live) for row in manifest.get("rows", [])]
     if ctx.args.get("attempts"):
         for view in views:
@@ -314,7 +316,7 @@ def sweep_stop(ctx: Context) -> Dict[str, Any]:
     if ctx.args.get("plan_only"):
         return {"campaign_id": campaign_id, "executor": state, "active": active,
                 "queued": [r["run_id"] for r in rows if r["run_id"] not in active
-                           and _row_view(ctx, campaign_id, r, {}, state in ("running", "starting"))["state"]
+                           and _row_view(ctx, campaign_id, r, {}, state in LIVE)["state"]
                            == "queued"]}
     # first the request: an executor still starting reads it before it runs anything, and a running one
     # before each launch (a signal alone could come before it has installed its handler, or be missed)
@@ -324,7 +326,7 @@ def sweep_stop(ctx: Context) -> Dict[str, Any]:
         if state_now == "running":
             executor = record_now
             state = "running"
-    if state == "running":
+    if state in ("running", "stopping"):
         os.kill(int(executor["pid"]), signal.SIGTERM)  # it cancels its active runs, then exits
         deadline = time.monotonic() + ctx.number("TASK_KILL_GRACE_SECS", 10) + 60
         while time.monotonic() < deadline and proctree.is_alive(executor["pid"], executor.get("start_time")):
@@ -333,7 +335,7 @@ def sweep_stop(ctx: Context) -> Dict[str, Any]:
     attempts.conclude_orphans(ctx.outputs, path, campaign_id, rows)  # their attempts kept, as the executor does
     stopped = [*active, *(r for r in stopped if r not in active)]
     record = read_json(os.path.join(path, "executor.json"), "executor status") or {}
-    if record.get("state") in ("running", "starting"):
+    if record.get("state") in LIVE:
         record.update(state="stopped", ended_utc=utc_now(), stop_reason="sweep-stop (executor gone or not yet started)")
         write_json(os.path.join(path, "executor.json"), record)
     current = fsm.read_state(ctx.state_file)

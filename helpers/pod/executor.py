@@ -315,6 +315,7 @@ class Executor:
                 write_json(os.path.join(self.dir, "index.json"), self.index, durable=False)
             time.sleep(0.2)
         if self.stop_reason:
+            self.beat("stopping", stop_reason=self.stop_reason, active=sorted(active), queued=len(todo))
             self.say(f"stopping ({self.stop_reason}): cancelling {len(active)} active run(s)")
             failed += len(active)
             self._stop_active(active)
