@@ -288,7 +288,8 @@ def cmd_sweep_stop(session: Session) -> int:
         if not plan["active"]:
             session.print("  no row is running")
         return 0
-    session.print(f"stopping campaign {campaign or '(the latest)'} on {session.transport_label()} ...")
+    if not session.as_json:
+        session.print(f"stopping campaign {campaign or '(the latest)'} on {session.transport_label()} ...")
     result = session.call("sweep-stop", {"campaign": campaign}, timeout=600)
     if session.as_json:
         session.emit_json(result)

@@ -76,6 +76,14 @@ def test_reason_is_the_childs_first_error_line_not_torchruns_wrapper():
              "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n")
     assert reason_line(crash, {}) == "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert reason_line("iter 0\ngiving up on purpose\n", {}) == "giving up on purpose"
+    wrapped = ("iter 1\ngiving up on purpose\nE1202 12:00:02.000 42 torch/distributed/elastic/api.py:1] failed\n"
+               "Traceback (most recent call last):\n  File \"/venv/bin/torchrun\", line 8, in <module>\n"
+               "    sys.exit(main())\n             ^^^^^^\n"
+               "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n")
+    assert reason_line(wrapped, {}) == "giving up on purpose"
+    assert reason_line("iter 1\nSignalException: got signal 15\n", {"failure_class": "stalled",
+                                                                       "reason": "no output for 20s"}) == (
+        "no output for 20s")
     assert reason_line("", {"reason": "exit 3"}) == "exit 3"
 
 

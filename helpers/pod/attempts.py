@@ -117,18 +117,27 @@ _WRAPPER = re.compile(
     r"^=====.*=====$|Setting OMP_NUM_THREADS|warnings\.warn|Warning:|FutureWarning|UserWarning")
 _ERRORISH = re.compile(r"\b(error|exception|fatal|failed|failure|abort(ed)?|refus\w*|cannot|invalid)\b",
                        re.IGNORECASE)
+STOPPED_BY_SUPERVISOR = ("stalled", "timeout", "killed", "lost", "disk_full")
 _RANK_PREFIX = re.compile(r"^\[(default)?rank\d+\]: ?")
 
 
 def _child_lines(text: str) -> List[str]:
     """The child's own output lines: torchrun's wrapper report (and everything after it) dropped."""
     lines: List[str] = []
+    traceback_at = -1
     for raw in text.splitlines():
         line = _RANK_PREFIX.sub("", raw.rstrip())
-        if "ChildFailedError" in line or re.match(r"^\S+ FAILED$", line):
+        if "ChildFailedError" in line or "SignalException" in line or re.match(r"^\S+ FAILED$", line):
+            if traceback_at >= 0:
+                del lines[traceback_at:]  # that traceback was torchrun's own, not the child's
             break  # torchrun's own report of the failure: the child's lines are above it
-        if line.strip() and not _WRAPPER.search(line):
-            lines.append(line)
+        if not line.strip() or _WRAPPER.search(line) or not line.strip(" ^~"):
+            continue  # blank, torchrun's, or a traceback's ^^^^ markers
+        if line.startswith("Traceback (most recent call last)"):
+            traceback_at = len(lines)  # a traceback opens: whose, its exception line tells
+        elif not line.startswith((" ", "\t")):
+            traceback_at = -1  # an exception line closed it: it was the child's
+        lines.append(line)
     return lines
 
 
@@ -136,6 +145,8 @@ def reason_line(text: str, record: Dict[str, Any]) -> str:
     """The first error line the child printed (not torchrun's ChildFailedError wrapper): the exception
     line ending a Python traceback, else the first line that reads as an error, else the fatal match,
     else the child's last line, else the supervisor's reason."""
+    if record.get("failure_class") in STOPPED_BY_SUPERVISOR and record.get("reason"):
+        return str(record["reason"])[:REASON_CHARS]  # the supervisor stopped it: its reason says why
     lines = _child_lines(text)
     found = None
     for i, line in enumerate(lines):
