@@ -489,6 +489,11 @@ def test_stop_then_resume(stop_resume: dict[str, Any]):
     assert code == 0 and {r: v["state"] for r, v in rows_by_id(status).items()} == dict.fromkeys(states, "ok")
     assert seen["fsm_at_end"] == "SWEEP_COMPLETED"
     assert seen["campaigns_at_end"] == seen["campaigns_before"]  # resume never makes a new campaign
+    pod = seen["pod"]
+    for run_id in ("st-s1", "st-s2"):  # the cancelled attempt and the resumed one: both kept, both counted
+        assert sorted(os.listdir(run_dir(pod, run_id) / "attempts")) == ["1", "2"]
+        assert read_json(run_dir(pod, run_id) / "attempts" / "1" / "summary.json")["state"] == "cancelled"
+        assert summary(pod, run_id)["attempts"] == 2 and rows_by_id(status)[run_id]["attempts"] == 2
 
 
 def test_status_of_a_resumed_row_while_it_runs(stop_resume: dict[str, Any]):
