@@ -326,7 +326,8 @@ def write_summary(path: str, campaign_id: str, row: Dict[str, Any], attempts: Li
     """The run's summary.json; ``attempts`` are this pass's, the history has every pass's of the campaign."""
     final = attempts[-1]
     history = campaign_attempts(path, campaign_id) or attempts
-    recovered = [str(a.get("failure_class")) for a in history[:-1] if a.get("failure_class")]
+    recovered = [str(a.get("failure_class")) for a in history[:-1]
+                 if a.get("failure_class") and a.get("state") != "cancelled"]  # a stop is no failure
     last, best = read_metrics(out_dir)
     results = read_json(os.path.join(out_dir, "results.json"), "trainer results") if os.path.exists(
         os.path.join(out_dir, "results.json")) else None
