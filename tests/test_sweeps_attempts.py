@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -276,9 +277,15 @@ def test_stop_names_each_row_and_keeps_its_attempts(local: Pod, tmp_path: Path):
     cid = start(pod, csv)["campaign_id"]
     wait_until(lambda: run_state(pod, "st-1") == "running" and run_state(pod, "st-2") == "running", 120,
                interval=0.2, what="both rows running")
-    began = time.monotonic()
-    stopped = pod.wf("sweep-stop", timeout=300)
-    took = time.monotonic() - began
+    with ThreadPoolExecutor(1) as pool:  # sweep-logs --follow streams the live attempt until it ends
+        follow = pool.submit(pod.wf, "sweep-logs", "st-1", "--follow", timeout=300)
+        wait_until(lambda: "iter 1 " in (run_dir(pod, "st-1") / "run.log").read_text(), 120, interval=0.2,
+                   what="st-1 output")
+        began = time.monotonic()
+        stopped = pod.wf("sweep-stop", timeout=300)
+        took = time.monotonic() - began
+        followed = follow.result(timeout=120)
+    assert followed.returncode == 0 and "iter 0 " in followed.stdout and "iter 1 " in followed.stdout, followed
     assert stopped.returncode == 0, stopped.stderr
     assert "st-1: cancelled" in stopped.stdout and "st-2: cancelled" in stopped.stdout, stopped.stdout
     assert "none left running" not in stopped.stdout and "2 run(s) cancelled" in stopped.stdout
