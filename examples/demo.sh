@@ -8,7 +8,11 @@
 set -euo pipefail
 
 step() {
-  printf '\n\033[1m== workflow.sh %s\033[0m\n' "$*"
+  if [[ -t 1 ]]; then
+    printf '\n\033[1m== workflow.sh %s\033[0m\n' "$*"
+  else
+    printf '\n== workflow.sh %s\n' "$*"  # no ANSI codes in a log file or a pipe
+  fi
 }
 
 main() {
@@ -30,8 +34,9 @@ main() {
   "${wf[@]}" sweep-watch --interval 5 || true
   step sweep-status
   if ! "${wf[@]}" sweep-status; then
-    printf '(sweep-status exits 1 because a row failed, as planned)\n'
+    printf '(sweep-status exits 1 because a row failed, as planned: its REASON column says why)\n'
   fi
+  step sweep-logs tiny-typo && "${wf[@]}" sweep-logs tiny-typo
   step fetch-all && "${wf[@]}" fetch-all
   step fsm-status && "${wf[@]}" fsm-status
   printf '\nDone. Runs are in %s/artifacts/<run_id>/ (summary.json, run_manifest.json, metrics.jsonl, run.log).\n' "${root}"

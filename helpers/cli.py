@@ -85,6 +85,18 @@ def _setup_campaign(p: argparse.ArgumentParser) -> None:
     p.add_argument("--campaign", help="campaign id (default: the latest)")
 
 
+def _setup_sweep_status(p: argparse.ArgumentParser) -> None:
+    _setup_campaign(p)
+    p.add_argument("--attempts", action="store_true", help="also list every attempt of each row (its state, "
+                                                            "reason and log)")
+
+
+def _setup_sweep_logs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id", help="the sweep run (a CSV run_id)")
+    p.add_argument("--attempt", type=int, help="that attempt's log (default: the latest; see sweep-status --attempts)")
+    p.add_argument("--follow", "-f", action="store_true", help="stream until the attempt ends")
+
+
 def _setup_sweep_watch(p: argparse.ArgumentParser) -> None:
     _setup_campaign(p)
     p.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes (default 5)")
@@ -138,7 +150,11 @@ COMMANDS: tuple[Command, ...] = (
     Command("sweep-start", "validate the CSV, create a campaign, start the executor in tmux", "cmd_sweeps",
             "cmd_sweep_start", _setup_sweep_start, changes=True, json=True),
     Command("sweep-status", "every row's state, attempts, duration, failure, val loss; totals", "cmd_sweeps",
-            "cmd_sweep_status", _setup_campaign, json=True),
+            "cmd_sweep_status", _setup_sweep_status, json=True),
+    Command("sweep-logs", "one sweep row's log (the latest attempt, or --attempt N); --follow streams it",
+            "cmd_sweepinfo", "cmd_sweep_logs", _setup_sweep_logs),
+    Command("sweep-list", "every campaign on the pod with its state, rows and dates", "cmd_sweepinfo",
+            "cmd_sweep_list", None, json=True),
     Command("sweep-watch", "sweep-status, refreshed until the sweep ends", "cmd_sweeps", "cmd_sweep_watch",
             _setup_sweep_watch),
     Command("sweep-stop", "stop the executor and every run (cancelled), nothing left behind", "cmd_sweeps",

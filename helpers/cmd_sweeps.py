@@ -17,6 +17,7 @@ from helpers.session import Session
 from helpers.sweep_csv import SweepRow, parse_sweep_csv, select_rows, write_template
 
 FAILED_STATES = ("failed", "timed_out", "stalled", "lost", "cancelled")
+LIVE = ("running", "starting", "stopping")  # executor states that may still change rows (pod/campaigns.LIVE)
 
 
 def csv_path_of(session: Session) -> Path:
@@ -55,13 +56,18 @@ def cmd_sweep_csv_template(session: Session) -> int:
     return 0
 
 
-def _pod_slots(session: Session) -> list[str]:
-    """The slots the executor would use (same detection on the pod: CUDA_VISIBLE_DEVICES, nvidia-smi,
-    SWEEP_CPU_SLOTS); a read-only agent call."""
-    return [str(slot) for slot in session.call("sweep-start", {"plan_only": True}, timeout=120)["slots"]]
+def _pod_plan(session: Session, rows: list[SweepRow]) -> dict[str, Any]:
+    """What the executor would see (a read-only agent call, the same detection on the pod:
+    CUDA_VISIBLE_DEVICES, nvidia-smi, SWEEP_CPU_SLOTS): its slots, the env it adds to every run
+    (OMP_NUM_THREADS on CPU slots) and which rows are already ok (the real start skips them)."""
+    plan: dict[str, Any] = session.call("sweep-start", {"plan_only": True, "rows": [_row_payload(r) for r in rows]},
+                                        timeout=120)
+    plan["slots"] = [str(slot) for slot in plan["slots"]]
+    return plan
 
 
-def plan_sweep(session: Session, rows: list[SweepRow], slots: list[str]) -> list[str]:
+def plan_sweep(session: Session, rows: list[SweepRow], slots: list[str], env: dict[str, str] | None = None
+               ) -> list[str]:
     """Every row's exact command and slot assignment, in the order the executor starts them: the
     executor's own rule (:func:`schedule_step`), simulated as if every run took the same time."""
     cfg = session.cfg
@@ -87,7 +93,9 @@ def plan_sweep(session: Session, rows: list[SweepRow], slots: list[str]) -> list
         visible = "" if cpu else ",".join(take)
         where = f"CPU slot(s) {','.join(take)}" if cpu else f"GPU(s) {visible}"
         lines.append(f"row {row.row_number} {row.run_id}: {where} (wave {wave})")
-        lines.append(f"  cd {shlex.quote(workdir)} && CUDA_VISIBLE_DEVICES={shlex.quote(visible)} {shlex.join(argv)}")
+        shown = {**(env or {}), "CUDA_VISIBLE_DEVICES": visible}
+        words = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(shown.items()))
+        lines.append(f"  cd {shlex.quote(workdir)} && {words} {shlex.join(argv)}")
     return lines
 
 
@@ -100,12 +108,16 @@ def cmd_sweep_start(session: Session) -> int:
     load_user_patterns(session)
     patterns_path = cfg.local_path("TASK_FATAL_PATTERNS_FILE")
     if session.dry_run:
-        slots = _pod_slots(session)
-        session.print(f"would start a campaign of {len(selected)} row(s) from {path} on {session.transport_label()}; "
-                      f"slots: {', '.join(slots)}; timeout {cfg.number('RUN_TIMEOUT_SECS') or 'none'}s per attempt; "
-                      "rows start in this order as slots free up, none ahead of an earlier row that waits for "
-                      "slots (the slots shown assume equal run times)")
-        for line in plan_sweep(session, selected, slots):
+        plan = _pod_plan(session, selected)
+        slots, skip = plan["slots"], set(plan.get("already_ok") or [])
+        todo = [row for row in selected if row.run_id not in skip]
+        already = f" ({len(skip)} already ok: skipped: {', '.join(sorted(skip))})" if skip else ""
+        session.print(f"would start a campaign of {len(selected)} row(s){already} from {path} on "
+                      f"{session.transport_label()}, running {len(todo)}; slots: {', '.join(slots)}; timeout "
+                      f"{cfg.number('RUN_TIMEOUT_SECS') or 'none'}s per attempt; rows start in this order as slots "
+                      "free up, none ahead of an earlier row that waits for slots (the slots shown assume equal run "
+                      "times)")
+        for line in plan_sweep(session, todo, slots, plan.get("env") or {}):
             session.print(line)
         return 0
     csv_bytes = path.read_bytes()
@@ -142,22 +154,46 @@ def expand_rows(status: dict[str, Any]) -> dict[str, Any]:
     return status
 
 
+def row_state(row: dict[str, Any]) -> str:
+    """The STATE cell: a row that recovered from a failure says so, e.g. ``ok (oom→retry)``."""
+    state = str(row["state"])
+    recovered = row.get("recovered_from") or []
+    if state == "ok" and recovered:
+        state += f" ({'→'.join(dict.fromkeys(recovered))}→retry)"
+    return state + (f" (campaign {row['from_campaign']})" if row.get("from_campaign") else "")
+
+
+REASON_WIDTH = 100
+
+
+def _row_cells(row: dict[str, Any]) -> list[str]:
+    loss = row.get("val_loss")
+    reason = str(row.get("reason_line") or "") if row["state"] in FAILED_STATES else ""
+    reason = reason if len(reason) <= REASON_WIDTH else reason[:REASON_WIDTH - 3] + "..."
+    return [row["run_id"], row_state(row), str(row.get("attempts") or 0), duration(row.get("duration_s")),
+            row.get("failure_class") or "", "" if loss is None else f"{loss:.4f}", reason]
+
+
+HEADERS = ["RUN_ID", "STATE", "ATTEMPTS", "DURATION", "FAILURE", "VAL_LOSS", "REASON"]
+
+
 def render_status(status: dict[str, Any]) -> list[str]:
     ex = status["executor"]
     slots = f", slots {','.join(ex['slots'])}" if ex.get("slots") else ""
     reason = f" ({ex['reason']})" if ex.get("reason") else ""
     lines = [f"campaign {status['campaign_id']} (created {status['created_utc']}): executor {ex['state']}{reason}"
              f"{slots}"]
-    rows = []
+    lines += table(HEADERS, [_row_cells(row) for row in status["rows"]])
     for row in status["rows"]:
-        loss = row.get("val_loss")
-        state = row["state"] + (f" (campaign {row['from_campaign']})" if row.get("from_campaign") else "")
-        rows.append([row["run_id"], state, str(row.get("attempts") or 0), duration(row.get("duration_s")),
-                     row.get("failure_class") or "", "" if loss is None else f"{loss:.4f}"])
-    lines += table(["RUN_ID", "STATE", "ATTEMPTS", "DURATION", "FAILURE", "VAL_LOSS"], rows)
-    totals = status["totals"]
-    done = sum(v for k, v in totals.items() if k in ("ok", *FAILED_STATES))
-    lines.append(bar(done, status["total"]) + "  " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
+        for attempt in row.get("attempt_list") or []:
+            why = f": {attempt['reason_line']}" if attempt.get("reason_line") else ""
+            klass = f" [{attempt['failure_class']}]" if attempt.get("failure_class") else ""
+            lines.append(f"  {row['run_id']} attempt {attempt['attempt']} ({attempt.get('campaign_id')}): "
+                         f"{attempt['state']}{klass}{why}  log {attempt['log']}")
+    failed = [row for row in status["rows"] if row["state"] in FAILED_STATES and row.get("log")]
+    if failed:
+        lines.append(f"a failed row's log: infra_scripts/workflow.sh sweep-logs {failed[0]['run_id']}")
+    lines.append(progress_line(status))
     left = unfinished_rows(status)
     if left:
         gone = "is gone" if ex["state"] == "lost" else f"has {ex['state']}"
@@ -167,11 +203,24 @@ def render_status(status: dict[str, Any]) -> list[str]:
     return lines
 
 
+def progress_line(status: dict[str, Any]) -> str:
+    """The bar fills only for rows that are finished for good: a lost row, or one no executor is left
+    to run, is unfinished work (never a full bar)."""
+    left = set(unfinished_rows(status))
+    done = sum(1 for row in status["rows"] if row["run_id"] not in left and (
+        row["state"] == "ok" or (row["state"] in FAILED_STATES and row["state"] != "lost")))
+    totals = status["totals"]
+    extra = f", unfinished {len(left)}" if left else ""
+    return bar(done, status["total"]) + "  " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())) + extra
+
+
 def unfinished_rows(status: dict[str, Any]) -> list[str]:
-    """Rows that neither succeeded nor failed although no executor is left to run them."""
-    if status["executor"]["state"] in ("running", "starting"):
+    """Rows that neither succeeded nor failed for good although no executor is left to run them (a
+    lost row is unfinished: sweep-resume reruns it)."""
+    if status["executor"]["state"] in LIVE:
         return []
-    return [row["run_id"] for row in status["rows"] if row["state"] not in ("ok", *FAILED_STATES)]
+    return [row["run_id"] for row in status["rows"] if row["state"] not in ("ok", *FAILED_STATES)
+            or row["state"] == "lost"]
 
 
 def _status_code(status: dict[str, Any]) -> int:
@@ -179,8 +228,14 @@ def _status_code(status: dict[str, Any]) -> int:
     return int(ExitCode.FAILED) if failed or unfinished_rows(status) else 0
 
 
+def _status_call(session: Session, attempts: bool = False, reconnect: bool = False) -> dict[str, Any]:
+    call = session.call_reconnecting if reconnect else session.call
+    return expand_rows(call("sweep-status", {"campaign": session.options.campaign, "attempts": attempts},
+                            timeout=300))
+
+
 def cmd_sweep_status(session: Session) -> int:
-    status = expand_rows(session.call("sweep-status", {"campaign": session.options.campaign}, timeout=300))
+    status = _status_call(session, bool(getattr(session.options, "attempts", False)))
     status["unfinished"] = unfinished_rows(status)
     if session.as_json:
         session.emit_json(status)
@@ -189,17 +244,33 @@ def cmd_sweep_status(session: Session) -> int:
     return _status_code(status)
 
 
+def _change_keys(status: dict[str, Any]) -> list[str]:
+    """One key per line of render_status that ignores what changes on its own (a running row's
+    duration, the table's padding): a line is printed again only when its key changes."""
+    still = {**status, "rows": [{**row, "duration_s": None} for row in status["rows"]]}
+    return [" ".join(line.split()) for line in render_status(still)]
+
+
 def cmd_sweep_watch(session: Session) -> int:
+    """On a TTY the screen is redrawn; elsewhere (a log file, a pipe) the table is printed once, then
+    only the lines that changed."""
     interval = max(0.5, float(session.options.interval))
     tty = sys.stdout.isatty()
+    shown: set[str] = set()
     while True:
-        status = expand_rows(session.call_reconnecting("sweep-status", {"campaign": session.options.campaign},
-                                                       timeout=300))
+        status = _status_call(session, reconnect=True)
+        lines = render_status(status)
         if tty:
             sys.stdout.write("\x1b[2J\x1b[H")
-        session.print("\n".join(render_status(status)))
+            session.print("\n".join(lines))
+        else:
+            keys = _change_keys(status)
+            changed = [line for line, key in zip(lines, keys) if key not in shown]
+            if changed:
+                session.print("\n".join(changed if shown else lines))
+            shown = set(keys)
         sys.stdout.flush()
-        if status["executor"]["state"] not in ("running", "starting"):
+        if status["executor"]["state"] not in LIVE:
             return _status_code(status)
         time.sleep(interval)
 
@@ -207,25 +278,44 @@ def cmd_sweep_watch(session: Session) -> int:
 def cmd_sweep_stop(session: Session) -> int:
     campaign = session.options.campaign
     if session.dry_run:
-        session.print(f"would stop campaign {campaign or '(the latest)'} on {session.transport_label()}: SIGTERM to "
-                      "the executor, which cancels every active run (their whole process trees); state "
-                      "SWEEP_STOPPED")
+        plan = session.call("sweep-stop", {"campaign": campaign, "plan_only": True}, timeout=120)
+        session.print(f"would stop campaign {plan['campaign_id']} on {session.transport_label()} (executor "
+                      f"{plan['executor']}): SIGTERM to the executor, which cancels every active run (their whole "
+                      "process trees); state SWEEP_STOPPED")
+        for run_id in plan["active"]:
+            session.print(f"  would cancel {run_id} (running)")
+        for run_id in plan["queued"]:
+            session.print(f"  would not start {run_id} (queued)")
+        if not plan["active"]:
+            session.print("  no row is running")
         return 0
+    if not session.as_json:
+        session.print(f"stopping campaign {campaign or '(the latest)'} on {session.transport_label()} ...")
     result = session.call("sweep-stop", {"campaign": campaign}, timeout=600)
     if session.as_json:
         session.emit_json(result)
         return 0
-    stopped = ", ".join(result["stopped_runs"]) or "none left running"
-    session.print(f"campaign {result['campaign_id']} stopped (executor was {result['executor_was']}); "
-                  f"runs stopped here: {stopped}; state {result['state']}")
+    for run_id in result["stopped_runs"]:
+        session.print(f"  {run_id}: cancelled")
+    stopped = f"{len(result['stopped_runs'])} run(s) cancelled" if result["stopped_runs"] else "no run was running"
+    session.print(f"campaign {result['campaign_id']} stopped (executor was {result['executor_was']}); {stopped}; "
+                  f"state {result['state']}")
     return 0
 
 
 def cmd_sweep_resume(session: Session) -> int:
     campaign = session.options.campaign
     if session.dry_run:
-        session.print(f"would rerun the failed, cancelled and missing rows of campaign {campaign or '(the latest)'} "
-                      f"on {session.transport_label()} (rows already ok are skipped)")
+        plan = session.call("sweep-resume", {"campaign": campaign, "plan_only": True}, timeout=120)
+        session.print(f"would resume campaign {plan['campaign_id']} on {session.transport_label()}: rerun "
+                      f"{len(plan['rerun'])} row(s) (rows already ok are skipped)")
+        for run_id, ok in plan["concluded"]:
+            session.print(f"  would first conclude {run_id}: its last attempt ended {'ok' if ok else 'failed'} "
+                          "after the executor died" + (" (not run again)" if ok else ""))
+        for run_id in plan["rerun"]:
+            session.print(f"  would rerun {run_id}")
+        if plan.get("executor") in LIVE or plan.get("live"):
+            session.print("  (the real resume refuses now: the campaign is still running)")
         return 0
     result = session.call("sweep-resume", {"campaign": campaign}, sync_env=True, timeout=180)
     if session.as_json:
@@ -233,6 +323,9 @@ def cmd_sweep_resume(session: Session) -> int:
         return 0
     if not result["rerun"]:
         session.print(f"campaign {result['campaign_id']}: every row is ok; nothing to resume")
+    for run_id, ok in result.get("concluded") or []:
+        session.print(f"  {run_id}: concluded first ({'ok: not run again' if ok else 'failed'})")
+    if not result["rerun"]:
         return 0
     session.print(f"campaign {result['campaign_id']} resumed: rerunning {', '.join(result['rerun'])}")
     return 0

@@ -49,7 +49,13 @@ def test_demo_runs_a_true_sweep_and_fetches_it(tmp_path: Path):
         subprocess.run(["tmux", "kill-server"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "4/4  failed 1, ok 3" in result.stdout
-    assert "(sweep-status exits 1 because a row failed, as planned)" in result.stdout
+    assert "(sweep-status exits 1 because a row failed, as planned" in result.stdout
+    # the final table tells the failed row's cause (the trainer's own line, not torchrun's wrapper)
+    final = result.stdout.split("== workflow.sh sweep-status", 1)[1].split("== workflow.sh", 1)[0]
+    typo = next(line for line in final.splitlines() if line.startswith("tiny-typo "))
+    assert "config error: learning_rate expects float, got 'fast'" in typo, final
+    assert "ok (oom→retry)" in final, final
+    assert "\x1b[" not in result.stdout  # not a TTY: no ANSI codes
     summaries = {p.parent.name: json.loads(p.read_text()) for p in (checkout / "artifacts").glob("*/summary.json")}
     assert sorted(summaries) == ["tiny-lr2e-3", "tiny-lr6e-3", "tiny-oom-retry", "tiny-typo"]
     assert [summaries[r]["ok"] for r in sorted(summaries)] == [True, True, True, False]

@@ -331,9 +331,11 @@ def _core_scenario(pod: Pod, csv: Path) -> None:
     assert lines[0].startswith(f"campaign {cid}") and "executor finished" in lines[0]
     expected = {"c-ok": ("ok", "1"), "c-fail": ("failed", "1"), "c-hang": ("ok", "2"), "c-oom": ("ok", "2"),
                 "c-nccl": ("ok", "2")}
+    shown = {"c-hang": "ok (stalled→retry)", "c-oom": "ok (oom→retry)", "c-nccl": "ok (nccl→retry)"}
     for run_id, (state, attempts) in expected.items():
         words = next(line.split() for line in lines if line.startswith(run_id + " "))
-        assert words[1:3] == [state, attempts], words
+        cell = shown.get(run_id, state).split()
+        assert words[1:2 + len(cell)] == [*cell, attempts], words
     assert "nonzero_exit" in next(line for line in lines if line.startswith("c-fail "))
     assert "5/5" in lines[-1] and "failed 1" in lines[-1] and "ok 4" in lines[-1]
     code, status = status_json(pod)
@@ -488,6 +490,11 @@ def test_stop_then_resume(stop_resume: dict[str, Any]):
     assert code == 0 and {r: v["state"] for r, v in rows_by_id(status).items()} == dict.fromkeys(states, "ok")
     assert seen["fsm_at_end"] == "SWEEP_COMPLETED"
     assert seen["campaigns_at_end"] == seen["campaigns_before"]  # resume never makes a new campaign
+    pod = seen["pod"]
+    for run_id in ("st-s1", "st-s2"):  # the cancelled attempt and the resumed one: both kept, both counted
+        assert sorted(os.listdir(run_dir(pod, run_id) / "attempts")) == ["1", "2"]
+        assert read_json(run_dir(pod, run_id) / "attempts" / "1" / "summary.json")["state"] == "cancelled"
+        assert summary(pod, run_id)["attempts"] == 2 and rows_by_id(status)[run_id]["attempts"] == 2
 
 
 def test_status_of_a_resumed_row_while_it_runs(stop_resume: dict[str, Any]):

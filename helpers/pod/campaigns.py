@@ -14,17 +14,19 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import fsm, proctree, runs, tmuxctl
+from . import attempts, fsm, proctree, runs, tmuxctl
 from .context import Context
 from .errors import ExitCode, WorkflowError
 from .executor import request_stop
 from .ids import check_id
 from .jsonio import parse_utc, read_json, utc_now, write_bytes, write_json
-from .scheduling import detect_slots, planned_run_env
+from .scheduling import detect_slots, planned_run_env, slot_env
 from .taskstate import is_terminal, read_status
 
 STARTING_GRACE_SECS = 30
-ROW_COLUMNS = ("run_id", "state", "attempts", "duration_s", "failure_class", "val_loss", "from_campaign")
+LIVE = ("running", "starting", "stopping")  # an executor in these states may still start or stop runs
+ROW_COLUMNS = ("run_id", "state", "attempts", "duration_s", "failure_class", "val_loss", "from_campaign",
+               "reason_line", "log", "recovered_from")
 
 
 def root(ctx: Context) -> str:
@@ -52,10 +54,11 @@ def campaign_dir(ctx: Context, campaign_id: Optional[str]) -> Tuple[str, str]:
 
 
 def executor_state(path: str) -> Tuple[str, Dict[str, Any]]:
-    """running | starting | finished | stopped | lost, told truthfully (a dead executor is lost)."""
+    """running | starting | stopping | finished | stopped | lost, told truthfully on every read: a
+    running or stopping executor whose process (pid + start time) is gone is lost."""
     record = read_json(os.path.join(path, "executor.json"), "executor status") or {}
     state = record.get("state", "lost")
-    if state == "running":
+    if state in ("running", "stopping"):
         if record.get("boot_id") and record["boot_id"] != proctree.boot_id():
             return "lost", {**record, "reason": "the pod rebooted"}
         if not proctree.is_alive(record.get("pid"), record.get("start_time")):
@@ -71,7 +74,7 @@ def live_campaigns(ctx: Context) -> List[str]:
     if not os.path.isdir(root(ctx)):
         return []
     return [name for name in sorted(os.listdir(root(ctx)))
-            if executor_state(os.path.join(root(ctx), name))[0] in ("running", "starting")]
+            if executor_state(os.path.join(root(ctx), name))[0] in LIVE]
 
 
 def _refuse_if_running(ctx: Context) -> None:
@@ -158,12 +161,17 @@ def sweep_start(ctx: Context) -> Dict[str, Any]:
 
 def _sweep_start(ctx: Context) -> Dict[str, Any]:
     args = ctx.args
-    if args.get("plan_only"):  # --dry-run: the slots the executor would pack onto; changes nothing
-        return {"slots": detect_slots(ctx, planned_run_env(ctx))}
-    rows: List[Dict[str, Any]] = [dict(r) for r in args["rows"]]
+    rows: List[Dict[str, Any]] = [dict(r) for r in args.get("rows") or []]
     for row in rows:
         check_id(row["run_id"], "run id")
         row["spec_hash"] = runs.spec_hash(row)
+    if args.get("plan_only"):  # --dry-run: what the executor would see and skip; changes nothing
+        env = planned_run_env(ctx)
+        slots = detect_slots(ctx, env)
+        return {"slots": slots, "env": {k: v for k, v in slot_env(env, slots, slots).items()
+                                        if k != "CUDA_VISIBLE_DEVICES"},
+                "already_ok": [r["run_id"] for r in rows if runs.is_ok(runs.run_dir(ctx.outputs, r["run_id"]),
+                                                                       r["spec_hash"])]}
     fsm.check_allowed(fsm.read_state(ctx.state_file), "sweep-start", ctx.enforce)
     _refuse_if_running(ctx)
     slots = _check_pod_side(ctx, rows)
@@ -218,9 +226,7 @@ def _row_view(ctx: Context, campaign_id: str, row: Dict[str, Any], index: Dict[s
         done = None
     if done and done.get("spec_hash") == row.get("spec_hash") and (
             done.get("campaign_id") == campaign_id or done.get("ok")):
-        return {**view, "state": "ok" if done.get("ok") else done.get("state"), "attempts": done.get("attempts"),
-                "duration_s": done.get("duration_s"), "failure_class": done.get("failure_class"),
-                "val_loss": (done.get("final_metrics") or {}).get("val_loss"),
+        return {**view, **attempts.index_entry(done), "state": "ok" if done.get("ok") else done.get("state"),
                 "from_campaign": None if done.get("campaign_id") == campaign_id else done.get("campaign_id")}
     own = runs.owner(path) if os.path.isdir(path) else None
     if not own or own.get("campaign_id") != campaign_id:
@@ -234,16 +240,13 @@ def _row_view(ctx: Context, campaign_id: str, row: Dict[str, Any], index: Dict[s
     elif ended and executor_live:
         state = "retrying"  # an attempt ended; the executor decides what comes next
     started = parse_utc(status.get("started_utc"))
-    attempts = 0
-    try:
-        with open(os.path.join(path, "attempts.jsonl"), "rb") as handle:
-            attempts = sum(1 for line in handle if campaign_id.encode() in line)
-    except OSError:
-        pass
+    count = len(runs.campaign_attempts(path, campaign_id))
     out_dir = os.path.join(ctx.path("RUN_OUT_LOCAL_ROOT"), run_id) if ctx.get("RUN_OUT_MODE") == "local_sync" else path
-    return {**view, "state": state, "attempts": attempts + (0 if ended else 1),
+    return {**view, "state": state, "attempts": count + (0 if ended else 1),
             "duration_s": round(time.time() - started, 1) if started and not ended else None,
-            "failure_class": status.get("failure_class"), "val_loss": runs.last_val_loss(out_dir)}
+            "failure_class": status.get("failure_class"), "val_loss": runs.last_val_loss(out_dir),
+            "reason_line": status.get("reason") if ended and state != "success" else None,
+            "log": os.path.join(path, "run.log")}
 
 
 def sweep_status(ctx: Context) -> Dict[str, Any]:
@@ -251,17 +254,35 @@ def sweep_status(ctx: Context) -> Dict[str, Any]:
     manifest = read_json(os.path.join(path, "manifest.json"), "campaign manifest") or {}
     state, executor = executor_state(path)
     index = read_json(os.path.join(path, "index.json"), "campaign index") or {}
-    live = state in ("running", "starting")
+    live = state in LIVE
     views = [_row_view(ctx, campaign_id, row, index, live) for row in manifest.get("rows", [])]
+    if ctx.args.get("attempts"):
+        for view in views:
+            view["attempt_list"] = attempt_list(runs.run_dir(ctx.outputs, view["run_id"]))
     totals: Dict[str, int] = {}
     for view in views:
         totals[view["state"]] = totals.get(view["state"], 0) + 1
-    rows = [[v.get(c) for c in ROW_COLUMNS] for v in views]  # compact on the wire: 10,000 rows stay small
+    columns = [*ROW_COLUMNS, "attempt_list"] if ctx.args.get("attempts") else list(ROW_COLUMNS)
+    rows = [[v.get(c) for c in columns] for v in views]  # compact on the wire: 10,000 rows stay small
     return {"campaign_id": campaign_id, "created_utc": manifest.get("created_utc"), "executor": {
         "state": state, "pid": executor.get("pid"), "slots": executor.get("slots"), "reason": executor.get("reason"),
         "heartbeat_utc": executor.get("heartbeat_utc"), "ended_utc": executor.get("ended_utc")},
-        "columns": list(ROW_COLUMNS), "rows": rows, "totals": totals, "total": len(rows), "outputs": ctx.outputs,
+        "columns": columns, "rows": rows, "totals": totals, "total": len(rows), "outputs": ctx.outputs,
         "session": ctx.get("SWEEP_TMUX_SESSION")}
+
+
+def attempt_list(path: str) -> List[Dict[str, Any]]:
+    """Every attempt of a run (all campaigns, all passes), each from its own attempts/<n>/ files."""
+    found = []
+    for number in attempts.numbers(path):
+        done = read_json(os.path.join(attempts.attempt_dir(path, number), "summary.json"), "attempt summary") or {}
+        began = attempts.info(path, number)
+        found.append({"attempt": number, "campaign_id": began.get("campaign_id"),
+                      "started_utc": began.get("started_utc"), "ended_utc": done.get("ended_utc"),
+                      "state": done.get("state") or "unfinished", "failure_class": done.get("failure_class"),
+                      "reason_line": done.get("reason_line"), "note": began.get("note"),
+                      "log": os.path.join(attempts.attempt_dir(path, number), "run.log")})
+    return found
 
 
 # ----------------------------------------------------------------------------- stop / resume
@@ -300,6 +321,13 @@ def sweep_stop(ctx: Context) -> Dict[str, Any]:
     manifest = read_json(os.path.join(path, "manifest.json"), "campaign manifest") or {}
     state, executor = executor_state(path)
     was = state
+    rows = manifest.get("rows", [])
+    active = live_runs(ctx, rows)  # the plan: these are cancelled, whoever (executor or this op) stops them
+    if ctx.args.get("plan_only"):
+        return {"campaign_id": campaign_id, "executor": state, "active": active,
+                "queued": [r["run_id"] for r in rows if r["run_id"] not in active
+                           and _row_view(ctx, campaign_id, r, {}, state in LIVE)["state"]
+                           == "queued"]}
     # first the request: an executor still starting reads it before it runs anything, and a running one
     # before each launch (a signal alone could come before it has installed its handler, or be missed)
     request_stop(path, int(executor.get("generation") or 1))
@@ -308,14 +336,16 @@ def sweep_stop(ctx: Context) -> Dict[str, Any]:
         if state_now == "running":
             executor = record_now
             state = "running"
-    if state == "running":
+    if state in ("running", "stopping"):
         os.kill(int(executor["pid"]), signal.SIGTERM)  # it cancels its active runs, then exits
         deadline = time.monotonic() + ctx.number("TASK_KILL_GRACE_SECS", 10) + 60
         while time.monotonic() < deadline and proctree.is_alive(executor["pid"], executor.get("start_time")):
             time.sleep(0.1)
     stopped = _stop_runs(ctx, manifest, campaign_id)  # anything the executor did not (or could not) stop
+    attempts.conclude_orphans(ctx.outputs, path, campaign_id, rows)  # their attempts kept, as the executor does
+    stopped = [*active, *(r for r in stopped if r not in active)]
     record = read_json(os.path.join(path, "executor.json"), "executor status") or {}
-    if record.get("state") in ("running", "starting"):
+    if record.get("state") in LIVE:
         record.update(state="stopped", ended_utc=utc_now(), stop_reason="sweep-stop (executor gone or not yet started)")
         write_json(os.path.join(path, "executor.json"), record)
     current = fsm.read_state(ctx.state_file)
@@ -325,20 +355,37 @@ def sweep_stop(ctx: Context) -> Dict[str, Any]:
             "state": fsm.read_state(ctx.state_file).state}
 
 
+def _resume_plan(ctx: Context, campaign_id: str, path: str, rows: List[Dict[str, Any]]
+                 ) -> Tuple[List[Tuple[str, bool]], List[Dict[str, Any]]]:
+    """(rows concluded first, rows to rerun): the one plan for sweep-resume and its --dry-run. Rows whose
+    supervisors finished after the executor died are concluded first; an ok one is never rerun."""
+    dry = bool(ctx.args.get("plan_only"))
+    concluded = attempts.conclude_orphans(ctx.outputs, path, campaign_id, rows, dry_run=dry)
+    ok_now = {run_id for run_id, ok in concluded if ok}
+    todo = [r for r in rows if r["run_id"] not in ok_now
+            and not runs.is_ok(runs.run_dir(ctx.outputs, r["run_id"]), r["spec_hash"])]
+    return concluded, todo
+
+
 def sweep_resume(ctx: Context) -> Dict[str, Any]:
     campaign_id, path = campaign_dir(ctx, ctx.args.get("campaign"))
     manifest = read_json(os.path.join(path, "manifest.json"), "campaign manifest") or {}
+    rows = manifest.get("rows", [])
+    if ctx.args.get("plan_only"):
+        concluded, todo = _resume_plan(ctx, campaign_id, path, rows)
+        return {"campaign_id": campaign_id, "concluded": concluded, "rerun": [r["run_id"] for r in todo],
+                "executor": executor_state(path)[0], "live": live_runs(ctx, todo)}
     fsm.check_allowed(fsm.read_state(ctx.state_file), "sweep-resume", ctx.enforce)
     _refuse_if_running(ctx)
-    rows = manifest.get("rows", [])
-    todo = [r for r in rows if not runs.is_ok(runs.run_dir(ctx.outputs, r["run_id"]), r["spec_hash"])]
+    concluded, todo = _resume_plan(ctx, campaign_id, path, rows)
     taken = [r["run_id"] for r in todo if (runs.owner(runs.run_dir(ctx.outputs, r["run_id"])) or {}).get(
         "campaign_id", campaign_id) != campaign_id and os.path.isdir(runs.run_dir(ctx.outputs, r["run_id"]))]
     if taken:
         raise WorkflowError(f"run(s) {', '.join(taken[:5])} now belong to a later campaign; resume that one "
                             "instead", ExitCode.REFUSED)
     if not todo:
-        return {"campaign_id": campaign_id, "rerun": [], "state": fsm.read_state(ctx.state_file).state}
+        return {"campaign_id": campaign_id, "rerun": [], "concluded": concluded,
+                "state": fsm.read_state(ctx.state_file).state}
     live = live_runs(ctx, todo)
     if live:
         raise WorkflowError(
@@ -352,5 +399,5 @@ def sweep_resume(ctx: Context) -> Dict[str, Any]:
     fsm.transition(ctx.state_file, "sweep-resume", f"campaign {campaign_id}: rerun {len(todo)} row(s)", ctx.enforce)
     write_bytes(latest_file(ctx), (campaign_id + "\n").encode())
     _start_executor(ctx, path, int(record.get("generation", 1)) + 1)
-    return {"campaign_id": campaign_id, "rerun": [r["run_id"] for r in todo], "session": ctx.get(
-        "SWEEP_TMUX_SESSION"), "socket": ctx.get("TMUX_SOCKET")}
+    return {"campaign_id": campaign_id, "rerun": [r["run_id"] for r in todo], "concluded": concluded,
+            "session": ctx.get("SWEEP_TMUX_SESSION"), "socket": ctx.get("TMUX_SOCKET")}

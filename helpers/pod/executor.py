@@ -17,10 +17,10 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from . import fsm, proctree, runs
+from . import attempts, fsm, proctree, runs
 from .context import Context, run_env
 from .jsonio import append_jsonl, read_json, utc_now, write_bytes, write_json
-from .scheduling import detect_slots, schedule_step
+from .scheduling import detect_slots, schedule_step, slot_env
 from .tasks import launch_supervised
 from .taskstate import is_terminal, read_status
 
@@ -46,6 +46,7 @@ class RowRun:
         self.out_dir = ""
         self.command = ""
         self.retry_note = ""
+        self.number = 0  # the current attempt's number over the run directory's life (attempts/<n>/)
 
     @property
     def run_id(self) -> str:
@@ -63,6 +64,7 @@ class Executor:
         self.ctx = Context(manifest["config"])
         self.outputs = self.ctx.outputs
         self.stop_reason: Optional[str] = None
+        self.slots: List[str] = []
         self.log_handle = open(os.path.join(self.dir, "executor.log"), "a", encoding="utf-8")  # noqa: SIM115
         self.index: Dict[str, Any] = read_json(os.path.join(self.dir, "index.json"), "campaign index") or {}
         record = read_json(os.path.join(self.dir, "executor.json"), "executor status") or {}
@@ -116,7 +118,7 @@ class Executor:
         row, ctx = rr.row, self.ctx
         path = runs.run_dir(self.outputs, rr.run_id)
         os.makedirs(path, exist_ok=True)
-        attempt = len(rr.attempts) + 1
+        attempt = attempts.next_number(path)
         local_sync = ctx.get("RUN_OUT_MODE") == "local_sync"
         rr.out_dir = os.path.join(ctx.path("RUN_OUT_LOCAL_ROOT"), rr.run_id) if local_sync else path
         overrides = list(rr.extra or row["overrides"])
@@ -125,15 +127,12 @@ class Executor:
         argv = runs.build_argv(python, ctx.get("TRAIN_ENTRYPOINT"), row["config"], int(row["seed"]), rr.out_dir,
                                overrides, len(slots))
         env = dict(env_base)
-        env.update(WF_RUN_ID=rr.run_id, WF_CAMPAIGN_ID=self.campaign_id, WF_ATTEMPT=str(attempt),
-                   CUDA_VISIBLE_DEVICES="" if cpu_mode else ",".join(slots))
-        if cpu_mode and "OMP_NUM_THREADS" not in env:
-            env["OMP_NUM_THREADS"] = str(threads)
-        shown_env: Dict[str, str] = {k: env[k] for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS") if k in env}
+        shown_env = slot_env(env_base, self.slots, slots)
+        env.update(WF_RUN_ID=rr.run_id, WF_CAMPAIGN_ID=self.campaign_id, WF_ATTEMPT=str(attempt), **shown_env)
         rr.command = runs.replay_script(argv, workdir, shown_env, ctx.path("REMOTE_ENV_PATH"),
                                         f"run {rr.run_id}, campaign {self.campaign_id}, attempt {attempt}")
         write_bytes(os.path.join(path, "command.sh"), rr.command.encode(), 0o755)
-        if attempt == 1:
+        if not rr.attempts:
             runs.claim(path, self.campaign_id, row)
             manifest = {"schema_version": runs.SCHEMA_VERSION, "run_id": rr.run_id, "campaign_id": self.campaign_id,
                         "created_utc": utc_now(), "csv_row": row, "config": self.manifest["config"],
@@ -153,6 +152,9 @@ class Executor:
             "sync": {"from": rr.out_dir, "to": path, "interval": ctx.number("SYNC_INTERVAL_SECS", 60)}
             if local_sync else None,
         }
+        attempts.begin(path, attempt, {"campaign_id": self.campaign_id, "slots": slots, "overrides": overrides,
+                                       "note": rr.retry_note, "out_dir": rr.out_dir})
+        rr.number = attempt
         launch_supervised(path, spec, env, rr.command, ctx.tmux_base(), ctx.get("SWEEP_TMUX_SESSION"))
         rr.slots = slots
         if self.index.pop(rr.run_id, None) is not None:  # running again: its old verdict no longer holds
@@ -179,9 +181,9 @@ class Executor:
 
     def _decide(self, rr: RowRun, status: Dict[str, Any]) -> str:
         """'ok', 'retry' (requeued) or 'failed' (final) for an attempt that ended."""
-        record = runs.attempt_record(runs.run_dir(self.outputs, rr.run_id), len(rr.attempts),
-                                     {"slots": rr.slots, "note": rr.retry_note})
-        rr.attempts[-1].update(record)
+        path = runs.run_dir(self.outputs, rr.run_id)
+        record = runs.attempt_record(path, rr.number, {"slots": rr.slots, "note": rr.retry_note})
+        rr.attempts[-1].update(attempts.finish(path, rr.number, {"campaign_id": self.campaign_id, **record}))
         append_jsonl(os.path.join(runs.run_dir(self.outputs, rr.run_id), "attempts.jsonl"),
                      {"campaign_id": self.campaign_id, **rr.attempts[-1]})
         if status["state"] == "success":
@@ -216,9 +218,8 @@ class Executor:
     def _conclude(self, rr: RowRun) -> Dict[str, Any]:
         done = runs.write_summary(runs.run_dir(self.outputs, rr.run_id), self.campaign_id, rr.row, rr.attempts,
                                   rr.out_dir, rr.command)
-        self.index[rr.run_id] = {k: done.get(k) for k in ("ok", "state", "failure_class", "attempts", "duration_s",
-                                                          "started_utc", "ended_utc")}
-        self.index[rr.run_id]["val_loss"] = (done.get("final_metrics") or {}).get("val_loss")
+        attempts.keep_final_summary(runs.run_dir(self.outputs, rr.run_id), rr.number, done)
+        self.index[rr.run_id] = attempts.index_entry(done)
         self.event("run-end", run_id=rr.run_id, ok=done["ok"], state=done["state"],
                    failure_class=done.get("failure_class"))
         verdict = "ok" if done["ok"] else f"{done['state']} [{done.get('failure_class')}]"
@@ -245,6 +246,7 @@ class Executor:
         ctx = self.ctx
         env_base = run_env(ctx)
         slots = detect_slots(ctx, env_base)
+        self.slots = slots
         cpu_mode = slots[0].startswith("cpu")
         threads = max(1, (os.cpu_count() or 1) // len(slots)) if cpu_mode else 1
         self.beat("running", pid=os.getpid(), start_time=proctree.start_time(os.getpid()),
@@ -313,6 +315,7 @@ class Executor:
                 write_json(os.path.join(self.dir, "index.json"), self.index, durable=False)
             time.sleep(0.2)
         if self.stop_reason:
+            self.beat("stopping", stop_reason=self.stop_reason, active=sorted(active), queued=len(todo))
             self.say(f"stopping ({self.stop_reason}): cancelling {len(active)} active run(s)")
             failed += len(active)
             self._stop_active(active)

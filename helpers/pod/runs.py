@@ -3,9 +3,12 @@
 ``<outputs>/<run_id>/``: campaign.json (which campaign owns it), run_manifest.json (what ran:
 resolved config without secrets, CSV row, git sha/dirty/diff hash, host, GPUs, torch, pip
 freeze), command.sh (exact replay), run.log (every attempt's output), status.json (the live
-supervisor record of the current attempt), attempts.jsonl, summary.json (written by the runner
-at the end: ok, state, failure_class, exit_code, attempts, timing, campaign, metrics). The
-trainer's own files (metrics.jsonl, ckpt.pt, results.json, ...) are never overwritten.
+supervisor record of the current attempt), attempts.jsonl (one line per ended attempt, never
+rewritten), attempts/<n>/ (each attempt's own attempt.json, run.log, status.json and summary.json:
+see attempts.py), summary.json (written by the runner at the end: ok, state, failure_class,
+exit_code, one-line reason, attempts, timing, campaign, metrics). The trainer's own files
+(metrics.jsonl, ckpt.pt, results.json, ...) are never overwritten; a summary.json the trainer
+wrote itself is kept as trainer_summary.json before the runner writes its own.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from .taskstate import read_status
 SCHEMA_VERSION = 1
 TOOL_FILES = ("campaign.json", "run_manifest.json", "command.sh", "run.log", "status.json", "spec.json",
               "attempts.jsonl", "summary.json")
+TRAINER_SUMMARY = "trainer_summary.json"
 
 
 def spec_hash(row: Dict[str, Any]) -> str:
@@ -51,9 +55,53 @@ def claim(path: str, campaign_id: str, row: Dict[str, Any]) -> None:
                                                      "spec_hash": row["spec_hash"], "history": history})
 
 
+def is_runner_summary(data: Any) -> bool:
+    """Whether a summary.json is the runner's (a trainer may write one of its own there)."""
+    return isinstance(data, dict) and "spec_hash" in data and "attempt_history" in data
+
+
 def summary(path: str) -> Optional[Dict[str, Any]]:
-    data = read_json(os.path.join(path, "summary.json"), "run summary")
-    return data if isinstance(data, dict) else None
+    try:
+        data = read_json(os.path.join(path, "summary.json"), "run summary")
+    except Exception:  # noqa: BLE001 - a trainer's own summary.json need not be JSON at all
+        return None
+    return data if is_runner_summary(data) else None
+
+
+def keep_trainer_summary(path: str) -> Optional[str]:
+    """Move a summary.json the runner did not write to trainer_summary.json (never over another file)."""
+    target = os.path.join(path, "summary.json")
+    if not os.path.isfile(target):
+        return None
+    try:
+        data = read_json(target, "run summary")
+    except Exception:  # noqa: BLE001 - not JSON: certainly not the runner's
+        data = None
+    if is_runner_summary(data):
+        return None
+    keep, n = os.path.join(path, TRAINER_SUMMARY), 1
+    while os.path.exists(keep):
+        n += 1
+        keep = os.path.join(path, f"trainer_summary.{n}.json")
+    os.rename(target, keep)
+    return keep
+
+
+def campaign_attempts(path: str, campaign_id: str) -> List[Dict[str, Any]]:
+    """Every ended attempt of this run under ``campaign_id`` (all executor passes), oldest first."""
+    found: List[Dict[str, Any]] = []
+    try:
+        with open(os.path.join(path, "attempts.jsonl"), encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and record.get("campaign_id") == campaign_id:
+                    found.append(record)
+    except OSError:
+        pass
+    return found
 
 
 def superseded(done: Dict[str, Any], status: Dict[str, Any]) -> bool:
@@ -275,21 +323,28 @@ def _measure_environment(python: str) -> Dict[str, Any]:
 
 def write_summary(path: str, campaign_id: str, row: Dict[str, Any], attempts: List[Dict[str, Any]],
                   out_dir: str, command: str) -> Dict[str, Any]:
+    """The run's summary.json; ``attempts`` are this pass's, the history has every pass's of the campaign."""
     final = attempts[-1]
+    history = campaign_attempts(path, campaign_id) or attempts
+    recovered = [str(a.get("failure_class")) for a in history[:-1]
+                 if a.get("failure_class") and a.get("state") != "cancelled"]  # a stop is no failure
     last, best = read_metrics(out_dir)
     results = read_json(os.path.join(out_dir, "results.json"), "trainer results") if os.path.exists(
         os.path.join(out_dir, "results.json")) else None
-    started, ended = attempts[0].get("started_utc"), final.get("ended_utc")
+    started, ended = history[0].get("started_utc"), final.get("ended_utc")
     start_s, end_s = parse_utc(started), parse_utc(ended)
     data = {
         "schema_version": SCHEMA_VERSION, "run_id": row["run_id"], "campaign_id": campaign_id,
         "ok": final["state"] == "success", "state": final["state"], "failure_class": final.get("failure_class"),
-        "exit_code": final.get("exit_code"), "reason": final.get("reason"), "attempts": len(attempts),
-        "attempt_history": attempts, "started_utc": started, "ended_utc": ended,
+        "exit_code": final.get("exit_code"), "reason": final.get("reason"),
+        "reason_line": final.get("reason_line"), "fatal_lines": final.get("fatal_lines"),
+        "log": final.get("log"), "attempt": final.get("attempt"), "recovered_from": recovered,
+        "attempts": len(history), "attempt_history": history, "started_utc": started, "ended_utc": ended,
         "duration_s": round(end_s - start_s, 1) if start_s and end_s else None, "spec_hash": row["spec_hash"],
         "final_metrics": last, "best_metrics": best, "trainer_results": results if isinstance(results, dict) else None,
         "out_dir": out_dir, "command": command,
     }
+    keep_trainer_summary(path)
     write_json(os.path.join(path, "summary.json"), data)
     return data
 

@@ -94,3 +94,16 @@ def plan_schedule(needs: Sequence[Tuple[str, int]], slots: Sequence[str]) -> Lis
         queue = [(key, need) for key, need in queue if key not in done]
         plan += [(key, taken, wave) for key, taken in started]
     return plan
+
+
+def slot_env(env: Dict[str, str], slots: Sequence[str], take: Sequence[str]) -> Dict[str, str]:
+    """What the executor adds to a run's environment on the slots ``take`` (of the pod's ``slots``), and
+    shows in its command.sh: CUDA_VISIBLE_DEVICES, and on CPU slots OMP_NUM_THREADS (the cores shared
+    out, unless the env file sets it). The one rule of the executor and of --dry-run."""
+    cpu_mode = bool(slots) and str(slots[0]).startswith("cpu")
+    shown = {"CUDA_VISIBLE_DEVICES": "" if cpu_mode else ",".join(take)}
+    if "OMP_NUM_THREADS" in env:
+        shown["OMP_NUM_THREADS"] = env["OMP_NUM_THREADS"]
+    elif cpu_mode:
+        shown["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(slots)))
+    return shown

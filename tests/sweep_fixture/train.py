@@ -2,7 +2,9 @@
 (config file, then key=value overrides; out_dir, seed, resume, batch_size, gradient_accumulation_steps)
 but no torch in the worker, so a run takes a second. `mode` picks its behaviour: ok, fail, hang,
 oom (fails while batch_size > oom_above, like CUDA running out of memory), flaky_nccl (an NCCL
-error on the first attempt only), nccl_always (an NCCL error on every attempt, resumed or not)."""
+error on the first attempt only), nccl_always (an NCCL error on every attempt, resumed or not),
+badcfg (a config error on stderr, exit 2, as examples/nanogpt/train.py reports one). With
+own_summary=1 the trainer writes its own <out_dir>/summary.json at the end."""
 
 import json
 import os
@@ -18,6 +20,11 @@ def main() -> int:
         key, _, value = word.lstrip("-").partition("=")
         cfg[key] = value
     out = cfg["out_dir"]
+    if str(cfg.get("mode")) == "badcfg":
+        print("loading config ...", flush=True)
+        print(f"train.py: config error: learning_rate expects float, got {cfg.get('learning_rate')!r}",
+              file=sys.stderr, flush=True)
+        return 2
     rank = int(os.environ.get("RANK", "0"))
     os.makedirs(out, exist_ok=True)
     mode, steps, batch = str(cfg.get("mode", "ok")), int(cfg.get("steps", 3)), int(cfg.get("batch_size", 8))
@@ -67,6 +74,9 @@ def main() -> int:
     if rank == 0:
         with open(os.path.join(out, "results.json"), "w") as handle:
             json.dump({"status": "completed", "iters": steps}, handle)
+        if str(cfg.get("own_summary", "0")) == "1":
+            with open(os.path.join(out, "summary.json"), "w") as handle:
+                json.dump({"trainer": "own", "iters": steps}, handle)
     print("done", flush=True)
     return 0
 

@@ -1,0 +1,2 @@
+mode = "badcfg"
+learning_rate = "fast"
