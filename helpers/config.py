@@ -149,31 +149,47 @@ def load_config(request: ConfigRequest, environ: Mapping[str, str] | None = None
     cfg.target = target_kind(layered)
     resolve_references(layered, env, cfg.target)
     for spec in KEYS:
-        found = layered.get(spec.name)
-        if found is not None and found.raw != "":
-            setting = found
-        else:
-            from_env = env.get(spec.name, "") if spec.is_secret else ""
-            if from_env:
-                setting = Setting(spec.name, from_env, "environment")
-            else:
-                local = cfg.target == "local" and spec.local_default is not None
-                default = spec.local_default if local else spec.default
-                setting = Setting(spec.name, default or "", "default (local target)" if local else "default")
+        setting = _with_fallback(layered.get(spec.name), spec.name, env, spec.is_secret,
+                                 _default_setting(spec, cfg.target))
         setting.value = _typed(spec, setting)
         cfg.settings[spec.name] = setting
-    for key, setting in layered.items():
-        if is_passthrough(key):
-            setting.value = setting.raw
-            cfg.settings[key] = setting
+    for key, found in layered.items():
+        if key in KEYS_BY_NAME or not is_passthrough(key):
+            continue  # a table key (WANDB_API_KEY, HF_TOKEN) was settled above, environment included
+        setting = _with_fallback(found, key, env, is_secret_name(key), Setting(key, "", "default"))
+        setting.value = setting.raw
+        cfg.settings[key] = setting
     _derive(cfg)
     _cross_check(cfg)
     return cfg
 
 
+def _default_setting(spec: Key, target: TargetKind) -> Setting:
+    local = target == "local" and spec.local_default is not None
+    default = spec.local_default if local else spec.default
+    return Setting(spec.name, default or "", "default (local target)" if local else "default")
+
+
+def _with_fallback(found: Setting | None, key: str, env: Mapping[str, str], secret: bool,
+                   default: Setting) -> Setting:
+    """The layered value if it is not empty, else (for a secret) the exported one, else the default.
+
+    An empty line in a file (the shipped `WANDB_API_KEY=`) never hides a secret exported in the
+    shell; the source says which file left it empty, the same way for every key.
+    """
+    if found is not None and found.raw != "":
+        return found
+    left_empty = f", {found.source} left empty" if found is not None else ""
+    from_env = env.get(key, "") if secret else ""
+    if from_env:
+        return Setting(key, from_env, f"environment{left_empty}")
+    default.source += left_empty
+    return default
+
+
 def _typed(spec: Key, setting: Setting) -> object:
     raw = setting.raw.strip() if spec.type != "str" else setting.raw
-    where = setting.source if setting.source != "default" else "the default"
+    where = "the default" if setting.source.startswith("default") else setting.source
 
     def bad(what: str) -> WorkflowError:
         return WorkflowError(f"{where}: {spec.name}={setting.raw!r} {what}", ExitCode.USAGE)

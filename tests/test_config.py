@@ -44,7 +44,7 @@ def test_fresh_clone_defaults_run_on_local_inside_the_checkout():
         assert cfg.text(key).startswith(str(REPO_ROOT / ".workflow")), key
     assert cfg["REQUIRE_CUDA"] is False
     assert cfg.text("REPO_URL") == str(REPO_ROOT)
-    assert cfg.source("REQUIRE_CUDA") == "default (local target)"
+    assert cfg.source("REQUIRE_CUDA").startswith("default (local target)")
 
 
 def test_pod_defaults_on_ssh_target(tmp_path):
@@ -242,3 +242,49 @@ def test_public_names_stay_importable_from_helpers_config():
 def test_set_without_equals_never_echoes_what_may_be_a_secret(tmp_path):
     message = error_of(tmp_path, "", "WANDB_API_KEY:hunter2-secret").message
     assert "expected KEY=VALUE" in message and "hunter2-secret" not in message
+
+
+def test_empty_secret_in_file_never_hides_the_exported_one(tmp_path):
+    """The shipped workflow.env has `WANDB_API_KEY=` and `HF_TOKEN=`: the shell's export wins."""
+    cfg = load(tmp_path, "WANDB_API_KEY=\nHF_TOKEN=\nHF_HUB_TOKEN=\n",
+               environ={"WANDB_API_KEY": "sekrit-123", "HF_TOKEN": "t0k", "HF_HUB_TOKEN": "hub"})
+    values = cfg.pod_values(include_secrets=True)
+    assert values["WANDB_API_KEY"] == "sekrit-123" and values["HF_TOKEN"] == "t0k" and values["HF_HUB_TOKEN"] == "hub"
+    assert cfg.source("WANDB_API_KEY") == "environment, workflow.env:1 left empty"
+    assert cfg.source("HF_HUB_TOKEN") == "environment, workflow.env:3 left empty"
+
+
+def test_shipped_workflow_env_passes_exported_secrets():
+    cfg = load_config(ConfigRequest(project_root=REPO_ROOT), environ={"WANDB_API_KEY": "k", "HF_TOKEN": "t"})
+    assert cfg.text("WANDB_API_KEY") == "k" and cfg.text("HF_TOKEN") == "t"
+    assert cfg.source("WANDB_API_KEY").startswith("environment, workflow.env:")
+
+
+def test_empty_keys_are_credited_the_same_way(tmp_path):
+    """Every key left empty in a file: 'default, FILE:N left empty'; keys not in the file: 'default'."""
+    cfg = load(tmp_path, "OPS_SSH_KEY=\nWANDB_API_KEY=\nNCCL_DEBUG=\n")
+    assert cfg.source("OPS_SSH_KEY") == "default, workflow.env:1 left empty"
+    assert cfg.source("WANDB_API_KEY") == "default, workflow.env:2 left empty"
+    assert cfg.source("NCCL_DEBUG") == "default, workflow.env:3 left empty"
+    assert cfg.source("LIUM_TARGET") == "default"
+    assert cfg.source("WANDB_API_KEY") != "environment"
+
+
+def test_a_task_on_the_pod_sees_the_exported_secret(local_pod):
+    """End to end: `WANDB_API_KEY=` in the file, the key exported in the shell, a task prints its hash."""
+    import hashlib
+
+    local_pod.set(WANDB_API_KEY="", HF_TOKEN="")
+    env = {"WANDB_API_KEY": "sekrit-wandb-42", "HF_TOKEN": "hf-tok-7"}
+    assert local_pod.wf("bootstrap", env=env).returncode == 0
+    cmd = 'printf %s "$WANDB_API_KEY" | sha256sum; printf %s "$HF_TOKEN" | sha256sum'
+    started = local_pod.wf("task-run", "--id", "secret-seen", "--cmd", cmd, env=env)
+    assert started.returncode == 0, started.stderr
+    assert local_pod.wf("task-wait", "--id", "secret-seen", env=env).returncode == 0
+    out = local_pod.wf("task-logs", "--id", "secret-seen", env=env).stdout
+    for secret in env.values():
+        assert hashlib.sha256(secret.encode()).hexdigest() in out
+    shown = local_pod.wf("print-resolved-env", env=env)
+    assert "sekrit-wandb-42" not in shown.stdout + shown.stderr
+    line = next(x for x in shown.stdout.splitlines() if x.startswith("WANDB_API_KEY="))
+    assert "<set, hidden>" in line and "# environment, workflow.env:" in line and "left empty" in line
