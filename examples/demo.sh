@@ -8,7 +8,11 @@
 set -euo pipefail
 
 step() {
-  printf '\n\033[1m== workflow.sh %s\033[0m\n' "$*"
+  if [[ -t 1 && -z "${NO_COLOR:-}" ]]; then  # bold on a terminal only: no escape codes in a file or pipe
+    printf '\n\033[1m== workflow.sh %s\033[0m\n' "$*"
+  else
+    printf '\n== workflow.sh %s\n' "$*"
+  fi
 }
 
 main() {

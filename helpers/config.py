@@ -11,6 +11,7 @@ is allowed; exit code 2.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import sys
 from collections.abc import Mapping
@@ -241,6 +242,15 @@ def _typed(spec: Key, setting: Setting) -> object:
     return raw
 
 
+def _normalise_pod_path(text: str) -> str:
+    """`..` and `.` resolved (`/tmp/..` is `/`); a leading `~/` is kept for the pod's shell, and a
+    `..` that climbs out of it is kept too (the outputs check refuses it)."""
+    if text == "~" or text.startswith("~/"):
+        rest = posixpath.normpath(text[2:] or ".")
+        return "~" if rest == "." else f"~/{rest}"
+    return posixpath.normpath(text)
+
+
 def _derive(cfg: Config) -> None:
     """Fill the automatic values that depend on other keys and on the target."""
 
@@ -250,12 +260,15 @@ def _derive(cfg: Config) -> None:
         setting.source = f"{setting.source}, {why}" if setting.source else why
 
     local = cfg.target == "local"
-    if local:  # pod paths on the local target: absolute, relative to the checkout
-        for spec in KEYS:
-            if spec.type == "podpath" and cfg.text(spec.name):
-                path = Path(os.path.expanduser(cfg.text(spec.name)))
-                if not path.is_absolute():
-                    cfg.settings[spec.name].value = str(cfg.project_root / path)
+    for spec in KEYS:
+        if spec.type != "podpath" or not cfg.text(spec.name):
+            continue
+        text = cfg.text(spec.name)
+        if local:  # pod paths on the local target: absolute, relative to the checkout
+            path = Path(os.path.expanduser(text))
+            text = str(path if path.is_absolute() else cfg.project_root / path)
+        # `..` resolved before any check (`/tmp/..` is `/`); a leading ~ stays for the pod's shell
+        cfg.settings[spec.name].value = _normalise_pod_path(text)
     outputs = cfg.text("OPS_REMOTE_OUTPUTS_DIR").rstrip("/")
     repo = cfg.text("OPS_REMOTE_REPO").rstrip("/")
     if not cfg.text("WF_STATE_FILE"):
@@ -276,6 +289,9 @@ def _cross_check(cfg: Config) -> None:
         return WorkflowError(f"{cfg.source(key)}: {key}={cfg.text(key)!r} {what}", ExitCode.USAGE)
 
     host = cfg.text("OPS_DEFAULT_HOST").strip()
+    if host.startswith("-"):
+        raise bad("OPS_DEFAULT_HOST", "cannot start with '-' (ssh would read it as an option); "
+                  "use local, an ~/.ssh/config alias or [user@]host[:port]")
     if cfg.target == "ssh" and not _HOST_RE.match(host):
         raise bad("OPS_DEFAULT_HOST", "is not a host; use local, an ~/.ssh/config alias or [user@]host[:port]")
     if cfg.target == "ssh" and ":" in host and not host.endswith("]"):
@@ -306,5 +322,9 @@ def _cross_check(cfg: Config) -> None:
         value = cfg.text(key)
         if not value or value.startswith("/") or ".." in Path(value).parts:
             raise bad(key, "must be a relative path inside the repo")
-    if cfg.text("OPS_REMOTE_OUTPUTS_DIR").rstrip("/") in ("", "/", "~"):
-        raise bad("OPS_REMOTE_OUTPUTS_DIR", "must be a directory of its own, not / or ~")
+    outputs = cfg.text("OPS_REMOTE_OUTPUTS_DIR")
+    if outputs.rstrip("/") in ("", "/", "~", ".") or ".." in outputs.split("/"):
+        raw = cfg.settings["OPS_REMOTE_OUTPUTS_DIR"].raw
+        shown = f"{raw!r} resolves to {outputs!r}; it" if raw.strip() != outputs else repr(outputs)
+        raise WorkflowError(f"{cfg.source('OPS_REMOTE_OUTPUTS_DIR')}: OPS_REMOTE_OUTPUTS_DIR={shown} must be a "
+                            "directory of its own, not / or ~", ExitCode.USAGE)
