@@ -2,13 +2,18 @@
 SHELL := /bin/bash
 VENV ?= .workflow/venv
 PY := $(VENV)/bin/python
-# the CPU build is what tests need; on Linux x86-64 a bare `torch` is a multi-GB CUDA build
+# the CPU build is what tests need; on Linux x86-64 a bare `torch` from PyPI is a multi-GB CUDA build:
+#   make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# takes torch from PyTorch's CPU wheel index (empty = pip's own index, e.g. a local wheelhouse)
 TORCH ?= torch==2.13.0
+TORCH_INDEX_URL ?=
+export TORCH_INDEX_URL
 
 .PHONY: test lint pytest demo bench
 
 $(VENV)/.test-stamp: pyproject.toml
 	python3 -m venv $(VENV)
+	$(if $(TORCH_INDEX_URL),$(PY) -m pip install --quiet --disable-pip-version-check --index-url "$(TORCH_INDEX_URL)" "$(TORCH)")
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)" numpy -e ".[test]"
 	touch $@
 

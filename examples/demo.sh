@@ -4,14 +4,15 @@
 #   bootstrap -> checkout (clone of this repo, venv, offline data) -> 4-row sweep -> status -> fetch-all
 # Everything it writes stays inside this checkout (.workflow/ and artifacts/, both git-ignored).
 # DEMO_TORCH=spec overrides the torch that is installed into .workflow/venv if it has none
-# (default torch==2.13.0: on Linux x86-64 take the CPU build, e.g. with PIP_INDEX_URL).
+# (default torch==2.13.0; TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu takes PyTorch's CPU build,
+# which on Linux x86-64 avoids the multi-GB CUDA build and its nvidia-* packages).
 set -euo pipefail
 
 step() {
-  if [[ -t 1 ]]; then
+  if [[ -t 1 && -z "${NO_COLOR:-}" ]]; then  # bold on a terminal only: no escape codes in a file or pipe
     printf '\n\033[1m== workflow.sh %s\033[0m\n' "$*"
   else
-    printf '\n== workflow.sh %s\n' "$*"  # no ANSI codes in a log file or a pipe
+    printf '\n== workflow.sh %s\n' "$*"
   fi
 }
 
@@ -23,6 +24,11 @@ main() {
   local python="${WORKFLOW_VENV:-${root}/.workflow/venv}/bin/python"
   if ! "${python}" -c 'import torch, numpy' 2>/dev/null; then
     printf 'demo: installing %s and numpy into %s (the local "pod" trains with it)\n' "${DEMO_TORCH:-torch==2.13.0}" "${python}"
+    # TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu takes torch from PyTorch's CPU wheel index
+    if [[ -n "${TORCH_INDEX_URL:-}" ]]; then
+      "${python}" -m pip install --quiet --disable-pip-version-check --index-url "${TORCH_INDEX_URL}" \
+        "${DEMO_TORCH:-torch==2.13.0}"
+    fi
     "${python}" -m pip install --quiet --disable-pip-version-check "${DEMO_TORCH:-torch==2.13.0}" numpy
   fi
   step validate && "${wf[@]}" validate

@@ -7,7 +7,9 @@ Every command is one row of COMMANDS (name, one-line summary, argument setup, ha
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +30,28 @@ class Command:
     json: bool = False  # supports --json
 
 
+def whole_number(text: str) -> int:
+    """argparse type of every count/seconds option: a whole number >= 0 (a negative one is refused)."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text[:40]!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return number
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type of intervals: a number of seconds > 0."""
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text[:40]!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return number
+
+
 def _task_id(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--id", dest="task_id", required=required, metavar="ID", help="task id")
 
@@ -35,8 +59,9 @@ def _task_id(p: argparse.ArgumentParser, required: bool = True) -> None:
 def _setup_task_run(p: argparse.ArgumentParser) -> None:
     _task_id(p)
     p.add_argument("--cmd", required=True, help="the command, run by bash exactly as written")
-    p.add_argument("--timeout-secs", type=int, help="wall-clock limit (default TASK_TIMEOUT_SECS; 0 = none)")
-    p.add_argument("--stall-secs", type=int, help="stop after this long without output (default TASK_STALL_SECS)")
+    p.add_argument("--timeout-secs", type=whole_number, help="wall-clock limit (default TASK_TIMEOUT_SECS; 0 = none)")
+    p.add_argument("--stall-secs", type=whole_number,
+                   help="stop after this long without output (default TASK_STALL_SECS)")
     p.add_argument("--workdir", help="directory on the pod to run in (default: OPS_REMOTE_REPO if it exists)")
     p.add_argument("--env", dest="task_env", action="append", default=[], metavar="K=V",
                    help="extra environment for the task (repeatable); a config file goes before the command: "
@@ -47,18 +72,18 @@ def _setup_task_run(p: argparse.ArgumentParser) -> None:
 def _setup_task_status(p: argparse.ArgumentParser) -> None:
     p.add_argument("positional_id", nargs="?", metavar="ID", help="one task (default: all)")
     _task_id(p, required=False)
-    p.add_argument("--lines", type=int, default=10, help="output lines to show (default 10)")
+    p.add_argument("--lines", type=whole_number, default=10, help="output lines to show (default 10)")
 
 
 def _setup_task_wait(p: argparse.ArgumentParser) -> None:
     _task_id(p)
-    p.add_argument("--timeout-secs", type=int, help="give up waiting after this long (exit 123)")
+    p.add_argument("--timeout-secs", type=whole_number, help="give up waiting after this long (exit 123)")
 
 
 def _setup_task_logs(p: argparse.ArgumentParser) -> None:
     _task_id(p)
     p.add_argument("--follow", "-f", action="store_true", help="stream until the task ends")
-    p.add_argument("--lines", type=int, default=50, help="last N lines (default 50; 0 = all)")
+    p.add_argument("--lines", type=whole_number, default=50, help="last N lines (default 50; 0 = all)")
 
 
 def _setup_fsm_reset(p: argparse.ArgumentParser) -> None:
@@ -81,8 +106,18 @@ def _setup_sweep_start(p: argparse.ArgumentParser) -> None:
                         "(their old directories are kept aside)")
 
 
+def campaign_id(text: str) -> str:
+    """argparse type of --campaign: checked here, before anything reaches the pod."""
+    from helpers.pod.ids import check_id
+
+    try:
+        return check_id(text, "campaign id")
+    except WorkflowError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 def _setup_campaign(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--campaign", help="campaign id (default: the latest)")
+    p.add_argument("--campaign", type=campaign_id, help="campaign id (default: the latest)")
 
 
 def _setup_sweep_status(p: argparse.ArgumentParser) -> None:
@@ -99,11 +134,12 @@ def _setup_sweep_logs(p: argparse.ArgumentParser) -> None:
 
 def _setup_sweep_watch(p: argparse.ArgumentParser) -> None:
     _setup_campaign(p)
-    p.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes (default 5)")
+    p.add_argument("--interval", type=positive_seconds, default=5.0, help="seconds between refreshes (default 5)")
 
 
 def _setup_template(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", help="file to write (default SWEEP_CSV); never overwritten")
+    p.add_argument("--out", help="file to write (default: sweep.csv in the current directory, or sweep-2.csv, "
+                                 "... if taken); never overwritten")
 
 
 def _setup_fetch_run(p: argparse.ArgumentParser) -> None:
@@ -175,6 +211,12 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (the message and where to look), exit 2."""
 
     def error(self, message: str) -> NoReturn:
+        unknown = re.match(r"argument COMMAND: invalid choice: '([^']*)'", message)
+        if unknown:  # not the list of every command: the close ones
+            close = difflib.get_close_matches(unknown.group(1), list(COMMANDS_BY_NAME), n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(close)}?" if close else "workflow.sh help lists the commands"
+            sys.stderr.write(f"{self.prog}: unknown command {unknown.group(1)[:60]!r}; {hint}\n")
+            raise SystemExit(int(ExitCode.USAGE))
         sys.stderr.write(f"{self.prog}: {message}; see {self.prog} --help\n")
         raise SystemExit(int(ExitCode.USAGE))
 
@@ -247,9 +289,14 @@ def main(argv: list[str] | None = None) -> int:
         print(usage_text())
         return 0
     try:
-        options = parser.parse_args(argv)
+        options, extra = parser.parse_known_args(argv)
     except SystemExit as exc:  # argparse: usage errors exit 2 with its own one-line message
         return int(exc.code or 0)
+    if extra:  # named by the command they were given to, like every other usage error
+        prog = f"workflow.sh {options.command}" if options.command else "workflow.sh"
+        shown = " ".join(a.split("=", 1)[0] + "=..." if "=" in a else a for a in extra)[:80]  # no value shown
+        sys.stderr.write(f"{prog}: unrecognized arguments: {shown}; see {prog} --help\n")
+        return int(ExitCode.USAGE)
     if options.top_help or not options.command:
         print(usage_text())
         return 0

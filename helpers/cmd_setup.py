@@ -38,13 +38,33 @@ def cmd_validate(session: Session) -> int:
     from helpers.cmd_sweeps import csv_path_of, load_selected_rows
 
     csv_arg = getattr(session.options, "csv", None)
-    csv_path = csv_path_of(session)
-    if csv_arg or csv_path.exists():
+    if csv_arg or cfg.text("SWEEP_CSV"):
+        csv_path = csv_path_of(session)
+        if not csv_arg and not csv_path.is_file():
+            raise WorkflowError(f"{cfg.source('SWEEP_CSV')}: SWEEP_CSV {csv_path} does not exist; fix the path, "
+                                "or write one with workflow.sh sweep-csv-template", ExitCode.USAGE)
         rows, selected = load_selected_rows(session, csv_path)
-        checked.append(f"sweep CSV OK: {csv_path} ({len(rows)} rows, {len(selected)} selected)")
+        where = "--csv" if csv_arg else f"SWEEP_CSV, {cfg.source('SWEEP_CSV')}"
+        checked.append(f"sweep CSV OK: {csv_path} ({len(rows)} rows, {len(selected)} selected; {where})")
+    else:
+        checked.append("sweep CSV: not checked (SWEEP_CSV is empty; set it or pass --csv FILE)")
     for line in checked:
         session.print(line)
+    warning = empty_target_warning(session)
+    if warning:
+        session.note(warning)
     return 0
+
+
+def empty_target_warning(session: Session) -> str:
+    """A profile that leaves the target empty runs everything on this machine: say so (a profile for a
+    Lium pod before pod-up has printed its LIUM_TARGET, or one that names no host)."""
+    cfg = session.cfg
+    if not cfg.profile or cfg.target != "local":
+        return ""
+    return (f"warning: profile {cfg.profile} leaves the target empty (LIUM_TARGET is empty and OPS_DEFAULT_HOST "
+            f"is local, {cfg.source('OPS_DEFAULT_HOST')}), so commands run on this machine; set LIUM_TARGET "
+            "(pod-up prints it) or OPS_DEFAULT_HOST in the profile or with --set")
 
 
 def describe_target(session: Session) -> str:

@@ -45,8 +45,7 @@ def _row_payload(row: SweepRow) -> dict[str, Any]:
 
 
 def cmd_sweep_csv_template(session: Session) -> int:
-    out = Path(session.options.out) if session.options.out else session.cfg.local_path("SWEEP_CSV")
-    assert out is not None
+    out = Path(session.options.out) if session.options.out else new_template_path(Path.cwd())
     if session.dry_run:
         state = "exists: would refuse (never overwritten)" if out.exists() else "would be written"
         session.print(f"{out}: {state}")
@@ -54,6 +53,15 @@ def cmd_sweep_csv_template(session: Session) -> int:
     write_template(out)
     session.print(f"wrote {out}; edit it, then: infra_scripts/workflow.sh sweep-start --csv {out}")
     return 0
+
+
+def new_template_path(directory: Path) -> Path:
+    """Without --out: a file name not taken yet (sweep.csv, sweep-2.csv, ...), never SWEEP_CSV."""
+    for n in range(1, 1000):
+        path = directory / ("sweep.csv" if n == 1 else f"sweep-{n}.csv")
+        if not path.exists():
+            return path
+    raise WorkflowError(f"{directory}: sweep.csv .. sweep-999.csv all exist; pass --out FILE", ExitCode.REFUSED)
 
 
 def _pod_plan(session: Session, rows: list[SweepRow]) -> dict[str, Any]:

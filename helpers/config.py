@@ -11,6 +11,7 @@ is allowed; exit code 2.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import sys
 from collections.abc import Mapping
@@ -149,31 +150,47 @@ def load_config(request: ConfigRequest, environ: Mapping[str, str] | None = None
     cfg.target = target_kind(layered)
     resolve_references(layered, env, cfg.target)
     for spec in KEYS:
-        found = layered.get(spec.name)
-        if found is not None and found.raw != "":
-            setting = found
-        else:
-            from_env = env.get(spec.name, "") if spec.is_secret else ""
-            if from_env:
-                setting = Setting(spec.name, from_env, "environment")
-            else:
-                local = cfg.target == "local" and spec.local_default is not None
-                default = spec.local_default if local else spec.default
-                setting = Setting(spec.name, default or "", "default (local target)" if local else "default")
+        setting = _with_fallback(layered.get(spec.name), spec.name, env, spec.is_secret,
+                                 _default_setting(spec, cfg.target))
         setting.value = _typed(spec, setting)
         cfg.settings[spec.name] = setting
-    for key, setting in layered.items():
-        if is_passthrough(key):
-            setting.value = setting.raw
-            cfg.settings[key] = setting
+    for key, found in layered.items():
+        if key in KEYS_BY_NAME or not is_passthrough(key):
+            continue  # a table key (WANDB_API_KEY, HF_TOKEN) was settled above, environment included
+        setting = _with_fallback(found, key, env, is_secret_name(key), Setting(key, "", "default"))
+        setting.value = setting.raw
+        cfg.settings[key] = setting
     _derive(cfg)
     _cross_check(cfg)
     return cfg
 
 
+def _default_setting(spec: Key, target: TargetKind) -> Setting:
+    local = target == "local" and spec.local_default is not None
+    default = spec.local_default if local else spec.default
+    return Setting(spec.name, default or "", "default (local target)" if local else "default")
+
+
+def _with_fallback(found: Setting | None, key: str, env: Mapping[str, str], secret: bool,
+                   default: Setting) -> Setting:
+    """The layered value if it is not empty, else (for a secret) the exported one, else the default.
+
+    An empty line in a file (the shipped `WANDB_API_KEY=`) never hides a secret exported in the
+    shell; the source says which file left it empty, the same way for every key.
+    """
+    if found is not None and found.raw != "":
+        return found
+    left_empty = f", {found.source} left empty" if found is not None else ""
+    from_env = env.get(key, "") if secret else ""
+    if from_env:
+        return Setting(key, from_env, f"environment{left_empty}")
+    default.source += left_empty
+    return default
+
+
 def _typed(spec: Key, setting: Setting) -> object:
     raw = setting.raw.strip() if spec.type != "str" else setting.raw
-    where = setting.source if setting.source != "default" else "the default"
+    where = "the default" if setting.source.startswith("default") else setting.source
 
     def bad(what: str) -> WorkflowError:
         return WorkflowError(f"{where}: {spec.name}={setting.raw!r} {what}", ExitCode.USAGE)
@@ -225,6 +242,15 @@ def _typed(spec: Key, setting: Setting) -> object:
     return raw
 
 
+def _normalise_pod_path(text: str) -> str:
+    """`..` and `.` resolved (`/tmp/..` is `/`); a leading `~/` is kept for the pod's shell, and a
+    `..` that climbs out of it is kept too (the outputs check refuses it)."""
+    if text == "~" or text.startswith("~/"):
+        rest = posixpath.normpath(text[2:] or ".")
+        return "~" if rest == "." else f"~/{rest}"
+    return posixpath.normpath(text)
+
+
 def _derive(cfg: Config) -> None:
     """Fill the automatic values that depend on other keys and on the target."""
 
@@ -234,12 +260,15 @@ def _derive(cfg: Config) -> None:
         setting.source = f"{setting.source}, {why}" if setting.source else why
 
     local = cfg.target == "local"
-    if local:  # pod paths on the local target: absolute, relative to the checkout
-        for spec in KEYS:
-            if spec.type == "podpath" and cfg.text(spec.name):
-                path = Path(os.path.expanduser(cfg.text(spec.name)))
-                if not path.is_absolute():
-                    cfg.settings[spec.name].value = str(cfg.project_root / path)
+    for spec in KEYS:
+        if spec.type != "podpath" or not cfg.text(spec.name):
+            continue
+        text = cfg.text(spec.name)
+        if local:  # pod paths on the local target: absolute, relative to the checkout
+            path = Path(os.path.expanduser(text))
+            text = str(path if path.is_absolute() else cfg.project_root / path)
+        # `..` resolved before any check (`/tmp/..` is `/`); a leading ~ stays for the pod's shell
+        cfg.settings[spec.name].value = _normalise_pod_path(text)
     outputs = cfg.text("OPS_REMOTE_OUTPUTS_DIR").rstrip("/")
     repo = cfg.text("OPS_REMOTE_REPO").rstrip("/")
     if not cfg.text("WF_STATE_FILE"):
@@ -260,6 +289,9 @@ def _cross_check(cfg: Config) -> None:
         return WorkflowError(f"{cfg.source(key)}: {key}={cfg.text(key)!r} {what}", ExitCode.USAGE)
 
     host = cfg.text("OPS_DEFAULT_HOST").strip()
+    if host.startswith("-"):
+        raise bad("OPS_DEFAULT_HOST", "cannot start with '-' (ssh would read it as an option); "
+                  "use local, an ~/.ssh/config alias or [user@]host[:port]")
     if cfg.target == "ssh" and not _HOST_RE.match(host):
         raise bad("OPS_DEFAULT_HOST", "is not a host; use local, an ~/.ssh/config alias or [user@]host[:port]")
     if cfg.target == "ssh" and ":" in host and not host.endswith("]"):
@@ -290,5 +322,9 @@ def _cross_check(cfg: Config) -> None:
         value = cfg.text(key)
         if not value or value.startswith("/") or ".." in Path(value).parts:
             raise bad(key, "must be a relative path inside the repo")
-    if cfg.text("OPS_REMOTE_OUTPUTS_DIR").rstrip("/") in ("", "/", "~"):
-        raise bad("OPS_REMOTE_OUTPUTS_DIR", "must be a directory of its own, not / or ~")
+    outputs = cfg.text("OPS_REMOTE_OUTPUTS_DIR")
+    if outputs.rstrip("/") in ("", "/", "~", ".") or ".." in outputs.split("/"):
+        raw = cfg.settings["OPS_REMOTE_OUTPUTS_DIR"].raw
+        shown = f"{raw!r} resolves to {outputs!r}; it" if raw.strip() != outputs else repr(outputs)
+        raise WorkflowError(f"{cfg.source('OPS_REMOTE_OUTPUTS_DIR')}: OPS_REMOTE_OUTPUTS_DIR={shown} must be a "
+                            "directory of its own, not / or ~", ExitCode.USAGE)

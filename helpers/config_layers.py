@@ -40,20 +40,26 @@ def read_layers(env_file: Path, profile: str | None, overrides: tuple[str, ...])
     layered: dict[str, Setting] = {}
     for setting in _read_env_file(env_file, env_file.name):
         layered[setting.key] = setting
-    if profile:
-        for setting in _profile_chain(profile, _profiles_dir(layered, env_file), env_file):
+    from_set = [_parse_set(item) for item in overrides]
+    if profile:  # WORKFLOW_PROFILES_DIR may itself come from --set: it decides where profiles are
+        where = {**layered, **{s.key: s for s in from_set if s.key == "WORKFLOW_PROFILES_DIR"}}
+        for setting in _profile_chain(profile, _profiles_dir(where, env_file), env_file):
             layered[setting.key] = setting
-    for item in overrides:
-        if "=" not in item:
-            shown = repr(item) if _KEY_NAME_RE.match(item) else "(not shown: it may hold a secret)"
-            raise WorkflowError(f"--set {shown}: expected KEY=VALUE, e.g. --set RUN_TIMEOUT_SECS=3600",
-                                ExitCode.USAGE)
-        key, _, value = item.partition("=")
-        key = key.strip()
-        if not _KEY_NAME_RE.match(key):
-            raise WorkflowError(f"--set: {key[:60]!r} is not a KEY name (A-Z, 0-9, _)", ExitCode.USAGE)
-        layered[key] = Setting(key=key, raw=value, source="--set")
+    for setting in from_set:
+        layered[setting.key] = setting
     return layered
+
+
+def _parse_set(item: str) -> Setting:
+    if "=" not in item:
+        shown = repr(item) if _KEY_NAME_RE.match(item) else "(not shown: it may hold a secret)"
+        raise WorkflowError(f"--set {shown}: expected KEY=VALUE, e.g. --set RUN_TIMEOUT_SECS=3600",
+                            ExitCode.USAGE)
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if not _KEY_NAME_RE.match(key):
+        raise WorkflowError(f"--set: {key[:60]!r} is not a KEY name (A-Z, 0-9, _)", ExitCode.USAGE)
+    return Setting(key=key, raw=value, source="--set")
 
 
 def _read_env_file(path: Path, label: str) -> list[Setting]:
@@ -117,8 +123,8 @@ def _profile_chain(name: str, profiles_dir: Path, env_file: Path) -> list[Settin
 
 
 def unknown_key_message(key: str, source: str) -> str:
-    close = difflib.get_close_matches(key, list(KEYS_BY_NAME), n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]}?" if close else "see workflow.env for the keys"
+    close = difflib.get_close_matches(key, list(KEYS_BY_NAME), n=1, cutoff=0.8)  # a typo, not any key
+    hint = f"did you mean {close[0]}?" if close else "workflow.env lists every key"
     return (f"{source}: unknown key {key}; {hint} (variables for runs may use the prefixes "
             "WANDB_, HF_, NCCL_, TORCH_, OMP_, CUDA_, MLFLOW_, RUNENV_)")
 

@@ -407,7 +407,7 @@ class SSHTransport(Transport):
             argv += ["-i", os.path.expanduser(ep.key_filename), "-o", "IdentitiesOnly=yes"]
         if ep.proxy_command:
             argv += ["-o", f"ProxyCommand={ep.proxy_command}"]
-        return argv
+        return [*argv, "--"]  # rsync appends the host: after "--" it is never read as an ssh option
 
     def rsync_host(self) -> str:
         host = self.endpoint.ssh_alias or self.endpoint.host

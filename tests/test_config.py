@@ -44,7 +44,7 @@ def test_fresh_clone_defaults_run_on_local_inside_the_checkout():
         assert cfg.text(key).startswith(str(REPO_ROOT / ".workflow")), key
     assert cfg["REQUIRE_CUDA"] is False
     assert cfg.text("REPO_URL") == str(REPO_ROOT)
-    assert cfg.source("REQUIRE_CUDA") == "default (local target)"
+    assert cfg.source("REQUIRE_CUDA").startswith("default (local target)")
 
 
 def test_pod_defaults_on_ssh_target(tmp_path):
@@ -242,3 +242,157 @@ def test_public_names_stay_importable_from_helpers_config():
 def test_set_without_equals_never_echoes_what_may_be_a_secret(tmp_path):
     message = error_of(tmp_path, "", "WANDB_API_KEY:hunter2-secret").message
     assert "expected KEY=VALUE" in message and "hunter2-secret" not in message
+
+
+def test_empty_secret_in_file_never_hides_the_exported_one(tmp_path):
+    """The shipped workflow.env has `WANDB_API_KEY=` and `HF_TOKEN=`: the shell's export wins."""
+    cfg = load(tmp_path, "WANDB_API_KEY=\nHF_TOKEN=\nHF_HUB_TOKEN=\n",
+               environ={"WANDB_API_KEY": "sekrit-123", "HF_TOKEN": "t0k", "HF_HUB_TOKEN": "hub"})
+    values = cfg.pod_values(include_secrets=True)
+    assert values["WANDB_API_KEY"] == "sekrit-123" and values["HF_TOKEN"] == "t0k" and values["HF_HUB_TOKEN"] == "hub"
+    assert cfg.source("WANDB_API_KEY") == "environment, workflow.env:1 left empty"
+    assert cfg.source("HF_HUB_TOKEN") == "environment, workflow.env:3 left empty"
+
+
+def test_shipped_workflow_env_passes_exported_secrets():
+    cfg = load_config(ConfigRequest(project_root=REPO_ROOT), environ={"WANDB_API_KEY": "k", "HF_TOKEN": "t"})
+    assert cfg.text("WANDB_API_KEY") == "k" and cfg.text("HF_TOKEN") == "t"
+    assert cfg.source("WANDB_API_KEY").startswith("environment, workflow.env:")
+
+
+def test_empty_keys_are_credited_the_same_way(tmp_path):
+    """Every key left empty in a file: 'default, FILE:N left empty'; keys not in the file: 'default'."""
+    cfg = load(tmp_path, "OPS_SSH_KEY=\nWANDB_API_KEY=\nNCCL_DEBUG=\n")
+    assert cfg.source("OPS_SSH_KEY") == "default, workflow.env:1 left empty"
+    assert cfg.source("WANDB_API_KEY") == "default, workflow.env:2 left empty"
+    assert cfg.source("NCCL_DEBUG") == "default, workflow.env:3 left empty"
+    assert cfg.source("LIUM_TARGET") == "default"
+    assert cfg.source("WANDB_API_KEY") != "environment"
+
+
+def test_a_task_on_the_pod_sees_the_exported_secret(local_pod):
+    """End to end: `WANDB_API_KEY=` in the file, the key exported in the shell, a task prints its hash."""
+    import hashlib
+
+    local_pod.set(WANDB_API_KEY="", HF_TOKEN="")
+    env = {"WANDB_API_KEY": "sekrit-wandb-42", "HF_TOKEN": "hf-tok-7"}
+    assert local_pod.wf("bootstrap", env=env).returncode == 0
+    cmd = 'printf %s "$WANDB_API_KEY" | sha256sum; printf %s "$HF_TOKEN" | sha256sum'
+    started = local_pod.wf("task-run", "--id", "secret-seen", "--cmd", cmd, env=env)
+    assert started.returncode == 0, started.stderr
+    assert local_pod.wf("task-wait", "--id", "secret-seen", env=env).returncode == 0
+    out = local_pod.wf("task-logs", "--id", "secret-seen", env=env).stdout
+    for secret in env.values():
+        assert hashlib.sha256(secret.encode()).hexdigest() in out
+    shown = local_pod.wf("print-resolved-env", env=env)
+    assert "sekrit-wandb-42" not in shown.stdout + shown.stderr
+    line = next(x for x in shown.stdout.splitlines() if x.startswith("WANDB_API_KEY="))
+    assert "<set, hidden>" in line and "# environment, workflow.env:" in line and "left empty" in line
+
+
+# ----------------------------------------------------------------------------- through the CLI
+
+WORKFLOW = REPO_ROOT / "infra_scripts" / "workflow.sh"
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict | None = None):
+    import os
+    import subprocess
+    import sys
+
+    full = {**os.environ, "WORKFLOW_VENV": sys.prefix, **(env or {})}
+    full.pop("WORKFLOW_PROFILE", None)
+    return subprocess.run([str(WORKFLOW), *args], cwd=cwd, env=full, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=60)
+
+
+def test_rsync_ssh_ends_options_before_the_host(ssh_pod, tmp_path):
+    """rsync appends the host to `-e` ssh argv: after "--" a host is never an option (and it still works)."""
+    import shlex
+    import subprocess
+
+    from helpers.session import make_transport
+
+    cfg = load_config(ConfigRequest(project_root=REPO_ROOT, env_file=ssh_pod.env_file), environ={})
+    transport = make_transport(cfg)
+    shell = transport.rsync_shell()
+    assert shell is not None and shell[-1] == "--"
+    (ssh_pod.root / "f.txt").write_text("hello\n")
+    known = cfg.local_path("OPS_KNOWN_HOSTS")
+    assert known is not None
+    assert ssh_pod.sshd is not None
+    ssh_pod.sshd.pinned_known_hosts(known)
+    done = subprocess.run(["rsync", "-a", "-e", shlex.join(shell), f"{transport.rsync_host()}:{ssh_pod.root}/f.txt",
+                           str(tmp_path / "copy.txt")], text=True, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "copy.txt").read_text() == "hello\n"
+
+
+def test_profile_that_leaves_the_target_empty_warns(tmp_path):
+    (tmp_path / "workflow.env").write_text(f"WORKFLOW_PROFILES_DIR={REPO_ROOT}/profiles\n")
+    result = cli("--env", str(tmp_path / "workflow.env"), "--profile", "lium-h100", "validate")
+    assert result.returncode == 0, result.stderr
+    assert "target: local" in result.stdout
+    assert "warning: profile lium-h100 leaves the target empty" in result.stderr
+    quiet = cli("--env", str(tmp_path / "workflow.env"), "--profile", "lium-h100", "--set", "LIUM_TARGET=my-pod",
+                "--set", "LIUM_API_KEY=k", "validate")
+    assert "warning" not in quiet.stderr
+
+
+def test_validate_says_where_the_csv_came_from_and_checks_it(tmp_path):
+    (tmp_path / "workflow.env").write_text("")
+    result = cli("--env", str(tmp_path / "workflow.env"), "validate")
+    assert result.returncode == 0 and "sweep CSV OK:" in result.stdout and "SWEEP_CSV, default" in result.stdout
+    missing = cli("--env", str(tmp_path / "workflow.env"), "--set", "SWEEP_CSV=/nonexistent.csv", "validate")
+    assert missing.returncode == 2 and "SWEEP_CSV /nonexistent.csv does not exist" in missing.stderr
+    assert "config OK" not in missing.stdout
+
+
+def test_close_key_suggestions_only(tmp_path):
+    message = error_of(tmp_path, "", "MY_SECRET=x").message
+    assert "did you mean" not in message and "TMUX_SOCKET" not in message
+    assert "did you mean RUN_RETRIES?" in error_of(tmp_path, "", "RUN_RETRYS=1").message
+
+
+def test_set_profiles_dir_is_honoured_by_profile(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "fast.env").write_text("RUN_RETRIES=7\n")
+    cfg = load(tmp_path, "", f"WORKFLOW_PROFILES_DIR={mine}", profile="fast")
+    assert cfg["RUN_RETRIES"] == 7 and cfg.source("RUN_RETRIES").startswith("profile fast")
+
+
+def test_unknown_command_suggests_close_ones_only():
+    result = cli("sweep-stauts")
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert line.startswith("workflow.sh: unknown command 'sweep-stauts'; did you mean sweep-status"), line
+    assert "fetch-all" not in line and "\n" not in line
+
+
+def test_pod_paths_are_normalised(tmp_path):
+    cfg = load(tmp_path, "OPS_DEFAULT_HOST=gpu-box\nOPS_REMOTE_OUTPUTS_DIR=~/a/./b/../out/\nDATA_DIR=/x//y/../d\n")
+    assert cfg.text("OPS_REMOTE_OUTPUTS_DIR") == "~/a/out" and cfg.text("DATA_DIR") == "/x/d"
+    assert cfg.text("WF_STATE_FILE") == "~/a/out/_control/workflow_state.json"
+
+
+def test_sweep_csv_template_without_out_writes_a_new_file(tmp_path):
+    env_file = tmp_path / "workflow.env"
+    env_file.write_text("")
+    demo = REPO_ROOT / "examples" / "sweeps" / "demo_tiny_cpu.csv"
+    before = demo.read_bytes()
+    first = cli("--env", str(env_file), "sweep-csv-template", cwd=tmp_path)
+    second = cli("--env", str(env_file), "sweep-csv-template", cwd=tmp_path)
+    assert first.returncode == 0 and second.returncode == 0, (first.stderr, second.stderr)
+    assert f"wrote {tmp_path / 'sweep.csv'}" in first.stdout and f"wrote {tmp_path / 'sweep-2.csv'}" in second.stdout
+    assert (tmp_path / "sweep.csv").read_text() == (tmp_path / "sweep-2.csv").read_text()
+    assert demo.read_bytes() == before
+
+
+def test_demo_writes_no_escape_codes_off_a_terminal():
+    import subprocess
+
+    step = subprocess.run(["bash", "-c", "set -euo pipefail; source <(sed -n '/^step() {/,/^}/p' \"$1\"); step x",
+                           "_", str(REPO_ROOT / "examples" / "demo.sh")], text=True, capture_output=True, timeout=30)
+    assert step.returncode == 0, step.stderr
+    assert "== workflow.sh x" in step.stdout and "\033" not in step.stdout
