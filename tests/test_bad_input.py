@@ -216,7 +216,7 @@ CASES: tuple[Case, ...] = (
     Case("host-not-a-host", ("--set", "OPS_DEFAULT_HOST=root@bad host", "pod-status"), 2,
          ("is not a host; use local, an ~/.ssh/config alias or [user@]host[:port]",), baseline="none"),
     Case("proxyjump-alias", ("pod-status",), 2, ("ProxyJump for jumpy is not supported", "ProxyCommand"),
-         config=("OPS_DEFAULT_HOST=jumpy",),
+         config=("OPS_DEFAULT_HOST=jumpy", "SSH_CLIENT=paramiko"),
          files=(("ssh_config", "Host jumpy\n  HostName 127.0.0.1\n  ProxyJump bastion\n"),), baseline="none"),
     # --- checkout settings (refused before anything is touched)
     Case("missing-repo-url", ("checkout",), 2, ("checkout needs REPO_URL", "--set REPO_URL="),

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import procs
 from .jsonio import parse_utc, read_json, utc_now, write_json
+from .schema import check
 from .taskstate import read_status
 
 SCHEMA_VERSION = 1
@@ -61,11 +62,19 @@ def is_runner_summary(data: Any) -> bool:
 
 
 def summary(path: str) -> Optional[Dict[str, Any]]:
+    """The runner's summary.json, None while there is none. A file without the runner's marks is a
+    trainer's own (it need not be JSON at all; the runner moves it aside when it concludes); one with
+    them is the runner's and is checked against its schema (a corrupt one is exit 6)."""
+    file = os.path.join(path, "summary.json")
     try:
-        data = read_json(os.path.join(path, "summary.json"), "run summary")
-    except Exception:  # noqa: BLE001 - a trainer's own summary.json need not be JSON at all
+        with open(file, "rb") as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
         return None
-    return data if is_runner_summary(data) else None
+    if not is_runner_summary(data):
+        return None
+    checked: Dict[str, Any] = check("run summary", file, data)
+    return checked
 
 
 def keep_trainer_summary(path: str) -> Optional[str]:
