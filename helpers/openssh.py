@@ -165,23 +165,39 @@ class OpenSSHTransport(Transport):
         if self.key_file and not os.path.isfile(os.path.expanduser(self.key_file)):
             raise WorkflowError(f"private key {self.key_file} for {self.description} does not exist; fix OPS_SSH_KEY "
                                 "(or the IdentityFile in your ssh config)", ExitCode.TRANSPORT)
+        created = not os.path.exists(self.known_hosts)
         _touch_private(self.known_hosts)
+        try:
+            self._ensure_connected()
+        except BaseException:
+            if created and os.path.exists(self.known_hosts) and os.path.getsize(self.known_hosts) == 0:
+                os.unlink(self.known_hosts)  # a failed first contact leaves no empty known_hosts behind
+            raise
+        self._ready = True
+
+    def _ensure_connected(self) -> None:
         if self.persist_secs <= 0:  # no sharing: every command connects on its own
             self._check_login()
-            self._ready = True
             return
         path = self.control_path
         lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one master per socket, even with commands started at once
             answer = master_answers(path)
+            pins = _file_digest(self.known_hosts)
+            if answer is True and _read_text(path + ".pins") != pins:
+                # the pinned keys changed since this master logged in: it is never reused, a new login checks them
+                subprocess.run([*self._options(), "-O", "exit", "--", self.destination], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15, check=False)
+                answer = False
             if answer is not True:
                 if os.path.exists(path):
                     os.unlink(path)  # stale (dead master) or not answering: set it aside, start afresh
                 self._start_master()
+                with open(path + ".pins", "w", encoding="utf-8") as handle:
+                    handle.write(_file_digest(self.known_hosts))  # as they stand after this login (accept-new)
         finally:
             os.close(lock)
-        self._ready = True
 
     def _start_master(self) -> None:
         argv = [*self._options(), "-o", "ControlMaster=yes", "-o", f"ControlPersist={self.persist_secs}s",
@@ -285,7 +301,7 @@ class OpenSSHTransport(Transport):
 
     def rsync_shell(self) -> list[str]:
         self._ensure_master()
-        return [*self._options(), "-o", "ControlMaster=no"]
+        return [*self._options(), "-o", "ControlMaster=no", "--"]  # rsync appends the host: never an option
 
     def rsync_host(self) -> str:
         return f"[{self.destination}]" if ":" in self.destination else self.destination
@@ -307,6 +323,14 @@ def _touch_private(path: str) -> None:
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError:
+        return None
 
 
 def _file_digest(path: str | None) -> str:
