@@ -290,5 +290,8 @@ def _cross_check(cfg: Config) -> None:
         value = cfg.text(key)
         if not value or value.startswith("/") or ".." in Path(value).parts:
             raise bad(key, "must be a relative path inside the repo")
+    from helpers import slurm_keys  # the SLURM_* keys
+
+    slurm_keys.check(cfg.text, cfg.words, bad)
     if cfg.text("OPS_REMOTE_OUTPUTS_DIR").rstrip("/") in ("", "/", "~"):
         raise bad("OPS_REMOTE_OUTPUTS_DIR", "must be a directory of its own, not / or ~")

@@ -145,8 +145,8 @@ def _start(cluster: SlurmCluster, s: Path, msock: Path) -> None:
         if not dev.is_symlink():
             dev.symlink_to("/dev/null")
     _write(s / "gres.conf", f"NodeName=localhost Name=gpu File={s / 'dev'}/gpu[0-{FAKE_GPUS - 1}]\n")
-    mem = int(int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal"))) / 1024
-              * 0.5)
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem = int(int(next(line.split()[1] for line in meminfo if line.startswith("MemTotal"))) / 1024 * 0.5)
     _write(s / "slurm.conf", "\n".join([
         "ClusterName=wftest", "SlurmctldHost=localhost", "SlurmUser=root", "AuthType=auth/munge",
         f"AuthInfo=socket={msock}", "CredType=cred/munge", f"SlurmctldPort={ctld_port}", f"SlurmdPort={slurmd_port}",
