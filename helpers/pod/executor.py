@@ -111,6 +111,13 @@ class Executor:
         if self.stop_reason is None:
             self.stop_reason = "hangup" if signum == signal.SIGHUP else "stop"
 
+    # -- hooks: the Slurm array task (executors/slurm_task.py) runs one row in its allocation
+    def _slots(self, env_base: Dict[str, str]) -> List[str]:
+        return detect_slots(self.ctx, env_base)
+
+    def _launch(self, path: str, spec: Dict[str, Any], env: Dict[str, str], command: str) -> None:
+        launch_supervised(path, spec, env, command, self.ctx.tmux_base(), self.ctx.get("SWEEP_TMUX_SESSION"))
+
     # -- runs
     def _start(self, rr: RowRun, slots: List[str], env_base: Dict[str, str], cpu_mode: bool, threads: int) -> None:
         row, ctx = rr.row, self.ctx
@@ -153,7 +160,7 @@ class Executor:
             "sync": {"from": rr.out_dir, "to": path, "interval": ctx.number("SYNC_INTERVAL_SECS", 60)}
             if local_sync else None,
         }
-        launch_supervised(path, spec, env, rr.command, ctx.tmux_base(), ctx.get("SWEEP_TMUX_SESSION"))
+        self._launch(path, spec, env, rr.command)
         rr.slots = slots
         if self.index.pop(rr.run_id, None) is not None:  # running again: its old verdict no longer holds
             write_json(os.path.join(self.dir, "index.json"), self.index, durable=False)
@@ -244,7 +251,7 @@ class Executor:
             signal.signal(signum, self._on_signal)
         ctx = self.ctx
         env_base = run_env(ctx)
-        slots = detect_slots(ctx, env_base)
+        slots = self._slots(env_base)
         cpu_mode = slots[0].startswith("cpu")
         threads = max(1, (os.cpu_count() or 1) // len(slots)) if cpu_mode else 1
         self.beat("running", pid=os.getpid(), start_time=proctree.start_time(os.getpid()),
