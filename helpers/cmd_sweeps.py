@@ -99,6 +99,10 @@ def cmd_sweep_start(session: Session) -> int:
 
     load_user_patterns(session)
     patterns_path = cfg.local_path("TASK_FATAL_PATTERNS_FILE")
+    from helpers import cmd_slurm
+
+    if session.dry_run and cmd_slurm.is_slurm(session):
+        return cmd_slurm.dry_run(session, [_row_payload(row) for row in selected], path)
     if session.dry_run:
         slots = _pod_slots(session)
         session.print(f"would start a campaign of {len(selected)} row(s) from {path} on {session.transport_label()}; "
@@ -116,11 +120,14 @@ def cmd_sweep_start(session: Session) -> int:
                       "limit": cfg.number("SWEEP_LIMIT")},
         "reuse_run_ids": bool(session.options.reuse_run_ids),
         "user_patterns": patterns_path.read_text(encoding="utf-8") if patterns_path else "",
-        "user_patterns_source": str(patterns_path or ""),
+        "user_patterns_source": str(patterns_path or ""), **cmd_slurm.template_args(session),
     }
     result = session.call("sweep-start", args, sync_env=True, timeout=180)
     if session.as_json:
         session.emit_json(result)
+        return 0
+    if result.get("executor") == "slurm":
+        cmd_slurm.start_message(session, result)
         return 0
     socket = f" -L {result['socket']}" if result.get("socket") else ""
     already = f" ({result['already_ok']} already ok: skipped)" if result["already_ok"] else ""
@@ -154,7 +161,14 @@ def render_status(status: dict[str, Any]) -> list[str]:
         state = row["state"] + (f" (campaign {row['from_campaign']})" if row.get("from_campaign") else "")
         rows.append([row["run_id"], state, str(row.get("attempts") or 0), duration(row.get("duration_s")),
                      row.get("failure_class") or "", "" if loss is None else f"{loss:.4f}"])
-    lines += table(["RUN_ID", "STATE", "ATTEMPTS", "DURATION", "FAILURE", "VAL_LOSS"], rows)
+    header = ["RUN_ID", "STATE", "ATTEMPTS", "DURATION", "FAILURE", "VAL_LOSS"]
+    if any("slurm" in row for row in status["rows"]):  # SWEEP_EXECUTOR=slurm: the scheduler's view per row
+        header.append("SLURM")
+        for shown, row in zip(rows, status["rows"]):
+            shown.append(row.get("slurm") or "")
+    if ex.get("note"):
+        lines.append(f"note: {ex['note']}")
+    lines += table(header, rows)
     totals = status["totals"]
     done = sum(v for k, v in totals.items() if k in ("ok", *FAILED_STATES))
     lines.append(bar(done, status["total"]) + "  " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))

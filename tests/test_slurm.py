@@ -1,0 +1,178 @@
+"""SWEEP_EXECUTOR=slurm against a real one-node Slurm cluster (tests/slurm_cluster.py: munge, slurmdbd +
+MariaDB, slurmctld, slurmd, 4 fake GPUs, MaxArraySize 5): the same CSV and run-directory contract as the
+tmux executor, rows as job arrays, status from one sacct + one squeue merged with the run files.
+
+The rows use the stand-in trainer in tests/sweep_fixture/ (a second each). One checked-out local pod
+(the login node) serves every test; each test waits for its campaign to leave Slurm's queue.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Pod, cleanup_pod, make_pod, one_line_error, wait_until
+from test_sweeps import FIXTURE_SETTINGS, campaign_ids, campaigns_dir, fsm_state, read_json, rows_by_id, write_csv
+
+from helpers.pod.executors import slurm_state
+from helpers.slurm_keys import extra_args_problem
+
+TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def login(tmp_path_factory: pytest.TempPathFactory, source_repo: Path, slurm_cluster: Any) -> Iterator[Pod]:
+    pod = make_pod("local", tmp_path_factory.mktemp("slurm-login"), source_repo, None)
+    pod.extra_env.update(slurm_cluster.env)
+    pod.set(**{**FIXTURE_SETTINGS, "SWEEP_EXECUTOR": "slurm", "RUN_RETRIES": "0"})
+    try:
+        for command in ("bootstrap", "checkout"):
+            result = pod.wf(command, timeout=600)
+            assert result.returncode == 0, f"{command}: {result.stderr}"
+        yield pod
+    finally:
+        for campaign in campaign_ids(pod):  # nothing of ours left in the queue
+            pod.wf("sweep-stop", "--campaign", campaign, timeout=120)
+        cleanup_pod(pod)
+
+
+def squeue(cluster: Any, campaign: str) -> list[str]:
+    out = cluster.run("squeue", "-h", "-r", f"--name={campaign}", "--format=%i|%T").stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def start(pod: Pod, csv: Path, *settings: str) -> dict[str, Any]:
+    result = pod.wf(*settings, "sweep-start", "--csv", str(csv), "--json")
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def status(pod: Pod, campaign: str) -> dict[str, Any]:
+    result = pod.wf("sweep-status", "--campaign", campaign, "--json")
+    assert result.returncode in (0, 1), result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def wait_done(pod: Pod, cluster: Any, campaign: str) -> dict[str, Any]:
+    wait_until(lambda: not squeue(cluster, campaign), TIMEOUT, interval=0.5, what=f"{campaign} to leave squeue")
+    return status(pod, campaign)
+
+
+def test_mixed_csv_runs_as_a_job_array_with_per_row_status(login: Pod, slurm_cluster: Any, tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "mixed.csv", "sl-ok,config/ok.py,1,,,1", "sl-fail,config/fail.py,2,,,",
+                    "sl-nccl,config/ok.py,3,mode=nccl_always,,2")
+    started = start(login, csv)
+    campaign = started["campaign_id"]
+    assert started["executor"] == "slurm" and len(started["job_ids"]) == 3  # gpus 1, none, 2: one array each
+    final = wait_done(login, slurm_cluster, campaign)
+    rows = rows_by_id(final)
+    assert rows["sl-ok"]["state"] == "ok"
+    assert rows["sl-fail"]["state"] == "failed" and rows["sl-fail"]["failure_class"] == "nonzero_exit"
+    assert rows["sl-nccl"]["state"] == "failed" and rows["sl-nccl"]["failure_class"] == "nccl"  # the fatal line
+    manifest = read_json(login.outputs / "sl-ok" / "run_manifest.json")
+    assert manifest["slurm"]["node"] == "localhost" and manifest["slurm"]["job_id"] in started["job_ids"]
+    assert (login.outputs / "sl-ok" / "summary.json").is_file() and (login.outputs / "sl-ok" / "run.log").is_file()
+    assert re.search(r"cuda=\d\b", (login.outputs / "sl-ok" / "run.log").read_text())  # the allocation's GPU
+    assert re.search(r"cuda=\d,\d\b", (login.outputs / "sl-nccl" / "run.log").read_text())  # both of its GPUs
+    wait_until(lambda: fsm_state(login) == "SWEEP_FAILED", 30, what="the last array task to record SWEEP_FAILED")
+    text = login.wf("sweep-status", "--campaign", campaign)
+    assert text.returncode == 1 and "SLURM" in text.stdout and "COMPLETED" in text.stdout
+
+
+def test_chunks_respect_max_array_size_and_the_throttle_holds(login: Pod, slurm_cluster: Any, tmp_path: Path
+                                                              ) -> None:
+    rows = [f"ch-{i:02d},config/ok.py,{i},sleep=0.6,," for i in range(12)]
+    csv = write_csv(tmp_path / "chunks.csv", *rows)
+    started = start(login, csv, "--set", "SLURM_ARRAY_PARALLELISM=2")
+    campaign = started["campaign_id"]
+    assert len(started["job_ids"]) == 3  # 12 rows, MaxArraySize 5: 5 + 5 + 2, every chunk from index 0
+    chunks = slurm_state.chunks(str(campaigns_dir(login) / campaign))
+    assert [len(c["rows"]) for c in chunks] == [5, 5, 2]
+    assert all(any(w.startswith("--array=0-") and w.endswith("%2") for w in c["argv"]) for c in chunks)
+    most = 0
+    deadline = time.monotonic() + TIMEOUT
+    while squeue(slurm_cluster, campaign) and time.monotonic() < deadline:
+        running = [line for line in squeue(slurm_cluster, campaign) if line.endswith("|RUNNING")]
+        most = max(most, len(running))
+        time.sleep(0.2)
+    assert 1 <= most <= 2  # the % throttle holds for the whole campaign, across chunks
+    final = wait_done(login, slurm_cluster, campaign)
+    assert final["totals"] == {"ok": 12}
+
+
+def test_stop_cancels_exactly_the_campaign_and_resume_reruns_the_rest(login: Pod, slurm_cluster: Any,
+                                                                       tmp_path: Path) -> None:
+    other = slurm_cluster.run("sbatch", "--parsable", "--job-name=not-ours", "--wrap=sleep 60").stdout.strip()
+    csv = write_csv(tmp_path / "stop.csv", "st-a,config/ok.py,1,steps=40;sleep=1,,",
+                    "st-b,config/ok.py,2,steps=40;sleep=1,,", "st-c,config/ok.py,3,,,")
+    started = start(login, csv, "--set", "SLURM_ARRAY_PARALLELISM=1")
+    campaign = started["campaign_id"]
+    wait_until(lambda: (login.outputs / "st-a" / "status.json").is_file(), 60, what="st-a to start")
+    stopped = login.wf("sweep-stop", "--campaign", campaign, timeout=180)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not squeue(slurm_cluster, campaign)
+    assert slurm_cluster.run("squeue", "-h", "-j", other).stdout.strip()  # the user's other job is untouched
+    slurm_cluster.run("scancel", other)
+    view = rows_by_id(status(login, campaign))
+    assert {view[r]["state"] for r in ("st-a", "st-b", "st-c")} <= {"cancelled", "failed"}, view
+    assert fsm_state(login) == "SWEEP_STOPPED"
+    resumed = login.wf("sweep-resume", "--campaign", campaign, "--json", "--set", "SLURM_ARRAY_PARALLELISM=3",
+                       "--set", "TRAIN_WORKDIR=tests/sweep_fixture")
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(json.loads(resumed.stdout)["rerun"]) == ["st-a", "st-b", "st-c"]
+    stopped = login.wf("sweep-stop", "--campaign", campaign, timeout=180)
+    assert stopped.returncode == 0 and not squeue(slurm_cluster, campaign)
+
+
+def test_scancel_outside_the_tool_shows_cancelled(login: Pod, slurm_cluster: Any, tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "ext.csv", "ex-a,config/ok.py,1,steps=60;sleep=1,,")
+    campaign = start(login, csv)["campaign_id"]
+    wait_until(lambda: any(line.endswith("|RUNNING") for line in squeue(slurm_cluster, campaign)), 60,
+               what="ex-a to run")
+    slurm_cluster.run("scancel", f"--name={campaign}")
+    final = wait_done(login, slurm_cluster, campaign)
+    row = rows_by_id(final)["ex-a"]
+    assert row["state"] == "cancelled", row
+    assert "CANCELLED" in (row.get("slurm") or "")
+
+
+def test_refused_partition_and_bad_input_submit_nothing(login: Pod, slurm_cluster: Any, tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "bad.csv", "bad-a,config/ok.py,1,,,1")
+    before = campaign_ids(login)
+    result = login.wf("--set", "SLURM_PARTITION=nope", "sweep-start", "--csv", str(csv))
+    assert result.returncode == 2 and "SLURM_PARTITION" in one_line_error(result)
+    assert "invalid partition" in result.stderr.lower()
+    wide = write_csv(tmp_path / "wide.csv", "bad-w,config/ok.py,1,,,8")
+    result = login.wf("sweep-start", "--csv", str(wide))
+    assert result.returncode == 2 and "needs 8 GPU(s)" in one_line_error(result)
+    result = login.wf("--set", "SLURM_EXTRA_ARGS=--array=0-3", "sweep-start", "--csv", str(csv))
+    assert result.returncode == 2 and "SLURM_EXTRA_ARGS" in one_line_error(result)
+    result = login.wf("sweep-start", "--csv", str(csv), env={"PATH": "/usr/bin:/bin"})
+    assert campaign_ids(login) == before
+    assert not slurm_cluster.run("squeue", "-h").stdout.strip()
+
+
+def test_dry_run_prints_every_sbatch_line_and_the_job_script(login: Pod, tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "dry.csv", *[f"dr-{i},config/ok.py,{i},,,1" for i in range(7)])
+    result = login.wf("--dry-run", "--set", "SLURM_ARRAY_PARALLELISM=3", "sweep-start", "--csv", str(csv))
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if "sbatch --parsable" in line]
+    assert len(lines) == 2 and "--array=0-4%3" in lines[0] and "--array=0-1%3" in lines[1]
+    assert "--signal=B:USR2@120" in lines[0] and "--requeue" in lines[0] and "--gpus-per-node=1" in lines[0]
+    assert "slurm-task" in result.stdout  # the rendered job script
+    assert not list(campaigns_dir(login).glob("*")) or all("dr-" not in p.name for p in login.outputs.iterdir())
+
+
+def test_extra_args_are_checked_as_sbatch_options() -> None:
+    assert extra_args_problem(["--exclusive", "--nice=10"]) == ""
+    assert "not an sbatch option" in extra_args_problem(["exclusive"])
+    assert "set by workflow.sh" in extra_args_problem(["--job-name=x"])
+    assert "not an sbatch option workflow.sh passes on" in extra_args_problem(["--frobnicate"])
+    assert slurm_state.row_state("UNKNOWN") == ("failed", "unknown")
+    assert slurm_state.row_state("CANCELLED by 0") == ("cancelled", "killed")
+    assert slurm_state.exit_code("3:15") == (3, 15)
