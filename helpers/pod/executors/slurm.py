@@ -85,10 +85,14 @@ def job_script(ctx: Context, campaign_id: str, campaign_dir: str, template: str)
                       "# $1 = the chunk file mapping SLURM_ARRAY_TASK_ID to the row", run_row, ""])
 
 
-def _check_cluster(ctx: Context, rows: List[Dict[str, Any]], indices: List[int]) -> int:
-    """MaxArraySize, after refusing a row that needs more GPUs than any node offers."""
+def _max_array() -> int:
+    """The cluster's MaxArraySize (Slurm commands checked first)."""
     slurm_state.require_commands()
-    max_array = int(slurm_state.show_config().get("MaxArraySize", "1001") or 1001)
+    return max(1, int(slurm_state.show_config().get("MaxArraySize", "1001") or 1001))
+
+
+def _check_gpus(ctx: Context, rows: List[Dict[str, Any]], indices: List[int]) -> None:
+    """Refuse a row that needs more GPUs than any node (of SLURM_PARTITION) offers."""
     need = max((_gpus(ctx, rows[i]) for i in indices), default=0)
     if need:
         have = slurm_state.max_gpus_per_node(ctx.get("SLURM_PARTITION"))
@@ -98,7 +102,6 @@ def _check_cluster(ctx: Context, rows: List[Dict[str, Any]], indices: List[int])
             raise WorkflowError(f"row {row.get('row_number')} ({row['run_id']}) needs {need} GPU(s) per node but no "
                                 f"node of {where} has more than {have}; lower the row's gpus (or "
                                 "SLURM_GPUS_PER_NODE) or pick another SLURM_PARTITION", ExitCode.USAGE)
-    return max(1, max_array)
 
 
 def _relay(stderr: str) -> WorkflowError:
@@ -117,7 +120,7 @@ def _relay(stderr: str) -> WorkflowError:
 def plan(ctx: Context, campaign_id: str, campaign_dir: str, rows: List[Dict[str, Any]], indices: List[int],
          generation: int) -> Tuple[List[Tuple[Dict[str, Any], str, List[str]]], str]:
     """Pure apart from reading the cluster's limits: [(chunk, chunk file, sbatch argv)], job script."""
-    max_array = _check_cluster(ctx, rows, indices)
+    max_array = _max_array()
     script_path = os.path.join(campaign_dir, "slurm", "job.sh")
     script = job_script(ctx, campaign_id, campaign_dir, str(ctx.args.get("slurm_job_template") or ""))
     planned = []
@@ -136,7 +139,8 @@ def submit(ctx: Context, campaign_id: str, campaign_dir: str, rows: List[Dict[st
     planned, script = plan(ctx, campaign_id, campaign_dir, rows, indices, generation)
     os.makedirs(os.path.join(campaign_dir, "slurm"), exist_ok=True)
     script_path = os.path.join(campaign_dir, "slurm", "job.sh")
-    write_bytes(script_path, script.encode(), 0o755)
+    if ctx.args.get("slurm_job_template") or not os.path.exists(script_path):  # a resume keeps the campaign's
+        write_bytes(script_path, script.encode(), 0o755)
     job_ids: List[str] = []
     for chunk, chunk_file, argv in planned:
         if job_ids and ctx.get("SLURM_ARRAY_PARALLELISM"):
@@ -168,6 +172,7 @@ def preflight(ctx: Context, rows: List[Dict[str, Any]], indices: List[int]) -> N
     probe = slurm_state.run([argv[0], "--test-only", *argv[1:], "--wrap=true"])
     if probe.returncode != 0:
         raise _relay(probe.stderr)
+    _check_gpus(ctx, rows, indices)
 
 
 def live_jobs(campaign_dir: str) -> List[str]:

@@ -52,10 +52,13 @@ def merge_status(ctx: Context, path: str, manifest: Dict[str, Any], views: List[
     """Fill every row view with Slurm's view (one sacct + one squeue); returns a note (sacct missing)."""
     scheduler, note = slurm_state.scheduler_view(str(manifest["campaign_id"]), str(manifest.get("created_utc", "")))
     jobs = slurm_state.row_jobs(path)
+    stopped = (read_json(_record_path(path), "executor status") or {}).get("state") == "stopped"
     for number, view in enumerate(views):
         key = jobs.get(number)
         info = scheduler.get(key) if key else None
         if not key or not info:
+            if stopped and view["state"] in ("missing", "queued", "running", "pending", "lost"):
+                view.update(state="cancelled", failure_class="killed")  # scancelled before sacct saw it end
             continue
         state = str(info.get("state") or "UNKNOWN")
         view["slurm"] = f"{key[0]}_{key[1]} {state}" + (f" ({info['reason']})" if state == "PENDING" and info.get(
