@@ -58,6 +58,18 @@ def status(pod: Pod, campaign: str) -> dict[str, Any]:
     return dict(json.loads(result.stdout))
 
 
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _row_if(view: dict[str, Any], run_id: str, state: str) -> dict[str, Any] | None:
+    row = rows_by_id(view)[run_id]
+    return row if row["state"] == state else None
+
+
 def wait_done(pod: Pod, cluster: Any, campaign: str) -> dict[str, Any]:
     wait_until(lambda: not squeue(cluster, campaign), TIMEOUT, interval=0.5, what=f"{campaign} to leave squeue")
     return status(pod, campaign)
@@ -108,8 +120,8 @@ def test_chunks_respect_max_array_size_and_the_throttle_holds(login: Pod, slurm_
 def test_stop_cancels_exactly_the_campaign_and_resume_reruns_the_rest(login: Pod, slurm_cluster: Any,
                                                                        tmp_path: Path) -> None:
     other = slurm_cluster.run("sbatch", "--parsable", "--job-name=not-ours", "--wrap=sleep 60").stdout.strip()
-    csv = write_csv(tmp_path / "stop.csv", "st-a,config/ok.py,1,steps=40;sleep=1,,",
-                    "st-b,config/ok.py,2,steps=40;sleep=1,,", "st-c,config/ok.py,3,,,")
+    csv = write_csv(tmp_path / "stop.csv", "st-a,config/ok.py,1,steps=40 sleep=1,,",
+                    "st-b,config/ok.py,2,steps=40 sleep=1,,", "st-c,config/ok.py,3,,,")
     started = start(login, csv, "--set", "SLURM_ARRAY_PARALLELISM=1")
     campaign = started["campaign_id"]
     wait_until(lambda: (login.outputs / "st-a" / "status.json").is_file(), 60, what="st-a to start")
@@ -121,24 +133,30 @@ def test_stop_cancels_exactly_the_campaign_and_resume_reruns_the_rest(login: Pod
     view = rows_by_id(status(login, campaign))
     assert {view[r]["state"] for r in ("st-a", "st-b", "st-c")} <= {"cancelled", "failed"}, view
     assert fsm_state(login) == "SWEEP_STOPPED"
-    resumed = login.wf("sweep-resume", "--campaign", campaign, "--json", "--set", "SLURM_ARRAY_PARALLELISM=3",
-                       "--set", "TRAIN_WORKDIR=tests/sweep_fixture")
+    resumed = login.wf("--set", "SLURM_ARRAY_PARALLELISM=3", "sweep-resume", "--campaign", campaign, "--json")
     assert resumed.returncode == 0, resumed.stderr
     assert sorted(json.loads(resumed.stdout)["rerun"]) == ["st-a", "st-b", "st-c"]
     stopped = login.wf("sweep-stop", "--campaign", campaign, timeout=180)
     assert stopped.returncode == 0 and not squeue(slurm_cluster, campaign)
 
 
-def test_scancel_outside_the_tool_shows_cancelled(login: Pod, slurm_cluster: Any, tmp_path: Path) -> None:
-    csv = write_csv(tmp_path / "ext.csv", "ex-a,config/ok.py,1,steps=60;sleep=1,,")
-    campaign = start(login, csv)["campaign_id"]
-    wait_until(lambda: any(line.endswith("|RUNNING") for line in squeue(slurm_cluster, campaign)), 60,
-               what="ex-a to run")
+def test_scancel_outside_the_tool_shows_cancelled_also_after_the_job_left_slurmctld(login: Pod, slurm_cluster: Any,
+                                                                                    tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "ext.csv", "ex-a,config/ok.py,1,steps=60 sleep=1,,")
+    started = start(login, csv)
+    campaign = started["campaign_id"]
+    wait_until(lambda: "iter 2" in _text(login.outputs / "ex-a" / "run.log"), 90, what="ex-a to train")
     slurm_cluster.run("scancel", f"--name={campaign}")
-    final = wait_done(login, slurm_cluster, campaign)
-    row = rows_by_id(final)["ex-a"]
-    assert row["state"] == "cancelled", row
-    assert "CANCELLED" in (row.get("slurm") or "")
+    wait_done(login, slurm_cluster, campaign)
+    # the end record reaches slurmdbd asynchronously: the row shows cancelled once sacct has it
+    row = wait_until(lambda: _row_if(status(login, campaign), "ex-a", "cancelled"), 60, interval=1,
+                     what="ex-a to show cancelled")
+    assert "CANCELLED" in (row.get("slurm") or ""), row
+    job = started["job_ids"][0]
+    wait_until(lambda: not slurm_cluster.ok("scontrol", "show", "job", job), 90, interval=1,
+               what="the job to be purged from slurmctld (MinJobAge)")
+    row = rows_by_id(status(login, campaign))["ex-a"]  # from sacct alone now
+    assert row["state"] == "cancelled" and "CANCELLED" in (row.get("slurm") or ""), row
 
 
 def test_refused_partition_and_bad_input_submit_nothing(login: Pod, slurm_cluster: Any, tmp_path: Path) -> None:
@@ -152,7 +170,14 @@ def test_refused_partition_and_bad_input_submit_nothing(login: Pod, slurm_cluste
     assert result.returncode == 2 and "needs 8 GPU(s)" in one_line_error(result)
     result = login.wf("--set", "SLURM_EXTRA_ARGS=--array=0-3", "sweep-start", "--csv", str(csv))
     assert result.returncode == 2 and "SLURM_EXTRA_ARGS" in one_line_error(result)
-    result = login.wf("sweep-start", "--csv", str(csv), env={"PATH": "/usr/bin:/bin"})
+    no_slurm = tmp_path / "bin"  # this PATH has everything of /usr/bin but the Slurm commands
+    no_slurm.mkdir()
+    for tool in Path("/usr/bin").iterdir():
+        if tool.name not in slurm_state.COMMANDS:
+            (no_slurm / tool.name).symlink_to(tool)
+    result = login.wf("sweep-start", "--csv", str(csv), env={"PATH": str(no_slurm)})
+    assert result.returncode == 1 and "sbatch, squeue, sacct, scontrol, scancel is not on PATH" in one_line_error(
+        result), result.stderr
     assert campaign_ids(login) == before
     assert not slurm_cluster.run("squeue", "-h").stdout.strip()
 

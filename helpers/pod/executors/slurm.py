@@ -168,7 +168,9 @@ def preflight(ctx: Context, rows: List[Dict[str, Any]], indices: List[int]) -> N
     if not indices:
         return
     planned, _ = plan(ctx, "wf-preflight", ctx.outputs, rows, indices, 1)
-    argv = [w for w in planned[0][2][:-2] if not w.startswith(("--output=", "--chdir=", "--dependency="))]
+    # names first (partition, account, QOS: sbatch's own message), then GPUs against scontrol's nodes
+    argv = [w for w in planned[0][2][:-2]
+            if not w.startswith(("--output=", "--chdir=", "--dependency=", "--gpus-per-node="))]
     probe = slurm_state.run([argv[0], "--test-only", *argv[1:], "--wrap=true"])
     if probe.returncode != 0:
         raise _relay(probe.stderr)
