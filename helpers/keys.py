@@ -196,7 +196,7 @@ KEYS: tuple[Key, ...] = (
        minimum=1),
     _k(_U, "SLURM_EXTRA_ARGS", "words", "", "more sbatch options, e.g. --exclusive --nice=10 (checked, no shell)"),
     _k(_U, "SLURM_JOB_TEMPLATE", "path", "",
-       "job-script template (local file) with a line @WF_RUN_ROW@ where the row runs; empty = built in"),
+       "job-script template (local file); @WF_RUN_ROW@ in it becomes the row's command; empty = built in"),
     # --- fetch
     _k(_R, "LOCAL_ARTIFACTS_DIR", "path", "artifacts", "fetch-run/fetch-all copy runs into <this>/<run_id>/"),
     _k(_R, "FETCH_INCLUDE_CHECKPOINTS", "bool", "0", "fetch checkpoints too (*.pt *.pth *.ckpt *.safetensors)"),

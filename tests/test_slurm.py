@@ -106,6 +106,8 @@ def test_chunks_respect_max_array_size_and_the_throttle_holds(login: Pod, slurm_
     chunks = slurm_state.chunks(str(campaigns_dir(login) / campaign))
     assert [len(c["rows"]) for c in chunks] == [5, 5, 2]
     assert all(any(w.startswith("--array=0-") and w.endswith("%2") for w in c["argv"]) for c in chunks)
+    early = [row.get("slurm") or "" for row in status(login, campaign)["rows"]]
+    assert any("PENDING (" in shown for shown in early), early  # pending rows show Slurm's reason
     most = 0
     deadline = time.monotonic() + TIMEOUT
     while squeue(slurm_cluster, campaign) and time.monotonic() < deadline:
@@ -190,6 +192,14 @@ def test_dry_run_prints_every_sbatch_line_and_the_job_script(login: Pod, tmp_pat
     assert len(lines) == 2 and "--array=0-4%3" in lines[0] and "--array=0-1%3" in lines[1]
     assert "--signal=B:USR2@120" in lines[0] and "--requeue" in lines[0] and "--gpus-per-node=1" in lines[0]
     assert "slurm-task" in result.stdout  # the rendered job script
+    template = tmp_path / "job.tmpl"
+    template.write_text("#!/bin/bash\n# site template\nexec apptainer exec img.sif @WF_RUN_ROW@\n")
+    result = login.wf("--dry-run", "--set", f"SLURM_JOB_TEMPLATE={template}", "sweep-start", "--csv", str(csv))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"\| exec apptainer exec img\.sif \S+ -I -S \S+\.pyz slurm-task ", result.stdout), result.stdout
+    template.write_text("#!/bin/bash\necho no placeholder\n")
+    result = login.wf("--dry-run", "--set", f"SLURM_JOB_TEMPLATE={template}", "sweep-start", "--csv", str(csv))
+    assert result.returncode == 2 and "@WF_RUN_ROW@" in one_line_error(result)
     assert not list(campaigns_dir(login).glob("*")) or all("dr-" not in p.name for p in login.outputs.iterdir())
 
 

@@ -75,14 +75,14 @@ def sbatch_argv(ctx: Context, campaign_id: str, campaign_dir: str, chunk: Dict[s
 def job_script(ctx: Context, campaign_id: str, campaign_dir: str, template: str) -> str:
     """The batch script every array task runs (a user template gets the row command at @WF_RUN_ROW@)."""
     archive = os.path.abspath(sys.argv[0])
-    run_row = "exec " + shlex.join([sys.executable, "-I", "-S", archive, "slurm-task", campaign_dir]) + ' "$1"'
+    run_row = shlex.join([sys.executable, "-I", "-S", archive, "slurm-task", campaign_dir]) + ' "$1"'
     if template:
         if ROW_PLACEHOLDER not in template:
-            raise WorkflowError(f"SLURM_JOB_TEMPLATE has no line {ROW_PLACEHOLDER} (where the row runs); add it",
-                                ExitCode.USAGE)
+            raise WorkflowError(f"SLURM_JOB_TEMPLATE has no {ROW_PLACEHOLDER} (where the row's command goes, e.g. "
+                                f"'exec apptainer exec image.sif {ROW_PLACEHOLDER}'); add it", ExitCode.USAGE)
         return template.replace(ROW_PLACEHOLDER, run_row)
     return "\n".join(["#!/bin/bash", f"# workflow.sh campaign {campaign_id}: one array task = one CSV row",
-                      "# $1 = the chunk file mapping SLURM_ARRAY_TASK_ID to the row", run_row, ""])
+                      "# $1 = the chunk file mapping SLURM_ARRAY_TASK_ID to the row", "exec " + run_row, ""])
 
 
 def _max_array() -> int:
