@@ -211,3 +211,35 @@ def test_extra_args_are_checked_as_sbatch_options() -> None:
     assert slurm_state.row_state("UNKNOWN") == ("failed", "unknown")
     assert slurm_state.row_state("CANCELLED by 0") == ("cancelled", "killed")
     assert slurm_state.exit_code("3:15") == (3, 15)
+
+
+def test_status_is_one_sacct_and_one_squeue(login: Pod, slurm_cluster: Any, tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "calls.csv", *[f"ca-{i},config/ok.py,{i},,," for i in range(3)])
+    campaign = start(login, csv)["campaign_id"]
+    wait_done(login, slurm_cluster, campaign)
+    shims, calls = tmp_path / "bin", tmp_path / "calls.log"
+    shims.mkdir()
+    for tool in Path("/usr/bin").iterdir():
+        if tool.name not in ("sacct", "squeue"):
+            (shims / tool.name).symlink_to(tool)
+    for name in ("sacct", "squeue"):
+        (shims / name).write_text(f'#!/bin/sh\necho {name} >> {calls}\nexec /usr/bin/{name} "$@"\n')
+        (shims / name).chmod(0o755)
+    result = login.wf("sweep-status", "--campaign", campaign, env={"PATH": str(shims)})
+    assert result.returncode == 0, result.stderr
+    assert sorted(calls.read_text().split()) == ["sacct", "squeue"]  # never one call per row
+
+
+def test_scontrol_requeue_resumes_the_row_from_its_checkpoint(login: Pod, slurm_cluster: Any, tmp_path: Path
+                                                              ) -> None:
+    csv = write_csv(tmp_path / "rq.csv", "rq-a,config/ok.py,1,steps=30 sleep=0.5,,")
+    started = start(login, csv)
+    campaign = started["campaign_id"]
+    wait_until(lambda: "iter 3" in _text(login.outputs / "rq-a" / "run.log"), 120, what="rq-a to train")
+    slurm_cluster.run("scontrol", "requeue", f"{started['job_ids'][0]}_0")
+    wait_until(lambda: "resumed from iter" in _text(login.outputs / "rq-a" / "run.log"), 240, interval=1,
+               what="the requeued row to resume from its checkpoint")
+    final = wait_done(login, slurm_cluster, campaign)
+    assert rows_by_id(final)["rq-a"]["state"] == "ok"
+    manifest = read_json(login.outputs / "rq-a" / "run_manifest.json")
+    assert manifest["slurm"]["restart_count"] >= 1

@@ -177,13 +177,10 @@ def preflight(ctx: Context, rows: List[Dict[str, Any]], indices: List[int]) -> N
     _check_gpus(ctx, rows, indices)
 
 
-def live_jobs(campaign_dir: str) -> List[str]:
-    """The campaign's array jobs Slurm still holds (queued or running): one squeue."""
-    ids = [str(c["job_id"]) for c in slurm_state.chunks(campaign_dir)]
-    if not ids:
-        return []
-    result = slurm_state.run(["squeue", "-h", "-r", "-j", ",".join(ids), "--format=%A|%T"])
-    return sorted({line.split("|")[0] for line in result.stdout.splitlines() if line.strip()})
+def live_jobs(campaign_dir: str, fresh: bool = False) -> List[str]:
+    """The campaign's array jobs Slurm still holds (queued or running), from the one squeue of this call."""
+    lines = slurm_state.queue_lines(os.path.basename(campaign_dir.rstrip("/")), fresh)
+    return sorted({line.split("|")[0].split("_")[0] for line in lines})
 
 
 def stop(campaign_dir: str) -> List[str]:

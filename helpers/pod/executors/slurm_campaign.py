@@ -83,7 +83,7 @@ def stop(ctx: Context, path: str, campaign_id: str) -> Dict[str, Any]:
     was = executor_state(path, record)[0]
     ids = slurm.stop(path)
     deadline = time.monotonic() + STOP_WAIT_SECS + ctx.number("TASK_KILL_GRACE_SECS", 10)
-    while time.monotonic() < deadline and slurm.live_jobs(path):
+    while time.monotonic() < deadline and slurm.live_jobs(path, fresh=True):
         time.sleep(0.5)
     write_json(_record_path(path), {**record, "state": "stopped", "ended_utc": utc_now(),
                                     "stop_reason": "sweep-stop (scancel)"})

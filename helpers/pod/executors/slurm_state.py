@@ -108,6 +108,19 @@ def _indices(spec: str) -> List[int]:
     return out
 
 
+_QUEUE: Dict[str, List[str]] = {}  # campaign id -> squeue lines, once per agent call
+
+
+def queue_lines(campaign_id: str, fresh: bool = False) -> List[str]:
+    """The campaign's array tasks in squeue (``%i|%T|%r|%N|%M``): one squeue per agent call unless ``fresh``."""
+    if fresh or campaign_id not in _QUEUE:
+        result = run(["squeue", "-h", "-r", "--me", f"--name={campaign_id}", "--format=%i|%T|%r|%N|%M"], timeout=60)
+        if result.returncode != 0:
+            raise WorkflowError(f"squeue failed: {result.stderr.strip() or result.stdout.strip()}", ExitCode.FAILED)
+        _QUEUE[campaign_id] = [line for line in result.stdout.splitlines() if line.strip()]
+    return _QUEUE[campaign_id]
+
+
 def scheduler_view(campaign_id: str, since_utc: str) -> Tuple[Dict[Tuple[str, int], Dict[str, Any]], str]:
     """(array job id, index) -> {state, reason, node, elapsed, exit_code, signal} from one sacct (all tasks,
     also after they left squeue) and one squeue (pending reasons, live state); and a note when sacct is
@@ -129,8 +142,7 @@ def scheduler_view(campaign_id: str, since_utc: str) -> Tuple[Dict[Tuple[str, in
             view[(array_id, index)] = {"state": state.split()[0] if state else "UNKNOWN", "reason": reason,
                                        "node": node if node not in ("None assigned", "") else None,
                                        "elapsed": elapsed, "exit_code": ec, "signal": sig}
-    queue = run(["squeue", "-h", "-r", f"--name={campaign_id}", "--format=%i|%T|%r|%N|%M"], timeout=60)
-    for line in queue.stdout.splitlines():
+    for line in queue_lines(campaign_id):
         job, state, reason, node, elapsed = (line.split("|") + [""] * 5)[:5]
         array_id, _, spec = job.partition("_")
         for index in _indices(spec):

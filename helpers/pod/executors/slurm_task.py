@@ -70,6 +70,11 @@ class SlurmRowExecutor(Executor):
         update_status(path, slurm=self.slurm)
 
     def _start(self, rr: RowRun, slots: List[str], env_base: Dict[str, str], cpu_mode: bool, threads: int) -> None:
+        if self.slurm["restart_count"] and not rr.attempts and not rr.extra:  # requeued: resume its checkpoint
+            overrides = list(rr.row["overrides"])
+            for word in self.ctx.words("RUN_RESUME_OVERRIDE"):
+                overrides = runs.set_override(overrides, word.partition("=")[0].lstrip("-"), word.partition("=")[2])
+            rr.extra, rr.retry_note = overrides, f"requeued by Slurm ({self.slurm['restart_count']}): resuming"
         super()._start(rr, slots, env_base, cpu_mode, threads)
         manifest_path = os.path.join(runs.run_dir(self.outputs, rr.run_id), "run_manifest.json")
         manifest = read_json(manifest_path, "run manifest") or {}
