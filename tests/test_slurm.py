@@ -178,7 +178,10 @@ def test_refused_partition_and_bad_input_submit_nothing(login: Pod, slurm_cluste
         if tool.name not in slurm_state.COMMANDS:
             (no_slurm / tool.name).symlink_to(tool)
     result = login.wf("sweep-start", "--csv", str(csv), env={"PATH": str(no_slurm)})
-    assert result.returncode == 1 and "sbatch, squeue, sacct, scontrol, scancel is not on PATH" in one_line_error(
+    assert result.returncode == 1 and "sbatch, squeue, sacct, scontrol, scancel are not on PATH" in one_line_error(
+        result), result.stderr
+    result = login.wf("checkout", env={"PATH": str(no_slurm)}, timeout=300)  # checkout says so too
+    assert result.returncode == 1 and "sbatch, squeue, sacct, scontrol, scancel are not on PATH" in one_line_error(
         result), result.stderr
     assert campaign_ids(login) == before
     assert not slurm_cluster.run("squeue", "-h").stdout.strip()

@@ -48,8 +48,9 @@ def exit_code(text: str) -> Tuple[Optional[int], Optional[int]]:
 def require_commands() -> None:
     missing = [name for name in COMMANDS if shutil.which(name) is None]
     if missing:
-        raise WorkflowError(f"SWEEP_EXECUTOR=slurm but {', '.join(missing)} is not on PATH on the pod (the login "
-                            "node); load the Slurm module / install slurm-client, or set SWEEP_EXECUTOR=tmux",
+        verb = "is" if len(missing) == 1 else "are"
+        raise WorkflowError(f"SWEEP_EXECUTOR=slurm but {', '.join(missing)} {verb} not on PATH on the pod (the "
+                            "login node); load the Slurm module / install slurm-client, or set SWEEP_EXECUTOR=tmux",
                             ExitCode.FAILED)
 
 
