@@ -61,7 +61,8 @@ _ZIP_TIME = (2020, 1, 1, 0, 0, 0)
 
 
 def _sources() -> list[tuple[str, bytes]]:
-    return [(f"pod/{path.name}", path.read_bytes()) for path in sorted(POD_PACKAGE.glob("*.py"))]
+    return [(f"pod/{path.relative_to(POD_PACKAGE).as_posix()}", path.read_bytes())
+            for path in sorted(POD_PACKAGE.rglob("*.py"))]  # with subpackages (pod/executors/)
 
 
 def bundle_hash(sources: list[tuple[str, bytes]] | None = None) -> str:

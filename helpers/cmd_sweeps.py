@@ -115,6 +115,10 @@ def cmd_sweep_start(session: Session) -> int:
 
     load_user_patterns(session)
     patterns_path = cfg.local_path("TASK_FATAL_PATTERNS_FILE")
+    from helpers import cmd_slurm
+
+    if session.dry_run and cmd_slurm.is_slurm(session):
+        return cmd_slurm.dry_run(session, [_row_payload(row) for row in selected], path)
     if session.dry_run:
         plan = _pod_plan(session, selected)
         slots, skip = plan["slots"], set(plan.get("already_ok") or [])
@@ -136,11 +140,14 @@ def cmd_sweep_start(session: Session) -> int:
                       "limit": cfg.number("SWEEP_LIMIT")},
         "reuse_run_ids": bool(session.options.reuse_run_ids),
         "user_patterns": patterns_path.read_text(encoding="utf-8") if patterns_path else "",
-        "user_patterns_source": str(patterns_path or ""),
+        "user_patterns_source": str(patterns_path or ""), **cmd_slurm.template_args(session),
     }
     result = session.call("sweep-start", args, sync_env=True, timeout=180)
     if session.as_json:
         session.emit_json(result)
+        return 0
+    if result.get("executor") == "slurm":
+        cmd_slurm.start_message(session, result)
         return 0
     socket = f" -L {result['socket']}" if result.get("socket") else ""
     already = f" ({result['already_ok']} already ok: skipped)" if result["already_ok"] else ""
@@ -191,7 +198,14 @@ def render_status(status: dict[str, Any]) -> list[str]:
     reason = f" ({ex['reason']})" if ex.get("reason") else ""
     lines = [f"campaign {status['campaign_id']} (created {status['created_utc']}): executor {ex['state']}{reason}"
              f"{slots}"]
-    lines += table(HEADERS, [_row_cells(row) for row in status["rows"]])
+    headers, cells = list(HEADERS), [_row_cells(row) for row in status["rows"]]
+    if any("slurm" in row for row in status["rows"]):  # SWEEP_EXECUTOR=slurm: the scheduler's view per row
+        headers.insert(-1, "SLURM")
+        for shown, row in zip(cells, status["rows"]):
+            shown.insert(-1, row.get("slurm") or "")
+    if ex.get("note"):
+        lines.append(f"note: {ex['note']}")
+    lines += table(headers, cells)
     for row in status["rows"]:
         for attempt in row.get("attempt_list") or []:
             why = f": {attempt['reason_line']}" if attempt.get("reason_line") else ""

@@ -322,6 +322,9 @@ def _cross_check(cfg: Config) -> None:
         value = cfg.text(key)
         if not value or value.startswith("/") or ".." in Path(value).parts:
             raise bad(key, "must be a relative path inside the repo")
+    from helpers import slurm_keys  # the SLURM_* keys
+
+    slurm_keys.check(cfg.text, cfg.words, bad)
     outputs = cfg.text("OPS_REMOTE_OUTPUTS_DIR")
     if outputs.rstrip("/") in ("", "/", "~", ".") or ".." in outputs.split("/"):
         raw = cfg.settings["OPS_REMOTE_OUTPUTS_DIR"].raw

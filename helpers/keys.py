@@ -54,8 +54,9 @@ def _k(section: str, name: str, type_: KeyType, default: str, doc: str, **kw: ob
     return Key(name=name, type=type_, default=default, doc=doc, section=section, **kw)  # type: ignore[arg-type]
 
 
-_T, _P, _C, _B, _F, _K, _S, _R, _L = (
+_T, _P, _C, _B, _F, _K, _S, _R, _L, _U = (
     "Target", "Pod paths", "Checkout", "Bootstrap", "Workflow state", "Tracked tasks", "Sweeps", "Fetch", "Lium",
+    "Slurm",
 )
 
 KEYS: tuple[Key, ...] = (
@@ -187,6 +188,24 @@ KEYS: tuple[Key, ...] = (
     _k(_S, "RUN_OUT_LOCAL_ROOT", "podpath", "",
        "local_sync: where runs write; empty = ${OPS_REMOTE_REPO}/examples/nanogpt/out"),
     _k(_S, "SYNC_INTERVAL_SECS", "int", "60", "local_sync: rsync interval (and once at the end)", minimum=1),
+    # --- slurm (SWEEP_EXECUTOR=slurm: the pod is a cluster's login node; checked in helpers/slurm_keys.py)
+    _k(_S, "SWEEP_EXECUTOR", "enum", "tmux", "where rows run: tmux = on the pod itself; slurm = as Slurm job arrays",
+       choices=("tmux", "slurm")),
+    _k(_U, "SLURM_PARTITION", "str", "", "sbatch --partition for the rows; empty = the cluster's default"),
+    _k(_U, "SLURM_ACCOUNT", "str", "", "sbatch --account charged for the rows; empty = your default account"),
+    _k(_U, "SLURM_QOS", "str", "", "sbatch --qos for the rows; empty = the default QOS"),
+    _k(_U, "SLURM_CONSTRAINT", "str", "", "sbatch --constraint (node features, e.g. a100|h100); empty = any node"),
+    _k(_U, "SLURM_CPUS_PER_TASK", "int", "", "sbatch --cpus-per-task per row; empty = Slurm's default", minimum=1,
+       maximum=1024),
+    _k(_U, "SLURM_MEM", "str", "", "sbatch --mem per node, e.g. 32G; empty = Slurm's default"),
+    _k(_U, "SLURM_GPUS_PER_NODE", "int", "", "sbatch --gpus-per-node; empty = the row's gpus column (none: 0)",
+       minimum=0, maximum=64),
+    _k(_U, "SLURM_TIME", "str", "", "sbatch --time (e.g. 2:00:00 or 1-00:00); empty = from the row's timeout"),
+    _k(_U, "SLURM_ARRAY_PARALLELISM", "int", "", "at most this many rows of a campaign run at once (the % throttle)",
+       minimum=1),
+    _k(_U, "SLURM_EXTRA_ARGS", "words", "", "more sbatch options, e.g. --exclusive --nice=10 (checked, no shell)"),
+    _k(_U, "SLURM_JOB_TEMPLATE", "path", "",
+       "job-script template (local file); @WF_RUN_ROW@ in it becomes the row's command; empty = built in"),
     # --- fetch
     _k(_R, "LOCAL_ARTIFACTS_DIR", "path", "artifacts", "fetch-run/fetch-all copy runs into <this>/<run_id>/"),
     _k(_R, "FETCH_INCLUDE_CHECKPOINTS", "bool", "0", "fetch checkpoints too (*.pt *.pth *.ckpt *.safetensors)"),

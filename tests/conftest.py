@@ -303,3 +303,25 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, f"expected one error line, got {lines!r}"
     return lines[0]
+
+
+# ----------------------------------------------------------------------------- slurm
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One-node Slurm cluster (munge, slurmdbd + MariaDB, slurmctld, slurmd, 4 fake GPUs) for the session.
+    MaxArraySize comes from WF_TEST_SLURM_MAX_ARRAY (default 5). A missing component fails, never skips."""
+    import slurm_cluster as cluster_mod
+
+    missing = cluster_mod.missing_tools()
+    if missing:
+        pytest.fail(f"Slurm is required by this test: missing {', '.join(missing)} (apt-get install slurmctld slurmd "
+                    "slurm-client munge slurmdbd mariadb-server); tests never skip for a missing tool")
+    directory = Path(f"/tmp/wfslurm-{uuid.uuid4().hex[:8]}")  # short: the munge socket path has a length limit
+    cluster = cluster_mod.start_cluster(directory, int(os.environ.get("WF_TEST_SLURM_MAX_ARRAY", "5")))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(directory, ignore_errors=True)

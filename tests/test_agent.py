@@ -15,7 +15,7 @@ STDLIB = set(sys.stdlib_module_names)
 
 
 def test_pod_modules_parse_as_python_39_and_import_only_stdlib():
-    for path in sorted(POD_PACKAGE.glob("*.py")):
+    for path in sorted(POD_PACKAGE.rglob("*.py")):  # subpackages (pod/executors/) too
         tree = ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -36,7 +36,8 @@ def test_bundle_is_reproducible_and_named_by_its_content():
     with zipfile.ZipFile(__import__("io").BytesIO(first)) as archive:
         names = set(archive.namelist())
     assert "__main__.py" in names and "entry.py" in names
-    assert names - {"__main__.py", "entry.py"} == {f"pod/{p.name}" for p in POD_PACKAGE.glob("*.py")}
+    assert names - {"__main__.py", "entry.py"} == {
+        f"pod/{p.relative_to(POD_PACKAGE).as_posix()}" for p in POD_PACKAGE.rglob("*.py")}
 
 
 def test_bundle_runs_with_isolated_python_and_unpacks_beside_itself(tmp_path: Path):

@@ -55,7 +55,8 @@ def fake_campaign(outputs: Path) -> None:
     _write(outputs / INDEX, {"r1": {"ok": True, "state": "success", "attempts": 1}})
     _write(outputs / "r2/campaign.json", {"schema_version": 1, "campaign_id": "c1", "spec_hash": "h2", "history": []})
     _write(outputs / SUMMARY, {"schema_version": 1, "run_id": "r2", "campaign_id": "c1", "ok": True,
-                               "state": "success", "failure_class": None, "attempts": 1, "spec_hash": "h2", "attempt_history": [],
+                               "state": "success", "failure_class": None, "attempts": 1, "spec_hash": "h2",
+                               "attempt_history": [],
                                "ended_utc": "2026-01-01T00:09:00.000Z"})
     _write(outputs / RUN_STATUS, {"schema_version": 1, "id": "r2", "state": "success", "exit_code": 0,
                                   "created_utc": "2026-01-01T00:01:00.000Z", "cleanup": "done"})

@@ -47,6 +47,7 @@ STREAM_OPS: Dict[str, Tuple[str, str]] = {
 LONG_OPS: Dict[str, Tuple[str, str]] = {
     "supervise": ("supervisor", "supervise_main"),
     "sweep-exec": ("executor", "executor_main"),
+    "slurm-task": ("executors.slurm_task", "slurm_task_main"),  # one array task of a Slurm campaign
 }
 
 

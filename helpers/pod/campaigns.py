@@ -18,6 +18,7 @@ from . import attempts, fsm, proctree, runs, tmuxctl
 from .context import Context
 from .errors import ExitCode, WorkflowError
 from .executor import request_stop
+from .executors import SLURM, kind_of
 from .ids import check_id
 from .jsonio import parse_utc, read_json, utc_now, write_bytes, write_json
 from .scheduling import detect_slots, planned_run_env, slot_env
@@ -57,6 +58,10 @@ def executor_state(path: str) -> Tuple[str, Dict[str, Any]]:
     """running | starting | stopping | finished | stopped | lost, told truthfully on every read: a
     running or stopping executor whose process (pid + start time) is gone is lost."""
     record = read_json(os.path.join(path, "executor.json"), "executor status") or {}
+    if record.get("executor") == SLURM:  # Slurm holds the rows: its queue says whether they still run
+        from .executors import slurm_campaign
+
+        return slurm_campaign.executor_state(path, record)
     state = record.get("state", "lost")
     if state in ("running", "stopping"):
         if record.get("boot_id") and record["boot_id"] != proctree.boot_id():
@@ -91,6 +96,25 @@ def _start_executor(ctx: Context, path: str, generation: int) -> str:
     return tmuxctl.open_window(ctx.tmux_base(), ctx.get("SWEEP_TMUX_SESSION"), "sweep", argv, path)
 
 
+def _preflight(ctx: Context, rows: List[Dict[str, Any]]) -> None:
+    if kind_of(ctx.config) == SLURM:
+        from .executors import slurm
+
+        slurm.preflight(ctx, rows, [i for i, row in enumerate(rows) if not runs.is_ok(
+            runs.run_dir(ctx.outputs, str(row["run_id"])), row["spec_hash"])])
+
+
+def _start_rows(ctx: Context, path: str, campaign_id: str, rows: List[Dict[str, Any]], generation: int
+                ) -> List[str]:
+    """The one dispatch on SWEEP_EXECUTOR: tmux (the executor window) or slurm (job arrays)."""
+    if kind_of(ctx.config) == SLURM:
+        from .executors import slurm_campaign
+
+        return slurm_campaign.start(ctx, path, campaign_id, rows, generation)
+    _start_executor(ctx, path, generation)
+    return []
+
+
 def _check_pod_side(ctx: Context, rows: List[Dict[str, Any]]) -> List[str]:
     python = os.path.join(ctx.path("VENV_DIR"), "bin", "python")
     if not os.path.exists(python):
@@ -106,7 +130,7 @@ def _check_pod_side(ctx: Context, rows: List[Dict[str, Any]]) -> List[str]:
         if not os.path.isfile(os.path.join(workdir, row["config"])):
             raise WorkflowError(f"row {row['row_number']} ({row['run_id']}): config {row['config']} is not in the "
                                 f"pod checkout {workdir}; commit and push it, then run checkout", ExitCode.USAGE)
-        if row.get("gpus") and int(row["gpus"]) > len(slots):
+        if row.get("gpus") and int(row["gpus"]) > len(slots) and kind_of(ctx.config) != SLURM:
             raise WorkflowError(f"row {row['row_number']} ({row['run_id']}) needs {row['gpus']} GPU(s) but the pod "
                                 f"has {len(slots)} slot(s) ({', '.join(slots)})", ExitCode.USAGE)
     return slots
@@ -161,6 +185,10 @@ def sweep_start(ctx: Context) -> Dict[str, Any]:
 
 def _sweep_start(ctx: Context) -> Dict[str, Any]:
     args = ctx.args
+    if args.get("plan_only") and kind_of(ctx.config) == SLURM:  # --dry-run: sbatch lines + job script
+        from .executors import slurm_campaign
+
+        return slurm_campaign.dry_run(ctx, [dict(r) for r in args.get("rows") or []])
     rows: List[Dict[str, Any]] = [dict(r) for r in args.get("rows") or []]
     for row in rows:
         check_id(row["run_id"], "run id")
@@ -176,6 +204,7 @@ def _sweep_start(ctx: Context) -> Dict[str, Any]:
     _refuse_if_running(ctx)
     slots = _check_pod_side(ctx, rows)
     aside = _check_ownership(ctx, rows, bool(args.get("reuse_run_ids")))
+    _preflight(ctx, rows)
     ctx.sync_env()
     campaign_id = f"{utc_now()[:19].replace('-', '').replace(':', '').replace('T', '-')}-{uuid.uuid4().hex[:6]}"
     path = os.path.join(root(ctx), campaign_id)
@@ -201,11 +230,12 @@ def _sweep_start(ctx: Context) -> Dict[str, Any]:
     before = fsm.read_state(ctx.state_file)
     fsm.transition(ctx.state_file, "sweep-start", f"campaign {campaign_id} ({len(rows)} rows)", ctx.enforce)
     try:
-        _start_executor(ctx, path, 1)
+        job_ids = _start_rows(ctx, path, campaign_id, rows, 1)
     except WorkflowError:
         fsm.reset(ctx.state_file, before.state, f"campaign {campaign_id}: the executor could not start")
         raise
-    return {"campaign_id": campaign_id, "rows": len(rows), "already_ok": ok_already, "slots": slots,
+    return {"campaign_id": campaign_id, "executor": kind_of(ctx.config), "job_ids": job_ids, "rows": len(rows),
+            "already_ok": ok_already, "slots": slots,
             "session": ctx.get("SWEEP_TMUX_SESSION"), "superseded": aside, "socket": ctx.get("TMUX_SOCKET")}
 
 
@@ -259,14 +289,22 @@ def sweep_status(ctx: Context) -> Dict[str, Any]:
     if ctx.args.get("attempts"):
         for view in views:
             view["attempt_list"] = attempt_list(runs.run_dir(ctx.outputs, view["run_id"]))
+    columns, note = list(ROW_COLUMNS), None
+    if kind_of(manifest.get("config", {})) == SLURM:  # one sacct + one squeue merged into the views
+        from .executors import slurm_campaign
+
+        note = slurm_campaign.merge_status(ctx, path, manifest, views) or None
+        columns.append("slurm")
+    if ctx.args.get("attempts"):
+        columns.append("attempt_list")
     totals: Dict[str, int] = {}
     for view in views:
         totals[view["state"]] = totals.get(view["state"], 0) + 1
-    columns = [*ROW_COLUMNS, "attempt_list"] if ctx.args.get("attempts") else list(ROW_COLUMNS)
     rows = [[v.get(c) for c in columns] for v in views]  # compact on the wire: 10,000 rows stay small
     return {"campaign_id": campaign_id, "created_utc": manifest.get("created_utc"), "executor": {
         "state": state, "pid": executor.get("pid"), "slots": executor.get("slots"), "reason": executor.get("reason"),
-        "heartbeat_utc": executor.get("heartbeat_utc"), "ended_utc": executor.get("ended_utc")},
+        "heartbeat_utc": executor.get("heartbeat_utc"), "ended_utc": executor.get("ended_utc"),
+        "kind": kind_of(manifest.get("config", {})), "note": note},
         "columns": columns, "rows": rows, "totals": totals, "total": len(rows), "outputs": ctx.outputs,
         "session": ctx.get("SWEEP_TMUX_SESSION")}
 
@@ -319,6 +357,10 @@ def _stop_runs(ctx: Context, manifest: Dict[str, Any], campaign_id: str) -> List
 def sweep_stop(ctx: Context) -> Dict[str, Any]:
     campaign_id, path = campaign_dir(ctx, ctx.args.get("campaign"))
     manifest = read_json(os.path.join(path, "manifest.json"), "campaign manifest") or {}
+    if kind_of(manifest.get("config", {})) == SLURM:
+        from .executors import slurm_campaign
+
+        return slurm_campaign.stop(ctx, path, campaign_id)
     state, executor = executor_state(path)
     was = state
     rows = manifest.get("rows", [])
@@ -394,10 +436,11 @@ def sweep_resume(ctx: Context) -> Dict[str, Any]:
             f"(workflow.sh sweep-status --campaign {campaign_id}) or stop them with workflow.sh sweep-stop "
             f"--campaign {campaign_id}, then resume", ExitCode.REFUSED)
     _check_pod_side(ctx, todo)
+    _preflight(ctx, rows)
     ctx.sync_env()
     record = read_json(os.path.join(path, "executor.json"), "executor status") or {}
     fsm.transition(ctx.state_file, "sweep-resume", f"campaign {campaign_id}: rerun {len(todo)} row(s)", ctx.enforce)
     write_bytes(latest_file(ctx), (campaign_id + "\n").encode())
-    _start_executor(ctx, path, int(record.get("generation", 1)) + 1)
+    job_ids = _start_rows(ctx, path, campaign_id, rows, int(record.get("generation", 1)) + 1)
     return {"campaign_id": campaign_id, "rerun": [r["run_id"] for r in todo], "concluded": concluded,
-            "session": ctx.get("SWEEP_TMUX_SESSION"), "socket": ctx.get("TMUX_SOCKET")}
+            "job_ids": job_ids, "session": ctx.get("SWEEP_TMUX_SESSION"), "socket": ctx.get("TMUX_SOCKET")}

@@ -330,6 +330,10 @@ def preflight(ctx: Context) -> Optional[RepoState]:
 def checkout(ctx: Context) -> Dict[str, Any]:
     record = fsm.read_state(ctx.state_file)
     fsm.check_allowed(record, "checkout", ctx.enforce)
+    if ctx.get("SWEEP_EXECUTOR") == "slurm":  # the login node must have the Slurm client commands
+        from .executors.slurm_state import require_commands
+
+        require_commands()
     found = preflight(ctx)
     ctx.sync_env()
     repo_info = update_repo(ctx, found)

@@ -113,6 +113,13 @@ class Executor:
         if self.stop_reason is None:
             self.stop_reason = "hangup" if signum == signal.SIGHUP else "stop"
 
+    # -- hooks: the Slurm array task (executors/slurm_task.py) runs one row in its allocation
+    def _slots(self, env_base: Dict[str, str]) -> List[str]:
+        return detect_slots(self.ctx, env_base)
+
+    def _launch(self, path: str, spec: Dict[str, Any], env: Dict[str, str], command: str) -> None:
+        launch_supervised(path, spec, env, command, self.ctx.tmux_base(), self.ctx.get("SWEEP_TMUX_SESSION"))
+
     # -- runs
     def _start(self, rr: RowRun, slots: List[str], env_base: Dict[str, str], cpu_mode: bool, threads: int) -> None:
         row, ctx = rr.row, self.ctx
@@ -155,7 +162,7 @@ class Executor:
         attempts.begin(path, attempt, {"campaign_id": self.campaign_id, "slots": slots, "overrides": overrides,
                                        "note": rr.retry_note, "out_dir": rr.out_dir})
         rr.number = attempt
-        launch_supervised(path, spec, env, rr.command, ctx.tmux_base(), ctx.get("SWEEP_TMUX_SESSION"))
+        self._launch(path, spec, env, rr.command)
         rr.slots = slots
         if self.index.pop(rr.run_id, None) is not None:  # running again: its old verdict no longer holds
             write_json(os.path.join(self.dir, "index.json"), self.index, durable=False)
@@ -245,7 +252,7 @@ class Executor:
             signal.signal(signum, self._on_signal)
         ctx = self.ctx
         env_base = run_env(ctx)
-        slots = detect_slots(ctx, env_base)
+        slots = self._slots(env_base)
         self.slots = slots
         cpu_mode = slots[0].startswith("cpu")
         threads = max(1, (os.cpu_count() or 1) // len(slots)) if cpu_mode else 1

@@ -1,0 +1,93 @@
+"""The campaign-level side of the Slurm executor, called from campaigns.py (SWEEP_EXECUTOR=slurm):
+start/resume (submit), the executor's state, the status merge and stop."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Dict, List, Tuple
+
+from .. import fsm, runs
+from ..context import Context
+from ..jsonio import read_json, utc_now, write_json
+from . import slurm, slurm_state
+
+STOP_WAIT_SECS = 60
+
+
+def _record_path(path: str) -> str:
+    return os.path.join(path, "executor.json")
+
+
+def dry_run(ctx: Context, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Every sbatch command line and the rendered job script; submits nothing."""
+    path = os.path.join(ctx.outputs, "_campaigns", "<campaign-id>")
+    planned, script = slurm.plan(ctx, "<campaign-id>", path, rows, list(range(len(rows))), 1)
+    return {"slots": [], "slurm_plan": {"commands": [argv for _, _, argv in planned], "script": script,
+                                        "chunks": [c["rows"] for c, _, _ in planned]}}
+
+
+def start(ctx: Context, path: str, campaign_id: str, rows: List[Dict[str, Any]], generation: int) -> List[str]:
+    """Submit the rows that are not ok yet; executor.json says which jobs hold the campaign."""
+    todo = [i for i, row in enumerate(rows)
+            if not runs.is_ok(runs.run_dir(ctx.outputs, str(row["run_id"])), row["spec_hash"])]
+    job_ids = slurm.submit(ctx, campaign_id, path, rows, todo, generation) if todo else []
+    record = read_json(_record_path(path), "executor status") or {}
+    write_json(_record_path(path), {**record, "executor": "slurm", "state": "running", "generation": generation,
+                                    "created_utc": utc_now(), "job_ids": [*record.get("job_ids", []), *job_ids],
+                                    "submitted_rows": len(todo), "ended_utc": None, "reason": None})
+    return job_ids
+
+
+def executor_state(path: str, record: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
+    """running while Slurm still holds one of the campaign's jobs (one squeue), else finished/stopped."""
+    if record.get("state") == "stopped":
+        return "stopped", record
+    if slurm.live_jobs(path):
+        return "running", record
+    return "finished", record
+
+
+def merge_status(ctx: Context, path: str, manifest: Dict[str, Any], views: List[Dict[str, Any]]) -> str:
+    """Fill every row view with Slurm's view (one sacct + one squeue); returns a note (sacct missing)."""
+    scheduler, note = slurm_state.scheduler_view(str(manifest["campaign_id"]), str(manifest.get("created_utc", "")))
+    jobs = slurm_state.row_jobs(path)
+    stopped = (read_json(_record_path(path), "executor status") or {}).get("state") == "stopped"
+    for number, view in enumerate(views):
+        key = jobs.get(number)
+        info = scheduler.get(key) if key else None
+        if not key or not info:
+            if stopped and view["state"] in ("missing", "queued", "running", "pending", "lost"):
+                view.update(state="cancelled", failure_class="killed")  # scancelled before sacct saw it end
+            continue
+        state = str(info.get("state") or "UNKNOWN")
+        view["slurm"] = f"{key[0]}_{key[1]} {state}" + (f" ({info['reason']})" if state == "PENDING" and info.get(
+            "reason") else "") + (f" on {info['node']} {info.get('elapsed') or ''}".rstrip() if state == "RUNNING"
+                                  and info.get("node") else "")
+        shown, klass = slurm_state.row_state(state)
+        final = view["state"] in ("ok", "failed", "cancelled", "stopped", "timeout") and view.get("attempts")
+        if final and shown not in ("queued", "running"):
+            continue  # the row's own summary is the verdict
+        if shown in ("queued", "running"):
+            if view["state"] in ("missing", "queued") or shown == "queued":
+                view["state"] = "queued" if shown == "queued" else "running"
+            continue
+        if view["state"] in ("running", "pending", "retrying", "queued", "missing", "lost"):
+            view.update(state=shown, failure_class=klass)  # ended in Slurm without a summary
+    return note
+
+
+def stop(ctx: Context, path: str, campaign_id: str) -> Dict[str, Any]:
+    """scancel exactly the campaign's jobs; wait until they have left the queue; SWEEP_STOPPED."""
+    record = read_json(_record_path(path), "executor status") or {}
+    was = executor_state(path, record)[0]
+    ids = slurm.stop(path)
+    deadline = time.monotonic() + STOP_WAIT_SECS + ctx.number("TASK_KILL_GRACE_SECS", 10)
+    while time.monotonic() < deadline and slurm.live_jobs(path, fresh=True):
+        time.sleep(0.5)
+    write_json(_record_path(path), {**record, "state": "stopped", "ended_utc": utc_now(),
+                                    "stop_reason": "sweep-stop (scancel)"})
+    if fsm.read_state(ctx.state_file).state == fsm.State.SWEEP_RUNNING.value:
+        fsm.transition(ctx.state_file, "sweep-stop", f"campaign {campaign_id} stopped (scancel)", ctx.enforce)
+    return {"campaign_id": campaign_id, "executor_was": was, "stopped_runs": [], "cancelled_jobs": ids,
+            "state": fsm.read_state(ctx.state_file).state}

@@ -1,0 +1,170 @@
+"""The scheduler's view of a Slurm campaign: Slurm commands, one sacct and one squeue per status.
+
+``STATES`` maps every Slurm job state to what a row shows (state, failure class) when the row's
+own files hold no verdict; a state not in the table (UNKNOWN included) is never success.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..errors import ExitCode, WorkflowError
+from ..jsonio import read_json
+
+COMMANDS = ("sbatch", "squeue", "sacct", "scontrol", "scancel")
+
+# Slurm job state -> (row state, failure class): queued/running rows are still in Slurm's hands
+STATES: Dict[str, Tuple[str, Optional[str]]] = {
+    "PENDING": ("queued", None), "CONFIGURING": ("queued", None), "REQUEUED": ("queued", None),
+    "REQUEUE_FED": ("queued", None), "REQUEUE_HOLD": ("queued", None), "RESV_DEL_HOLD": ("queued", None),
+    "SUSPENDED": ("running", None), "RUNNING": ("running", None), "COMPLETING": ("running", None),
+    "STAGE_OUT": ("running", None), "SIGNALING": ("running", None), "RESIZING": ("running", None),
+    "STOPPED": ("running", None),
+    "COMPLETED": ("failed", "lost"),  # exit 0 but no summary: the row's verdict never got written
+    "FAILED": ("failed", "nonzero_exit"), "CANCELLED": ("cancelled", "killed"), "TIMEOUT": ("failed", "timeout"),
+    "NODE_FAIL": ("failed", "lost"), "PREEMPTED": ("failed", "preempted"), "OUT_OF_MEMORY": ("failed", "oom"),
+    "BOOT_FAIL": ("failed", "lost"), "DEADLINE": ("failed", "timeout"), "REVOKED": ("cancelled", "killed"),
+    "SPECIAL_EXIT": ("failed", "nonzero_exit"),
+}
+UNKNOWN = ("failed", "unknown")
+LIVE = {state for state, (row, _) in STATES.items() if row in ("queued", "running")}
+
+
+def row_state(slurm_state: str) -> Tuple[str, Optional[str]]:
+    """'CANCELLED by 0' -> CANCELLED; anything not in the table is a failure, never success."""
+    return STATES.get(slurm_state.split()[0] if slurm_state else "UNKNOWN", UNKNOWN)
+
+
+def exit_code(text: str) -> Tuple[Optional[int], Optional[int]]:
+    """sacct's ExitCode 'N:M' -> (exit code, signal)."""
+    code, _, sig = (text or "").partition(":")
+    return (int(code) if code.isdigit() else None, int(sig) if sig.isdigit() else None)
+
+
+def require_commands() -> None:
+    missing = [name for name in COMMANDS if shutil.which(name) is None]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise WorkflowError(f"SWEEP_EXECUTOR=slurm but {', '.join(missing)} {verb} not on PATH on the pod (the "
+                            "login node); load the Slurm module / install slurm-client, or set SWEEP_EXECUTOR=tmux",
+                            ExitCode.FAILED)
+
+
+def run(argv: List[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+    except FileNotFoundError:
+        require_commands()
+        raise WorkflowError(f"{argv[0]} is not on PATH on the pod", ExitCode.FAILED) from None
+    except subprocess.TimeoutExpired:
+        raise WorkflowError(f"{argv[0]} did not answer within {timeout:.0f}s (slurmctld down?)",
+                            ExitCode.FAILED) from None
+
+
+def show_config() -> Dict[str, str]:
+    """`scontrol show config` as KEY -> value."""
+    result = run(["scontrol", "show", "config"])
+    if result.returncode != 0:
+        raise WorkflowError(f"scontrol show config failed: {result.stderr.strip() or result.stdout.strip()}",
+                            ExitCode.FAILED)
+    found: Dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            found[key.strip()] = value.strip()
+    return found
+
+
+def max_gpus_per_node(partition: str) -> int:
+    """The most GPUs (GRES gpu) any node of ``partition`` (any node when empty) offers."""
+    result = run(["scontrol", "-o", "show", "node"])
+    best = 0
+    for line in result.stdout.splitlines():
+        fields = dict(word.split("=", 1) for word in line.split() if "=" in word)
+        parts = fields.get("Partitions", "").split(",")
+        if partition and not set(partition.split(",")) & set(parts):
+            continue
+        for gres in fields.get("Gres", "").split(","):
+            found = re.match(r"^gpu(?::[^:(]+)?:(\d+)", gres)
+            if found:
+                best = max(best, int(found.group(1)))
+    return best
+
+
+# ----------------------------------------------------------------------------- one sacct + one squeue
+
+
+def _indices(spec: str) -> List[int]:
+    """'3' / '[0-4%2]' / '[1,3-5]' -> the array indices."""
+    spec = spec.strip("[]").split("%")[0]
+    out: List[int] = []
+    for part in spec.split(","):
+        low, _, high = part.partition("-")
+        if low.isdigit():
+            out.extend(range(int(low), int(high or low) + 1))
+    return out
+
+
+_QUEUE: Dict[str, List[str]] = {}  # campaign id -> squeue lines, once per agent call
+
+
+def queue_lines(campaign_id: str, fresh: bool = False) -> List[str]:
+    """The campaign's array tasks in squeue (``%i|%T|%r|%N|%M``): one squeue per agent call unless ``fresh``."""
+    if fresh or campaign_id not in _QUEUE:
+        result = run(["squeue", "-h", "-r", "--me", f"--name={campaign_id}", "--format=%i|%T|%r|%N|%M"], timeout=60)
+        if result.returncode != 0:
+            raise WorkflowError(f"squeue failed: {result.stderr.strip() or result.stdout.strip()}", ExitCode.FAILED)
+        _QUEUE[campaign_id] = [line for line in result.stdout.splitlines() if line.strip()]
+    return _QUEUE[campaign_id]
+
+
+def scheduler_view(campaign_id: str, since_utc: str) -> Tuple[Dict[Tuple[str, int], Dict[str, Any]], str]:
+    """(array job id, index) -> {state, reason, node, elapsed, exit_code, signal} from one sacct (all tasks,
+    also after they left squeue) and one squeue (pending reasons, live state); and a note when sacct is
+    not available (no slurmdbd): then only squeue and the rows' own files count."""
+    view: Dict[Tuple[str, int], Dict[str, Any]] = {}
+    note = ""
+    since = (since_utc or "")[:10] or "now-7days"
+    acct = run(["sacct", "-X", "-P", "-n", f"--name={campaign_id}", f"--starttime={since}",
+                "--format=JobID,State,ExitCode,Reason,NodeList,Elapsed"], timeout=120)
+    if acct.returncode != 0:
+        note = f"sacct is not available ({acct.stderr.strip()[:120]}): from squeue and the rows' own files"
+    for line in acct.stdout.splitlines():
+        job, state, code, reason, node, elapsed = (line.split("|") + [""] * 6)[:6]
+        array_id, _, spec = job.partition("_")
+        if not spec:
+            continue
+        ec, sig = exit_code(code)
+        for index in _indices(spec):
+            view[(array_id, index)] = {"state": state.split()[0] if state else "UNKNOWN", "reason": reason,
+                                       "node": node if node not in ("None assigned", "") else None,
+                                       "elapsed": elapsed, "exit_code": ec, "signal": sig}
+    for line in queue_lines(campaign_id):
+        job, state, reason, node, elapsed = (line.split("|") + [""] * 5)[:5]
+        array_id, _, spec = job.partition("_")
+        for index in _indices(spec):
+            record = view.setdefault((array_id, index), {"exit_code": None, "signal": None})
+            record.update(state=state, reason=reason, node=node or None, elapsed=elapsed)
+    return view, note
+
+
+def chunks(campaign_dir: str) -> List[Dict[str, Any]]:
+    """Every submitted chunk of the campaign (slurm/chunk-*.json), oldest first."""
+    folder = os.path.join(campaign_dir, "slurm")
+    names = sorted(n for n in os.listdir(folder) if n.startswith("chunk-") and n.endswith(".json")) if os.path.isdir(
+        folder) else []
+    found = [read_json(os.path.join(folder, name), "slurm chunk") for name in names]
+    return [c for c in found if isinstance(c, dict) and c.get("job_id")]
+
+
+def row_jobs(campaign_dir: str) -> Dict[int, Tuple[str, int]]:
+    """Manifest row index -> its latest (array job id, array index)."""
+    latest: Dict[int, Tuple[str, int]] = {}
+    for chunk in chunks(campaign_dir):
+        for index, row_index in enumerate(chunk["rows"]):
+            latest[int(row_index)] = (str(chunk["job_id"]), index)
+    return latest

@@ -1,0 +1,249 @@
+"""SWEEP_EXECUTOR=slurm against a real one-node Slurm cluster (tests/slurm_cluster.py: munge, slurmdbd +
+MariaDB, slurmctld, slurmd, 4 fake GPUs, MaxArraySize 5): the same CSV and run-directory contract as the
+tmux executor, rows as job arrays, status from one sacct + one squeue merged with the run files.
+
+The rows use the stand-in trainer in tests/sweep_fixture/ (a second each). One checked-out local pod
+(the login node) serves every test; each test waits for its campaign to leave Slurm's queue.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Pod, cleanup_pod, make_pod, one_line_error, wait_until
+from test_sweeps import FIXTURE_SETTINGS, campaign_ids, campaigns_dir, fsm_state, read_json, rows_by_id, write_csv
+
+from helpers.pod.executors import slurm_state
+from helpers.slurm_keys import extra_args_problem
+
+TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def login(tmp_path_factory: pytest.TempPathFactory, source_repo: Path, slurm_cluster: Any) -> Iterator[Pod]:
+    pod = make_pod("local", tmp_path_factory.mktemp("slurm-login"), source_repo, None)
+    pod.extra_env.update(slurm_cluster.env)
+    pod.set(**{**FIXTURE_SETTINGS, "SWEEP_EXECUTOR": "slurm", "RUN_RETRIES": "0"})
+    try:
+        for command in ("bootstrap", "checkout"):
+            result = pod.wf(command, timeout=600)
+            assert result.returncode == 0, f"{command}: {result.stderr}"
+        yield pod
+    finally:
+        for campaign in campaign_ids(pod):  # nothing of ours left in the queue
+            pod.wf("sweep-stop", "--campaign", campaign, timeout=120)
+        cleanup_pod(pod)
+
+
+def squeue(cluster: Any, campaign: str) -> list[str]:
+    out = cluster.run("squeue", "-h", "-r", f"--name={campaign}", "--format=%i|%T").stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def start(pod: Pod, csv: Path, *settings: str) -> dict[str, Any]:
+    result = pod.wf(*settings, "sweep-start", "--csv", str(csv), "--json")
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def status(pod: Pod, campaign: str) -> dict[str, Any]:
+    result = pod.wf("sweep-status", "--campaign", campaign, "--json")
+    assert result.returncode in (0, 1), result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _row_if(view: dict[str, Any], run_id: str, state: str) -> dict[str, Any] | None:
+    row = rows_by_id(view)[run_id]
+    return row if row["state"] == state else None
+
+
+def wait_done(pod: Pod, cluster: Any, campaign: str) -> dict[str, Any]:
+    wait_until(lambda: not squeue(cluster, campaign), TIMEOUT, interval=0.5, what=f"{campaign} to leave squeue")
+    return status(pod, campaign)
+
+
+def test_mixed_csv_runs_as_a_job_array_with_per_row_status(login: Pod, slurm_cluster: Any, tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "mixed.csv", "sl-ok,config/ok.py,1,,,1", "sl-fail,config/fail.py,2,,,",
+                    "sl-nccl,config/ok.py,3,mode=nccl_always,,2")
+    started = start(login, csv)
+    campaign = started["campaign_id"]
+    assert started["executor"] == "slurm" and len(started["job_ids"]) == 3  # gpus 1, none, 2: one array each
+    final = wait_done(login, slurm_cluster, campaign)
+    rows = rows_by_id(final)
+    assert rows["sl-ok"]["state"] == "ok"
+    assert rows["sl-fail"]["state"] == "failed" and rows["sl-fail"]["failure_class"] == "nonzero_exit"
+    assert rows["sl-nccl"]["state"] == "failed" and rows["sl-nccl"]["failure_class"] == "nccl"  # the fatal line
+    manifest = read_json(login.outputs / "sl-ok" / "run_manifest.json")
+    assert manifest["slurm"]["node"] == "localhost" and manifest["slurm"]["job_id"] in started["job_ids"]
+    assert (login.outputs / "sl-ok" / "summary.json").is_file() and (login.outputs / "sl-ok" / "run.log").is_file()
+    assert re.search(r"cuda=\d\b", (login.outputs / "sl-ok" / "run.log").read_text())  # the allocation's GPU
+    assert re.search(r"cuda=\d,\d\b", (login.outputs / "sl-nccl" / "run.log").read_text())  # both of its GPUs
+    wait_until(lambda: fsm_state(login) == "SWEEP_FAILED", 30, what="the last array task to record SWEEP_FAILED")
+    text = login.wf("sweep-status", "--campaign", campaign)
+    assert text.returncode == 1 and "SLURM" in text.stdout and "COMPLETED" in text.stdout
+
+
+def test_chunks_respect_max_array_size_and_the_throttle_holds(login: Pod, slurm_cluster: Any, tmp_path: Path
+                                                              ) -> None:
+    rows = [f"ch-{i:02d},config/ok.py,{i},sleep=0.6,," for i in range(12)]
+    csv = write_csv(tmp_path / "chunks.csv", *rows)
+    started = start(login, csv, "--set", "SLURM_ARRAY_PARALLELISM=2")
+    campaign = started["campaign_id"]
+    assert len(started["job_ids"]) == 3  # 12 rows, MaxArraySize 5: 5 + 5 + 2, every chunk from index 0
+    chunks = slurm_state.chunks(str(campaigns_dir(login) / campaign))
+    assert [len(c["rows"]) for c in chunks] == [5, 5, 2]
+    assert all(any(w.startswith("--array=0-") and w.endswith("%2") for w in c["argv"]) for c in chunks)
+    early = [row.get("slurm") or "" for row in status(login, campaign)["rows"]]
+    assert any("PENDING (" in shown for shown in early), early  # pending rows show Slurm's reason
+    most = 0
+    deadline = time.monotonic() + TIMEOUT
+    while squeue(slurm_cluster, campaign) and time.monotonic() < deadline:
+        running = [line for line in squeue(slurm_cluster, campaign) if line.endswith("|RUNNING")]
+        most = max(most, len(running))
+        time.sleep(0.2)
+    assert 1 <= most <= 2  # the % throttle holds for the whole campaign, across chunks
+    final = wait_done(login, slurm_cluster, campaign)
+    assert final["totals"] == {"ok": 12}
+
+
+def test_stop_cancels_exactly_the_campaign_and_resume_reruns_the_rest(login: Pod, slurm_cluster: Any,
+                                                                       tmp_path: Path) -> None:
+    other = slurm_cluster.run("sbatch", "--parsable", "--job-name=not-ours", "--wrap=sleep 60").stdout.strip()
+    csv = write_csv(tmp_path / "stop.csv", "st-a,config/ok.py,1,steps=40 sleep=1,,",
+                    "st-b,config/ok.py,2,steps=40 sleep=1,,", "st-c,config/ok.py,3,,,")
+    started = start(login, csv, "--set", "SLURM_ARRAY_PARALLELISM=1")
+    campaign = started["campaign_id"]
+    wait_until(lambda: (login.outputs / "st-a" / "status.json").is_file(), 60, what="st-a to start")
+    stopped = login.wf("sweep-stop", "--campaign", campaign, timeout=180)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not squeue(slurm_cluster, campaign)
+    assert slurm_cluster.run("squeue", "-h", "-j", other).stdout.strip()  # the user's other job is untouched
+    slurm_cluster.run("scancel", other)
+    view = rows_by_id(status(login, campaign))
+    assert {view[r]["state"] for r in ("st-a", "st-b", "st-c")} <= {"cancelled", "failed"}, view
+    assert fsm_state(login) == "SWEEP_STOPPED"
+    resumed = login.wf("--set", "SLURM_ARRAY_PARALLELISM=3", "sweep-resume", "--campaign", campaign, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(json.loads(resumed.stdout)["rerun"]) == ["st-a", "st-b", "st-c"]
+    stopped = login.wf("sweep-stop", "--campaign", campaign, timeout=180)
+    assert stopped.returncode == 0 and not squeue(slurm_cluster, campaign)
+
+
+def test_scancel_outside_the_tool_shows_cancelled_also_after_the_job_left_slurmctld(login: Pod, slurm_cluster: Any,
+                                                                                    tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "ext.csv", "ex-a,config/ok.py,1,steps=60 sleep=1,,")
+    started = start(login, csv)
+    campaign = started["campaign_id"]
+    wait_until(lambda: "iter 2" in _text(login.outputs / "ex-a" / "run.log"), 90, what="ex-a to train")
+    slurm_cluster.run("scancel", f"--name={campaign}")
+    wait_done(login, slurm_cluster, campaign)
+    # the end record reaches slurmdbd asynchronously: the row shows cancelled once sacct has it
+    row = wait_until(lambda: _row_if(status(login, campaign), "ex-a", "cancelled"), 60, interval=1,
+                     what="ex-a to show cancelled")
+    assert "CANCELLED" in (row.get("slurm") or ""), row
+    job = started["job_ids"][0]
+    wait_until(lambda: not slurm_cluster.ok("scontrol", "show", "job", job), 90, interval=1,
+               what="the job to be purged from slurmctld (MinJobAge)")
+    row = rows_by_id(status(login, campaign))["ex-a"]  # from sacct alone now
+    assert row["state"] == "cancelled" and "CANCELLED" in (row.get("slurm") or ""), row
+
+
+def test_refused_partition_and_bad_input_submit_nothing(login: Pod, slurm_cluster: Any, tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "bad.csv", "bad-a,config/ok.py,1,,,1")
+    before = campaign_ids(login)
+    result = login.wf("--set", "SLURM_PARTITION=nope", "sweep-start", "--csv", str(csv))
+    assert result.returncode == 2 and "SLURM_PARTITION" in one_line_error(result)
+    assert "invalid partition" in result.stderr.lower()
+    wide = write_csv(tmp_path / "wide.csv", "bad-w,config/ok.py,1,,,8")
+    result = login.wf("sweep-start", "--csv", str(wide))
+    assert result.returncode == 2 and "needs 8 GPU(s)" in one_line_error(result)
+    result = login.wf("--set", "SLURM_EXTRA_ARGS=--array=0-3", "sweep-start", "--csv", str(csv))
+    assert result.returncode == 2 and "SLURM_EXTRA_ARGS" in one_line_error(result)
+    no_slurm = tmp_path / "bin"  # this PATH has everything of /usr/bin but the Slurm commands
+    no_slurm.mkdir()
+    for tool in Path("/usr/bin").iterdir():
+        if tool.name not in slurm_state.COMMANDS:
+            (no_slurm / tool.name).symlink_to(tool)
+    result = login.wf("sweep-start", "--csv", str(csv), env={"PATH": str(no_slurm)})
+    assert result.returncode == 1 and "sbatch, squeue, sacct, scontrol, scancel are not on PATH" in one_line_error(
+        result), result.stderr
+    # checkout says so too (the FSM check aside: an earlier test's campaign may still read SWEEP_RUNNING)
+    result = login.wf("--set", "WF_FSM_ENFORCE=0", "checkout", env={"PATH": str(no_slurm)}, timeout=300)
+    assert result.returncode == 1 and "sbatch, squeue, sacct, scontrol, scancel are not on PATH" in one_line_error(
+        result), result.stderr
+    assert campaign_ids(login) == before
+    assert not slurm_cluster.run("squeue", "-h").stdout.strip()
+
+
+def test_dry_run_prints_every_sbatch_line_and_the_job_script(login: Pod, tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "dry.csv", *[f"dr-{i},config/ok.py,{i},,,1" for i in range(7)])
+    result = login.wf("--dry-run", "--set", "SLURM_ARRAY_PARALLELISM=3", "sweep-start", "--csv", str(csv))
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if "sbatch --parsable" in line]
+    assert len(lines) == 2 and "--array=0-4%3" in lines[0] and "--array=0-1%3" in lines[1]
+    assert "--signal=B:USR2@120" in lines[0] and "--requeue" in lines[0] and "--gpus-per-node=1" in lines[0]
+    assert "slurm-task" in result.stdout  # the rendered job script
+    template = tmp_path / "job.tmpl"
+    template.write_text("#!/bin/bash\n# site template\nexec apptainer exec img.sif @WF_RUN_ROW@\n")
+    result = login.wf("--dry-run", "--set", f"SLURM_JOB_TEMPLATE={template}", "sweep-start", "--csv", str(csv))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"\| exec apptainer exec img\.sif \S+ -I -S \S+\.pyz slurm-task ", result.stdout), result.stdout
+    template.write_text("#!/bin/bash\necho no placeholder\n")
+    result = login.wf("--dry-run", "--set", f"SLURM_JOB_TEMPLATE={template}", "sweep-start", "--csv", str(csv))
+    assert result.returncode == 2 and "@WF_RUN_ROW@" in one_line_error(result)
+    assert not list(campaigns_dir(login).glob("*")) or all("dr-" not in p.name for p in login.outputs.iterdir())
+
+
+def test_extra_args_are_checked_as_sbatch_options() -> None:
+    assert extra_args_problem(["--exclusive", "--nice=10"]) == ""
+    assert "not an sbatch option" in extra_args_problem(["exclusive"])
+    assert "set by workflow.sh" in extra_args_problem(["--job-name=x"])
+    assert "not an sbatch option workflow.sh passes on" in extra_args_problem(["--frobnicate"])
+    assert slurm_state.row_state("UNKNOWN") == ("failed", "unknown")
+    assert slurm_state.row_state("CANCELLED by 0") == ("cancelled", "killed")
+    assert slurm_state.exit_code("3:15") == (3, 15)
+
+
+def test_status_is_one_sacct_and_one_squeue(login: Pod, slurm_cluster: Any, tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "calls.csv", *[f"ca-{i},config/ok.py,{i},,," for i in range(3)])
+    campaign = start(login, csv)["campaign_id"]
+    wait_done(login, slurm_cluster, campaign)
+    shims, calls = tmp_path / "bin", tmp_path / "calls.log"
+    shims.mkdir()
+    for tool in Path("/usr/bin").iterdir():
+        if tool.name not in ("sacct", "squeue"):
+            (shims / tool.name).symlink_to(tool)
+    for name in ("sacct", "squeue"):
+        (shims / name).write_text(f'#!/bin/sh\necho {name} >> {calls}\nexec /usr/bin/{name} "$@"\n')
+        (shims / name).chmod(0o755)
+    result = login.wf("sweep-status", "--campaign", campaign, env={"PATH": str(shims)})
+    assert result.returncode == 0, result.stderr
+    assert sorted(calls.read_text().split()) == ["sacct", "squeue"]  # never one call per row
+
+
+def test_scontrol_requeue_resumes_the_row_from_its_checkpoint(login: Pod, slurm_cluster: Any, tmp_path: Path
+                                                              ) -> None:
+    csv = write_csv(tmp_path / "rq.csv", "rq-a,config/ok.py,1,steps=30 sleep=0.5,,")
+    started = start(login, csv)
+    campaign = started["campaign_id"]
+    wait_until(lambda: "iter 3" in _text(login.outputs / "rq-a" / "run.log"), 120, what="rq-a to train")
+    slurm_cluster.run("scontrol", "requeue", f"{started['job_ids'][0]}_0")
+    wait_until(lambda: "resumed from iter" in _text(login.outputs / "rq-a" / "run.log"), 240, interval=1,
+               what="the requeued row to resume from its checkpoint")
+    final = wait_done(login, slurm_cluster, campaign)
+    assert rows_by_id(final)["rq-a"]["state"] == "ok"
+    manifest = read_json(login.outputs / "rq-a" / "run_manifest.json")
+    assert manifest["slurm"]["restart_count"] >= 1
