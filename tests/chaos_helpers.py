@@ -116,8 +116,7 @@ def status_json(pod: Pod, cid: str) -> tuple[int, dict[str, Any]]:
 
 
 def row_states(status: dict[str, Any]) -> dict[str, str]:
-    columns = status["columns"]
-    return {row[columns.index("run_id")]: row[columns.index("state")] for row in status["rows"]}
+    return {row["run_id"]: row["state"] for row in status["rows"]}
 
 
 def executor_ended(pod: Pod, cid: str) -> bool:
