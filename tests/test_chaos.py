@@ -53,7 +53,6 @@ from helpers.pod.taskstate import update_status
 
 ITEM8 = pytest.mark.xfail(reason="issue 9 item 8: resume first concludes rows that finished (an ok row never "
                           "runs twice)", strict=False)
-ITEM2 = pytest.mark.xfail(reason="issue 9 item 2: every attempt keeps its own files (attempts/<n>/)", strict=False)
 
 
 class Chaos:
@@ -231,6 +230,7 @@ def test_clock_step(chaos_local: Chaos, tmp_path: Path, step: int):
 
 FAULTS = ("kill-executor", "kill-supervisor", "kill-agent", "tmux-kill-server", "sigstop", "clock-forward")
 RANDOM_ROWS = 30
+FAULT_COUNT = 8
 
 
 def _inject(chaos: Chaos, cid: str, fault: str, rng: random.Random, ids: list[str]) -> str | None:
@@ -266,7 +266,8 @@ def _inject(chaos: Chaos, cid: str, fault: str, rng: random.Random, ids: list[st
 
 
 @pytest.mark.slow
-@ITEM2
+@pytest.mark.xfail(reason="issue 9 items 2 and 8: every attempt keeps its own files (attempts/<n>/); resume first "
+                   "concludes rows that finished (an ok row never runs twice)", strict=False)
 def test_randomized_campaign(chaos_local: Chaos, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     """30 short rows; faults of every kind at random times from a seeded schedule (CHAOS_SEED replays it);
     resumed until done. Every row is ok exactly once, every attempt's files are kept, nothing is left."""
@@ -279,19 +280,20 @@ def test_randomized_campaign(chaos_local: Chaos, tmp_path: Path, capsys: pytest.
     ids = [f"rc-{n:02d}" for n in range(RANDOM_ROWS)]
     rows = [f"{run_id},config/ok.py,{n},steps={rng.choice((3, 4, 5))},chaos,1" for n, run_id in enumerate(ids)]
     cid = start_sweep(pod, write_csv(tmp_path / "random.csv", rows), "--set", "RUN_STALL_SECS=20",
-                      "--set", "RUN_RETRIES=3")
-    schedule = sorted(rng.uniform(3, 60) for _ in range(8))
+                      "--set", "RUN_RETRIES=3", "--set", "SWEEP_CPU_SLOTS=4")
+    schedule = sorted(rng.uniform(2, 45) for _ in range(FAULT_COUNT))
     faults = [rng.choice(FAULTS) for _ in schedule]
     hits: list[tuple[float, str, str | None]] = []
     resumes = 0
     began = time.monotonic()
     for at, fault in zip(schedule, faults):
         while time.monotonic() - began < at:
-            time.sleep(0.2)
-        if status_json(pod, cid)[1]["executor"]["state"] in ENDED:
-            # the executor is gone: resume (once its live runs ended) so the later faults hit a live campaign
-            result = wf(pod, "sweep-resume", "--campaign", cid)
-            resumes += result.returncode == 0
+            if status_json(pod, cid)[1]["executor"]["state"] in ENDED:
+                # the executor is gone: resume at once (refused, exit 7, while runs of it still live)
+                result = wf(pod, "sweep-resume", "--campaign", cid)
+                assert result.returncode in (0, 7), result.stderr
+                resumes += result.returncode == 0
+            time.sleep(0.3)
         hits.append((round(at, 1), fault, _inject(chaos, cid, fault, rng, ids)))
     resumes += recover(pod, cid, ids, max_resumes=12, timeout=300)
     with capsys.disabled():
