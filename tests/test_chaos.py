@@ -193,10 +193,11 @@ def test_kill9_torchrun_agent(chaos_local: Chaos, tmp_path: Path):
 
 def test_sigstop_stall(chaos_local: Chaos, tmp_path: Path):
     """SIGSTOP of a running trainer: after RUN_STALL_SECS the attempt is stalled, its stopped process is
-    killed, and the retry (resume=1) ends ok; the campaign completes without a resume."""
+    killed, and the retry (resume=1) ends ok; the campaign completes without a resume. The window (40 s)
+    must outlast torchrun's silent start, which takes over 15 s when other jobs load the 2 cores."""
     chaos = chaos_local
     pod = chaos.pod
-    cid, ids = _scenario(chaos, tmp_path, "ss", count=1, steps=16, settings=("--set", "RUN_STALL_SECS=15",
+    cid, ids = _scenario(chaos, tmp_path, "ss", count=1, steps=16, settings=("--set", "RUN_STALL_SECS=40",
                                                                                 "--set", "RUN_RETRIES=4"))
     wait_running(pod, ids[0])
     victim = trainer_pid(chaos.ledger, ids[0])
