@@ -238,6 +238,14 @@ RANDOM_WAIT_SECS = 1200
 FAULT_COUNT = 7
 
 
+def _running(pod: Pod, ids: list[str]) -> list[str]:
+    return [r for r in ids if run_status(pod, r).get("state") == "running" and run_status(pod, r).get("pid")]
+
+
+def _all_ok(pod: Pod, cid: str, ids: list[str]) -> bool:
+    return all(state == "ok" for state in row_states(status_json(pod, cid)[1]).values())
+
+
 def _inject(chaos: Chaos, cid: str, fault: str, rng: random.Random, ids: list[str]) -> str | None:
     """Inject ``fault`` now; what it hit (None when nothing was there to hit)."""
     pod = chaos.pod
@@ -249,7 +257,7 @@ def _inject(chaos: Chaos, cid: str, fault: str, rng: random.Random, ids: list[st
         return None
     if fault == "tmux-kill-server":
         return "tmux server" if pod.tmux("kill-server").returncode == 0 else None
-    running = [r for r in ids if run_status(pod, r).get("state") == "running" and run_status(pod, r).get("pid")]
+    running = _running(pod, ids)
     if not running:
         return None
     run_id = rng.choice(running)
@@ -288,20 +296,30 @@ def test_randomized_campaign(chaos_local: Chaos, tmp_path: Path, capsys: pytest.
     ids = [f"rc-{n:02d}" for n in range(RANDOM_ROWS)]
     rows = [f"{run_id},config/ok.py,{n},steps={rng.choice((3, 4, 5))},chaos,1" for n, run_id in enumerate(ids)]
     cid = start_sweep(pod, write_csv(tmp_path / "random.csv", rows), "--set", "RUN_RETRIES=3")
-    schedule = sorted(rng.uniform(2, 45) for _ in range(FAULT_COUNT))
+    # fault times count from the first running row; a fault that needs a running row waits for one
+    schedule = sorted(rng.uniform(0, 90) for _ in range(FAULT_COUNT))
     faults = [rng.choice(FAULTS) for _ in schedule]
     hits: list[tuple[float, str, str | None]] = []
     resumes = 0
     began = time.monotonic()
+
+    def resume_if_gone() -> None:
+        nonlocal resumes
+        if status_json(pod, cid)[1]["executor"]["state"] in ENDED:
+            # the executor is gone: resume at once (refused, exit 7, while runs of it still live)
+            result = wf(pod, "sweep-resume", "--campaign", cid)
+            assert result.returncode in (0, 7), result.stderr
+            resumes += result.returncode == 0
+
+    wait_until(lambda: _running(pod, ids), RANDOM_WAIT_SECS, interval=0.3, what="a first running row")
+    zero = time.monotonic()
     for at, fault in zip(schedule, faults):
-        while time.monotonic() - began < at:
-            if status_json(pod, cid)[1]["executor"]["state"] in ENDED:
-                # the executor is gone: resume at once (refused, exit 7, while runs of it still live)
-                result = wf(pod, "sweep-resume", "--campaign", cid)
-                assert result.returncode in (0, 7), result.stderr
-                resumes += result.returncode == 0
+        while time.monotonic() - zero < at or (fault not in ("kill-executor", "tmux-kill-server")
+                                               and not _running(pod, ids) and not _all_ok(pod, cid, ids)):
+            resume_if_gone()
+            assert time.monotonic() - zero < RANDOM_WAIT_SECS, f"campaign {cid}: no row ran for the {fault}"
             time.sleep(0.3)
-        hits.append((round(at, 1), fault, _inject(chaos, cid, fault, rng, ids)))
+        hits.append((round(time.monotonic() - began, 1), fault, _inject(chaos, cid, fault, rng, ids)))
     resumes += recover(pod, cid, ids, max_resumes=12, timeout=RANDOM_WAIT_SECS)
     with capsys.disabled():
         print(f"chaos campaign {cid}: {RANDOM_ROWS} rows, faults {hits}, resumes {resumes}, "
