@@ -32,6 +32,7 @@ from chaos_helpers import (
     executor_record,
     kill,
     ledger_records,
+    ok_ends,
     pids_with_marker,
     read_json,
     reap,
@@ -269,12 +270,11 @@ def _inject(chaos: Chaos, cid: str, fault: str, rng: random.Random, ids: list[st
     elif fault == "sigstop":
         starts = [r["pid"] for r in ledger_records(chaos.ledger) if r["run"] == run_id and r["event"] == "start"
                   and alive(r["pid"])]
-        if not starts:
-            return None
+        victim = starts[-1] if starts else int(record["pid"])  # the trainer, or torchrun while it starts
         # a short stall (the dedicated test covers detection): stopped for a few seconds, then continued
-        kill(starts[-1], signal.SIGSTOP)
+        kill(victim, signal.SIGSTOP)
         time.sleep(rng.uniform(1, 4))
-        kill(starts[-1], signal.SIGCONT)
+        kill(victim, signal.SIGCONT)
     else:
         beat = (datetime.now(timezone.utc) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
         update_status(str(pod.outputs / run_id), heartbeat_utc=beat)
@@ -321,15 +321,17 @@ def test_randomized_campaign(chaos_local: Chaos, tmp_path: Path, capsys: pytest.
             time.sleep(0.3)
         hits.append((round(time.monotonic() - began, 1), fault, _inject(chaos, cid, fault, rng, ids)))
     resumes += recover(pod, cid, ids, max_resumes=12, timeout=RANDOM_WAIT_SECS)
-    with capsys.disabled():
-        print(f"chaos campaign {cid}: {RANDOM_ROWS} rows, faults {hits}, resumes {resumes}, "
-              f"{time.monotonic() - began:.0f}s")
-    assert_campaign_done(pod, cid, chaos.ledger, ids, _markers(chaos, ids))
-    # every attempt's files are kept: one attempts/<n>/ per trainer start, each with its log
     starts: dict[str, int] = dict.fromkeys(ids, 0)
     for record in ledger_records(chaos.ledger):
         if record["event"] == "start" and record["run"] in starts:
             starts[record["run"]] += 1
+    not_once = {r: n for r, n in ok_ends(chaos.ledger, ids).items() if n != 1}
+    with capsys.disabled():
+        print(f"chaos campaign {cid}: {RANDOM_ROWS} rows, faults {hits}, resumes {resumes}, "
+              f"{sum(starts.values())} trainer starts, rows not ok exactly once {not_once}, "
+              f"{time.monotonic() - began:.0f}s")
+    assert_campaign_done(pod, cid, chaos.ledger, ids, _markers(chaos, ids))
+    # every attempt's files are kept: one attempts/<n>/ per trainer start, each with its log
     kept = {run_id: sorted(p.name for p in (pod.outputs / run_id / "attempts").glob("*") if p.is_dir()
                            and any(p.glob("*.log")))
             for run_id in ids}
