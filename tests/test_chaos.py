@@ -213,10 +213,17 @@ def test_sigstop_stall(chaos_local: Chaos, tmp_path: Path):
     assert_campaign_done(pod, cid, chaos.ledger, ids, _markers(chaos, ids))
 
 
-@pytest.mark.parametrize("step", [-3600, 3600], ids=["clock-forward", "clock-back"])
+CLOCK_DEFECT = pytest.mark.xfail(reason="new defect (chaos): a heartbeat older than TASK_LOST_AFTER_SECS only by a "
+                                 "clock step makes a live supervisor's attempt lost and killed (tasks.py "
+                                 "_supervisor_problem); the retry recovers it", strict=False)
+
+
+@pytest.mark.parametrize("step", [pytest.param(-3600, id="clock-forward", marks=CLOCK_DEFECT),
+                                  pytest.param(3600, id="clock-back")])
 def test_clock_step(chaos_local: Chaos, tmp_path: Path, step: int):
     """The pod's clock stepped by an hour while a row runs (its heartbeat then reads an hour old, or an
-    hour ahead): the campaign still completes with every row ok exactly once and nothing left running."""
+    hour ahead): the campaign still completes with every row ok exactly once and nothing left running,
+    and the live run is not given a false verdict."""
     chaos = chaos_local
     pod = chaos.pod
     cid, ids = _scenario(chaos, tmp_path, f"cs{'f' if step < 0 else 'b'}", count=2)
@@ -227,6 +234,9 @@ def test_clock_step(chaos_local: Chaos, tmp_path: Path, step: int):
     assert code in (0, 1) and status["executor"]["state"] in ("running", "finished"), status
     recover(pod, cid, ids)
     assert_campaign_done(pod, cid, chaos.ledger, ids, _markers(chaos, ids))
+    # no false verdict: the supervisor was alive and beating, so its attempt was not lost
+    history = read_json(pod.outputs / ids[0] / "summary.json")["attempt_history"]
+    assert [a["failure_class"] for a in history] == [None], history
 
 
 # ----------------------------------------------------------------------------- a randomized campaign
