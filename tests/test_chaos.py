@@ -269,6 +269,11 @@ def _inject(chaos: Chaos, cid: str, fault: str, rng: random.Random, ids: list[st
     if fault == "tmux-kill-server":
         return "tmux server" if pod.tmux("kill-server").returncode == 0 else None
     running = _running(pod, ids)
+    if fault in ("kill-supervisor", "kill-agent"):
+        # only a row whose trainer is still at work: killing torchrun after its trainer exited 0 fails an
+        # attempt whose work was done, and the rerun would rightly count as a second success
+        live = {r["run"] for r in ledger_records(chaos.ledger) if r["event"] == "start" and alive(r["pid"])}
+        running = [r for r in running if r in live]
     if not running:
         return None
     run_id = rng.choice(running)
@@ -293,7 +298,8 @@ def _inject(chaos: Chaos, cid: str, fault: str, rng: random.Random, ids: list[st
 
 @pytest.mark.slow
 @pytest.mark.xfail(reason="issue 9 items 2 and 8: every attempt keeps its own files (attempts/<n>/); resume first "
-                   "concludes rows that finished (an ok row never runs twice)", strict=False)
+                   "concludes rows that finished (an ok row never runs twice); and the clock-step defect (see "
+                   "test_clock_step): a false 'lost' verdict reruns a row that succeeded", strict=False)
 def test_randomized_campaign(chaos_local: Chaos, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     """30 short rows; faults of every kind at random times from a seeded schedule (CHAOS_SEED replays it);
     resumed until done. Every row is ok exactly once, every attempt's files are kept, nothing is left."""
