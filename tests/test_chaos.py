@@ -52,10 +52,6 @@ from conftest import Pod, SSHServer, make_pod, wait_until
 
 from helpers.pod.taskstate import update_status
 
-ITEM8 = pytest.mark.xfail(reason="issue 9 item 8: resume first concludes rows that finished (an ok row never "
-                          "runs twice)", strict=False)
-
-
 class Chaos:
     """A set-up pod and its trainer ledger."""
 
@@ -117,7 +113,6 @@ def _markers(chaos: Chaos, ids: list[str]) -> set[str]:
 # ----------------------------------------------------------------------------- one fault at a time
 
 
-@ITEM8
 def test_kill9_executor(chaos: Chaos, tmp_path: Path):
     """kill -9 of the sweep executor while two rows run: sweep-status says the executor is lost (exit 1,
     the sweep-resume to run); sweep-resume waits for the live runs (exit 7, one line), then completes
@@ -213,12 +208,7 @@ def test_sigstop_stall(chaos_local: Chaos, tmp_path: Path):
     assert_campaign_done(pod, cid, chaos.ledger, ids, _markers(chaos, ids))
 
 
-CLOCK_DEFECT = pytest.mark.xfail(reason="new defect (chaos): a heartbeat older than TASK_LOST_AFTER_SECS only by a "
-                                 "clock step makes a live supervisor's attempt lost and killed (tasks.py "
-                                 "_supervisor_problem); the retry recovers it", strict=False)
-
-
-@pytest.mark.parametrize("step", [pytest.param(-3600, id="clock-forward", marks=CLOCK_DEFECT),
+@pytest.mark.parametrize("step", [pytest.param(-3600, id="clock-forward"),
                                   pytest.param(3600, id="clock-back")])
 def test_clock_step(chaos_local: Chaos, tmp_path: Path, step: int):
     """The pod's clock stepped by an hour while a row runs (its heartbeat then reads an hour old, or an
@@ -297,9 +287,6 @@ def _inject(chaos: Chaos, cid: str, fault: str, rng: random.Random, ids: list[st
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 9 items 2 and 8: every attempt keeps its own files (attempts/<n>/); resume first "
-                   "concludes rows that finished (an ok row never runs twice); and the clock-step defect (see "
-                   "test_clock_step): a false 'lost' verdict reruns a row that succeeded", strict=False)
 def test_randomized_campaign(chaos_local: Chaos, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     """30 short rows; faults of every kind at random times from a seeded schedule (CHAOS_SEED replays it);
     resumed until done. Every row is ok exactly once, every attempt's files are kept, nothing is left."""

@@ -101,7 +101,8 @@ def task_status(data: Any) -> None:
     record = _object(data)
     _fields(record, {"state": _STR}, {
         "id": _STR, "command": _STR, "created_utc": _OPT_STR, "started_utc": _OPT_STR, "ended_utc": _OPT_STR,
-        "heartbeat_utc": _OPT_STR, "last_output_utc": _OPT_STR, "pid": _OPT_INT, "supervisor_pid": _OPT_INT,
+        "heartbeat_utc": _OPT_STR, "heartbeat_mono": (int, float, NoneType), "last_output_utc": _OPT_STR,
+        "pid": _OPT_INT, "supervisor_pid": _OPT_INT,
         "exit_code": _OPT_INT, "signal": _OPT_INT, "failure_class": _OPT_STR, "reason": _OPT_STR,
         "fatal": _OPT_DICT, "timeouts": _OPT_DICT, "tmux": _OPT_DICT, "boot_id": _OPT_STR, "workdir": _OPT_STR,
         "pid_start_time": (int, float, str, NoneType), "supervisor_start_time": (int, float, str, NoneType)})

@@ -181,8 +181,12 @@ def _supervisor_problem(record: Dict[str, Any], lost_after: float) -> Optional[s
         return None
     if not proctree.is_alive(record["supervisor_pid"], record.get("supervisor_start_time")):
         return "its supervisor is gone (tmux server killed, or the process was killed)"
-    beat = parse_utc(record.get("heartbeat_utc"))
-    age = time.time() - beat if beat is not None else 0.0
+    mono = record.get("heartbeat_mono")
+    if isinstance(mono, (int, float)) and not isinstance(mono, bool):  # same boot: one monotonic clock for all
+        age = time.monotonic() - mono
+    else:
+        beat = parse_utc(record.get("heartbeat_utc"))
+        age = time.time() - beat if beat is not None else 0.0
     if age > lost_after:
         return f"no heartbeat for {age:.0f}s (supervisor hung, or the pod was suspended)"
     return None
