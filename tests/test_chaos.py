@@ -52,6 +52,7 @@ from conftest import Pod, SSHServer, make_pod, wait_until
 
 from helpers.pod.taskstate import update_status
 
+
 class Chaos:
     """A set-up pod and its trainer ledger."""
 
