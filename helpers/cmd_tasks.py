@@ -107,8 +107,8 @@ def _task_line(task: dict[str, Any]) -> list[str]:
 
 def cmd_task_status(session: Session) -> int:
     o = session.options
-    task_id = o.task_id or o.positional_id
-    if task_id:
+    task_id = o.task_id if o.task_id is not None else o.positional_id
+    if task_id is not None:  # an empty id (`--id=`) is refused, not read as "all tasks"
         check_id(task_id, "task id")
     result = session.call("task-status", {"id": task_id, "lines": o.lines}, timeout=60)
     if session.as_json:

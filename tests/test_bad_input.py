@@ -436,6 +436,7 @@ MORE_CASES: tuple[Case, ...] = (
     Case("task-kill-id-percent", ("task-kill", "--id", "a%20b"), 2, ("invalid task id 'a%20b'",), baseline="none"),
     Case("task-wait-id-dotdot", ("task-wait", "--id", ".."), 2, ("invalid task id '..'",), baseline="none"),
     Case("task-status-id-dash", ("task-status", "--id=-x"), 2, ("invalid task id '-x'",), baseline="none"),
+    Case("task-status-empty-id", ("task-status", "--id="), 2, ("invalid task id ''",), baseline="none"),
     Case("task-logs-id-too-long", ("task-logs", "--id", "x" * 200), 2, ("invalid task id", "use 1-128 characters"),
          baseline="none"),
     Case("task-run-id-newline", ("task-run", "--id", "a\nb", "--cmd", "touch <BASE>/ran"), 2, ("invalid task id",),
