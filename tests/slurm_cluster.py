@@ -55,7 +55,8 @@ class SlurmCluster:
         return self.directory / "slurm.conf"
 
     def run(self, *argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run(list(argv), env={**os.environ, **self.env}, stdout=subprocess.PIPE,
+        # in the cluster's own directory: a job's default slurm-N.out never lands in the checkout
+        return subprocess.run(list(argv), env={**os.environ, **self.env}, stdout=subprocess.PIPE, cwd=self.directory,
                               stderr=subprocess.PIPE, text=True, check=check, timeout=timeout)
 
     def ok(self, *argv: str) -> bool:

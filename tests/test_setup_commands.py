@@ -136,13 +136,14 @@ def test_fsm_reset_and_status_history(pod: Pod):
 
 
 def test_twenty_concurrent_cli_transitions(local_pod: Pod):
-    def one(index: int) -> int:
-        return local_pod.wf("fsm-reset", ["BOOTSTRAPPED", "CHECKED_OUT"][index % 2], "--reason", f"p{index}",
-                            timeout=300).returncode
+    def one(index: int) -> tuple[int, str]:
+        result = local_pod.wf("fsm-reset", ["BOOTSTRAPPED", "CHECKED_OUT"][index % 2], "--reason", f"p{index}",
+                              timeout=300)
+        return result.returncode, result.stderr
 
     with ThreadPoolExecutor(20) as pool:
-        codes = list(pool.map(one, range(20)))
-    assert codes == [0] * 20
+        results = list(pool.map(one, range(20)))
+    assert [code for code, _ in results] == [0] * 20, [err for _, err in results if err]
     data = json.loads((local_pod.outputs / "_control" / "workflow_state.json").read_text())
     assert sorted(h["reason"] for h in data["history"]) == sorted(f"p{i}" for i in range(20))
 

@@ -200,7 +200,8 @@ def test_dry_run_prints_every_sbatch_line_and_the_job_script(login: Pod, tmp_pat
     template.write_text("#!/bin/bash\n# site template\nexec apptainer exec img.sif @WF_RUN_ROW@\n")
     result = login.wf("--dry-run", "--set", f"SLURM_JOB_TEMPLATE={template}", "sweep-start", "--csv", str(csv))
     assert result.returncode == 0, result.stderr
-    assert re.search(r"\| exec apptainer exec img\.sif \S+ -I -S \S+\.pyz slurm-task ", result.stdout), result.stdout
+    assert re.search(r"\| exec apptainer exec img\.sif \S+ -I -S \S+(\.pyz|entry\.py) slurm-task ", result.stdout), \
+        result.stdout
     template.write_text("#!/bin/bash\necho no placeholder\n")
     result = login.wf("--dry-run", "--set", f"SLURM_JOB_TEMPLATE={template}", "sweep-start", "--csv", str(csv))
     assert result.returncode == 2 and "@WF_RUN_ROW@" in one_line_error(result)

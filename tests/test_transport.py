@@ -142,7 +142,8 @@ def test_agent_file_is_named_by_the_hash_of_its_sources(ssh_pod: Pod):
     assert re.fullmatch(r"agent-[0-9a-f]{16}\.pyz", agents[0])
     assert (control / agents[0]).read_bytes() == build_bundle()  # byte-for-byte the local build
     # the name follows the sources: any edit to a pod module names (and so uploads) a new file
-    sources = [(f"pod/{p.name}", p.read_bytes()) for p in sorted(POD_PACKAGE.glob("*.py"))]
+    sources = [(f"pod/{p.relative_to(POD_PACKAGE).as_posix()}", p.read_bytes())
+               for p in sorted(POD_PACKAGE.rglob("*.py"))]
     assert bundle_hash(sources) == bundle_hash()
     edited = [(name, data + b"\n# edited\n" if name == "pod/fsm.py" else data) for name, data in sources]
     renamed = [("pod/fsm2.py" if name == "pod/fsm.py" else name, data) for name, data in sources]
