@@ -22,7 +22,7 @@ import subprocess
 from collections.abc import Sequence
 
 from helpers.errors import ExitCode, WorkflowError
-from helpers.transport import CommandResult, ConnectionLost, Sink, Transport, _pump, remote_command_string
+from helpers.transport import CommandResult, ConnectionLost, Sink, Transport, _pump, remote_command_string, ssh_argv
 
 MUX_MSG_HELLO = 0x00000001  # OpenSSH PROTOCOL.mux: each side of a control connection first sends a hello
 MAX_DIR_LENGTH = 60  # sun_path holds 107 bytes: dir + "/cm-<24 hex>" + ssh's ".<16 random>" while binding
@@ -138,25 +138,13 @@ class OpenSSHTransport(Transport):
         return self._socket
 
     def _options(self) -> list[str]:
-        argv = ["ssh", "-F", self.ssh_config if self.ssh_config and os.path.isfile(self.ssh_config) else "/dev/null",
-                "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}",
-                "-o", f"ServerAliveInterval={self.keepalive}", "-o", "ServerAliveCountMax=3",
-                "-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={self.known_hosts}",
-                "-o", "GlobalKnownHostsFile=/dev/null", "-o", "HashKnownHosts=no", "-o", "UpdateHostKeys=no",
-                "-o", "CheckHostIP=no", "-o", "LogLevel=ERROR"]
-        if self.persist_secs > 0:
-            argv += ["-o", f"ControlPath={self.control_path}"]
-        else:
-            argv += ["-o", "ControlPath=none"]
-        if self.port:
-            argv += ["-p", str(self.port)]
-        if self.user:
-            argv += ["-l", self.user]
-        if self.key_file:
-            argv += ["-i", os.path.expanduser(self.key_file), "-o", "IdentitiesOnly=yes"]
-        if self.proxy_command:
-            argv += ["-o", f"ProxyCommand={self.proxy_command}"]
-        return argv
+        control = f"ControlPath={self.control_path}" if self.persist_secs > 0 else "ControlPath=none"
+        return ssh_argv(self.ssh_config, connect_timeout=self.connect_timeout, keepalive=self.keepalive,
+                        alive_count=3, known_hosts=self.known_hosts, host_key_checking="accept-new",
+                        port=self.port, user=self.user, key_file=self.key_file, proxy_command=self.proxy_command,
+                        extra=("-o", "GlobalKnownHostsFile=/dev/null", "-o", "HashKnownHosts=no",
+                               "-o", "UpdateHostKeys=no", "-o", "CheckHostIP=no", "-o", "LogLevel=ERROR",
+                               "-o", control))
 
     # -- the master
     def _ensure_master(self) -> None:

@@ -396,17 +396,10 @@ class SSHTransport(Transport):
 
     def rsync_shell(self) -> list[str]:
         ep = self.endpoint
-        argv = ["ssh", "-F", str(self.ssh_config) if self.ssh_config and self.ssh_config.is_file() else "/dev/null",
-                "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}",
-                "-o", f"ServerAliveInterval={self.keepalive}", "-o", "ServerAliveCountMax=4",
-                "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={ep.known_hosts}",
-                "-p", str(ep.port)]
-        if ep.user:
-            argv += ["-l", ep.user]
-        if ep.key_filename:
-            argv += ["-i", os.path.expanduser(ep.key_filename), "-o", "IdentitiesOnly=yes"]
-        if ep.proxy_command:
-            argv += ["-o", f"ProxyCommand={ep.proxy_command}"]
+        argv = ssh_argv(str(self.ssh_config) if self.ssh_config else None, connect_timeout=self.connect_timeout,
+                        keepalive=self.keepalive, alive_count=4, known_hosts=str(ep.known_hosts),
+                        host_key_checking="yes", port=ep.port, user=ep.user, key_file=ep.key_filename,
+                        proxy_command=ep.proxy_command)
         return [*argv, "--"]  # rsync appends the host: after "--" it is never read as an ssh option
 
     def rsync_host(self) -> str:
@@ -423,3 +416,23 @@ def _local_user() -> str:
     import getpass
 
     return getpass.getuser()
+
+
+def ssh_argv(ssh_config: str | None, *, connect_timeout: int, keepalive: int, alive_count: int, known_hosts: str,
+             host_key_checking: str, port: int | None, user: str | None, key_file: str | None,
+             proxy_command: str | None, extra: Sequence[str] = ()) -> list[str]:
+    """OpenSSH's argv for one target: never prompts, bounded connect, keepalives, the project's
+    known_hosts (``host_key_checking``: accept-new on first contact, yes once pinned), then ``extra``."""
+    argv = ["ssh", "-F", ssh_config if ssh_config and os.path.isfile(ssh_config) else "/dev/null",
+            "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}",
+            "-o", f"ServerAliveInterval={keepalive}", "-o", f"ServerAliveCountMax={alive_count}",
+            "-o", f"StrictHostKeyChecking={host_key_checking}", "-o", f"UserKnownHostsFile={known_hosts}", *extra]
+    if port:
+        argv += ["-p", str(port)]
+    if user:
+        argv += ["-l", user]
+    if key_file:
+        argv += ["-i", os.path.expanduser(key_file), "-o", "IdentitiesOnly=yes"]
+    if proxy_command:
+        argv += ["-o", f"ProxyCommand={proxy_command}"]
+    return argv

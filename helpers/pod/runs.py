@@ -18,7 +18,7 @@ import json
 import os
 import shlex
 import socket
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import procs
 from .jsonio import parse_utc, read_json, utc_now, write_json
@@ -98,19 +98,24 @@ def keep_trainer_summary(path: str) -> Optional[str]:
 
 def campaign_attempts(path: str, campaign_id: str) -> List[Dict[str, Any]]:
     """Every ended attempt of this run under ``campaign_id`` (all executor passes), oldest first."""
-    found: List[Dict[str, Any]] = []
+    return [record for record in jsonl_records(os.path.join(path, "attempts.jsonl"))
+            if record.get("campaign_id") == campaign_id]
+
+
+def jsonl_records(file: str) -> Iterator[Dict[str, Any]]:
+    """The JSON objects of a .jsonl file, one per line; lines that are not objects are skipped, a missing
+    or unreadable file has none (never raises)."""
     try:
-        with open(os.path.join(path, "attempts.jsonl"), encoding="utf-8", errors="replace") as handle:
+        with open(file, encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 try:
                     record = json.loads(line)
                 except ValueError:
                     continue
-                if isinstance(record, dict) and record.get("campaign_id") == campaign_id:
-                    found.append(record)
+                if isinstance(record, dict):
+                    yield record
     except OSError:
-        pass
-    return found
+        return
 
 
 def superseded(done: Dict[str, Any], status: Dict[str, Any]) -> bool:
@@ -130,21 +135,11 @@ def read_metrics(out_dir: str) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[
     """(last, best-by-val_loss) records of the trainer's metrics.jsonl; never raises."""
     last: Optional[Dict[str, Any]] = None
     best: Optional[Dict[str, Any]] = None
-    try:
-        with open(os.path.join(out_dir, "metrics.jsonl"), encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(record, dict):
-                    continue
-                last = record
-                loss = record.get("val_loss")
-                if isinstance(loss, (int, float)) and (best is None or loss < best.get("val_loss", float("inf"))):
-                    best = record
-    except OSError:
-        pass
+    for record in jsonl_records(os.path.join(out_dir, "metrics.jsonl")):
+        last = record
+        loss = record.get("val_loss")
+        if isinstance(loss, (int, float)) and (best is None or loss < best.get("val_loss", float("inf"))):
+            best = record
     return last, best
 
 
