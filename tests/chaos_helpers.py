@@ -250,3 +250,24 @@ def reap(pod: Pod, markers: Iterable[str] = ()) -> None:
 
 def fail(message: str) -> None:
     pytest.fail(message)
+
+
+def _children(pid: int) -> list[int]:
+    text = _proc(pid, f"task/{pid}/children").decode()
+    return [int(child) for child in text.split()]
+
+
+def kill_pod_connections(listener: int, pod_marker: str) -> int:
+    """SIGKILL sshd's per-connection processes (children of the ``listener``) that carry a call of this
+    pod right now (a process below them whose command line names ``pod_marker``); how many."""
+    killed = 0
+    for connection in _children(listener):
+        stack, ours = [connection], False
+        while stack and not ours:
+            pid = stack.pop()
+            ours = pod_marker.encode() in _proc(pid, "cmdline")
+            stack.extend(_children(pid))
+        if ours:
+            kill(connection)
+            killed += 1
+    return killed

@@ -303,13 +303,33 @@ def tmpfs_pod(tmp_path: Path) -> Iterator[Pod]:
 
 def fill(path: Path) -> None:
     """Write zeros to ``path`` until the filesystem is full."""
-    with open(path, "wb") as handle:
+    with open(path, "wb", buffering=0) as handle:  # unbuffered: closing it has nothing left to write
         try:
             while True:
                 handle.write(b"\0" * 65536)
                 handle.flush()
         except OSError:
             pass
+
+
+def test_a_heartbeat_never_spends_the_reserve_a_verdict_needs(tmpfs_pod: Pod):
+    """On a full filesystem a heartbeat write fails and keeps the reserve; the verdict gives it up and lands
+    (found by the chaos suite: heartbeats had spent the reserve, and the verdict waited for space)."""
+    from helpers.pod.jsonio import write_json
+    from helpers.pod.statuswriter import RESERVE_FILE, StatusWriter
+    from helpers.pod.taskstate import new_record
+
+    task = tmpfs_pod.outputs / "_tasks" / "t"
+    task.mkdir(parents=True)
+    write_json(str(task / "status.json"), new_record("t", "true", {"marker": "m"}))
+    writer = StatusWriter(str(task))
+    writer.make_reserve()
+    fill(tmpfs_pod.outputs / "fill")
+    assert writer.update(durable=False, heartbeat_utc="2026-01-01T00:00:00Z") == {}
+    assert (task / RESERVE_FILE).exists()
+    record = writer.update(state="failed", failure_class="disk_full")
+    assert record["state"] == "failed" and record["heartbeat_utc"] == "2026-01-01T00:00:00Z", record
+    assert not (task / RESERVE_FILE).exists()
 
 
 def test_disk_full_task_is_classed_and_readers_say_so(tmpfs_pod: Pod):

@@ -335,3 +335,43 @@ def test_heartbeat_goes_on_during_the_final_sync(tmp_path: Path, bare: list[Bare
     beat, ended = parse_utc(record["heartbeat_utc"]), parse_utc(record["ended_utc"])
     assert beat is not None and ended is not None and abs(ended - beat) < 1.0
     assert json.loads((task.dir / "status.json").read_text())["state"] == "success"
+
+
+WRAP_UP = ("exec python3 -c \"import subprocess, time; subprocess.run(['sh', '-c', 'sleep 1.5; echo trained']); "
+           "open('workers-done', 'w').close(); time.sleep({linger})\"\n")
+
+
+def test_tmux_closed_while_the_launcher_wraps_up_keeps_the_exit_code(tmp_path: Path, bare: list[Bare]):
+    """torchrun outlives its workers by a moment: a SIGHUP (the tmux server killed) that comes after the
+    workers ended 0 but before the launcher exited waits for its exit code: the run is a success, not lost
+    (found by the randomized chaos campaign: the rerun trained a finished row a second time)."""
+    task = Bare(tmp_path, WRAP_UP.format(linger=2))
+    bare.append(task)
+    wait_until((task.dir / "workers-done").exists, 30, interval=0.05, what="the workers to end")
+    os.kill(task.proc.pid, signal.SIGHUP)
+    record = task.finish()
+    assert (record["state"], record["exit_code"], record.get("failure_class")) == ("success", 0, None), record
+
+
+def test_tmux_closed_while_workers_run_stops_the_task(tmp_path: Path, bare: list[Bare]):
+    task = Bare(tmp_path, "exec python3 -c \"import subprocess; subprocess.run(['sleep', '300'])\"\n")
+    bare.append(task)
+    wait_until(lambda: task.status().get("state") == "running", 30, what="the task to run")
+    time.sleep(1.0)  # the supervisor samples its processes every 0.5 s
+    began = time.monotonic()
+    os.kill(task.proc.pid, signal.SIGHUP)
+    record = task.finish()
+    assert record["state"] == "lost" and "SIGHUP" in record["reason"], record
+    assert time.monotonic() - began < 10
+
+
+def test_a_launcher_that_hangs_after_its_workers_is_stopped_after_the_wrap_up_wait(tmp_path: Path,
+                                                                                  bare: list[Bare]):
+    task = Bare(tmp_path, WRAP_UP.format(linger=300))
+    bare.append(task)
+    wait_until((task.dir / "workers-done").exists, 30, interval=0.05, what="the workers to end")
+    began = time.monotonic()
+    os.kill(task.proc.pid, signal.SIGHUP)
+    record = task.finish()
+    assert record["state"] == "lost", record
+    assert 4 < time.monotonic() - began < 20

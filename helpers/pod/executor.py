@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Optional
 
 from . import attempts, fsm, proctree, runs
 from .context import Context, run_env
-from .jsonio import append_jsonl, read_json, utc_now, write_bytes, write_json
+from .errors import DiskFullError
+from .jsonio import append_jsonl, is_disk_full, read_json, utc_now, write_bytes, write_json
 from .scheduling import detect_slots, schedule_step, slot_env
 from .tasks import launch_supervised
 from .taskstate import is_terminal, read_status
@@ -27,6 +28,8 @@ from .taskstate import is_terminal, read_status
 TRANSIENT = ("nccl", "lost", "stalled")
 MAX_OOM_RETRIES = 2
 HEARTBEAT_SECS = 2.0
+DISK_FULL_RETRY_SECS = 5.0  # a row that could not start for want of space waits this long before trying again
+FINAL_RETRY_SECS = 600.0  # how long the executor's last write is retried on a full filesystem
 
 
 STOP_REQUEST = "stop-request.json"
@@ -47,6 +50,7 @@ class RowRun:
         self.command = ""
         self.retry_note = ""
         self.number = 0  # the current attempt's number over the run directory's life (attempts/<n>/)
+        self.logged_attempt = 0  # the attempt whose attempts.jsonl line is written
 
     @property
     def run_id(self) -> str:
@@ -69,12 +73,19 @@ class Executor:
         self.index: Dict[str, Any] = read_json(os.path.join(self.dir, "index.json"), "campaign index") or {}
         record = read_json(os.path.join(self.dir, "executor.json"), "executor status") or {}
         self.generation = int(record.get("generation") or 1)
+        self.pending_events: List[Dict[str, Any]] = []
+        self.pending_beat: Dict[str, Any] = {}
+        self.full_said = -1e9
 
     # -- output and bookkeeping
     def say(self, text: str) -> None:
         line = f"[{utc_now()[11:19]}] {text}"
-        self.log_handle.write(line + "\n")
-        self.log_handle.flush()
+        try:
+            self.log_handle.write(line + "\n")
+            self.log_handle.flush()
+        except OSError as exc:  # a full filesystem: the pane (and sweep-status) still tell
+            if not is_disk_full(exc):
+                raise
         try:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
@@ -82,13 +93,47 @@ class Executor:
             pass
 
     def event(self, kind: str, **fields: Any) -> None:
-        append_jsonl(os.path.join(self.dir, "events.jsonl"), {"utc": utc_now(), "event": kind, **fields})
+        """One line of events.jsonl; on a full filesystem kept and written with the next one."""
+        self.pending_events.append({"utc": utc_now(), "event": kind, **fields})
+        path = os.path.join(self.dir, "events.jsonl")
+        try:
+            while self.pending_events:
+                append_jsonl(path, self.pending_events[0])
+                self.pending_events.pop(0)
+        except DiskFullError as exc:
+            self._disk_full(exc)
 
     def beat(self, state: str = "running", **extra: Any) -> None:
+        """executor.json; a running beat that cannot be written (full filesystem) waits for the next one,
+        an ending one is retried."""
         path = os.path.join(self.dir, "executor.json")
-        record = read_json(path, "executor status") or {}
-        record.update(state=state, heartbeat_utc=utc_now(), **extra)
-        write_json(path, record, durable=state != "running")
+        self.pending_beat.update(state=state, **extra)
+        deadline = time.monotonic() + (0 if state == "running" else FINAL_RETRY_SECS)
+        while True:
+            record = read_json(path, "executor status") or {}
+            record.update(heartbeat_utc=utc_now(), **self.pending_beat)
+            try:
+                write_json(path, record, durable=state != "running")
+                self.pending_beat = {}
+                return
+            except DiskFullError as exc:
+                self._disk_full(exc)
+                if time.monotonic() >= deadline:
+                    return
+                time.sleep(1.0)
+
+    def _disk_full(self, exc: DiskFullError) -> None:
+        """Say once per spell that the filesystem is full; the executor keeps going and retries."""
+        now = time.monotonic()
+        if now - self.full_said > 60:
+            self.full_said = now
+            self.say(f"{exc}; waiting for space (rows are concluded and started once it is freed)")
+
+    def _write_index(self, durable: bool = False) -> None:
+        try:
+            write_json(os.path.join(self.dir, "index.json"), self.index, durable=durable)
+        except DiskFullError as exc:  # the index is rebuilt from memory at the next write
+            self._disk_full(exc)
 
     def _check_stop_request(self) -> bool:
         """True (and stopping) once sweep-stop has asked this executor's generation to stop."""
@@ -165,7 +210,7 @@ class Executor:
         self._launch(path, spec, env, rr.command)
         rr.slots = slots
         if self.index.pop(rr.run_id, None) is not None:  # running again: its old verdict no longer holds
-            write_json(os.path.join(self.dir, "index.json"), self.index, durable=False)
+            self._write_index()
         rr.attempts.append({"attempt": attempt, "started_utc": utc_now(), "slots": slots,
                             "overrides": overrides, "note": rr.retry_note})
         self.event("run-start", run_id=rr.run_id, attempt=attempt, slots=slots)
@@ -191,8 +236,10 @@ class Executor:
         path = runs.run_dir(self.outputs, rr.run_id)
         record = runs.attempt_record(path, rr.number, {"slots": rr.slots, "note": rr.retry_note})
         rr.attempts[-1].update(attempts.finish(path, rr.number, {"campaign_id": self.campaign_id, **record}))
-        append_jsonl(os.path.join(runs.run_dir(self.outputs, rr.run_id), "attempts.jsonl"),
-                     {"campaign_id": self.campaign_id, **rr.attempts[-1]})
+        if rr.logged_attempt != rr.number:  # once, even when a full filesystem makes this run again
+            append_jsonl(os.path.join(runs.run_dir(self.outputs, rr.run_id), "attempts.jsonl"),
+                         {"campaign_id": self.campaign_id, **rr.attempts[-1]})
+            rr.logged_attempt = rr.number
         if status["state"] == "success":
             return "ok"
         if self.stop_reason:
@@ -287,17 +334,22 @@ class Executor:
                 break
             for run_id in list(active):
                 rr = active[run_id]
-                status = self._finished(rr)
-                if status is None:
+                try:
+                    status = self._finished(rr)
+                    if status is None:
+                        continue
+                    verdict = self._decide(rr, status)
+                    done = None if verdict == "retry" else self._conclude(rr)
+                except DiskFullError as exc:  # concluded once there is room; the row stays active until then
+                    self._disk_full(exc)
                     continue
                 del active[run_id]
                 free = [slot for slot in slots if slot in free or slot in rr.slots]  # the pod's order: 0,1,2,3
-                verdict = self._decide(rr, status)
-                if verdict == "retry":
+                if done is None:
                     self.say(f"{rr.run_id}: {status['state']} [{status.get('failure_class')}] -> {rr.retry_note}")
                     todo.insert(0, rr)
                     continue
-                if self._conclude(rr)["ok"] is False:
+                if done["ok"] is False:
                     failed += 1
                     if ctx.flag("SWEEP_FAIL_FAST"):
                         self.say("SWEEP_FAIL_FAST=1: stopping after the first failed row")
@@ -310,23 +362,28 @@ class Executor:
                 if self._check_stop_request():
                     break  # sweep-stop came meanwhile: launch nothing more
                 rr = next(r for r in todo if r.run_id == run_id)
+                try:
+                    self._start(rr, take, env_base, cpu_mode, threads)
+                except DiskFullError as exc:  # not started: it waits in the queue for room
+                    self._disk_full(exc)
+                    rr.not_before = time.monotonic() + DISK_FULL_RETRY_SECS
+                    break
                 todo.remove(rr)
                 free = [slot for slot in free if slot not in take]
                 active[rr.run_id] = rr
-                self._start(rr, take, env_base, cpu_mode, threads)
             if now - last_beat >= HEARTBEAT_SECS:
                 last_beat = now
                 self.beat("running", active=sorted(active), queued=len(todo))
             if now - last_index >= 5.0:
                 last_index = now
-                write_json(os.path.join(self.dir, "index.json"), self.index, durable=False)
+                self._write_index()
             time.sleep(0.2)
         if self.stop_reason:
             self.beat("stopping", stop_reason=self.stop_reason, active=sorted(active), queued=len(todo))
             self.say(f"stopping ({self.stop_reason}): cancelling {len(active)} active run(s)")
             failed += len(active)
             self._stop_active(active)
-        write_json(os.path.join(self.dir, "index.json"), self.index)
+        self._write_index(durable=True)
         return self._end(failed, todo)
 
     def _end(self, failed: int, todo: List[RowRun]) -> int:
@@ -343,10 +400,19 @@ class Executor:
             command = "sweep-fail" if failed or todo else "sweep-complete"
             why = f"campaign {self.campaign_id}: {reason}" if reason else (
                 f"campaign {self.campaign_id}: {failed} failed row(s)" + (f", {len(todo)} not run" if todo else ""))
-            try:
-                fsm.transition(ctx.state_file, command, why, ctx.enforce)
-            except Exception as exc:  # the state was changed by hand meanwhile: say so, keep going
-                self.say(f"workflow state not updated: {exc}")
+            deadline = time.monotonic() + FINAL_RETRY_SECS
+            while True:
+                try:
+                    fsm.transition(ctx.state_file, command, why, ctx.enforce)
+                except DiskFullError as exc:  # the verdict lands as soon as there is room
+                    self._disk_full(exc)
+                    if time.monotonic() < deadline:
+                        time.sleep(1.0)
+                        continue
+                    self.say(f"workflow state not updated: {exc}")
+                except Exception as exc:  # the state was changed by hand meanwhile: say so, keep going
+                    self.say(f"workflow state not updated: {exc}")
+                break
         self.event("executor-end", state=state, failed=failed)
         self.say(f"campaign {self.campaign_id} {state}: {failed} failed row(s)")
         return 0

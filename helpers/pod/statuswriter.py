@@ -1,10 +1,11 @@
 """A supervisor's writes (status.json, the log) that survive a full filesystem.
 
-The supervisor keeps a small reserve file in the task directory. When a status write fails
-because the filesystem is full, the reserve is given up and the write tried again; a write that
-still fails is kept and merged into the next one (at the next heartbeat), so the last verdict
-lands as soon as there is room. Log output that cannot be written is counted, not fatal: the
-supervisor keeps supervising, and a task that fails on a full filesystem is classed disk_full.
+The supervisor keeps a small reserve file in the task directory. When a verdict (a state change)
+cannot be written because the filesystem is full, the reserve is given up and the write tried again
+(a heartbeat never spends it); a write that still fails is kept and merged into the next one (at the
+next heartbeat), so the last verdict lands as soon as there is room. Log output that cannot be
+written is counted, not fatal: the supervisor keeps supervising, and a task that fails on a full
+filesystem is classed disk_full.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ class StatusWriter:
                 record = update_status(self.task_dir, durable=durable, **merged)
             except DiskFullError as exc:
                 self.full = exc.mount
-                if attempt == 0 and os.path.exists(self.reserve):
-                    self.release()  # give up the reserve, so the verdict can land
+                if attempt == 0 and "state" in merged and os.path.exists(self.reserve):
+                    self.release()  # give up the reserve so a verdict lands (a heartbeat never spends it)
                     continue
                 self.pending = merged
                 return {}

@@ -49,6 +49,8 @@ QUIET_FLUSH_SECS = 0.3
 TRACEBACK_HOLD_SECS = 0.5
 FINAL_RETRY_SECS = 600.0  # how long the last status write is retried on a full filesystem
 FINAL_RETRY_SLEEP = 1.0
+WRAP_UP_SECS = 5.0  # a stop that comes while the launcher only wraps up (its workers done) waits this long
+SEEN_SCAN_SECS = 0.5  # how often the task's processes are sampled
 STOP_STATES = {"cancel": TaskState.CANCELLED, "timeout": TaskState.TIMED_OUT, "stall": TaskState.STALLED,
                "fatal": TaskState.FAILED, "hangup": TaskState.LOST}
 
@@ -74,7 +76,9 @@ class Supervisor:
         self.matcher = fatal.FatalMatcher(
             fatal.parse_user_patterns(spec.get("user_patterns", ""), spec.get("user_patterns_source", "patterns")),
             python_exception=bool(spec.get("python_exception", True)), hold_secs=TRACEBACK_HOLD_SECS)
-        self.seen_pids: Set[int] = set()  # the task's processes, sampled at each heartbeat (OOM evidence)
+        self.seen_pids: Set[int] = set()  # the task's processes, sampled every SEEN_SCAN_SECS (OOM evidence)
+        self.last_scan = 0.0
+        self.stop_deferred_at: Optional[float] = None
         self.worker_sigkill = False  # the output reported a worker killed with -9
         self.last_beat = self.last_output = time.monotonic()
         sync = spec.get("sync") or {}
@@ -161,6 +165,27 @@ class Supervisor:
         state = STOP_STATES[why]
         self.status.update(state=state.value, failure_class=_state_class(state), reason=reason,
                            ended_utc=utc_now(), cleanup="stopping", **heartbeat())
+
+    def _scan(self, now: float) -> None:
+        if now - self.last_scan >= SEEN_SCAN_SECS:
+            self.last_scan = now
+            self.seen_pids |= proctree.descendants(os.getpid())
+
+    def _wrapping_up(self, proc: subprocess.Popen[bytes], now: float) -> bool:
+        """The command's work is done and only its launcher is finishing (it exited, or torchrun's workers
+        all ended and torchrun itself has not yet): a stop request that comes now waits for its exit code,
+        up to WRAP_UP_SECS, so a tmux server closed after the trainer exited 0 does not fail a finished run."""
+        if self.stop_deferred_at is not None and now - self.stop_deferred_at > WRAP_UP_SECS:
+            return False
+        if proc.poll() is not None:
+            done = True
+        else:
+            sync = {self.sync_proc.pid} if self.sync_proc is not None else set()
+            workers = self.seen_pids - {proc.pid} - sync
+            done = bool(workers) and not (proctree.descendants(os.getpid()) - {proc.pid} - sync)
+        if done and self.stop_deferred_at is None:
+            self.stop_deferred_at = now
+        return done
 
     def _beat(self, force: bool = False) -> Dict[str, Any]:
         """Write the heartbeat if HEARTBEAT_SECS passed (or ``force``); returns the record, or {}."""
@@ -277,8 +302,11 @@ class Supervisor:
                     self.matcher.release_due()
                 if match:
                     self._fatal(match)
+            self._scan(now)
             if self.stopped_by is None:
-                if self.stop_request:
+                if self.stop_request and self._wrapping_up(proc, now):
+                    pass  # its exit code decides (see _wrapping_up)
+                elif self.stop_request:
                     why = self.stop_request
                     self._request_stop(why, "cancelled (task-kill / sweep-stop)" if why == "cancel" else
                                        "the tmux window or server was closed (SIGHUP); the supervisor stopped the task")
@@ -300,7 +328,6 @@ class Supervisor:
                 self._drain(fd, log)
                 break
             if now - self.last_beat >= HEARTBEAT_SECS:
-                self.seen_pids |= proctree.descendants(os.getpid())
                 self.status.retry()
                 record = self._beat(force=True)
                 if record and record.get("state") not in (TaskState.RUNNING.value, TaskState.PENDING.value):

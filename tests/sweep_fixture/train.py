@@ -4,7 +4,8 @@ but no torch in the worker, so a run takes a second. `mode` picks its behaviour:
 oom (fails while batch_size > oom_above, like CUDA running out of memory), flaky_nccl (an NCCL
 error on the first attempt only), nccl_always (an NCCL error on every attempt, resumed or not),
 badcfg (a config error on stderr, exit 2, as examples/nanogpt/train.py reports one). With
-own_summary=1 the trainer writes its own <out_dir>/summary.json at the end."""
+own_summary=1 the trainer writes its own <out_dir>/summary.json at the end; with ckpt_kb=N it writes an
+N KiB weights-<step>.bin at every step."""
 
 import json
 import os
@@ -49,6 +50,9 @@ def main() -> int:
         if rank == 0:
             with open(os.path.join(out, "metrics.jsonl"), "a") as handle:
                 handle.write(json.dumps({"iter": step, "val_loss": 5.0 / (step + 1), "batch_size": batch}) + "\n")
+            if cfg.get("ckpt_kb"):  # a checkpoint of this size, as a real trainer writes one
+                with open(os.path.join(out, f"weights-{step}.bin"), "wb") as handle:
+                    handle.write(b"\0" * int(cfg["ckpt_kb"]) * 1024)
             with open(ckpt, "w") as handle:
                 json.dump({"iter": step}, handle)
         if step == 1 and mode == "fail":
