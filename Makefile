@@ -23,7 +23,7 @@ lint: $(VENV)/.test-stamp
 	$(PY) -m mypy helpers
 
 pytest: $(VENV)/.test-stamp
-	WORKFLOW_VENV=$(VENV) $(PY) -m pytest -q
+	WORKFLOW_VENV=$(VENV) $(PY) -m pytest -q --durations=25
 
 test: lint pytest
 

@@ -245,11 +245,11 @@ def cmd_checkout(session: Session) -> int:
         patch = make_patch(cfg, tree)
         if patch is None:
             session.note("checkout: CHECKOUT_PUSH_LOCAL=1: no local changes to send")
-    elif tree is not None and tree.changed:
-        session.note(f"warning: the pod will not run your local changes to {tree.describe()}: commit and push them, "
-                     "or set CHECKOUT_PUSH_LOCAL=1 to send them as a patch")
     timeout = float((cfg.number("CHECKOUT_TIMEOUT_SECS") or 1800) * 4)
     r = session.call("checkout", {"local_patch": patch.to_args()} if patch else None, sync_env=True, timeout=timeout)
+    if tree is not None and tree.changed and not cfg.flag("CHECKOUT_PUSH_LOCAL"):  # (a refusal is one line alone)
+        session.note(f"warning: the pod will not run your local changes to {tree.describe()}: commit and push them, "
+                     "or set CHECKOUT_PUSH_LOCAL=1 to send them as a patch")
     if tree is not None:
         differs = relation(tree, r["sha"])
         if differs:

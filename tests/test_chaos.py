@@ -70,6 +70,8 @@ def _chaos_pod(kind: str, base: Path, source_repo: Path, server: SSHServer | Non
         yield Chaos(pod, setup_chaos_pod(pod, base))
     finally:
         reap(pod)
+        if pod.kind == "ssh":
+            pod.wf("disconnect", timeout=60)  # the shared connection would outlive the suite
 
 
 @pytest.fixture(scope="module")
@@ -170,11 +172,14 @@ def test_sweep_watch_rides_out_killed_ssh_connections(chaos_ssh: Chaos, tmp_path
     assert_campaign_done(pod, cid, chaos_ssh.ledger, ids, _markers(chaos_ssh, ids))
 
 
-@pytest.fixture
-def chaos_tmpfs(tmp_path_factory: pytest.TempPathFactory, source_repo: Path) -> Iterator[Chaos]:
-    """A local pod whose outputs are on a small tmpfs (needs root), set up for sweeps; unmounted after."""
+@pytest.fixture(params=["local", "ssh"])
+def chaos_tmpfs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                source_repo: Path) -> Iterator[Chaos]:
+    """A pod (local, or over the loopback sshd) whose outputs are on a small tmpfs (needs root), set up
+    for sweeps; unmounted after."""
     base = tmp_path_factory.mktemp("chaos-tmpfs")
-    pod = make_pod("local", base, source_repo, None)
+    server = request.getfixturevalue("sshd") if request.param == "ssh" else None
+    pod = make_pod(request.param, base, source_repo, server)
     pod.outputs.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(pod.outputs)],
                              stderr=subprocess.PIPE, text=True)
@@ -184,6 +189,8 @@ def chaos_tmpfs(tmp_path_factory: pytest.TempPathFactory, source_repo: Path) -> 
         yield Chaos(pod, setup_chaos_pod(pod, base))
     finally:
         reap(pod)
+        if pod.kind == "ssh":
+            pod.wf("disconnect", timeout=60)  # the shared connection would outlive the test
         subprocess.run(["umount", "-l", str(pod.outputs)], check=False)
 
 
