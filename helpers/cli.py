@@ -176,6 +176,11 @@ def _setup_archive(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restore", type=campaign_id, metavar="CAMPAIGN", help="move an archived campaign back")
 
 
+def _setup_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--campaign", type=campaign_id, help="campaign id (default: the latest fetched)")
+    p.add_argument("--out", metavar="DIR", help="folder to write (default LOCAL_ARTIFACTS_DIR/_reports/<campaign>/)")
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("help", "list the commands, or explain one (help CMD)", "cli", "cmd_help"),
     Command("validate", "check config (and the sweep CSV) without touching the pod", "cmd_setup", "cmd_validate",
@@ -237,6 +242,8 @@ COMMANDS: tuple[Command, ...] = (
             "cmd_promote", _setup_promote, changes=True, json=True),
     Command("archive", "move finished campaigns and their runs under _archive/ (--restore, --list-only)",
             "cmd_archive", "cmd_archive", _setup_archive, changes=True, json=True),
+    Command("report", "an HTML report with loss curves of a fetched campaign (no pod needed)", "report",
+            "cmd_report", _setup_report, changes=True, json=True),
 )
 COMMANDS_BY_NAME = {c.name: c for c in COMMANDS}
 

@@ -200,3 +200,89 @@ def test_leaderboard_and_promote_over_ssh(tmp_path: Path, source_repo: Path, ssh
         assert json.loads(compared.stdout)["states"] == ["success", "failed"]
     finally:
         cleanup_pod(pod)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _png_ok(path: Path) -> None:
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(str(path))
+    assert pixels.shape[0] > 100 and pixels.shape[1] > 100
+    assert float(pixels.std()) > 0.05, f"{path} is blank"
+
+
+def test_report_of_a_fetched_campaign(done: tuple[Pod, str, Path]) -> None:
+    import base64
+    import re
+
+    pod, campaign, tmp = done
+    missing = pod.wf("report", "--campaign", campaign)
+    assert missing.returncode == 5 and "not fetched" in one_line_error(missing)
+    assert not (tmp / "artifacts" / "_reports").exists()
+    fetched = pod.wf("fetch-all", "--campaign", campaign)
+    assert fetched.returncode == 0, fetched.stderr
+    out = tmp / "report"
+    result = pod.wf("report", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    page = (out / "report.html").read_text()
+    assert f"Campaign {campaign}" in page and "http" not in page.replace("http-equiv", "")
+    board = page.split("<table id='leaderboard'>")[1].split("</table>")[0]
+    assert [m for m in re.findall(r"<tr><td>\d+</td><td>([\w-]+)</td>", board)] == ["lb-b", "lb-a", "lb-c",
+                                                                                      "lb-fail"]
+    assert "id='fail-lb-fail'" in page and "giving up on purpose" in page
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["loss-lb-a.png", "loss-lb-b.png", "loss-lb-c.png", "loss-lb-fail.png"]
+    for name in pngs:
+        _png_ok(out / name)
+    embedded = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    assert len(embedded) == 4 and base64.b64decode(embedded[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    again = pod.wf("report", "--out", str(out))  # its own folder: rewritten
+    assert again.returncode == 0, again.stderr
+    foreign = tmp / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    refused = pod.wf("report", "--out", str(foreign))
+    assert refused.returncode == 7 and "not made by workflow.sh report" in one_line_error(refused)
+    assert sorted(os.listdir(foreign)) == ["keep.txt"]
+
+
+def test_report_of_100_runs_under_10_seconds(tmp_path: Path) -> None:
+    import resource
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO_ROOT
+
+    artifacts = tmp_path / "artifacts"
+    for n in range(100):
+        run = artifacts / f"r{n:03d}"
+        run.mkdir(parents=True)
+        ok = n % 10 != 0
+        (run / "summary.json").write_text(json.dumps({
+            "run_id": run.name, "campaign_id": "20260101-000000-aaaaaa", "ok": ok, "state": "success" if ok else
+            "failed", "failure_class": None if ok else "crash", "reason_line": None if ok else "boom",
+            "attempt": 1, "attempts": 1, "duration_s": 60.0 + n, "spec_hash": "x", "attempt_history": []}))
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"iter": i, "train_loss": 4 - i / 10 + n / 1000,
+                                                               "val_loss": 4.1 - i / 10 + n / 1000}) + "\n"
+                                                   for i in range(20)))
+        (run / "run.log").write_text("step\nboom\n")
+    env_file = tmp_path / "workflow.env"
+    env_file.write_text(f"LOCAL_ARTIFACTS_DIR={artifacts}\n")
+    began, cpu = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = subprocess.run([str(REPO_ROOT / "infra_scripts" / "workflow.sh"), "--env", str(env_file), "report",
+                             "--json"], env={**os.environ, "WORKFLOW_VENV": sys.prefix}, text=True,
+                            capture_output=True, timeout=120)
+    took = time.monotonic() - began
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
+    assert result.returncode == 0, result.stderr
+    reply = json.loads(result.stdout)
+    assert reply["runs"] == 100 and len(reply["pngs"]) == 100
+    # CPU seconds, not wall: the test machine is shared and often loaded many times over (wall is printed)
+    print(f"report of 100 runs: {took:.1f}s wall, {cpu_s:.1f}s CPU")
+    assert cpu_s < 10, f"report of 100 runs took {cpu_s:.1f}s of CPU ({took:.1f}s wall)"
+    page = Path(reply["html"]).read_text()
+    assert page.index("<td>r001</td>") < page.index("<td>r099</td>") < page.index("<td>r000</td>")  # failed last

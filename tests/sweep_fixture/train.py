@@ -48,7 +48,8 @@ def main() -> int:
               flush=True)
         if rank == 0:
             with open(os.path.join(out, "metrics.jsonl"), "a") as handle:
-                handle.write(json.dumps({"iter": step, "val_loss": 5.0 / (step + 1), "batch_size": batch}) + "\n")
+                handle.write(json.dumps({"iter": step, "train_loss": 6.0 / (step + 1), "val_loss": 5.0 / (step + 1),
+                                            "batch_size": batch}) + "\n")
             with open(ckpt, "w") as handle:
                 json.dump({"iter": step}, handle)
         if step == 1 and mode == "fail":
