@@ -64,7 +64,12 @@ def _context(path: Path, done: dict[str, Any]) -> list[str]:
         lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return []
-    return [line for line in lines if line.strip()][-CONTEXT_LINES:]
+    lines = [line for line in lines if line.strip()]
+    reason = str(done.get("reason_line") or "")
+    at = next((i for i, line in enumerate(lines) if reason and reason in line), None)
+    if at is None:  # the reason is not a log line (a timeout, a stall): the log's last lines
+        return lines[-CONTEXT_LINES:]
+    return lines[max(0, at - CONTEXT_LINES // 2):at + CONTEXT_LINES // 2]
 
 
 def collect(found: list[tuple[Path, dict[str, Any]]], campaign: str) -> list[dict[str, Any]]:
