@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers.errors import ExitCode, WorkflowError
-from helpers.pod.results import metric_best, rank
+from helpers.pod.results import metric_best, rank, render_csv, render_md
 from helpers.pod.runs import jsonl_records
 from helpers.render import duration
 from helpers.session import Session
@@ -91,7 +91,7 @@ def collect(found: list[tuple[Path, dict[str, Any]]], campaign: str) -> list[dic
                      "duration_s": done.get("duration_s"), "attempts": done.get("attempts"),
                      "failure_class": done.get("failure_class"), "reason_line": done.get("reason_line"),
                      "context": [] if done.get("ok") else _context(path, done), "curve": curve,
-                     "cost": (done.get("cost") or {}).get("usd") if isinstance(done.get("cost"), dict) else None})
+                     "promoted_as": "", "cost": (done.get("cost") or {}).get("usd") if isinstance(done.get("cost"), dict) else None})
     return rank(rows, higher=False)
 
 
@@ -198,6 +198,10 @@ def cmd_report(session: Session) -> int:
     (out / MARKER).write_text(f"campaign {campaign}\n")
     names = plot(rows, out)
     images = {run_id: (out / name).read_bytes() for run_id, name in names.items()}
+    for name, text in (("leaderboard.csv", render_csv(rows, "val_loss")),
+                       ("leaderboard.md", render_md(rows, "val_loss", f"campaign {campaign} (fetched)"))):
+        (out / f".{name}.partial").write_text(text, encoding="utf-8")
+        os.replace(out / f".{name}.partial", out / name)
     target = out / "report.html"
     temp = out / ".report.html.partial"
     temp.write_text(render(campaign, rows, images), encoding="utf-8")

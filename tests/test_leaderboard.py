@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Pod, SSHServer, cleanup_pod, make_pod, one_line_error, wait_until
+from conftest import Pod, SSHServer, cleanup_pod, make_pod, one_line_error, require_tool, wait_until
 
 from helpers.pod.results import rank
 
@@ -213,6 +213,25 @@ def _png_ok(path: Path) -> None:
     assert float(pixels.std()) > 0.05, f"{path} is blank"
 
 
+def _screenshot_shows_plots(page: Path, shot: Path, plots: int) -> None:
+    """Headless Chromium renders the page; the screenshot holds the curves' own colours (a broken image
+    shows none), about as much of them as ``plots`` PNGs draw."""
+    import subprocess
+
+    import matplotlib.image
+    import numpy as np
+
+    chromium = require_tool("chromium")
+    result = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                             f"--user-data-dir={shot.parent / 'chromium-profile'}", "--window-size=1280,2400",
+                             f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
+    pixels = matplotlib.image.imread(str(shot))[:, :, :3]
+    for colour in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):  # tab:blue (train), tab:orange (val)
+        near = (np.abs(pixels - np.array(colour) / 255.0).max(axis=2) < 0.08).sum()
+        assert near > 150 * plots, f"the screenshot shows too little of colour {colour}: {near} pixels"
+
+
 def test_report_of_a_fetched_campaign(done: tuple[Pod, str, Path]) -> None:
     import base64
     import re
@@ -233,12 +252,15 @@ def test_report_of_a_fetched_campaign(done: tuple[Pod, str, Path]) -> None:
     assert [m for m in re.findall(r"<tr><td>\d+</td><td>([\w-]+)</td>", board)] == ["lb-b", "lb-a", "lb-c",
                                                                                       "lb-fail"]
     assert "id='fail-lb-fail'" in page and "giving up on purpose" in page
+    local = list(csv.DictReader(io.StringIO((out / "leaderboard.csv").read_text())))
+    assert [r["run_id"] for r in local] == ["lb-b", "lb-a", "lb-c", "lb-fail"]  # the leaderboard, locally
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == ["loss-lb-a.png", "loss-lb-b.png", "loss-lb-c.png", "loss-lb-fail.png"]
     for name in pngs:
         _png_ok(out / name)
     embedded = re.findall(r"src='data:image/png;base64,([^']+)'", page)
     assert len(embedded) == 4 and base64.b64decode(embedded[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    _screenshot_shows_plots(out / "report.html", tmp / "shot.png", 4)
     again = pod.wf("report", "--out", str(out))  # its own folder: rewritten
     assert again.returncode == 0, again.stderr
     foreign = tmp / "foreign"
