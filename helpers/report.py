@@ -91,7 +91,8 @@ def collect(found: list[tuple[Path, dict[str, Any]]], campaign: str) -> list[dic
                      "duration_s": done.get("duration_s"), "attempts": done.get("attempts"),
                      "failure_class": done.get("failure_class"), "reason_line": done.get("reason_line"),
                      "context": [] if done.get("ok") else _context(path, done), "curve": curve,
-                     "promoted_as": "", "cost": (done.get("cost") or {}).get("usd") if isinstance(done.get("cost"), dict) else None})
+                     "promoted_as": "",
+                     "cost": done["cost"].get("usd") if isinstance(done.get("cost"), dict) else None})
     return rank(rows, higher=False)
 
 
