@@ -235,7 +235,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("fetch-all", "copy every run of a campaign (from its manifest on the pod), verified", "fetch",
             "cmd_fetch_all", _setup_campaign, changes=True, json=True),
     Command("leaderboard", "finished rows ranked by a metric (leaderboard.csv/.md on the pod)", "cmd_results",
-            "cmd_leaderboard", _setup_leaderboard, json=True),
+            "cmd_leaderboard", _setup_leaderboard, changes=True, json=True),
     Command("compare", "the config difference and metrics of two or more runs", "cmd_results", "cmd_compare",
             _setup_compare, json=True),
     Command("promote", "write a run's resolved trainer config into PROMOTE_DIR (never overwrites)", "cmd_results",

@@ -27,7 +27,8 @@ def cmd_leaderboard(session: Session) -> int:
     o = session.options
     if o.all and o.campaign:
         raise WorkflowError("leaderboard: give --campaign ID or --all, not both", ExitCode.USAGE)
-    args = {"campaign": o.campaign, "all": bool(o.all), "metric": o.metric, "higher": bool(o.higher_is_better)}
+    args = {"campaign": o.campaign, "all": bool(o.all), "metric": o.metric, "higher": bool(o.higher_is_better),
+            "plan_only": session.dry_run}
     reply = session.call("leaderboard", args, timeout=300)
     if session.as_json:
         session.emit_json(reply)
@@ -43,6 +44,8 @@ def cmd_leaderboard(session: Session) -> int:
         session.print(line)
     for name, path in sorted(reply["files"].items()):
         session.print(f"wrote {name} on the pod: {path}")
+    if session.dry_run:
+        session.print("(--dry-run: leaderboard.csv and leaderboard.md not written)")
     return 0
 
 

@@ -94,5 +94,15 @@ def test_archive_finished_next_to_running_then_restore(tmp_path: Path, source_re
             assert bad.returncode == code and words in one_line_error(bad), bad.stderr
         stop = pod.wf("sweep-stop", "--campaign", live)
         assert stop.returncode == 0, stop.stderr
+
+        # a later campaign with ar-ok's row (same spec: ok already, not run again) keeps ar-ok where it is
+        later = run_campaign(pod, tmp_path, "ar-ok,config/ok.py,1,,ok,1")
+        result = pod.wf("archive", "--status", "failed", "--json")
+        assert result.returncode == 0, result.stderr
+        moved = {c["campaign_id"]: c for c in json.loads(result.stdout)["moved"]}
+        assert set(moved) == {old, live} and moved[old]["runs"] == ["ar-fail"]
+        assert moved[old]["left"] == [{"run_id": "ar-ok", "why": f"also a row of campaign {later}"}]
+        assert tree(pod.outputs / "ar-ok") == before["ar-ok"] and not (pod.outputs / "ar-fail").exists()
+        assert states(listing(pod)) == {old: "archived", live: "archived", later: "success"}
     finally:
         cleanup_pod(pod)

@@ -98,6 +98,9 @@ def test_leaderboard_other_metric_and_all(done: tuple[Pod, str, Path]) -> None:
     pod, _, _ = done
     reply = leaderboard(pod, "--metric", "batch_size", "--higher-is-better")
     assert [r["run_id"] for r in reply["rows"]][:3] == ["lb-a", "lb-c", "lb-b"]  # 8, 8, 4
+    dry = pod.wf("leaderboard", "--all", "--dry-run")
+    assert dry.returncode == 0 and "not written" in dry.stdout, dry.stderr
+    assert not (pod.outputs / "_leaderboard").exists()
     everything = leaderboard(pod, "--all")
     assert [r["run_id"] for r in everything["rows"]] == ["lb-b", "lb-a", "lb-c", "lb-fail"]
     assert (pod.outputs / "_leaderboard" / "leaderboard.md").is_file()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import proctree, runs
 from .campaigns import LIVE, executor_state, root
@@ -47,8 +47,21 @@ def _run_live(path: str) -> bool:
         proctree.is_alive(status.get("supervisor_pid"), status.get("supervisor_start_time"))
 
 
-def lifecycle(ctx: Context, campaign_id: str) -> Dict[str, Any]:
-    """The campaign's lifecycle state, outcome and which run dirs it owns (and which it does not)."""
+def _users(ctx: Context) -> Dict[str, List[Tuple[str, str]]]:
+    """run_id -> (campaign, spec hash) of every campaign on the pod that lists it."""
+    found: Dict[str, List[Tuple[str, str]]] = {}
+    for cid in _campaign_ids(ctx):
+        manifest = read_json(os.path.join(root(ctx), cid, "manifest.json"), "campaign manifest") or {}
+        for row in manifest.get("rows", []):
+            found.setdefault(str(row["run_id"]), []).append((cid, str(row.get("spec_hash"))))
+    return found
+
+
+def lifecycle(ctx: Context, campaign_id: str, users: Optional[Dict[str, List[Tuple[str, str]]]] = None
+              ) -> Dict[str, Any]:
+    """The campaign's lifecycle state, outcome and which run dirs it owns (and which it does not): a run
+    dir another campaign shows as its own row (same spec: it was ok already, so not run again) stays."""
+    users = _users(ctx) if users is None else users
     path = os.path.join(root(ctx), campaign_id)
     manifest = read_json(os.path.join(path, "manifest.json"), "campaign manifest") or {}
     state, record = executor_state(path)
@@ -73,6 +86,10 @@ def lifecycle(ctx: Context, campaign_id: str) -> Dict[str, Any]:
             left.append({"run_id": run_id, "why": f"owned by campaign {own.get('campaign_id')}"})
             continue
         live = live or _run_live(run_path)
+        shared = [cid for cid, spec in users.get(run_id, []) if cid != campaign_id and spec == row.get("spec_hash")]
+        if shared:
+            left.append({"run_id": run_id, "why": f"also a row of campaign {shared[-1]}"})
+            continue
         owned.append(run_id)
     ended = record.get("ended_utc") or record.get("heartbeat_utc") or manifest.get("created_utc")
     ended_s = parse_utc(ended)
@@ -118,7 +135,8 @@ def archive(ctx: Context) -> Dict[str, Any]:
     args = ctx.args
     if args.get("restore"):
         return restore(ctx, check_id(str(args["restore"]), "campaign id"))
-    infos = [lifecycle(ctx, cid) for cid in _campaign_ids(ctx)]
+    users = _users(ctx)
+    infos = [lifecycle(ctx, cid, users) for cid in _campaign_ids(ctx)]
     index = read_index(ctx)
     archived = [{"campaign_id": cid, "lifecycle": "archived", **{k: entry.get(k) for k in (
         "outcome", "rows", "ok", "failed", "ended_utc", "archived_utc", "runs")}}
