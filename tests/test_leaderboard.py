@@ -166,6 +166,8 @@ def test_promote_writes_refuses_again_then_force(done: tuple[Pod, str, Path]) ->
     forced = pod.wf("promote", "lb-a", "--as", "best.py", "--force")
     assert forced.returncode == 0, forced.stderr
     assert "run: lb-a" in target.read_text()
+    board = (pod.outputs / "_campaigns" / campaign / "leaderboard.csv").read_text()  # redrawn by promote itself
+    assert {r["run_id"]: r["promoted_as"] for r in csv.DictReader(io.StringIO(board))}["lb-a"] == "best.py"
     rows = {r["run_id"]: r for r in leaderboard(pod)["rows"]}
     assert rows["lb-a"]["promoted_as"] == "best.py" and rows["lb-b"]["promoted_as"] == "best.py"
     assert "best.py" in (pod.outputs / "_campaigns" / campaign / "leaderboard.md").read_text()

@@ -20,7 +20,7 @@ from .campaigns import campaign_dir, root
 from .context import Context
 from .errors import ExitCode, WorkflowError
 from .ids import check_id
-from .jsonio import append_jsonl, read_json, utc_now, write_bytes
+from .jsonio import append_jsonl, read_json, utc_now, write_bytes, write_json
 
 DEFAULT_METRIC = "val_loss"
 PROMOTIONS = "promotions.jsonl"
@@ -145,6 +145,19 @@ def render_md(rows: List[Dict[str, Any]], metric: str, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_files(target: str, ordered: List[Dict[str, Any]], metric: str, higher: bool, title: str) -> Dict[str, str]:
+    """leaderboard.csv and .md, and leaderboard.json (how it was ranked: a promotion redraws it the same way)."""
+    os.makedirs(target, exist_ok=True)
+    files = {}
+    for name, text in (("leaderboard.csv", render_csv(ordered, metric)),
+                       ("leaderboard.md", render_md(ordered, metric, title))):
+        write_bytes(os.path.join(target, name), text.encode("utf-8"))
+        files[name] = os.path.join(target, name)
+    write_json(os.path.join(target, "leaderboard.json"), {"schema_version": 1, "metric": metric, "higher": higher,
+                                                          "written_utc": utc_now()})
+    return files
+
+
 def _campaign_ids(ctx: Context) -> List[str]:
     base = root(ctx)
     names = sorted(os.listdir(base)) if os.path.isdir(base) else []
@@ -169,13 +182,7 @@ def leaderboard(ctx: Context) -> Dict[str, Any]:
         raise WorkflowError(f"leaderboard: no finished run of {title} wrote the metric {metric!r} "
                             f"(metrics.jsonl); pick one the trainer writes with --metric", ExitCode.USAGE)
     ordered = rank(rows, higher)
-    files = {}
-    if not args.get("plan_only"):
-        os.makedirs(target, exist_ok=True)
-        for name, text in (("leaderboard.csv", render_csv(ordered, metric)),
-                           ("leaderboard.md", render_md(ordered, metric, title))):
-            write_bytes(os.path.join(target, name), text.encode("utf-8"))
-            files[name] = os.path.join(target, name)
+    files = {} if args.get("plan_only") else write_files(target, ordered, metric, higher, title)
     shown = [{k: (None if k == "value" and r[k] is not None and math.isnan(r[k]) else r[k])
               for k in ("rank", "run_id", "campaign_id", "state", "value", "iter", "overrides", "promoted_as",
                         "failure_class", "reason_line")} | {"nan": r["value"] is not None and math.isnan(r["value"])}
@@ -257,4 +264,10 @@ def promote_record(ctx: Context) -> Dict[str, Any]:
     record = {"run_id": done.get("run_id"), "name": str(ctx.args.get("name") or ""),
               "path": str(ctx.args.get("path") or ""), "promoted_utc": utc_now(), "force": bool(ctx.args.get("force"))}
     append_jsonl(os.path.join(cpath, PROMOTIONS), record)
+    settings = read_json(os.path.join(cpath, "leaderboard.json"), "leaderboard settings")
+    if isinstance(settings, dict):  # the campaign has a leaderboard on the pod: shown with the promotion now
+        metric, higher = str(settings.get("metric") or DEFAULT_METRIC), bool(settings.get("higher"))
+        cid = str(done.get("campaign_id"))
+        write_files(cpath, rank(campaign_rows(ctx, cid, cpath, metric, higher), higher), metric, higher,
+                    f"campaign {cid}")
     return record
