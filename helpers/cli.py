@@ -150,6 +150,37 @@ def _setup_validate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--csv", help="also validate this sweep CSV (default SWEEP_CSV, if it exists)")
 
 
+def _setup_leaderboard(p: argparse.ArgumentParser) -> None:
+    _setup_campaign(p)
+    p.add_argument("--all", action="store_true", help="rank the rows of every campaign together")
+    p.add_argument("--metric", help="rank by the best value of this metrics.jsonl key (default val_loss)")
+    p.add_argument("--higher-is-better", action="store_true", help="the metric's best is its highest value")
+
+
+def _setup_promote(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id", help="the run whose config is promoted")
+    p.add_argument("--as", dest="name", metavar="NAME", help="file name in PROMOTE_DIR (default: the run id; "
+                                                               "a plain name, .py added)")
+    p.add_argument("--force", action="store_true", help="replace an existing promoted file")
+
+
+def _setup_compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="two or more runs")
+
+
+def _setup_archive(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--list-only", action="store_true", help="list every campaign's lifecycle state; move nothing")
+    p.add_argument("--status", choices=("success", "failed", "all"), default="all",
+                   help="archive only campaigns in this state (default all finished ones)")
+    p.add_argument("--older-than", type=whole_number, metavar="DAYS", help="only campaigns ended this many days ago")
+    p.add_argument("--restore", type=campaign_id, metavar="CAMPAIGN", help="move an archived campaign back")
+
+
+def _setup_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--campaign", type=campaign_id, help="campaign id (default: the latest fetched)")
+    p.add_argument("--out", metavar="DIR", help="folder to write (default LOCAL_ARTIFACTS_DIR/_reports/<campaign>/)")
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("help", "list the commands, or explain one (help CMD)", "cli", "cmd_help"),
     Command("validate", "check config (and the sweep CSV) without touching the pod", "cmd_setup", "cmd_validate",
@@ -203,6 +234,16 @@ COMMANDS: tuple[Command, ...] = (
             "cmd_disconnect"),
     Command("fetch-all", "copy every run of a campaign (from its manifest on the pod), verified", "fetch",
             "cmd_fetch_all", _setup_campaign, changes=True, json=True),
+    Command("leaderboard", "finished rows ranked by a metric (leaderboard.csv/.md on the pod)", "cmd_results",
+            "cmd_leaderboard", _setup_leaderboard, changes=True, json=True),
+    Command("compare", "the config difference and metrics of two or more runs", "cmd_results", "cmd_compare",
+            _setup_compare, json=True),
+    Command("promote", "write a run's resolved trainer config into PROMOTE_DIR (never overwrites)", "cmd_results",
+            "cmd_promote", _setup_promote, changes=True, json=True),
+    Command("archive", "move finished campaigns and their runs under _archive/ (--restore, --list-only)",
+            "cmd_archive", "cmd_archive", _setup_archive, changes=True, json=True),
+    Command("report", "an HTML report with loss curves of a fetched campaign (no pod needed)", "report",
+            "cmd_report", _setup_report, changes=True, json=True),
 )
 COMMANDS_BY_NAME = {c.name: c for c in COMMANDS}
 

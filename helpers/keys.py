@@ -209,6 +209,10 @@ KEYS: tuple[Key, ...] = (
     # --- fetch
     _k(_R, "LOCAL_ARTIFACTS_DIR", "path", "artifacts", "fetch-run/fetch-all copy runs into <this>/<run_id>/"),
     _k(_R, "FETCH_INCLUDE_CHECKPOINTS", "bool", "0", "fetch checkpoints too (*.pt *.pth *.ckpt *.safetensors)"),
+    _k(_R, "PROMOTE_DIR", "path", "examples/nanogpt/config/promoted",
+       "promote RUN_ID writes the run's resolved trainer config here (local; never overwritten without --force)"),
+    _k(_R, "STALE_DAYS", "int", "14", "archive --list-only: a finished campaign older than this many days is stale",
+       minimum=1),
     # --- profiles
     _k("Profiles", "WORKFLOW_PROFILES_DIR", "path", "profiles",
        "where --profile NAME finds NAME.env (a profile may set _BASE=other to inherit)"),

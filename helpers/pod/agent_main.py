@@ -38,6 +38,11 @@ OPS: Dict[str, Tuple[str, str]] = {
     "sweep-logs": ("sweepinfo", "sweep_logs"),
     "sweep-list": ("sweepinfo", "sweep_list"),
     "fetch-list": ("fetchlist", "fetch_list"),
+    "leaderboard": ("results", "leaderboard"),
+    "compare": ("results", "compare"),
+    "promote-source": ("results", "promote_source"),
+    "promote-record": ("results", "promote_record"),
+    "archive": ("archive", "archive"),
 }
 # ops whose stdout is raw data (not a JSON reply); errors go to stderr
 STREAM_OPS: Dict[str, Tuple[str, str]] = {

@@ -49,7 +49,8 @@ def main() -> int:
               flush=True)
         if rank == 0:
             with open(os.path.join(out, "metrics.jsonl"), "a") as handle:
-                handle.write(json.dumps({"iter": step, "val_loss": 5.0 / (step + 1), "batch_size": batch}) + "\n")
+                handle.write(json.dumps({"iter": step, "train_loss": 6.0 / (step + 1), "val_loss": 5.0 / (step + 1),
+                                         "batch_size": batch}) + "\n")
             if cfg.get("ckpt_kb"):  # a checkpoint of this size, as a real trainer writes one
                 with open(os.path.join(out, f"weights-{step}.bin"), "wb") as handle:
                     handle.write(b"\0" * int(cfg["ckpt_kb"]) * 1024)
