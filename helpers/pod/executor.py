@@ -293,6 +293,8 @@ class Executor:
                 del active[run_id]
                 free = [slot for slot in slots if slot in free or slot in rr.slots]  # the pod's order: 0,1,2,3
                 verdict = self._decide(rr, status)
+                if verdict == "handoff":  # hook: its next attempt runs elsewhere (a new Slurm array task)
+                    continue
                 if verdict == "retry":
                     self.say(f"{rr.run_id}: {status['state']} [{status.get('failure_class')}] -> {rr.retry_note}")
                     todo.insert(0, rr)
