@@ -315,7 +315,7 @@ def test_without_sacct_status_falls_back_to_squeue_and_the_run_files(login: Pod,
 def test_a_row_that_reaches_the_time_limit_is_timeout_and_the_trainer_got_usr2(login: Pod, slurm_cluster: Any,
                                                                                tmp_path: Path) -> None:
     csv = write_csv(tmp_path / "limit.csv", "tl-a,config/hang.py,1,,,")
-    started = start(login, csv, "--set", "SLURM_TIME=2")  # --signal=B:USR2@120 is due at once
+    started = start(login, csv, "--set", "SLURM_TIME=2", "--set", "RUN_STALL_SECS=600")  # USR2@120: due at once
     campaign = started["campaign_id"]
     final = wait_done(login, slurm_cluster, campaign)
     row = rows_by_id(final)["tl-a"]
