@@ -83,11 +83,17 @@ def show_config() -> Dict[str, str]:
 
 
 def qos_submit_limits(qos: str) -> List[int]:
-    """MaxSubmitJobsPerUser / MaxSubmitJobs of ``qos`` from slurmctld's association manager ([] when unknown)."""
+    """MaxSubmitJobsPerUser / PerAccount / GrpSubmitJobs of ``qos`` ([] when unknown): from ``sacctmgr``
+    where the login node has it, else slurmctld's association manager (which lists a per-user limit only
+    once the user has used the QOS)."""
+    if shutil.which("sacctmgr"):
+        result = run(["sacctmgr", "-n", "-P", "show", "qos", qos, "format=MaxSubmitPU,MaxSubmitPA,GrpSubmit"])
+        if result.returncode == 0 and result.stdout.strip():
+            return [int(n) for n in re.split(r"[|\s]+", result.stdout.strip()) if n.isdigit()]
     result = run(["scontrol", "show", "assoc_mgr", "flags=qos", f"qos={qos}"])
     if result.returncode != 0:
         return []
-    return [int(n) for n in re.findall(r"\bMaxSubmitJobs(?:PU|PA)?=(\d+)", result.stdout)]
+    return [int(n) for n in re.findall(r"\b(?:MaxSubmitJobs(?:PU|PA)|GrpSubmitJobs)=(\d+)", result.stdout)]
 
 
 def max_gpus_per_node(partition: str) -> int:
