@@ -162,6 +162,7 @@ def _start(cluster: SlurmCluster, s: Path, msock: Path) -> None:
         f"AccountingStoragePort={dbd_port}",
         f"AccountingStoragePass={msock}",  # the munge socket for the slurmdbd connection (AuthInfo is not used)
         "JobAcctGatherType=jobacct_gather/none",
+        "AccountingStorageEnforce=associations,limits,qos",  # QOS limits (MaxSubmitJobs) hold, as on real clusters
         "SlurmdParameters=config_overrides",  # more CPUs than the box: array tasks run side by side
         f"NodeName=localhost CPUs={NODE_CPUS} RealMemory={mem} Gres=gpu:{FAKE_GPUS} State=UNKNOWN",
         "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
@@ -179,3 +180,6 @@ def _start(cluster: SlurmCluster, s: Path, msock: Path) -> None:
     subprocess.run(["slurmd", "-N", "localhost"], env=env, check=True)  # NodeName=localhost != hostname
     cluster.pidfiles.append(s / "slurmd.pid")
     _wait(lambda: cluster.run("sinfo", "-h", "-o", "%T", check=False).stdout.strip() == "idle", "an idle node")
+    # enforced associations: root's (made with the cluster's registration) must exist before any job
+    _wait(lambda: "root" in cluster.run("sacctmgr", "-n", "-P", "show", "assoc", "user=root", "format=user",
+                                        check=False).stdout, "root's association")

@@ -194,6 +194,29 @@ def test_sigterm_saves_a_checkpoint_that_resumes(shards: Path, tmp_path: Path) -
     assert [m["iter"] for m in metrics(tmp_path)] == sorted({*range(0, n + 4, 5), n + 3})
 
 
+def test_sigusr2_to_the_workers_checkpoints_and_training_goes_on(shards: Path, tmp_path: Path) -> None:
+    # as the Slurm executor's supervisor forwards --signal=B:USR2@N: to torchrun's workers, not torchrun
+    args = tiny_args(shards, tmp_path, "batch_size=8", "max_iters=100000", "eval_interval=1000", "eval_iters=1",
+                     "log_interval=10", "checkpoint_interval=1000")
+    proc = start_train(args, torchrun_nproc=2, new_session=True)
+    deadline = time.time() + 90  # the eval at iter 0 wrote metrics: both ranks are in the loop, handlers set
+    while not (tmp_path / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    assert len(workers) == 2 and not (tmp_path / "ckpt.pt").exists()
+    for pid in workers:
+        os.kill(pid, signal.SIGUSR2)
+    deadline = time.time() + 60
+    while not (tmp_path / "ckpt.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    time.sleep(1)
+    assert proc.poll() is None  # training goes on
+    os.killpg(proc.pid, signal.SIGTERM)
+    done = finish(proc)
+    assert len(re.findall(r"^SIGUSR2: checkpoint saved at iter \d+$", done.stdout, re.MULTILINE)) == 1, explain(done)
+    assert results(tmp_path)["status"] == "interrupted"
+
+
 def test_simulated_oom_then_resume_with_half_batch(shards: Path, tmp_path: Path,
                                                    baseline: tuple[Path, Any]) -> None:
     hook = ("simulate_oom_batch_over=8", "simulate_oom_at_iter=20")

@@ -246,5 +246,139 @@ def test_scontrol_requeue_resumes_the_row_from_its_checkpoint(login: Pod, slurm_
                what="the requeued row to resume from its checkpoint")
     final = wait_done(login, slurm_cluster, campaign)
     assert rows_by_id(final)["rq-a"]["state"] == "ok"
+    assert rows_by_id(final)["rq-a"]["attempts"] == 2  # the requeue is the row's second attempt
     manifest = read_json(login.outputs / "rq-a" / "run_manifest.json")
     assert manifest["slurm"]["restart_count"] >= 1
+
+
+def test_scancel_before_the_rows_start_ends_the_campaign(login: Pod, slurm_cluster: Any, tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "held.csv", "hd-a,config/ok.py,1,,,", "hd-b,config/ok.py,2,,,")
+    started = start(login, csv, "--set", "SLURM_EXTRA_ARGS=--hold")  # held: no row ever starts
+    campaign = started["campaign_id"]
+    wait_until(lambda: squeue(slurm_cluster, campaign), 30, what="the held array in squeue")
+    assert fsm_state(login) == "SWEEP_RUNNING"
+    slurm_cluster.run("scancel", f"--name={campaign}")
+    wait_done(login, slurm_cluster, campaign)
+    def all_cancelled() -> list[dict[str, Any]] | None:
+        rows = status(login, campaign)["rows"]
+        return rows if {r["state"] for r in rows} == {"cancelled"} else None
+
+    rows = wait_until(all_cancelled, 60, interval=1, what="both rows to show cancelled (from sacct)")
+    assert all("CANCELLED" in (r.get("slurm") or "") for r in rows), rows
+    assert fsm_state(login) == "SWEEP_FAILED"  # concluded by the first status that saw every row end
+    assert not (login.outputs / "hd-a" / "summary.json").exists()
+
+
+
+def _path_without(tmp_path: Path, *names: str, shims: dict[str, str] | None = None) -> str:
+    """A PATH with everything of /usr/bin but ``names`` (and ``shims``: name -> sh script body)."""
+    folder = tmp_path / f"bin-{len(list(tmp_path.glob('bin-*')))}"
+    folder.mkdir()
+    for tool in Path("/usr/bin").iterdir():
+        if tool.name not in names and tool.name not in (shims or {}) and not (folder / tool.name).exists():
+            (folder / tool.name).symlink_to(tool)
+    for name, body in (shims or {}).items():
+        (folder / name).write_text(f"#!/bin/sh\n{body}\n")
+        (folder / name).chmod(0o755)
+    return str(folder)
+
+
+def test_without_sacct_status_falls_back_to_squeue_and_the_run_files(login: Pod, slurm_cluster: Any,
+                                                                     tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "nodb.csv", "nd-ok,config/ok.py,1,,,", "nd-fail,config/fail.py,2,,,")
+    started = start(login, csv)
+    campaign = started["campaign_id"]
+    wait_done(login, slurm_cluster, campaign)
+    missing = _path_without(tmp_path, "sacct")
+    result = login.wf("sweep-status", "--campaign", campaign, "--json", env={"PATH": missing})
+    assert result.returncode == 1, result.stderr  # a row failed; no traceback, no exit 1 for the missing sacct
+    view = json.loads(result.stdout)
+    assert "no Slurm accounting" in (view["executor"]["note"] or "") and "not on PATH" in view["executor"]["note"]
+    rows = rows_by_id(view)
+    assert rows["nd-ok"]["state"] == "ok" and rows["nd-fail"]["state"] == "failed"  # from their own files
+    text = login.wf("sweep-status", "--campaign", campaign, env={"PATH": missing})
+    assert "note: no Slurm accounting" in text.stdout, text.stdout
+    # slurmdbd down: sacct there but refusing; a row still queued shows Slurm's pending reason from squeue
+    refusing = _path_without(tmp_path, shims={"sacct": "echo 'sacct: error: Problem talking to the database: "
+                                                        "Connection refused' >&2; exit 1"})
+    held = start(login, write_csv(tmp_path / "held.csv", "nd-h,config/ok.py,4,,,"), "--set",
+                 "SLURM_EXTRA_ARGS=--hold")["campaign_id"]
+    try:
+        view = json.loads(login.wf("sweep-status", "--campaign", held, "--json", env={"PATH": refusing}).stdout)
+        assert "Connection refused" in view["executor"]["note"], view["executor"]
+        row = rows_by_id(view)["nd-h"]
+        assert row["state"] == "queued" and "PENDING (JobHeldUser)" in (row.get("slurm") or ""), row
+    finally:
+        login.wf("sweep-stop", "--campaign", held, timeout=120)
+
+
+def test_a_row_that_reaches_the_time_limit_is_timeout_and_the_trainer_got_usr2(login: Pod, slurm_cluster: Any,
+                                                                               tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "limit.csv", "tl-a,config/hang.py,1,,,")
+    started = start(login, csv, "--set", "SLURM_TIME=2", "--set", "RUN_STALL_SECS=600")  # USR2@120: due at once
+    campaign = started["campaign_id"]
+    final = wait_done(login, slurm_cluster, campaign)
+    row = rows_by_id(final)["tl-a"]
+    assert row["failure_class"] == "timeout", row  # the row's own stop, before Slurm's limit kills it
+    log = _text(login.outputs / "tl-a" / "run.log")
+    assert "SIGUSR2 forwarded to the trainer" in log, log  # by the supervisor, to torchrun's workers
+    assert re.search(r"^SIGUSR2: checkpoint at iter \d+$", log, re.MULTILINE), log  # the trainer's handler
+    assert "TIMEOUT" not in (row.get("slurm") or ""), row  # it ended before the limit, so Slurm says so
+
+
+def test_chunks_over_the_qos_submit_limit_are_deferred_and_every_row_runs(login: Pod, slurm_cluster: Any,
+                                                                         tmp_path: Path) -> None:
+    slurm_cluster.run("sacctmgr", "-i", "add", "qos", "wfsix", "MaxSubmitJobsPerUser=6")
+    slurm_cluster.run("sacctmgr", "-i", "modify", "user", "root", "set", "qos+=wfsix")
+    wait_until(lambda: "QOS=wfsix(" in slurm_cluster.run("scontrol", "show", "assoc_mgr", "flags=qos", "qos=wfsix",
+                                                         check=False).stdout, 30, interval=0.5,
+               what="slurmctld to know the QOS")
+    csv = write_csv(tmp_path / "qos.csv", *[f"qs-{i:02d},config/ok.py,{i},sleep=0.5,," for i in range(12)])
+    started = start(login, csv, "--set", "SLURM_QOS=wfsix")
+    campaign = started["campaign_id"]
+    assert len(started["job_ids"]) == 1  # 5 + 5 > 6 array tasks: the 2nd and 3rd chunks wait, nothing failed
+    folder = campaigns_dir(login) / campaign / "slurm"
+    waiting = [read_json(p) for p in sorted(folder.glob("chunk-*.json"))]
+    assert [bool(c.get("deferred")) for c in waiting] == [False, True, True], waiting
+    assert "QOSMaxSubmitJobPerUserLimit" in waiting[1]["deferred"]
+    shown = [r.get("slurm") or "" for r in status(login, campaign)["rows"]]
+    assert any(s.startswith("deferred (QOSMaxSubmitJobPerUserLimit)") for s in shown), shown
+    most = 0
+
+    def all_ok() -> bool:
+        nonlocal most
+        most = max(most, len(squeue(slurm_cluster, campaign)))
+        return status(login, campaign)["totals"] == {"ok": 12}  # a status also submits what fits now
+
+    wait_until(all_ok, TIMEOUT, interval=0.5, what="every row, deferred chunks included, to end ok")
+    assert most <= 6
+    assert all(c.get("job_id") for c in (read_json(p) for p in sorted(folder.glob("chunk-*.json"))))
+    wait_until(lambda: fsm_state(login) == "SWEEP_COMPLETED", 30, what="the campaign's end state")
+
+
+def test_retries_are_new_array_tasks_oom_then_ok_flaky_then_ok_stall_then_ok(login: Pod, slurm_cluster: Any,
+                                                                          tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "retry.csv", "rt-oom,config/oom.py,1,,,", "rt-flaky,config/ok.py,2,mode=flaky_nccl,,",
+                    "rt-stall,config/hang.py,3,,,")
+    started = start(login, csv, "--set", "RUN_RETRIES=1", "--set", "RUN_STALL_SECS=20")
+    campaign = started["campaign_id"]
+    assert len(started["job_ids"]) == 1
+
+    def ended() -> dict[str, Any] | None:
+        view = status(login, campaign)
+        live = {"queued", "pending", "running", "retrying", "missing"}
+        return view if not {r["state"] for r in view["rows"]} & live else None
+
+    rows = rows_by_id(wait_until(ended, TIMEOUT, interval=1, what="every row to end, retries included"))
+    assert rows["rt-oom"]["state"] == "ok" and rows["rt-oom"]["attempts"] == 2, rows["rt-oom"]
+    assert rows["rt-flaky"]["state"] == "ok" and rows["rt-flaky"]["attempts"] == 2, rows["rt-flaky"]
+    # the stall (a transient class) is retried once (RUN_RETRIES=1), resumed past the step that hung
+    assert rows["rt-stall"]["state"] == "ok" and rows["rt-stall"]["attempts"] == 2, rows["rt-stall"]
+    first = json.loads(_text(login.outputs / "rt-stall" / "attempts.jsonl").splitlines()[0])
+    assert first.get("failure_class") == "stalled", first
+    assert "resumed from iter 1" in _text(login.outputs / "rt-stall" / "run.log")
+    for run_id in ("rt-oom", "rt-flaky", "rt-stall"):  # every attempt its own Slurm job: none looped in one
+        history = read_json(login.outputs / run_id / "run_manifest.json")["slurm_history"]
+        assert len({h["job_id"] for h in history}) == len(history) == 2, history
+    assert "batch_size=8" in _text(login.outputs / "rt-oom" / "run.log")  # the half batch
+    wait_until(lambda: fsm_state(login) == "SWEEP_COMPLETED", 30, what="the campaign's end state")

@@ -66,21 +66,33 @@ def init_distributed(backend: str) -> Any:
 
 
 class StopFlag:
-    """Remembers a SIGTERM; ``agreed()`` tells every rank whether any rank got one."""
+    """Remembers a SIGTERM (stop) and a SIGUSR2 (checkpoint now and go on: Slurm's --signal=B:USR2@N
+    before a time limit or preemption, forwarded by workflow.sh's supervisor); ``agreed()`` tells every
+    rank whether any rank got a SIGTERM, and sets ``checkpoint`` when any rank got a SIGUSR2 (one
+    all_reduce for both)."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.usr2 = False
+        self.checkpoint = False
         signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGUSR2, self._on_usr2)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
 
+    def _on_usr2(self, signum: int, frame: FrameType | None) -> None:
+        self.usr2 = True
+
     def agreed(self, cpu_group: Any) -> bool:
         if cpu_group is None:
+            self.checkpoint, self.usr2 = self.usr2, False
             return self.requested
-        flag = torch.tensor([int(self.requested)], dtype=torch.int32)
+        flag = torch.tensor([int(self.requested), int(self.usr2)], dtype=torch.int32)
+        self.usr2 = False
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=cpu_group)
-        return bool(flag.item())
+        self.checkpoint = bool(flag[1].item())
+        return bool(flag[0].item())
 
 
 def peak_flops(override: float, device: torch.device, dtype: torch.dtype) -> float | None:

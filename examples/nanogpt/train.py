@@ -5,7 +5,7 @@
 
 Writes config.json, metrics.jsonl, ckpt.pt and results.json into out_dir (see README.md).
 Exit codes: 0 done, 1 crash (e.g. CUDA OOM), 2 config error, 3 data error, 143 stopped by SIGTERM
-(checkpoint saved; continue with resume=1).
+(checkpoint saved; continue with resume=1). SIGUSR2 saves a checkpoint and training goes on.
 
 The config and the data are checked before torch is imported, so mistakes come back at once.
 The training loop itself is trainer.py; the model is model.py.

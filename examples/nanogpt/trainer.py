@@ -315,7 +315,7 @@ class Trainer:
             stretch_steps += 1
             log_now = it % cfg.log_interval == 0 or it == cfg.max_iters
             stop = it < cfg.max_iters and self.stop.agreed(self.cpu_group)
-            if first or log_now or stop or self.eval_due(it) or self.checkpoint_due(it):
+            if first or log_now or stop or self.stop.checkpoint or self.eval_due(it) or self.checkpoint_due(it):
                 self.sync()
                 dt = time.perf_counter() - stretch_t0
                 if not first:  # the first step includes warm-up / compilation
@@ -332,6 +332,10 @@ class Trainer:
                 self.log(f"iter {it} | loss {float(loss.item()):.4f} | lr {self.lr_at(it - 1):.2e} | "
                          f"{tps:.0f} tok/s | mfu {mfu_text} | {ms:.1f} ms/iter")
                 window_time, window_steps = 0.0, 0
+            if self.stop.checkpoint and not stop:  # SIGUSR2: Slurm's time limit or preemption is near
+                self.stop.checkpoint = False
+                self.save_checkpoint()
+                self.log(f"SIGUSR2: checkpoint saved at iter {it}")
             if stop:
                 self.save_checkpoint()
                 self.write_results("interrupted")

@@ -339,12 +339,14 @@ class Executor:
                     if status is None:
                         continue
                     verdict = self._decide(rr, status)
-                    done = None if verdict == "retry" else self._conclude(rr)
+                    done = None if verdict in ("retry", "handoff") else self._conclude(rr)
                 except DiskFullError as exc:  # concluded once there is room; the row stays active until then
                     self._disk_full(exc)
                     continue
                 del active[run_id]
                 free = [slot for slot in slots if slot in free or slot in rr.slots]  # the pod's order: 0,1,2,3
+                if verdict == "handoff":  # hook: its next attempt runs elsewhere (a new Slurm array task)
+                    continue
                 if done is None:
                     self.say(f"{rr.run_id}: {status['state']} [{status.get('failure_class')}] -> {rr.retry_note}")
                     todo.insert(0, rr)

@@ -83,6 +83,16 @@ def descendants(root: int) -> Set[int]:
     return found
 
 
+def children(parent: int) -> Set[int]:
+    """The live direct children of ``parent``."""
+    found: Set[int] = set()
+    for pid in _all_pids():
+        fields = _stat_fields(pid)
+        if fields is not None and fields[0] not in ("Z", "X") and int(fields[1]) == parent:
+            found.add(pid)
+    return found
+
+
 def marked(marker: str) -> Set[int]:
     """Live processes whose environment carries ``WF_TASK_MARKER=marker``."""
     needle = f"{MARKER_ENV}={marker}".encode() + b"\0"

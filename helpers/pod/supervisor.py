@@ -70,6 +70,7 @@ class Supervisor:
         self.context: Deque[Tuple[int, str]] = collections.deque(maxlen=CONTEXT_KEEP)
         self.partial = b""
         self.stop_request: Optional[str] = None
+        self.usr2_pending = False
         self.stopped_by: Optional[str] = None
         self.pane_ok = True
         self.proc: Optional[subprocess.Popen[bytes]] = None
@@ -91,6 +92,21 @@ class Supervisor:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self.stop_request is None:
             self.stop_request = "hangup" if signum == signal.SIGHUP else "cancel"
+
+    # -- hook (Slurm executor, spec "forward_usr2"): the batch shell's SIGUSR2 (--signal=B:USR2@N, time limit
+    # or preemption near) goes on to the trainer so it checkpoints; under torchrun to its workers (torchrun
+    # installs no USR2 handler: the signal would kill it)
+    def _on_usr2(self, _signum: int, _frame: Any) -> None:
+        self.usr2_pending = True
+
+    def _forward_usr2(self, proc: subprocess.Popen[bytes], log: Any) -> None:
+        self.usr2_pending = False
+        launcher = " ".join(str(w) for w in self.spec["argv"][:3])
+        targets = proctree.children(proc.pid) if "torch.distributed.run" in launcher or "torchrun" in launcher \
+            else {proc.pid}
+        proctree.signal_all(targets, signal.SIGUSR2)
+        self.status.write_log(log, f"[workflow.sh] SIGUSR2 forwarded to the trainer ({len(targets)} process(es)): "
+                                   f"Slurm's time limit or preemption is near ({utc_now()})\n".encode())
 
     def _env(self) -> Dict[str, str]:
         env = dict(os.environ)
@@ -250,6 +266,8 @@ class Supervisor:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
+        if self.spec.get("forward_usr2"):
+            signal.signal(signal.SIGUSR2, self._on_usr2)
         current = read_json(os.path.join(self.task_dir, "status.json"), "task status file") or {}
         if current.get("state") not in (None, TaskState.PENDING.value):
             return 0  # cancelled (or marked lost) before it started: do not run it
@@ -303,6 +321,8 @@ class Supervisor:
                 if match:
                     self._fatal(match)
             self._scan(now)
+            if self.usr2_pending and self.stopped_by is None and self.matcher.lines_fed:  # past its imports
+                self._forward_usr2(proc, log)
             if self.stopped_by is None:
                 if self.stop_request and self._wrapping_up(proc, now):
                     pass  # its exit code decides (see _wrapping_up)

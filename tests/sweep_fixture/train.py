@@ -9,6 +9,7 @@ N KiB weights-<step>.bin at every step."""
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -35,6 +36,15 @@ def main() -> int:
         with open(ckpt) as handle:
             start = json.load(handle)["iter"] + 1
         print(f"resumed from iter {start - 1}", flush=True)
+    done = {"iter": start - 1}
+
+    def on_usr2(_signum: int, _frame: object) -> None:  # Slurm's --signal=B:USR2@N, forwarded by the supervisor
+        if rank == 0 and done["iter"] >= 0:
+            with open(ckpt, "w") as handle:
+                json.dump({"iter": done["iter"]}, handle)
+        print(f"SIGUSR2: checkpoint at iter {done['iter']}", flush=True)
+
+    signal.signal(signal.SIGUSR2, on_usr2)
     marker = os.path.join(out, "attempted")
     first_attempt = not os.path.exists(marker)
     if rank == 0:
@@ -56,6 +66,7 @@ def main() -> int:
                     handle.write(b"\0" * int(cfg["ckpt_kb"]) * 1024)
             with open(ckpt, "w") as handle:
                 json.dump({"iter": step}, handle)
+        done["iter"] = step
         if step == 1 and mode == "fail":
             print("giving up on purpose", file=sys.stderr, flush=True)
             return 3

@@ -20,7 +20,7 @@ from .. import runs
 from ..context import Context
 from ..errors import ExitCode, WorkflowError
 from ..jsonio import read_json, utc_now, write_bytes, write_json
-from . import slurm_state
+from . import slurm_defer, slurm_state
 
 TIME_MARGIN_MIN = 10  # the row's own timeout fires first; Slurm's limit is the backstop
 SIGNAL = "--signal=B:USR2@120"  # USR1 is NCCL's
@@ -85,10 +85,17 @@ def job_script(ctx: Context, campaign_id: str, campaign_dir: str, template: str)
                       "# $1 = the chunk file mapping SLURM_ARRAY_TASK_ID to the row", "exec " + run_row, ""])
 
 
-def _max_array() -> int:
-    """The cluster's MaxArraySize (Slurm commands checked first)."""
+def _max_array(qos: str = "") -> int:
+    """The most tasks one chunk may have: the cluster's MaxArraySize and MaxJobCount, and SLURM_QOS's
+    MaxSubmitJobsPerUser / MaxSubmitJobs (Slurm commands checked first)."""
     slurm_state.require_commands()
-    return max(1, int(slurm_state.show_config().get("MaxArraySize", "1001") or 1001))
+    config = slurm_state.show_config()
+    limits = [int(config.get("MaxArraySize", "1001") or 1001)]
+    if str(config.get("MaxJobCount", "")).isdigit():
+        limits.append(int(config["MaxJobCount"]))
+    if qos:
+        limits.extend(slurm_state.qos_submit_limits(qos))
+    return max(1, min(limits))
 
 
 def _check_gpus(ctx: Context, rows: List[Dict[str, Any]], indices: List[int]) -> None:
@@ -120,7 +127,7 @@ def _relay(stderr: str) -> WorkflowError:
 def plan(ctx: Context, campaign_id: str, campaign_dir: str, rows: List[Dict[str, Any]], indices: List[int],
          generation: int) -> Tuple[List[Tuple[Dict[str, Any], str, List[str]]], str]:
     """Pure apart from reading the cluster's limits: [(chunk, chunk file, sbatch argv)], job script."""
-    max_array = _max_array()
+    max_array = _max_array(ctx.get("SLURM_QOS"))
     script_path = os.path.join(campaign_dir, "slurm", "job.sh")
     script = job_script(ctx, campaign_id, campaign_dir, str(ctx.args.get("slurm_job_template") or ""))
     planned = []
@@ -142,14 +149,21 @@ def submit(ctx: Context, campaign_id: str, campaign_dir: str, rows: List[Dict[st
     if ctx.args.get("slurm_job_template") or not os.path.exists(script_path):  # a resume keeps the campaign's
         write_bytes(script_path, script.encode(), 0o755)
     job_ids: List[str] = []
+    deferred = ""  # a submit limit refused a chunk: it and every later one wait (executors/slurm_defer.py)
     for chunk, chunk_file, argv in planned:
         if job_ids and ctx.get("SLURM_ARRAY_PARALLELISM"):
             argv = [w if not w.startswith("--dependency=") else f"--dependency=afterany:{job_ids[-1]}" for w in argv]
         write_json(chunk_file, {"schema_version": runs.SCHEMA_VERSION, "campaign_id": campaign_id,
                                 "generation": generation, "rows": chunk["rows"], "job_id": None,
-                                "argv": argv, "created_utc": utc_now()})
-        result = slurm_state.run(argv)
+                                "argv": argv, "created_utc": utc_now(), "deferred": deferred or None})
+        if deferred:
+            continue
+        result = slurm_defer.sbatch(argv)
         if result.returncode != 0:
+            if job_ids and slurm_defer.deferrable(result.stderr):
+                deferred = slurm_defer.limit_reason(result.stderr)
+                write_json(chunk_file, {**(read_json(chunk_file, "slurm chunk") or {}), "deferred": deferred})
+                continue
             if job_ids:  # a later chunk refused: what was submitted stays, and the user is told
                 raise WorkflowError(f"sbatch refused chunk {chunk_file} after {len(job_ids)} chunk(s) went in "
                                     f"({', '.join(job_ids)}): {result.stderr.strip()}; stop them with sweep-stop",
@@ -185,6 +199,7 @@ def live_jobs(campaign_dir: str, fresh: bool = False) -> List[str]:
 
 def stop(campaign_dir: str) -> List[str]:
     """scancel exactly the campaign's array jobs; returns their ids."""
+    slurm_defer.cancel_deferred(campaign_dir)  # first: no task that ends now submits them
     ids = [str(c["job_id"]) for c in slurm_state.chunks(campaign_dir)]
     if ids:
         result = slurm_state.run(["scancel", *ids])

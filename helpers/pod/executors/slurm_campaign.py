@@ -10,9 +10,10 @@ from typing import Any, Dict, List, Tuple
 from .. import fsm, runs
 from ..context import Context
 from ..jsonio import read_json, utc_now, write_json
-from . import slurm, slurm_state
+from . import slurm, slurm_defer, slurm_state
 
 STOP_WAIT_SECS = 60
+ENDED = ("ok", "failed", "cancelled", "timeout", "stopped", "lost")  # a row view's verdicts
 
 
 def _record_path(path: str) -> str:
@@ -43,22 +44,32 @@ def executor_state(path: str, record: Dict[str, Any]) -> Tuple[str, Dict[str, An
     """running while Slurm still holds one of the campaign's jobs (one squeue), else finished/stopped."""
     if record.get("state") == "stopped":
         return "stopped", record
-    if slurm.live_jobs(path):
+    if slurm.live_jobs(path) or slurm_defer.pending(path):  # deferred chunks still to submit: not finished
         return "running", record
     return "finished", record
 
 
 def merge_status(ctx: Context, path: str, manifest: Dict[str, Any], views: List[Dict[str, Any]]) -> str:
     """Fill every row view with Slurm's view (one sacct + one squeue); returns a note (sacct missing)."""
-    scheduler, note = slurm_state.scheduler_view(str(manifest["campaign_id"]), str(manifest.get("created_utc", "")))
-    jobs = slurm_state.row_jobs(path)
     stopped = (read_json(_record_path(path), "executor status") or {}).get("state") == "stopped"
+    if not stopped and slurm_defer.pending(path):
+        slurm_defer.submit_deferred(path)  # what fits now goes in; the rest waits for the next status / task
+    waiting = slurm_defer.deferred_rows(path)
+    sizes = {str(c["job_id"]): len(c["rows"]) for c in slurm_state.chunks(path)}
+    scheduler, note = slurm_state.scheduler_view(str(manifest["campaign_id"]), sizes)
+    jobs = slurm_state.row_jobs(path)
     for number, view in enumerate(views):
         key = jobs.get(number)
         info = scheduler.get(key) if key else None
+        if number in waiting and view["state"] in ("missing", "queued", "pending"):
+            view.update(state="queued", slurm=f"deferred ({waiting[number]}): submitted as earlier chunks drain")
+            continue
         if not key or not info:
             if stopped and view["state"] in ("missing", "queued", "running", "pending", "lost"):
                 view.update(state="cancelled", failure_class="killed")  # scancelled before sacct saw it end
+            elif key and note and view["state"] in ("missing", "queued", "running", "pending", "retrying"):
+                view.update(state="lost", failure_class="lost")  # left squeue, no sacct to say how it ended
+                view["slurm"] = f"{key[0]}_{key[1]} not in squeue (no sacct)"
             continue
         state = str(info.get("state") or "UNKNOWN")
         view["slurm"] = f"{key[0]}_{key[1]} {state}" + (f" ({info['reason']})" if state == "PENDING" and info.get(
@@ -74,7 +85,22 @@ def merge_status(ctx: Context, path: str, manifest: Dict[str, Any], views: List[
             continue
         if view["state"] in ("running", "pending", "retrying", "queued", "missing", "lost"):
             view.update(state=shown, failure_class=klass)  # ended in Slurm without a summary
+    if not stopped:
+        _conclude_if_ended(ctx, path, manifest, views, scheduler)
     return note
+
+
+def _conclude_if_ended(ctx: Context, path: str, manifest: Dict[str, Any], views: List[Dict[str, Any]],
+                       scheduler: Dict[Tuple[str, int], Dict[str, Any]]) -> None:
+    """Every row has its verdict and Slurm holds none of them: the FSM reaches its end state now, whoever
+    reads it first (nobody ran the last row, e.g. its job was scancelled outside the tool before it started)."""
+    if not views or any(v["state"] not in ENDED for v in views):
+        return
+    if any(str(info.get("state") or "").split(" ")[0] in slurm_state.LIVE for info in scheduler.values()):
+        return
+    failed = sum(1 for v in views if v["state"] != "ok")
+    slurm_state.conclude(ctx.state_file, ctx.enforce, path, str(manifest["campaign_id"]), failed, len(views),
+                         "sweep-status")
 
 
 def stop(ctx: Context, path: str, campaign_id: str) -> Dict[str, Any]:

@@ -12,8 +12,9 @@ import shutil
 import subprocess
 from typing import Any, Dict, List, Optional, Tuple
 
+from .. import fsm
 from ..errors import ExitCode, WorkflowError
-from ..jsonio import read_json
+from ..jsonio import locked, read_json, utc_now, write_json
 
 COMMANDS = ("sbatch", "squeue", "sacct", "scontrol", "scancel")
 
@@ -31,6 +32,8 @@ STATES: Dict[str, Tuple[str, Optional[str]]] = {
     "SPECIAL_EXIT": ("failed", "nonzero_exit"),
 }
 UNKNOWN = ("failed", "unknown")
+NO_SACCT = ("no Slurm accounting (sacct/slurmdbd): rows from squeue and their own files; a row that left the "
+            "queue without a summary shows lost")
 LIVE = {state for state, (row, _) in STATES.items() if row in ("queued", "running")}
 
 
@@ -79,6 +82,20 @@ def show_config() -> Dict[str, str]:
     return found
 
 
+def qos_submit_limits(qos: str) -> List[int]:
+    """MaxSubmitJobsPerUser / PerAccount / GrpSubmitJobs of ``qos`` ([] when unknown): from ``sacctmgr``
+    where the login node has it, else slurmctld's association manager (which lists a per-user limit only
+    once the user has used the QOS)."""
+    if shutil.which("sacctmgr"):
+        result = run(["sacctmgr", "-n", "-P", "show", "qos", qos, "format=MaxSubmitPU,MaxSubmitPA,GrpSubmit"])
+        if result.returncode == 0 and result.stdout.strip():
+            return [int(n) for n in re.split(r"[|\s]+", result.stdout.strip()) if n.isdigit()]
+    result = run(["scontrol", "show", "assoc_mgr", "flags=qos", f"qos={qos}"])
+    if result.returncode != 0:
+        return []
+    return [int(n) for n in re.findall(r"\b(?:MaxSubmitJobs(?:PU|PA)|GrpSubmitJobs)=(\d+)", result.stdout)]
+
+
 def max_gpus_per_node(partition: str) -> int:
     """The most GPUs (GRES gpu) any node of ``partition`` (any node when empty) offers."""
     result = run(["scontrol", "-o", "show", "node"])
@@ -122,27 +139,40 @@ def queue_lines(campaign_id: str, fresh: bool = False) -> List[str]:
     return _QUEUE[campaign_id]
 
 
-def scheduler_view(campaign_id: str, since_utc: str) -> Tuple[Dict[Tuple[str, int], Dict[str, Any]], str]:
-    """(array job id, index) -> {state, reason, node, elapsed, exit_code, signal} from one sacct (all tasks,
-    also after they left squeue) and one squeue (pending reasons, live state); and a note when sacct is
-    not available (no slurmdbd): then only squeue and the rows' own files count."""
+def scheduler_view(campaign_id: str, sizes: Dict[str, int]) -> Tuple[Dict[Tuple[str, int], Dict[str, Any]], str]:
+    """(array job id, index) -> {state, reason, node, elapsed, exit_code, signal} from one sacct of the campaign's
+    array jobs (``sizes``: job id -> its number of tasks; by id, so also a job cancelled while pending, which no
+    time window of sacct lists, and after the jobs left squeue) and one squeue (pending reasons, live state); and
+    a note when sacct is not available (no slurmdbd): then only squeue and the rows' own files count."""
     view: Dict[Tuple[str, int], Dict[str, Any]] = {}
     note = ""
-    since = (since_utc or "")[:10] or "now-7days"
-    acct = run(["sacct", "-X", "-P", "-n", f"--name={campaign_id}", f"--starttime={since}",
-                "--format=JobID,State,ExitCode,Reason,NodeList,Elapsed"], timeout=120)
-    if acct.returncode != 0:
-        note = f"sacct is not available ({acct.stderr.strip()[:120]}): from squeue and the rows' own files"
-    for line in acct.stdout.splitlines():
+    argv = ["sacct", "-X", "-P", "-n", f"--jobs={','.join(sorted(sizes))}",
+            "--format=JobID,State,ExitCode,Reason,NodeList,Elapsed"]
+    try:
+        acct = (run(argv, timeout=120) if sizes else subprocess.CompletedProcess(argv, 0, "", "")) if shutil.which(
+            "sacct") else None
+    except WorkflowError as exc:  # sacct hangs (slurmdbd unreachable)
+        acct, note = None, str(exc)
+    if acct is None or acct.returncode != 0:
+        why = note or ("sacct is not on PATH" if acct is None else " ".join(acct.stderr.split())[:160] or
+                       f"sacct exited {acct.returncode}")
+        note = f"{NO_SACCT}: {why}"
+    whole: Dict[str, Dict[str, Any]] = {}  # 'JOBID' alone: an array that never split into tasks
+    for line in (acct.stdout if acct is not None and acct.returncode == 0 else "").splitlines():
         job, state, code, reason, node, elapsed = (line.split("|") + [""] * 6)[:6]
         array_id, _, spec = job.partition("_")
-        if not spec:
-            continue
         ec, sig = exit_code(code)
+        record = {"state": state.split()[0] if state else "UNKNOWN", "reason": reason,
+                  "node": node if node not in ("None assigned", "") else None, "elapsed": elapsed,
+                  "exit_code": ec, "signal": sig}
+        if not spec:
+            whole[array_id] = record
+            continue
         for index in _indices(spec):
-            view[(array_id, index)] = {"state": state.split()[0] if state else "UNKNOWN", "reason": reason,
-                                       "node": node if node not in ("None assigned", "") else None,
-                                       "elapsed": elapsed, "exit_code": ec, "signal": sig}
+            view[(array_id, index)] = dict(record)
+    for array_id, record in whole.items():
+        for index in range(sizes.get(array_id, 0)):
+            view.setdefault((array_id, index), dict(record))
     for line in queue_lines(campaign_id):
         job, state, reason, node, elapsed = (line.split("|") + [""] * 5)[:5]
         array_id, _, spec = job.partition("_")
@@ -168,3 +198,32 @@ def row_jobs(campaign_dir: str) -> Dict[int, Tuple[str, int]]:
         for index, row_index in enumerate(chunk["rows"]):
             latest[int(row_index)] = (str(chunk["job_id"]), index)
     return latest
+
+
+def conclude(state_file: str, enforce: bool, campaign_dir: str, campaign_id: str, failed: int, rows: int,
+             by: Any) -> str:
+    """SWEEP_COMPLETED / SWEEP_FAILED for the campaign whose rows all have their verdict, exactly once
+    (slurm/final.json under a lock): the last array task, or the first status that sees every row ended in
+    Slurm (e.g. scancelled outside the tool before they started). Only while the pod's workflow state is
+    still this campaign's SWEEP_RUNNING (a later campaign's state is left alone). '' when already done."""
+    final = os.path.join(campaign_dir, "slurm", "final.json")
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    with locked(final):
+        if os.path.exists(final):
+            return ""
+        command = "sweep-fail" if failed else "sweep-complete"
+        note = f"campaign {campaign_id}: every row ended ({failed} failed); {command}"
+        outputs = os.path.dirname(os.path.dirname(campaign_dir.rstrip("/")))  # <outputs>/_campaigns/<id>
+        latest = os.path.join(outputs, "_control", "latest_campaign")
+        try:
+            with open(latest) as handle:
+                ours = handle.read().strip() in ("", campaign_id)
+        except OSError:
+            ours = True
+        if ours and fsm.read_state(state_file).state == fsm.State.SWEEP_RUNNING.value:
+            try:
+                fsm.transition(state_file, command, f"campaign {campaign_id}: {failed} failed row(s)", enforce)
+            except Exception as exc:  # the state was changed by hand meanwhile: say so
+                note = f"workflow state not updated: {exc}"
+        write_json(final, {"utc": utc_now(), "failed": failed, "rows": rows, "by": by})
+        return note
