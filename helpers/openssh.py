@@ -100,10 +100,26 @@ class OpenSSHTransport(Transport):
             if self._label:
                 self._description = self._label
             else:
-                user, host, port = self._resolved()
-                shown = f"[{host}]" if ":" in host else host
-                self._description = f"{user + '@' if user else ''}{shown}:{port}"
+                self._description = self._cached_description()
         return self._description
+
+    def _cached_description(self) -> str:
+        """``ssh -G`` once per master name (the name hashes the ssh_config's content): kept beside its socket."""
+        keep = self.control_path + ".desc" if self.ssh_config and self.persist_secs > 0 else None
+        known = _read_text(keep) if keep else None
+        if known:
+            return known
+        user, host, port = self._resolved()
+        shown = f"[{host}]" if ":" in host else host
+        text = f"{user + '@' if user else ''}{shown}:{port}"
+        if keep:
+            try:
+                with open(keep + f".{os.getpid()}", "w", encoding="utf-8") as handle:
+                    handle.write(text)
+                os.replace(keep + f".{os.getpid()}", keep)
+            except OSError:
+                pass
+        return text
 
     def _resolved(self) -> tuple[str | None, str, str]:
         user, host, port = self.user, self.destination, str(self.port or 22)
