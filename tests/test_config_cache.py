@@ -165,3 +165,23 @@ def test_workflow_sh_sees_an_edit_of_workflow_env_between_two_commands(local_pod
     third = local_pod.wf("fsm-status", "--set", f"WF_STATE_FILE={other}.2")
     assert f"file:     {other}.2" in third.stdout
     assert f"file:     {other}\n" in local_pod.wf("fsm-status").stdout
+
+
+@pytest.mark.parametrize("where", ["relative", "dot-slash", "dot-dot", "symlink"])
+def test_workflow_sh_finds_its_checkout_however_it_is_called(tmp_path: Path, where: str) -> None:
+    env_file = tmp_path / "workflow.env"
+    env_file.write_text(f"OPS_REMOTE_OUTPUTS_DIR={tmp_path / 'out'}\n")
+    script, cwd = {
+        "relative": ("infra_scripts/workflow.sh", REPO_ROOT),
+        "dot-slash": ("./workflow.sh", REPO_ROOT / "infra_scripts"),
+        "dot-dot": ("../infra_scripts/workflow.sh", REPO_ROOT / "tests"),
+        "symlink": (str(tmp_path / "wf"), tmp_path),
+    }[where]
+    if where == "symlink":
+        (tmp_path / "wf").symlink_to(REPO_ROOT / "infra_scripts" / "workflow.sh")
+    env = {**os.environ, "WORKFLOW_VENV": sys.prefix}
+    env.pop("WORKFLOW_PROFILE", None)
+    shown = subprocess.run([script, "--env", str(env_file), "print-resolved-env", "--json"], cwd=cwd, env=env,
+                           text=True, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["keys"]["REPO_URL"]["value"] == str(REPO_ROOT)  # the checkout, resolved
