@@ -20,6 +20,10 @@ if TYPE_CHECKING:  # the rest is imported where used: a read-only command loads 
     from helpers.transport import Transport
 
 
+# short read-only calls: on a cold OpenSSH target the call's own ssh opens the shared connection (one login)
+SHORT_CALLS = frozenset({"fsm-status", "task-status", "task-list", "pod-status", "sweep-status", "sweep-list"})
+
+
 class Session:
     def __init__(self, cfg: Config, options: argparse.Namespace, command: Command) -> None:
         self.cfg = cfg
@@ -40,6 +44,8 @@ class Session:
     def transport(self) -> Transport:
         if self._transport is None:
             self._transport = make_transport(self.cfg)
+            if self.command.name in SHORT_CALLS and hasattr(self._transport, "open_with_first_call"):
+                self._transport.open_with_first_call = True
         return self._transport
 
     def transport_label(self) -> str:
