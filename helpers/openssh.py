@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import os
 import subprocess
+import time
 from collections.abc import Sequence
 
 from helpers.errors import ExitCode, WorkflowError
@@ -295,6 +296,7 @@ class OpenSSHTransport(Transport):
                     proc.stdin.close()
                 except BrokenPipeError:
                     pass
+                self._await_login(proc, path, created)
                 try:
                     out, _ = _pump([(proc.stdout, on_stdout)], timeout, proc.kill)
                 except WorkflowError:
@@ -316,6 +318,21 @@ class OpenSSHTransport(Transport):
         if on_stderr is not None and err:
             on_stderr(err)
         return CommandResult(code, out, b"" if on_stderr is not None else err)
+
+    def _await_login(self, proc: subprocess.Popen[bytes], path: str, created: bool) -> None:
+        """The login is bounded as a master's is: its socket appears once it is in (then the call's own
+        timeout runs), or ssh exits; neither within the connect timeout: give up, exit 3."""
+        deadline = time.monotonic() + self.connect_timeout + 2
+        while proc.poll() is None and not os.path.exists(path):
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                if created and os.path.exists(self.known_hosts) and os.path.getsize(self.known_hosts) == 0:
+                    os.unlink(self.known_hosts)
+                raise ConnectionLost(f"cannot reach {self.description}: no SSH login (waited at most "
+                                     f"{self.connect_timeout}s); check that the pod is up and OPS_DEFAULT_HOST / "
+                                     "LIUM_TARGET")
+            time.sleep(0.005)
 
     def _connection_failed(self, stderr_tail: bytes) -> bool:
         """ssh exits 255 for its own failures (and when the remote command does): tell them apart."""
