@@ -75,18 +75,23 @@ def main(argv: list[str] | None = None) -> int:
 
         for pod, args in commands.values():  # warm-up: agent upload, bytecode, page cache
             benchpods.timed(wf(pod, args), env, check=False)
-        samples: dict[str, list[float]] = {"ssh cold": [], "ssh ControlMaster": []}
+        samples: dict[str, list[float]] = {"ssh cold": [], "ssh ControlMaster": [], "python -S -c pass": [],
+                                           "agent fsm-status over the CM": []}
+        agent_call = remote_agent_call(small)
         for name in commands:
             samples[f"{name} cold"], samples[f"{name} warm"] = [], []
         try:
             for _ in range(options.rounds):
                 samples["ssh cold"].append(benchpods.timed([*ssh, "true"], env))
                 samples["ssh ControlMaster"].append(benchpods.timed([*master, "true"], env))
+                samples["python -S -c pass"].append(benchpods.timed([sys.executable, "-S", "-c", "pass"], env))
+                samples["agent fsm-status over the CM"].append(benchpods.timed([*master, agent_call], env))
                 for name, (pod, args) in commands.items():
                     benchpods.timed(wf(pod, ["disconnect"]), env)
                     samples[f"{name} cold"].append(benchpods.timed(wf(pod, args), env, check=False))
                     samples[f"{name} warm"].append(benchpods.timed(wf(pod, args), env, check=False))
             importtime = pod_importtime(small, env)
+            client_imports = client_importtime(small, env)
         finally:
             subprocess.run([*master[:-1], "-O", "exit", master[-1]], stdin=subprocess.DEVNULL,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
@@ -116,9 +121,55 @@ def main(argv: list[str] | None = None) -> int:
               f"warm {verdicts[1]} (<= {warm_target}x)")
         benchpods.record("latency", f"{name} cold / cold ssh", cold / base_cold, TARGET_COLD)
         benchpods.record("latency", f"{name} warm / cold ssh", warm / base_cold, warm_target)
+    start = statistics.median(samples["python -S -c pass"])
+    remote = statistics.median(samples["agent fsm-status over the CM"])
+    warm = statistics.median(samples["fsm-status warm"])
+    print(f"\nwhere a warm fsm-status goes ({warm * 1000:.1f} ms): the agent call over the master alone (ssh mux "
+          f"client + sshd session + pod python) {remote * 1000:.1f} ms; the client's interpreter start "
+          f"(python -S -c pass) {start * 1000:.1f} ms; the rest (bash wrapper, client imports, config cache, "
+          f"master check, output) {(warm - remote - start) * 1000:.1f} ms")
+    print("\nclient side, python -X importtime of a warm fsm-status (slowest 10 of "
+          f"{client_imports[0] / 1000:.1f} ms of imports, cumulative us):")
+    print(client_imports[1])
     print("\npod side, python3 -X importtime of the agent's fsm-status (slowest 10, cumulative us):")
     print(importtime)
     return 1 if over else 0
+
+
+def remote_agent_call(pod: benchpods.conftest.Pod) -> str:
+    """The shell line that runs the uploaded agent's fsm-status on the pod, as workflow.sh does."""
+    import shlex
+
+    sys.path.insert(0, str(benchpods.REPO_ROOT))
+    from helpers.agent import bundle_hash
+
+    agent = pod.outputs / "_control" / f"agent-{bundle_hash()}.d" / "entry.py"
+    request = json.dumps({"config": {"OPS_REMOTE_OUTPUTS_DIR": str(pod.outputs)}, "args": {}})
+    return f"echo {shlex.quote(request)} | python3 -I -S {shlex.quote(str(agent))} fsm-status"
+
+
+def _slowest(stderr: str, count: int = 10) -> tuple[int, str]:
+    """(the top-level imports' total, the ``count`` slowest) of -X importtime's output."""
+    rows, total = [], 0
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            parts = line[len("import time:"):].split("|")
+            name = parts[2].rstrip()
+            if parts[1].strip().isdigit():
+                rows.append((int(parts[1]), name.strip()))
+                if not name.startswith("  "):
+                    total += int(parts[1])
+    rows.sort(reverse=True)
+    return total, "\n".join(f"  {us:8d}  {name}" for us, name in rows[:count])
+
+
+def client_importtime(pod: benchpods.conftest.Pod, env: dict[str, str]) -> tuple[int, str]:
+    """A warm fsm-status started as workflow.sh starts it, under -X importtime."""
+    root = str(benchpods.REPO_ROOT)
+    result = subprocess.run([sys.executable, "-S", "-X", "importtime", "-m", "helpers.launch", "--env",
+                             str(pod.env_file), "fsm-status"], text=True, capture_output=True, timeout=60,
+                            env={**env, "WORKFLOW_ROOT": root, "PYTHONPATH": root})
+    return _slowest(result.stderr)
 
 
 def pod_importtime(pod: benchpods.conftest.Pod, env: dict[str, str]) -> str:

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from helpers.config import Config
 from helpers.errors import ExitCode, WorkflowError
-from helpers.pod.context import ENV_FILE_MARKER
-from helpers.transport import Transport
+
+if TYPE_CHECKING:
+    from helpers.resolved import Config
+    from helpers.transport import Transport
 
 POD_PACKAGE = Path(__file__).resolve().parent / "pod"
 BUNDLE_FORMAT = 1
@@ -72,6 +74,44 @@ def bundle_hash(sources: list[tuple[str, bytes]] | None = None) -> str:
     return digest.hexdigest()[:16]
 
 
+def _source_marks() -> dict[str, list[int]]:
+    """Each pod source's mtime (ns), size and inode: what the cached hash was made from."""
+    marks: dict[str, list[int]] = {}
+    pending = [str(POD_PACKAGE)]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False) and entry.name != "__pycache__":
+                    pending.append(entry.path)
+                elif entry.name.endswith(".py"):
+                    info = entry.stat()
+                    marks[entry.path] = [info.st_mtime_ns, info.st_size, info.st_ino]
+    return marks
+
+
+def cached_bundle_hash(cache_dir: Path) -> str:
+    """bundle_hash(), kept in ``cache_dir`` while no pod source changed (stat, not a read of every file)."""
+    path = cache_dir / "agent-bundle.json"
+    marks = _source_marks()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            cached = json.load(handle)
+        if cached["package"] == str(POD_PACKAGE) and cached["sources"] == marks and cached["format"] == BUNDLE_FORMAT:
+            return str(cached["hash"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest = bundle_hash()
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"package": str(POD_PACKAGE), "format": BUNDLE_FORMAT, "hash": digest,
+                                   "sources": marks}), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a cache only
+    return digest
+
+
 def build_bundle() -> bytes:
     """The agent zipapp, byte-for-byte reproducible."""
     import io
@@ -93,7 +133,7 @@ class Agent:
     def __init__(self, transport: Transport, cfg: Config, stderr: Callable[[bytes], None] | None = None) -> None:
         self.transport = transport
         self.cfg = cfg
-        self.hash = bundle_hash()
+        self.hash = cached_bundle_hash(Path(cfg.project_root) / ".workflow" / "cache")
         outputs = cfg.text("OPS_REMOTE_OUTPUTS_DIR").rstrip("/")
         self.path = f"{outputs}/_control/agent-{self.hash}.pyz"
         self.entry = f"{outputs}/_control/agent-{self.hash}.d/entry.py"  # unpacked by the .pyz's first run
@@ -193,6 +233,8 @@ def _reply(stdout: bytes, exit_code: int, where: str) -> Any:
 def env_file_text(cfg: Config) -> dict[str, str]:
     """The pod env file (REMOTE_ENV_PATH): every resolved key, shell-quoted, secrets included."""
     import shlex
+
+    from helpers.pod.context import ENV_FILE_MARKER
 
     lines = [f"{ENV_FILE_MARKER} from {cfg.env_file.name}"
              f"{' + profile ' + cfg.profile if cfg.profile else ''}; edit that file, not this one"]

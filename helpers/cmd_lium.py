@@ -73,7 +73,7 @@ def cmd_pod_up(session: Session) -> int:
     state = "unknown"
     try:  # the pod's workflow state starts at POD_READY (one SSH round trip through the new endpoint)
         from helpers.agent import Agent
-        from helpers.transport import SSHTransport
+        from helpers.paramiko_ssh import SSHTransport
 
         transport = SSHTransport(endpoint, session.cfg.number("SSH_CONNECT_TIMEOUT_SECS") or 15,
                                  session.cfg.number("SSH_KEEPALIVE_SECS") or 15)

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from helpers.config import redact
 from helpers.errors import ExitCode, WorkflowError
-from helpers.keys import KEYS_BY_NAME
-from helpers.localtree import expected_commit, local_tree, make_patch, relation
-from helpers.pod import fsm
 from helpers.session import Session
+
+# the config layer, the key table, git (localtree) and the state machine are imported where used:
+# pod-status and fsm-status start without them
 
 
 def cmd_validate(session: Session) -> int:
@@ -77,6 +76,9 @@ def describe_target(session: Session) -> str:
 
 
 def cmd_print_resolved_env(session: Session) -> int:
+    from helpers.config import redact
+    from helpers.keys import KEYS_BY_NAME
+
     cfg = session.cfg
     rows = [(key, redact(key, cfg.pod_values(include_secrets=True)[key]), setting.source)
             for key, setting in cfg.settings.items()]
@@ -137,6 +139,8 @@ def render_pod_status(where: str, s: dict[str, Any]) -> list[str]:
 
 
 def _fsm_plan(command: str) -> str:
+    from helpers.pod import fsm
+
     table = fsm.TRANSITIONS[command]
     moves = ", ".join(f"{a.value}->{b.value}" for a, b in table.items())
     return f"workflow state: {moves} (checked first; WF_FSM_ENFORCE)"
@@ -200,6 +204,8 @@ def plan_checkout(session: Session) -> list[str]:
 
 def plan_local_tree(session: Session) -> list[str]:
     """What checkout does with the local tree's changes (the same rules as the real command)."""
+    from helpers.localtree import expected_commit, local_tree, make_patch, relation
+
     cfg = session.cfg
     tree = local_tree(cfg)
     if tree is None:
@@ -228,6 +234,8 @@ def plan_local_tree(session: Session) -> list[str]:
 
 
 def cmd_checkout(session: Session) -> int:
+    from helpers.localtree import local_tree, make_patch, relation
+
     cfg = session.cfg
     if cfg.target != "local":
         cfg.require("checkout", "REPO_URL")
@@ -290,6 +298,8 @@ def cmd_fsm_status(session: Session) -> int:
 
 
 def cmd_fsm_reset(session: Session) -> int:
+    from helpers.pod import fsm
+
     state = session.options.state.upper()
     if state not in fsm.State.__members__:
         raise WorkflowError(f"fsm-reset: unknown state {session.options.state!r}; use one of: "

@@ -7,14 +7,14 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from helpers.errors import ExitCode, WorkflowError
-from helpers.pod import runs
-from helpers.pod.scheduling import plan_schedule
 from helpers.render import bar, duration, table
 from helpers.session import Session
-from helpers.sweep_csv import SweepRow, parse_sweep_csv, select_rows, write_template
+
+if TYPE_CHECKING:  # the CSV parser, run argv and scheduling are imported where used: not on sweep-status's path
+    from helpers.sweep_csv import SweepRow
 
 FAILED_STATES = ("failed", "timed_out", "stalled", "lost", "cancelled")
 LIVE = ("running", "starting", "stopping")  # executor states that may still change rows (pod/campaigns.LIVE)
@@ -33,6 +33,8 @@ def csv_path_of(session: Session) -> Path:
 
 
 def load_selected_rows(session: Session, path: Path | None = None) -> tuple[list[SweepRow], list[SweepRow]]:
+    from helpers.sweep_csv import parse_sweep_csv, select_rows
+
     cfg = session.cfg
     rows = parse_sweep_csv(path or csv_path_of(session), cfg.project_root / cfg.text("TRAIN_WORKDIR"))
     selected = select_rows(rows, cfg.text("SWEEP_MATCH") or None, cfg.text("SWEEP_START_AT") or None,
@@ -50,6 +52,8 @@ def cmd_sweep_csv_template(session: Session) -> int:
         state = "exists: would refuse (never overwritten)" if out.exists() else "would be written"
         session.print(f"{out}: {state}")
         return 0
+    from helpers.sweep_csv import write_template
+
     write_template(out)
     session.print(f"wrote {out}; edit it, then: infra_scripts/workflow.sh sweep-start --csv {out}")
     return 0
@@ -78,6 +82,9 @@ def plan_sweep(session: Session, rows: list[SweepRow], slots: list[str], env: di
                ) -> list[str]:
     """Every row's exact command and slot assignment, in the order the executor starts them: the
     executor's own rule (:func:`schedule_step`), simulated as if every run took the same time."""
+    from helpers.pod import runs
+    from helpers.pod.scheduling import plan_schedule
+
     cfg = session.cfg
     cpu = slots[0].startswith("cpu")
     repo = cfg.text("OPS_REMOTE_REPO").rstrip("/")

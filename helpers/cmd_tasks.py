@@ -5,20 +5,23 @@ from __future__ import annotations
 import re
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from helpers.config import is_secret, redact
 from helpers.errors import ExitCode, WorkflowError
-from helpers.pod import fatal
 from helpers.pod.ids import check_id
 from helpers.pod.taskstate import wait_exit_code
 from helpers.render import age, table
 from helpers.session import Session
 
+if TYPE_CHECKING:
+    from helpers.pod import fatal
+
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def load_user_patterns(session: Session) -> list[fatal.FatalPattern]:
+    from helpers.pod import fatal  # dataclasses: not on task-status's path
+
     path = session.cfg.local_path("TASK_FATAL_PATTERNS_FILE")
     if path is None:
         return []
@@ -57,6 +60,8 @@ def _seconds(value: int | None, key: str, session: Session, flag: str) -> int:
 
 
 def cmd_task_run(session: Session) -> int:
+    from helpers.config import is_secret, redact
+
     o = session.options
     task_id = check_id(o.task_id, "task id")
     if not o.cmd.strip():

@@ -15,7 +15,6 @@ import posixpath
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from helpers.config_layers import (
@@ -28,6 +27,7 @@ from helpers.config_layers import (
 )
 from helpers.errors import ExitCode, WorkflowError
 from helpers.keys import KEYS, KEYS_BY_NAME, Key, is_passthrough, is_secret_name
+from helpers.resolved import Config, ConfigRequest
 
 __all__ = ["Config", "ConfigRequest", "Setting", "TargetKind", "is_secret", "load_config", "redact"]
 
@@ -37,62 +37,6 @@ _HOST_RE = re.compile(r"^(?:[A-Za-z0-9._-]+@)?(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+
 _TMUX_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SHA_RE = re.compile(r"^[0-9a-fA-F]{7,40}$")
 _PR_RE = re.compile(r"^(?:[0-9]+|pull/[0-9]+/head)$")
-
-
-@dataclass
-class Config:
-    project_root: Path
-    env_file: Path
-    profile: str | None
-    settings: dict[str, Setting] = field(default_factory=dict)
-    target: TargetKind = "local"
-
-    # -- typed access
-    def __getitem__(self, key: str) -> object:
-        return self.settings[key].value
-
-    def text(self, key: str) -> str:
-        value = self.settings[key].value
-        return "" if value is None else str(value)
-
-    def number(self, key: str) -> int | None:
-        value = self.settings[key].value
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-    def flag(self, key: str) -> bool:
-        return bool(self.settings[key].value)
-
-    def words(self, key: str) -> list[str]:
-        value = self.settings[key].value
-        return list(value) if isinstance(value, (list, tuple)) else []
-
-    def local_path(self, key: str) -> Path | None:
-        """A path on this machine (relative = to the project root)."""
-        text = self.text(key)
-        if not text:
-            return None
-        path = Path(os.path.expanduser(text))
-        return path if path.is_absolute() else self.project_root / path
-
-    def source(self, key: str) -> str:
-        return self.settings[key].source
-
-    def require(self, command: str, *keys: str) -> None:
-        for key in keys:
-            if not self.text(key):
-                raise WorkflowError(
-                    f"{command} needs {key} ({KEYS_BY_NAME[key].doc}); set it in {self.env_file.name} "
-                    f"or pass --set {key}=...", ExitCode.USAGE)
-
-    # -- what goes to the pod
-    def pod_values(self, include_secrets: bool = False) -> dict[str, str]:
-        """Resolved values as strings, for the pod agent and the pod env file."""
-        out: dict[str, str] = {}
-        for key, setting in self.settings.items():
-            if not include_secrets and is_secret(key):
-                continue
-            out[key] = _to_text(setting.value)
-        return out
 
 
 def is_secret(key: str) -> bool:
@@ -106,33 +50,12 @@ def redact(key: str, value: str) -> str:
     return value
 
 
-def _to_text(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, (list, tuple)):
-        import shlex
-
-        return shlex.join(str(v) for v in value)
-    return str(value)
-
-
 # ----------------------------------------------------------------------------- loading
 
 
-@dataclass(frozen=True)
-class ConfigRequest:
-    """What the command line asked for."""
-
-    project_root: Path
-    env_file: Path | None = None
-    profile: str | None = None
-    overrides: tuple[str, ...] = ()  # --set KEY=VALUE, in order
-
-
-def load_config(request: ConfigRequest, environ: Mapping[str, str] | None = None) -> Config:
-    env = dict(os.environ if environ is None else environ)
+def load_config(request: ConfigRequest, environ: Mapping[str, str] | None = None,
+                files_read: list[Path] | None = None) -> Config:
+    env = os.environ if environ is None else environ  # only read (helpers.config_cache records what is)
     root = request.project_root
     env_file = request.env_file or Path(env.get("WORKFLOW_ENV") or root / "workflow.env")
     if not env_file.is_absolute():
@@ -142,7 +65,7 @@ def load_config(request: ConfigRequest, environ: Mapping[str, str] | None = None
                             "(a fresh clone has one at the repo root)", ExitCode.USAGE)
     profile = request.profile or env.get("WORKFLOW_PROFILE") or None
     cfg = Config(project_root=root, env_file=env_file, profile=profile)
-    layered = read_layers(env_file, profile, request.overrides)
+    layered = read_layers(env_file, profile, request.overrides, files_read)
     for key, setting in layered.items():
         if key not in KEYS_BY_NAME and not is_passthrough(key):
             raise WorkflowError(unknown_key_message(key, setting.source), ExitCode.USAGE)

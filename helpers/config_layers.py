@@ -11,7 +11,6 @@ import io
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -20,30 +19,24 @@ from dotenv.variables import Variable, parse_variables
 
 from helpers.errors import ExitCode, WorkflowError
 from helpers.keys import KEYS_BY_NAME
+from helpers.resolved import Setting
 
 TargetKind = Literal["local", "ssh", "lium"]
 
 _KEY_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
-@dataclass
-class Setting:
-    key: str
-    raw: str  # as written (after ${VAR} resolution), "" when unset
-    source: str  # "workflow.env:12", "profile gpu (profiles/gpu.env:3)", "--set", "default", "environment"
-    literal: bool = False  # single-quoted: no ${VAR} resolution
-    value: object = None  # typed value, set by validation (helpers.config)
-
-
-def read_layers(env_file: Path, profile: str | None, overrides: tuple[str, ...]) -> dict[str, Setting]:
-    """workflow.env, then the profile chain (base first), then --set; later layers win."""
+def read_layers(env_file: Path, profile: str | None, overrides: tuple[str, ...],
+                files_read: list[Path] | None = None) -> dict[str, Setting]:
+    """workflow.env, then the profile chain (base first), then --set; later layers win. ``files_read``
+    collects every file read (helpers.config_cache keys its cache on them)."""
     layered: dict[str, Setting] = {}
-    for setting in _read_env_file(env_file, env_file.name):
+    for setting in _read_env_file(env_file, env_file.name, files_read):
         layered[setting.key] = setting
     from_set = [_parse_set(item) for item in overrides]
     if profile:  # WORKFLOW_PROFILES_DIR may itself come from --set: it decides where profiles are
         where = {**layered, **{s.key: s for s in from_set if s.key == "WORKFLOW_PROFILES_DIR"}}
-        for setting in _profile_chain(profile, _profiles_dir(where, env_file), env_file):
+        for setting in _profile_chain(profile, _profiles_dir(where, env_file), env_file, files_read):
             layered[setting.key] = setting
     for setting in from_set:
         layered[setting.key] = setting
@@ -62,7 +55,9 @@ def _parse_set(item: str) -> Setting:
     return Setting(key=key, raw=value, source="--set")
 
 
-def _read_env_file(path: Path, label: str) -> list[Setting]:
+def _read_env_file(path: Path, label: str, files_read: list[Path] | None = None) -> list[Setting]:
+    if files_read is not None:
+        files_read.append(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -91,7 +86,8 @@ def _profiles_dir(layered: Mapping[str, Setting], env_file: Path) -> Path:
     return path if path.is_absolute() else env_file.parent / path
 
 
-def _profile_chain(name: str, profiles_dir: Path, env_file: Path) -> list[Setting]:
+def _profile_chain(name: str, profiles_dir: Path, env_file: Path,
+                   files_read: list[Path] | None = None) -> list[Setting]:
     """Settings of profile ``name`` and its _BASE ancestors, base first."""
     chain: list[str] = []
     layers: list[list[Setting]] = []
@@ -112,7 +108,7 @@ def _profile_chain(name: str, profiles_dir: Path, env_file: Path) -> list[Settin
             rel = path.relative_to(env_file.parent)
         except ValueError:
             rel = path
-        settings = _read_env_file(path, str(rel))
+        settings = _read_env_file(path, str(rel), files_read)
         base = [s for s in settings if s.key == "_BASE"]
         layers.append([
             Setting(s.key, s.raw, f"profile {current} ({s.source})", s.literal)

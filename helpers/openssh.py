@@ -15,62 +15,21 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import socket
-import stat
-import struct
 import subprocess
+import time
 from collections.abc import Sequence
 
 from helpers.errors import ExitCode, WorkflowError
+from helpers.ssh_control import (
+    _file_digest,
+    _is_encrypted,
+    _last_line,
+    _read_text,
+    _touch_private,
+    control_dir,
+    master_answers,
+)
 from helpers.transport import CommandResult, ConnectionLost, Sink, Transport, _pump, remote_command_string, ssh_argv
-
-MUX_MSG_HELLO = 0x00000001  # OpenSSH PROTOCOL.mux: each side of a control connection first sends a hello
-MAX_DIR_LENGTH = 60  # sun_path holds 107 bytes: dir + "/cm-<24 hex>" + ssh's ".<16 random>" while binding
-HELLO_WAIT_SECS = 2.0  # a live master answers its socket at once; one that does not is replaced
-
-
-def control_dir() -> str:
-    """The private directory holding the control sockets (created 0700; must be ours)."""
-    base = os.environ.get("WORKFLOW_SSH_CONTROL_DIR") or os.path.join(
-        os.environ.get("XDG_RUNTIME_DIR") or "/tmp", f"workflow-ssh-{os.getuid()}")
-    try:
-        os.mkdir(base, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise WorkflowError(f"cannot create the SSH control directory {base}: {exc.strerror}", ExitCode.USAGE) from None
-    info = os.lstat(base)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise WorkflowError(f"{base} (SSH control sockets) is not a directory of yours; remove it or set "
-                            "WORKFLOW_SSH_CONTROL_DIR", ExitCode.USAGE)
-    if stat.S_IMODE(info.st_mode) != 0o700:
-        os.chmod(base, 0o700)
-    if len(base) > MAX_DIR_LENGTH:
-        raise WorkflowError(f"the SSH control directory {base} is too long for a Unix socket path (at most "
-                            f"{MAX_DIR_LENGTH} characters); set WORKFLOW_SSH_CONTROL_DIR to a shorter one",
-                            ExitCode.USAGE)
-    return base
-
-
-def master_answers(path: str, wait: float = HELLO_WAIT_SECS) -> bool | None:
-    """True: a master listens and says hello; False: no socket or a stale one; None: it does not answer."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(wait)
-    try:
-        probe.connect(path)
-        head = b""
-        while len(head) < 8:
-            chunk = probe.recv(8 - len(head))
-            if not chunk:
-                return False
-            head += chunk
-        return struct.unpack(">II", head)[1] == MUX_MSG_HELLO
-    except socket.timeout:
-        return None
-    except OSError:
-        return False
-    finally:
-        probe.close()
 
 
 class OpenSSHTransport(Transport):
@@ -87,6 +46,7 @@ class OpenSSHTransport(Transport):
         self._description = ""
         self.connections = 0  # TCP connections (masters) this invocation opened
         self._ready = False
+        self.open_with_first_call = False  # set for short calls (session.SHORT_CALLS): see _run_opening
         # a master serves exactly these options, and this ssh_config content (an edit means a new connection)
         identity = "\0".join(str(part) for part in (destination, port, user, key_file, known_hosts, ssh_config,
                                                      proxy_command, _file_digest(ssh_config)))
@@ -100,10 +60,26 @@ class OpenSSHTransport(Transport):
             if self._label:
                 self._description = self._label
             else:
-                user, host, port = self._resolved()
-                shown = f"[{host}]" if ":" in host else host
-                self._description = f"{user + '@' if user else ''}{shown}:{port}"
+                self._description = self._cached_description()
         return self._description
+
+    def _cached_description(self) -> str:
+        """``ssh -G`` once per master name (the name hashes the ssh_config's content): kept beside its socket."""
+        keep = self.control_path + ".desc" if self.ssh_config and self.persist_secs > 0 else None
+        known = _read_text(keep) if keep else None
+        if known:
+            return known
+        user, host, port = self._resolved()
+        shown = f"[{host}]" if ":" in host else host
+        text = f"{user + '@' if user else ''}{shown}:{port}"
+        if keep:
+            try:
+                with open(keep + f".{os.getpid()}", "w", encoding="utf-8") as handle:
+                    handle.write(text)
+                os.replace(keep + f".{os.getpid()}", keep)
+            except OSError:
+                pass
+        return text
 
     def _resolved(self) -> tuple[str | None, str, str]:
         user, host, port = self.user, self.destination, str(self.port or 22)
@@ -150,9 +126,7 @@ class OpenSSHTransport(Transport):
     def _ensure_master(self) -> None:
         if self._ready:
             return
-        if self.key_file and not os.path.isfile(os.path.expanduser(self.key_file)):
-            raise WorkflowError(f"private key {self.key_file} for {self.description} does not exist; fix OPS_SSH_KEY "
-                                "(or the IdentityFile in your ssh config)", ExitCode.TRANSPORT)
+        self._check_key()
         created = not os.path.exists(self.known_hosts)
         _touch_private(self.known_hosts)
         try:
@@ -163,6 +137,11 @@ class OpenSSHTransport(Transport):
             raise
         self._ready = True
 
+    def _check_key(self) -> None:
+        if self.key_file and not os.path.isfile(os.path.expanduser(self.key_file)):
+            raise WorkflowError(f"private key {self.key_file} for {self.description} does not exist; fix OPS_SSH_KEY "
+                                "(or the IdentityFile in your ssh config)", ExitCode.TRANSPORT)
+
     def _ensure_connected(self) -> None:
         if self.persist_secs <= 0:  # no sharing: every command connects on its own
             self._check_login()
@@ -171,21 +150,27 @@ class OpenSSHTransport(Transport):
         lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one master per socket, even with commands started at once
-            answer = master_answers(path)
-            pins = _file_digest(self.known_hosts)
-            if answer is True and _read_text(path + ".pins") != pins:
-                # the pinned keys changed since this master logged in: it is never reused, a new login checks them
-                subprocess.run([*self._options(), "-O", "exit", "--", self.destination], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15, check=False)
-                answer = False
-            if answer is not True:
-                if os.path.exists(path):
-                    os.unlink(path)  # stale (dead master) or not answering: set it aside, start afresh
+            if not self._master_usable(path):
                 self._start_master()
-                with open(path + ".pins", "w", encoding="utf-8") as handle:
-                    handle.write(_file_digest(self.known_hosts))  # as they stand after this login (accept-new)
+                self._write_pins(path)
         finally:
             os.close(lock)
+
+    def _master_usable(self, path: str) -> bool:
+        """A live master whose login saw today's pins; anything else is set aside (the caller starts afresh)."""
+        answer = master_answers(path)
+        if answer is True and _read_text(path + ".pins") != _file_digest(self.known_hosts):
+            # the pinned keys changed since this master logged in: it is never reused, a new login checks them
+            subprocess.run([*self._options(), "-O", "exit", "--", self.destination], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15, check=False)
+            answer = False
+        if answer is not True and os.path.exists(path):
+            os.unlink(path)  # stale (dead master) or not answering: set it aside, start afresh
+        return answer is True
+
+    def _write_pins(self, path: str) -> None:
+        with open(path + ".pins", "w", encoding="utf-8") as handle:
+            handle.write(_file_digest(self.known_hosts))  # as they stand after this login (accept-new)
 
     def _start_master(self) -> None:
         argv = [*self._options(), "-o", "ControlMaster=yes", "-o", f"ControlPersist={self.persist_secs}s",
@@ -240,6 +225,10 @@ class OpenSSHTransport(Transport):
     # -- commands
     def run(self, argv: Sequence[str], stdin: bytes = b"", timeout: float | None = None,
             on_stdout: Sink | None = None, on_stderr: Sink | None = None) -> CommandResult:
+        if self.open_with_first_call and not self._ready and self.persist_secs > 0:
+            opened = self._run_opening(argv, stdin, timeout, on_stdout, on_stderr)
+            if opened is not None:
+                return opened
         self._ensure_master()
         self.commands_run += 1
         command = [*self._options(), "-o", "ControlMaster=no", "-T", "--", self.destination,
@@ -278,6 +267,73 @@ class OpenSSHTransport(Transport):
                                  f"{': ' + _last_line(tail.decode(errors='replace')) if tail.strip() else ''}")
         return CommandResult(code, out, bytes(collected))
 
+    def _run_opening(self, argv: Sequence[str], stdin: bytes, timeout: float | None, on_stdout: Sink | None,
+                     on_stderr: Sink | None) -> CommandResult | None:
+        """A short call with no master yet: the command's own ssh becomes the shared master (ControlMaster=yes,
+        ControlPersist), so a cold command costs one login, not a master's login and then the command.
+        Its stderr goes to a file: the master, backgrounded, keeps the stderr it started with. None: a
+        master was there after all (the caller rides it)."""
+        import tempfile
+
+        self._check_key()
+        created = not os.path.exists(self.known_hosts)
+        _touch_private(self.known_hosts)
+        path = self.control_path
+        lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # commands started at once wait for this one's master
+            if self._master_usable(path):
+                self._ready = True
+                return None
+            command = [*self._options(), "-o", "ControlMaster=yes", "-o", f"ControlPersist={self.persist_secs}s",
+                       "-T", "--", self.destination, remote_command_string(argv)]
+            self.commands_run += 1
+            with tempfile.TemporaryFile() as errors:
+                proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors)
+                assert proc.stdin and proc.stdout
+                try:
+                    proc.stdin.write(stdin)
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+                self._await_login(proc, path, created)
+                try:
+                    out, _ = _pump([(proc.stdout, on_stdout)], timeout, proc.kill)
+                except WorkflowError:
+                    proc.wait()
+                    raise WorkflowError(f"command on {self.description} did not finish within {timeout:.0f}s",
+                                        ExitCode.FAILED) from None
+                code = proc.wait()
+                errors.seek(0)
+                err = errors.read()
+            if code == 255 and master_answers(path) is not True:  # ssh's own failure: no login, no master
+                if created and os.path.exists(self.known_hosts) and os.path.getsize(self.known_hosts) == 0:
+                    os.unlink(self.known_hosts)
+                raise self._login_error(err.decode(errors="replace"))
+            self.connections += 1
+            self._write_pins(path)
+            self._ready = True
+        finally:
+            os.close(lock)
+        if on_stderr is not None and err:
+            on_stderr(err)
+        return CommandResult(code, out, b"" if on_stderr is not None else err)
+
+    def _await_login(self, proc: subprocess.Popen[bytes], path: str, created: bool) -> None:
+        """The login is bounded as a master's is: its socket appears once it is in (then the call's own
+        timeout runs), or ssh exits; neither within the connect timeout: give up, exit 3."""
+        deadline = time.monotonic() + self.connect_timeout + 2
+        while proc.poll() is None and not os.path.exists(path):
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                if created and os.path.exists(self.known_hosts) and os.path.getsize(self.known_hosts) == 0:
+                    os.unlink(self.known_hosts)
+                raise ConnectionLost(f"cannot reach {self.description}: no SSH login (waited at most "
+                                     f"{self.connect_timeout}s); check that the pod is up and OPS_DEFAULT_HOST / "
+                                     "LIUM_TARGET")
+            time.sleep(0.005)
+
     def _connection_failed(self, stderr_tail: bytes) -> bool:
         """ssh exits 255 for its own failures (and when the remote command does): tell them apart."""
         text = stderr_tail.decode(errors="replace")
@@ -304,42 +360,3 @@ class OpenSSHTransport(Transport):
         except subprocess.TimeoutExpired:  # it stopped answering: set its socket aside (it dies on its keepalives)
             os.unlink(self.control_path)
         return True
-
-
-def _touch_private(path: str) -> None:
-    """known_hosts is created 0600 (ssh itself would make it world-readable)."""
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-
-
-def _read_text(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except OSError:
-        return None
-
-
-def _file_digest(path: str | None) -> str:
-    if not path:
-        return ""
-    try:
-        with open(path, "rb") as handle:
-            return hashlib.sha256(handle.read()).hexdigest()
-    except OSError:
-        return ""
-
-
-def _is_encrypted(key: str) -> bool:
-    try:
-        probe = subprocess.run(["ssh-keygen", "-y", "-P", "", "-f", key], capture_output=True, text=True, timeout=10,
-                               stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return probe.returncode != 0 and "passphrase" in probe.stderr
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""

@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import json
-import shutil
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from helpers.agent import Agent
-from helpers.config import Config, ConfigRequest, load_config
 from helpers.errors import ExitCode, WorkflowError
-from helpers.transport import (
-    ConnectionLost,
-    LocalTransport,
-    SSHTransport,
-    Transport,
-    endpoint_from_ssh_config,
-    parse_host,
-)
+from helpers.resolved import Config, ConfigRequest
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the rest is imported where used: a read-only command loads only what it needs
+    import argparse
+
+    from helpers.agent import Agent
     from helpers.cli import Command
+    from helpers.transport import Transport
+
+
+# short read-only calls: on a cold OpenSSH target the call's own ssh opens the shared connection (one login)
+SHORT_CALLS = frozenset({"fsm-status", "task-status", "task-list", "pod-status", "sweep-status", "sweep-list"})
 
 
 class Session:
@@ -48,6 +44,8 @@ class Session:
     def transport(self) -> Transport:
         if self._transport is None:
             self._transport = make_transport(self.cfg)
+            if self.command.name in SHORT_CALLS and hasattr(self._transport, "open_with_first_call"):
+                self._transport.open_with_first_call = True
         return self._transport
 
     def transport_label(self) -> str:
@@ -60,6 +58,8 @@ class Session:
 
     def agent(self) -> Agent:
         if self._agent is None:
+            from helpers.agent import Agent
+
             self._agent = Agent(self.transport(), self.cfg)
         return self._agent
 
@@ -84,6 +84,8 @@ class Session:
         """``call`` for the commands that wait (task-wait, sweep-watch, task-logs -f): a dropped connection
         is reconnected with backoff for up to RECONNECT_SECS, saying so, then the call is repeated
         (each op is safe to repeat). Out of time: exit 3 with one line."""
+        from helpers.transport import ConnectionLost
+
         budget = self.cfg.number("RECONNECT_SECS") or 0
         deadline: float | None = None
         first = ""
@@ -121,6 +123,8 @@ class Session:
         sys.stdout.write(text + "\n")
 
     def emit_json(self, data: Any) -> None:
+        import json
+
         sys.stdout.write(json.dumps(data, indent=1, default=str) + "\n")
 
     def note(self, text: str) -> None:
@@ -144,6 +148,8 @@ def use_openssh(cfg: Config) -> bool:
     choice = cfg.text("SSH_CLIENT") or "auto"
     if choice == "paramiko":
         return False
+    import shutil
+
     found = shutil.which("ssh") is not None
     if choice == "openssh" and not found:
         raise WorkflowError("SSH_CLIENT=openssh but no ssh client is installed; install openssh-client or set "
@@ -153,6 +159,8 @@ def use_openssh(cfg: Config) -> bool:
 
 def make_transport(cfg: Config, refresh: bool = False) -> Transport:
     if cfg.target == "local":
+        from helpers.transport import LocalTransport
+
         return LocalTransport()
     timeout = cfg.number("SSH_CONNECT_TIMEOUT_SECS") or 15
     keepalive = cfg.number("SSH_KEEPALIVE_SECS") or 15
@@ -166,13 +174,19 @@ def make_transport(cfg: Config, refresh: bool = False) -> Transport:
             return _openssh(cfg, endpoint.host, endpoint.port, endpoint.user, endpoint.key_filename,
                             endpoint.known_hosts or str(Path("~/.ssh/known_hosts").expanduser()), None,
                             label=endpoint.label)
+        from helpers.paramiko_ssh import SSHTransport
+
         return SSHTransport(endpoint, timeout, keepalive, None)
+    from helpers.transport import parse_host
+
     if openssh:  # ssh reads ssh_config itself: no parsing (and no paramiko) here
         user, host, port = parse_host(cfg.text("OPS_DEFAULT_HOST"))
         key = cfg.local_path("OPS_SSH_KEY")
         known_hosts = cfg.local_path("OPS_KNOWN_HOSTS") or Path("~/.ssh/known_hosts").expanduser()
         return _openssh(cfg, host, port, user, str(key) if key else None, str(known_hosts),
                         str(ssh_config) if ssh_config else None)
+    from helpers.paramiko_ssh import SSHTransport, endpoint_from_ssh_config
+
     known_hosts = cfg.local_path("OPS_KNOWN_HOSTS") or Path("~/.ssh/known_hosts").expanduser()
     endpoint = endpoint_from_ssh_config(cfg.text("OPS_DEFAULT_HOST"), ssh_config, known_hosts,
                                         cfg.local_path("OPS_SSH_KEY"))
@@ -213,6 +227,8 @@ def run_command(command: Command, options: argparse.Namespace, root: Path) -> in
             raise WorkflowError(f"{command.name} changes nothing; --dry-run is for commands that do",
                                 ExitCode.USAGE)
         if command.name == "help":
+            import argparse
+
             from helpers.cli import cmd_help
 
             return cmd_help(argparse.Namespace(options=options))
@@ -222,7 +238,9 @@ def run_command(command: Command, options: argparse.Namespace, root: Path) -> in
             profile=getattr(options, "profile", None),
             overrides=tuple(getattr(options, "overrides", None) or ()),
         )
-        cfg = load_config(request)
+        from helpers import config_cache  # read-only commands: a current cached config, no config parsing
+
+        cfg = config_cache.load(request, cacheable=command.name in config_cache.READ_ONLY)
         session = Session(cfg, options, command)
         handler = getattr(importlib.import_module(f"helpers.{command.module}"), command.handler)
         return int(handler(session) or 0)

@@ -15,15 +15,24 @@ die() {
   exit 2
 }
 
-repo_root() {
-  local source="${BASH_SOURCE[0]}"
+# sets ROOT, the checkout. No subshell and no dirname in the usual case (a plain path to the script):
+# each fork costs milliseconds on a loaded machine, and a status command should start at once.
+find_root() {
+  local source="${BASH_SOURCE[0]}" dir
   while [[ -L "${source}" ]]; do
-    local dir
     dir="$(cd -P "$(dirname "${source}")" && pwd)"
     source="$(readlink "${source}")"
     [[ "${source}" == /* ]] || source="${dir}/${source}"
   done
-  cd -P "$(dirname "${source}")/.." && pwd
+  while [[ "${source}" == ./* ]]; do source="${source#./}"; done
+  [[ "${source}" == /* ]] || source="${PWD}/${source}"
+  dir="${source%/*}"
+  if [[ "${dir}" == */infra_scripts && "${dir}/" != *"/./"* && "${dir}/" != *"/../"* ]]; then
+    ROOT="${dir%/infra_scripts}"
+    ROOT="${ROOT:-/}"
+  else
+    ROOT="$(cd -P "${dir}/.." && pwd)"
+  fi
 }
 
 install_venv() {
@@ -51,11 +60,12 @@ venv_is_current() {
   [[ "${extras}" == "${WORKFLOW_VENV_EXTRAS:-}" ]]
 }
 
-venv_python() {
+# sets PYTHON, the venv's python (the venv made or updated first when needed)
+find_python() {
   local root="$1"
   if [[ -n "${WORKFLOW_VENV:-}" ]]; then
     [[ -x "${WORKFLOW_VENV}/bin/python" ]] || die "WORKFLOW_VENV=${WORKFLOW_VENV} has no bin/python"
-    printf '%s\n' "${WORKFLOW_VENV}/bin/python"
+    PYTHON="${WORKFLOW_VENV}/bin/python"
     return
   fi
   local venv="${root}/.workflow/venv"
@@ -63,15 +73,15 @@ venv_python() {
     mkdir -p "${root}/.workflow"
     install_venv "${root}" "${venv}"
   fi
-  printf '%s\n' "${venv}/bin/python"
+  PYTHON="${venv}/bin/python"
 }
 
 main() {
-  local root python
-  root="$(repo_root)"
-  python="$(venv_python "${root}")"
+  local ROOT PYTHON
+  find_root
+  find_python "${ROOT}"
   # -S: no site module (its .pth hooks cost ~30 ms a command); helpers/launch.py adds the venv's packages
-  WORKFLOW_ROOT="${root}" PYTHONPATH="${root}${PYTHONPATH:+:${PYTHONPATH}}" exec "${python}" -S -m helpers.launch "$@"
+  WORKFLOW_ROOT="${ROOT}" PYTHONPATH="${ROOT}${PYTHONPATH:+:${PYTHONPATH}}" exec "${PYTHON}" -S -m helpers.launch "$@"
 }
 
 main "$@"

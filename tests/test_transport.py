@@ -35,7 +35,8 @@ from conftest import (
 
 from helpers.agent import POD_PACKAGE, build_bundle, bundle_hash
 from helpers.endpoint import SSHEndpoint
-from helpers.transport import SSHTransport, parse_host, remote_command_string
+from helpers.paramiko_ssh import SSHTransport
+from helpers.transport import parse_host, remote_command_string
 
 DEBUG_LINE = re.compile(r"debug: transport ssh: (\d+) connection\(s\), (\d+) remote command\(s\), "
                         r"(\d+) agent upload\(s\)")

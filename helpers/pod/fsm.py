@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 import os
 from collections import deque
-from dataclasses import asdict, dataclass, field
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from .errors import ExitCode, WorkflowError
@@ -82,21 +81,36 @@ def next_step(current: State, command: str) -> str:
     return "fsm-reset STATE --reason '...'"
 
 
-@dataclass
 class StateRecord:
-    state: str = State.INIT.value
-    previous_state: Optional[str] = None
-    reason: str = "fresh pod (no state file yet)"
-    created_utc: Optional[str] = None
-    updated_utc: Optional[str] = None
-    last_command: Optional[str] = None
-    history: List[Dict[str, Any]] = field(default_factory=list)
-    schema_version: int = SCHEMA_VERSION
-    exists: bool = False  # not stored: whether the file was there
+    """The state file's record (a plain class: no dataclasses/inspect on the read-only path)."""
+
+    FIELDS = ("state", "previous_state", "reason", "created_utc", "updated_utc", "last_command", "history",
+              "schema_version")
+
+    def __init__(self, state: str = State.INIT.value, previous_state: Optional[str] = None,
+                 reason: str = "fresh pod (no state file yet)", created_utc: Optional[str] = None,
+                 updated_utc: Optional[str] = None, last_command: Optional[str] = None,
+                 history: Optional[List[Dict[str, Any]]] = None, schema_version: int = SCHEMA_VERSION,
+                 exists: bool = False) -> None:
+        self.state = state
+        self.previous_state = previous_state
+        self.reason = reason
+        self.created_utc = created_utc
+        self.updated_utc = updated_utc
+        self.last_command = last_command
+        self.history: List[Dict[str, Any]] = [] if history is None else history
+        self.schema_version = schema_version
+        self.exists = exists  # not stored: whether the file was there
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StateRecord) and (self.to_json(), self.exists) == (other.to_json(), other.exists)
+
+    def __repr__(self) -> str:
+        return f"StateRecord({self.to_json()!r}, exists={self.exists})"
 
     def to_json(self) -> Dict[str, Any]:
-        data = asdict(self)
-        data.pop("exists")
+        data = {name: getattr(self, name) for name in self.FIELDS}
+        data["history"] = [dict(h) for h in self.history]
         return data
 
 

@@ -13,7 +13,6 @@ import errno
 import fcntl
 import json
 import os
-import tempfile
 from typing import Any, Iterator, Optional
 
 from .errors import DiskFullError, ExitCode, WorkflowError
@@ -58,6 +57,8 @@ def write_bytes(path: str, payload: bytes, mode: int = 0o644, durable: bool = Tr
     tmp = None
     try:
         os.makedirs(directory, exist_ok=True)
+        import tempfile  # only writers need it (random, shutil): not on the read-only path
+
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:

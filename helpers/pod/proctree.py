@@ -9,7 +9,6 @@ itself is gone (a lost task). Linux /proc only; stdlib only.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import signal
@@ -21,6 +20,8 @@ PR_SET_CHILD_SUBREAPER = 36
 
 
 def become_subreaper() -> bool:
+    import ctypes  # the supervisor only: not on task-status's path
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0

@@ -13,10 +13,9 @@ import os
 import signal
 import sys
 import time
-import uuid
 from typing import Any, Dict, List, Optional
 
-from . import proctree, tmuxctl
+from . import proctree
 from .context import Context, run_env
 from .errors import DiskFullError, ExitCode, WorkflowError
 from .ids import check_id
@@ -54,6 +53,10 @@ def launch_supervised(task_dir: str, spec: Dict[str, Any], env: Dict[str, str], 
                       tmux_base: List[str], session: str) -> Dict[str, Any]:
     """Write a task directory's spec, secrets and pending status, and start its supervisor in tmux."""
     os.makedirs(task_dir, exist_ok=True)
+    import uuid  # with tmuxctl (subprocess): only a launch needs them, not task-status
+
+    from . import tmuxctl
+
     spec.setdefault("marker", f"{spec['id']}-{uuid.uuid4().hex[:12]}")
     spec["tmux"] = {"session": session, "socket": tmux_base[2] if len(tmux_base) > 2 else None}
     write_json(os.path.join(task_dir, "spec.json"), spec)
