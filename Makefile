@@ -40,6 +40,7 @@ bench: $(VENV)/.test-stamp
 	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/sweep_status_10k.py
 	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/fetch_all.py
 	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/trainer_throughput.py
+	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/report_100.py
 	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/slurm_submit.py
 	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/slurm_status.py
 	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/slurm_makespan.py
