@@ -9,6 +9,10 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 export TORCH_INDEX_URL
 
+# test files run side by side (a file's tests on one worker, so its module fixtures are set up once):
+# most of a test's time is waiting on real processes, so more workers than cores pays
+PYTEST_WORKERS ?= 3
+
 .PHONY: test lint pytest demo bench
 
 $(VENV)/.test-stamp: pyproject.toml
@@ -23,7 +27,7 @@ lint: $(VENV)/.test-stamp
 	$(PY) -m mypy helpers
 
 pytest: $(VENV)/.test-stamp
-	WORKFLOW_VENV=$(VENV) $(PY) -m pytest -q --durations=25
+	WORKFLOW_VENV=$(VENV) $(PY) -m pytest -q --durations=25 -n $(PYTEST_WORKERS) --dist loadfile
 
 test: lint pytest
 
