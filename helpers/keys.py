@@ -58,6 +58,7 @@ _T, _P, _C, _B, _F, _K, _S, _R, _L, _U = (
     "Target", "Pod paths", "Checkout", "Bootstrap", "Workflow state", "Tracked tasks", "Sweeps", "Fetch", "Lium",
     "Slurm",
 )
+_M = "Tracking"
 
 KEYS: tuple[Key, ...] = (
     # --- where the pod is
@@ -209,6 +210,23 @@ KEYS: tuple[Key, ...] = (
     # --- fetch
     _k(_R, "LOCAL_ARTIFACTS_DIR", "path", "artifacts", "fetch-run/fetch-all copy runs into <this>/<run_id>/"),
     _k(_R, "FETCH_INCLUDE_CHECKPOINTS", "bool", "0", "fetch checkpoints too (*.pt *.pth *.ckpt *.safetensors)"),
+    # --- experiment tracking (issue 13: helpers/tracking/, helpers/pod/tracking/)
+    _k(_M, "MLFLOW_TRACKING_URI", "str", "",
+       "MLflow server URL (or sqlite:/file store) the tool tracks every sweep row to; empty = tracking off"),
+    _k(_M, "MLFLOW_EXPERIMENT", "str", "", "MLflow experiment of the campaigns; empty = the repo's name"),
+    _k(_M, "MLFLOW_PARENT_RUN_ID", "str", "",
+       "attach this submission's child runs to this existing parent run (empty = a new parent per campaign)"),
+    _k(_M, "MLFLOW_TRACKING_USERNAME", "secret", "", "MLflow basic-auth user; empty = environment or "
+       "~/.mlflow/credentials"),
+    _k(_M, "MLFLOW_TRACKING_PASSWORD", "secret", "", "MLflow basic-auth password; empty = environment or "
+       "~/.mlflow/credentials"),
+    _k(_M, "MLFLOW_TRACKING_TOKEN", "secret", "", "MLflow bearer token; empty = environment or ~/.mlflow/credentials"),
+    _k(_M, "TRACKING_WAIT_SECS", "int", "20",
+       "a row waits at most this long (per executor start) for its MLflow child run, then starts without it",
+       minimum=0, maximum=600),
+    _k(_M, "TRACKING_FLUSH_SECS", "int", "600",
+       "after the executor ends, the sidecar keeps retrying a down server this long (then: workflow.sh track)",
+       minimum=0, maximum=86400),
     # --- profiles
     _k("Profiles", "WORKFLOW_PROFILES_DIR", "path", "profiles",
        "where --profile NAME finds NAME.env (a profile may set _BASE=other to inherit)"),

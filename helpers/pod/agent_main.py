@@ -38,6 +38,7 @@ OPS: Dict[str, Tuple[str, str]] = {
     "sweep-logs": ("sweepinfo", "sweep_logs"),
     "sweep-list": ("sweepinfo", "sweep_list"),
     "fetch-list": ("fetchlist", "fetch_list"),
+    "track": ("tracking.ops", "track"),
 }
 # ops whose stdout is raw data (not a JSON reply); errors go to stderr
 STREAM_OPS: Dict[str, Tuple[str, str]] = {
@@ -48,6 +49,7 @@ LONG_OPS: Dict[str, Tuple[str, str]] = {
     "supervise": ("supervisor", "supervise_main"),
     "sweep-exec": ("executor", "executor_main"),
     "slurm-task": ("executors.slurm_task", "slurm_task_main"),  # one array task of a Slurm campaign
+    "tracking-sidecar": ("tracking.sidecar", "sidecar_main"),  # run by the run venv's python (mlflow)
 }
 
 

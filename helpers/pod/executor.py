@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from . import attempts, fsm, proctree, runs
+from . import attempts, fsm, proctree, runs, tracking
 from .context import Context, run_env
 from .jsonio import append_jsonl, read_json, utc_now, write_bytes, write_json
 from .scheduling import detect_slots, schedule_step, slot_env
@@ -69,6 +69,7 @@ class Executor:
         self.index: Dict[str, Any] = read_json(os.path.join(self.dir, "index.json"), "campaign index") or {}
         record = read_json(os.path.join(self.dir, "executor.json"), "executor status") or {}
         self.generation = int(record.get("generation") or 1)
+        self.tracking_until = 0.0  # rows wait for their MLflow child run until then (monotonic)
 
     # -- output and bookkeeping
     def say(self, text: str) -> None:
@@ -136,6 +137,7 @@ class Executor:
         env = dict(env_base)
         shown_env = slot_env(env_base, self.slots, slots)
         env.update(WF_RUN_ID=rr.run_id, WF_CAMPAIGN_ID=self.campaign_id, WF_ATTEMPT=str(attempt), **shown_env)
+        tracking.row_env(ctx.config, self.dir, rr.run_id, env, self.tracking_until)  # its own MLflow run only
         rr.command = runs.replay_script(argv, workdir, shown_env, ctx.path("REMOTE_ENV_PATH"),
                                         f"run {rr.run_id}, campaign {self.campaign_id}, attempt {attempt}")
         write_bytes(os.path.join(path, "command.sh"), rr.command.encode(), 0o755)
@@ -262,6 +264,8 @@ class Executor:
         if self._check_stop_request():  # sweep-stop came while this executor was starting: run nothing
             self.say("sweep-stop was requested before this executor started: running nothing")
             return self._end(0, [RowRun(row) for row in self.manifest["rows"]])
+        if tracking.start_sidecar(ctx, self.dir):  # MLflow on: the campaign's tracking sidecar, beside us
+            self.tracking_until = time.monotonic() + tracking.wait_secs(ctx.config)
         repo = ctx.path("OPS_REMOTE_REPO")
         own = [ctx.path("VENV_DIR"), ctx.path("DATA_DIR"), ctx.path("RUN_OUT_LOCAL_ROOT"), self.outputs]
         self.provenance = {"git": runs.git_provenance(repo, [p for p in own if p]),

@@ -41,6 +41,10 @@ def main() -> int:
         with open(os.path.join(out, "config.json"), "w") as handle:
             json.dump({**cfg, "batch_size": batch, "gradient_accumulation_steps": int(
                 cfg.get("gradient_accumulation_steps", 1))}, handle)
+    if rank == 0 and any(k.startswith("MLFLOW_") for k in os.environ):  # what tracking gave this run
+        with open(os.path.join(out, "mlflow_env.json"), "w") as handle:
+            json.dump({k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")
+                       and not k.endswith(("PASSWORD", "TOKEN"))}, handle)
     print(f"config: mode={mode} batch_size={batch} seed={cfg.get('seed')} world={os.environ.get('WORLD_SIZE')}",
           flush=True)
     for step in range(start, steps):
