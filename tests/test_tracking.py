@@ -133,3 +133,72 @@ def test_tree_statuses_points_and_no_secret(tracked: Pod, mlflow_server: Any, tm
     assert again.returncode == 0, again.stderr
     for run_id in kids:
         assert_points_match_lines(tracked, mlflow_server, run_id, kids[run_id])
+
+
+def test_retry_reuses_its_child_and_a_second_submission_attaches_to_the_parent(
+        tracked: Pod, mlflow_server: Any, tmp_path: Path) -> None:
+    first = start(tracked, write_csv(tmp_path / "retry.csv", "rt-nccl,config/flaky.py,1,,nccl error once,1")
+                  )["campaign_id"]
+    wait_campaign(tracked, first)
+    parent = settled_parent(tracked, mlflow_server, first)
+    kids = children(mlflow_server, parent)
+    assert list(kids) == ["rt-nccl"]  # two attempts, one child
+    child = kids["rt-nccl"]
+    assert child.info.status == "FINISHED"
+    assert child.data.tags["workflow.attempt"] == "2"
+    assert_points_match_lines(tracked, mlflow_server, "rt-nccl", child)
+    named = mlflow_server.client().search_runs([parent.info.experiment_id], filter_string="tags.`workflow.run_id` = "
+                                               "'rt-nccl'")
+    assert len(named) == 1
+
+    def campaign_parents() -> int:
+        return len(mlflow_server.client().search_runs(
+            [parent.info.experiment_id], filter_string="tags.`workflow.kind` = 'campaign'"))
+
+    before = campaign_parents()
+    second = start(tracked, write_csv(tmp_path / "attach.csv", "at-ok,config/ok.py,2,,attached,1"),
+                   "--set", f"MLFLOW_PARENT_RUN_ID={parent.info.run_id}")["campaign_id"]
+    wait_campaign(tracked, second)
+    assert campaign_record(tracked, second)["parent_run_id"] == parent.info.run_id
+    wait_until(lambda: mlflow_server.client().get_run(parent.info.run_id).info.status != "RUNNING" and (
+        campaign_record(tracked, second).get("totals")), SETTLE, interval=0.5, what="the attached campaign settled")
+    kids = children(mlflow_server, parent)
+    assert sorted(kids) == ["at-ok", "rt-nccl"]
+    assert kids["at-ok"].data.tags["workflow.campaign_id"] == second
+    assert kids["at-ok"].info.status == "FINISHED"
+    assert campaign_parents() == before  # attached: no new parent run
+    seen = json.loads((run_dir(tracked, "at-ok") / "mlflow_env.json").read_text())
+    assert seen["MLFLOW_RUN_ID"] == kids["at-ok"].info.run_id and "MLFLOW_PARENT_RUN_ID" not in seen
+
+
+def test_server_down_mid_run_loses_nothing_and_doubles_nothing(tracked: Pod, mlflow_server: Any,
+                                                               tmp_path: Path) -> None:
+    campaign = start(tracked, write_csv(tmp_path / "down.csv", "dn-slow,config/slow.py,1,steps=40 sleep=0.4,,1")
+                     )["campaign_id"]
+    metrics = run_dir(tracked, "dn-slow") / "metrics.jsonl"
+
+    def child_points() -> int:
+        child = (json.loads((tracked.outputs / "_campaigns" / campaign / "tracking" / "dn-slow.json").read_text())
+                 if (tracked.outputs / "_campaigns" / campaign / "tracking" / "dn-slow.json").exists() else {})
+        return int(child.get("points") or 0)
+
+    wait_until(lambda: child_points() >= 4, 120, interval=0.3, what="points of dn-slow in MLflow")
+    mlflow_server.stop()
+    try:
+        at_stop = _lines(metrics)
+        wait_until(lambda: _lines(metrics) >= at_stop + 4, 120, interval=0.3, what="dn-slow to go on training")
+        status = tracked.wf("sweep-status")
+        assert status.returncode in (0, 1), status.stderr
+        assert "tracking behind for 1 row(s): dn-slow" in status.stdout, status.stdout
+        assert run_state(tracked, "dn-slow") == "running"  # the run itself never noticed
+    finally:
+        mlflow_server.start()
+    final = wait_campaign(tracked, campaign)
+    assert final["state"] == "finished"
+    parent = settled_parent(tracked, mlflow_server, campaign)
+    child = children(mlflow_server, parent)["dn-slow"]
+    assert child.info.status == "FINISHED"
+    assert _lines(metrics) == 40
+    assert_points_match_lines(tracked, mlflow_server, "dn-slow", child)
+    status = tracked.wf("sweep-status", "--campaign", campaign)
+    assert "tracking behind" not in status.stdout, status.stdout

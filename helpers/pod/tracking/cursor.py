@@ -80,26 +80,27 @@ def read_new(path: str, offset: int, limit: int = MAX_READ_BYTES) -> Tuple[bytes
 def batches(data: bytes, offset: int, first_line: int, now_ms: int,
             limit: int = MAX_METRICS_PER_BATCH) -> List[Batch]:
     """Cut the complete lines in ``data`` (read at ``offset``; line numbers from ``first_line``) into
-    batches of at most ``limit`` points. A line with more points than ``limit`` spans batches; only the
-    last of them moves the cursor past it. Unreadable lines yield no points but are passed over."""
+    batches of at most ``limit`` points; a line is never split unless it alone has more points than
+    ``limit`` (then only its last part moves the cursor past it). Unreadable lines yield no points
+    but are passed over."""
     out: List[Batch] = []
     current: List[Point] = []
     position, line_number, lines = offset, first_line, 0
-    for raw in data.splitlines(keepends=True):
+    for raw in data.split(b"\n")[:-1]:  # complete lines only: "\n"-terminated, as the cursor counts them
         line_start = position
-        position += len(raw)
+        position += len(raw) + 1
         try:
             record = json.loads(raw.decode("utf-8", errors="replace"))
         except ValueError:
             record = None
         points = line_points(record, line_number, now_ms)
         line_number += 1
-        while len(current) + len(points) > limit:  # this line does not fit: the batch ends inside it
-            room = limit - len(current)
-            current.extend(points[:room])
-            points = points[room:]
+        if current and len(current) + len(points) > limit:  # the line does not fit: send the lines before it
             out.append(Batch(current, line_start, lines))
             current, lines = [], 0
+        while len(points) > limit:  # one line wider than a request: only its last part moves the cursor
+            out.append(Batch(points[:limit], line_start, 0))
+            points = points[limit:]
         current.extend(points)
         lines += 1
         if len(current) == limit:
