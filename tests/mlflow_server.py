@@ -65,18 +65,15 @@ class MlflowServer:
         self.starts.append(time.time())
 
     def stop(self) -> None:
-        """Stop the server and everything it started (its workers), and wait until the port is free."""
+        """Kill the server and everything it started (its workers), as a crash would, and wait until it no
+        longer answers. The sqlite store keeps every committed request."""
         if self.proc is None:
             return
         try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        self.proc.wait(timeout=30)
         deadline = time.monotonic() + 20
         while self.answers() and time.monotonic() < deadline:
             time.sleep(0.1)

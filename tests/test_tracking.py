@@ -173,7 +173,7 @@ def test_retry_reuses_its_child_and_a_second_submission_attaches_to_the_parent(
 
 def test_server_down_mid_run_loses_nothing_and_doubles_nothing(tracked: Pod, mlflow_server: Any,
                                                                tmp_path: Path) -> None:
-    campaign = start(tracked, write_csv(tmp_path / "down.csv", "dn-slow,config/slow.py,1,steps=40 sleep=0.4,,1")
+    campaign = start(tracked, write_csv(tmp_path / "down.csv", "dn-slow,config/slow.py,1,steps=60 sleep=0.4,,1")
                      )["campaign_id"]
     metrics = run_dir(tracked, "dn-slow") / "metrics.jsonl"
 
@@ -183,9 +183,9 @@ def test_server_down_mid_run_loses_nothing_and_doubles_nothing(tracked: Pod, mlf
         return int(child.get("points") or 0)
 
     wait_until(lambda: child_points() >= 4, 120, interval=0.3, what="points of dn-slow in MLflow")
+    at_stop = _lines(metrics)
     mlflow_server.stop()
     try:
-        at_stop = _lines(metrics)
         wait_until(lambda: _lines(metrics) >= at_stop + 4, 120, interval=0.3, what="dn-slow to go on training")
         status = tracked.wf("sweep-status")
         assert status.returncode in (0, 1), status.stderr
@@ -198,7 +198,7 @@ def test_server_down_mid_run_loses_nothing_and_doubles_nothing(tracked: Pod, mlf
     parent = settled_parent(tracked, mlflow_server, campaign)
     child = children(mlflow_server, parent)["dn-slow"]
     assert child.info.status == "FINISHED"
-    assert _lines(metrics) == 40
+    assert _lines(metrics) == 60
     assert_points_match_lines(tracked, mlflow_server, "dn-slow", child)
     status = tracked.wf("sweep-status", "--campaign", campaign)
     assert "tracking behind" not in status.stdout, status.stdout

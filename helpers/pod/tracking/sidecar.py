@@ -306,7 +306,7 @@ class Sidecar:
                 backoff = POLL_SECS
             except Exception as exc:  # the server is down, slow or refusing: keep the cursors, try again
                 settled = False
-                message = redact_uri(f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")[:300]
+                message = _short(exc)
                 self.say(f"tracking server: {message}")
                 self.save_top(last_error=message, last_error_utc=utc_now())
                 backoff = min(backoff * 2, 10.0)
@@ -335,6 +335,16 @@ class Sidecar:
             rec = _read(row_record_path(self.dir, str(row["run_id"])))
             rows[str(row["run_id"])] = {k: rec.get(k) for k in ("mlflow_run_id", "status", "points", "lines")}
         return rows
+
+
+def _short(exc: BaseException) -> str:
+    """One line about a failed request: the innermost reason urllib3 gives (refused, timed out), not the
+    whole chain; never a credential of the URI."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    found = re.search(r"(Connection refused|Read timed out|timed out|Name or service not known|"
+                      r"Failed to establish a new connection[^\)\"']*)", text)
+    reason = found.group(1) if found else text[:200]
+    return redact_uri(f"{exc.__class__.__name__}: {reason}")[:240]
 
 
 def _secret_name(key: str) -> bool:
