@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from helpers.errors import ExitCode, WorkflowError
 from helpers.session import Session
 
 
@@ -23,6 +24,9 @@ def cmd_track(session: Session) -> int:
                       f"{_uri_shown(uri) or '(MLFLOW_TRACKING_URI is empty: track would refuse)'}: the parent run, "
                       "one child run per row, every metrics.jsonl line not sent yet, final statuses and artifacts")
         return 0
+    if not uri.strip():
+        raise WorkflowError("track: MLFLOW_TRACKING_URI is empty; set it in workflow.env (or --set "
+                            "MLFLOW_TRACKING_URI=http://host:5000) to the server to send the campaign to", ExitCode.USAGE)
     result = session.call("track", {"campaign": campaign}, sync_env=True, timeout=1900)
     if session.as_json:
         session.emit_json(result)

@@ -108,7 +108,7 @@ def status(config: Dict[str, str], outputs: str, campaign_path: str, run_ids: Li
     from .cursor import read_new
 
     top = record(campaign_path)
-    late = []
+    late: List[Dict[str, Any]] = []
     for run_id in run_ids:
         path = os.path.join(outputs, run_id)
         rec = row_record(campaign_path, run_id)
@@ -120,8 +120,8 @@ def status(config: Dict[str, str], outputs: str, campaign_path: str, run_ids: Li
         lines = data.count(b"\n")
         done = read_json(os.path.join(path, "summary.json"), "run summary") if os.path.exists(
             os.path.join(path, "summary.json")) else None
-        unfinal = isinstance(done, dict) and done.get("ended_utc") and rec.get("final_ended_utc") != done.get(
-            "ended_utc")
+        unfinal = isinstance(done, dict) and done.get("ended_utc") and done.get("campaign_id") == rec.get(
+            "campaign_id") and rec.get("final_ended_utc") != done.get("ended_utc")
         if lines or unfinal:
             late.append({"run_id": run_id, "lines": lines, "why": "final status not sent" if unfinal and not lines
                          else f"{lines} metrics line(s) not sent"})
