@@ -26,7 +26,8 @@ def cmd_track(session: Session) -> int:
         return 0
     if not uri.strip():
         raise WorkflowError("track: MLFLOW_TRACKING_URI is empty; set it in workflow.env (or --set "
-                            "MLFLOW_TRACKING_URI=http://host:5000) to the server to send the campaign to", ExitCode.USAGE)
+                            "MLFLOW_TRACKING_URI=http://host:5000) to the server to send the campaign to",
+                            ExitCode.USAGE)
     result = session.call("track", {"campaign": campaign}, sync_env=True, timeout=1900)
     if session.as_json:
         session.emit_json(result)
