@@ -199,6 +199,8 @@ COMMANDS: tuple[Command, ...] = (
             "cmd_sweep_resume", _setup_campaign, changes=True, json=True),
     Command("track", "(re)send a finished campaign from the pod's files to MLFLOW_TRACKING_URI (idempotent)",
             "tracking.commands", "cmd_track", _setup_campaign, changes=True, json=True),
+    Command("wandb-sync", "run `wandb sync` on the pod for a campaign's offline W&B runs; list rows not synced",
+            "tracking.commands", "cmd_wandb_sync", _setup_campaign, changes=True, json=True),
     Command("fetch-run", "copy one run into LOCAL_ARTIFACTS_DIR/<run_id>/ (incremental, verified)", "fetch",
             "cmd_fetch_run", _setup_fetch_run, changes=True, json=True),
     Command("disconnect", "close the shared SSH connection to the pod (it closes itself when idle)", "session",

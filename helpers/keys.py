@@ -227,6 +227,14 @@ KEYS: tuple[Key, ...] = (
     _k(_M, "TRACKING_FLUSH_SECS", "int", "600",
        "after the executor ends, the sidecar keeps retrying a down server this long (then: workflow.sh track)",
        minimum=0, maximum=86400),
+    _k(_M, "WANDB_PROJECT", "str", "", "W&B project of the runs (SWEEP_WANDB=1); empty = the trainer's own"),
+    _k(_M, "WANDB_ENTITY", "str", "", "W&B entity (user or team) of the runs; empty = the key's default"),
+    _k(_M, "WANDB_MODE", "enum", "", "W&B mode of the runs: online, offline (then: workflow.sh wandb-sync), "
+       "disabled; empty = W&B's default", choices=("", "online", "offline", "disabled")),
+    _k(_M, "WANDB_VERIFY_SECS", "int", "300",
+       "SWEEP_WANDB=1: a row's W&B run directory must appear within this long of its start", minimum=1),
+    _k(_M, "WANDB_REQUIRED", "bool", "0",
+       "SWEEP_WANDB=1: a row whose W&B run is not verified fails (class tracking); 0 = a warning"),
     # --- profiles
     _k("Profiles", "WORKFLOW_PROFILES_DIR", "path", "profiles",
        "where --profile NAME finds NAME.env (a profile may set _BASE=other to inherit)"),

@@ -202,3 +202,37 @@ def test_server_down_mid_run_loses_nothing_and_doubles_nothing(tracked: Pod, mlf
     assert_points_match_lines(tracked, mlflow_server, "dn-slow", child)
     status = tracked.wf("sweep-status", "--campaign", campaign)
     assert "tracking behind" not in status.stdout, status.stdout
+
+
+def test_wandb_pass_through_offline_and_the_verification_gate(tracked: Pod, mlflow_server: Any,
+                                                               tmp_path: Path) -> None:
+    from helpers.pod.tracking.wandb import run_dirs, run_id_for
+
+    csv = write_csv(tmp_path / "wandb.csv",
+                    "wb-on,config/ok.py,1,wandb_log=1,logs to W&B,1",
+                    "wb-retry,config/flaky.py,2,wandb_log=1,nccl once: the retry continues the same W&B run,1",
+                    "wb-silent,config/ok.py,3,,never calls wandb.init,1")
+    campaign = start(tracked, csv, "--set", "SWEEP_WANDB=1", "--set", "WANDB_MODE=offline", "--set",
+                     "WANDB_PROJECT=wf-tests", "--set", "WANDB_REQUIRED=1", "--set", "SWEEP_CPU_SLOTS=3")["campaign_id"]
+    wait_campaign(tracked, campaign)
+    for run_id in ("wb-on", "wb-retry"):
+        seen = json.loads((run_dir(tracked, run_id) / "wandb_run.json").read_text())
+        assert seen == {"id": run_id_for(campaign, run_id), "group": campaign, "name": run_id}, seen
+        done = json.loads((run_dir(tracked, run_id) / "summary.json").read_text())
+        assert done["ok"] and done["wandb"]["verified"], done.get("wandb")
+        dirs = run_dirs(str(run_dir(tracked, run_id)), run_id_for(campaign, run_id))
+        assert all(offline for _, _, offline in dirs)
+        wandb_file = Path(dirs[-1][1]) / f"run-{run_id_for(campaign, run_id)}.wandb"
+        assert wandb_file.stat().st_size > 0
+    retried = run_dirs(str(run_dir(tracked, "wb-retry")), run_id_for(campaign, "wb-retry"))
+    assert len(retried) == 2  # two attempts, one W&B run id (WANDB_RESUME=allow)
+    silent = json.loads((run_dir(tracked, "wb-silent") / "summary.json").read_text())
+    assert not silent["ok"] and silent["failure_class"] == "tracking", silent
+    assert "W&B not verified" in silent["reason_line"]
+    status = tracked.wf("sweep-status", "--campaign", campaign)
+    assert status.returncode == 1 and "tracking" in status.stdout
+    # no network, no valid key here: wandb sync fails, and wandb-sync names every row that did not sync
+    synced = tracked.wf("wandb-sync", "--campaign", campaign, timeout=600)
+    assert synced.returncode == 1, synced.stderr
+    assert "3 row(s) did not sync" in synced.stdout and "wb-silent: NOT synced: no offline W&B run" in synced.stdout
+    assert SECRET not in synced.stdout + synced.stderr

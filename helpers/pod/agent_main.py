@@ -39,6 +39,7 @@ OPS: Dict[str, Tuple[str, str]] = {
     "sweep-list": ("sweepinfo", "sweep_list"),
     "fetch-list": ("fetchlist", "fetch_list"),
     "track": ("tracking.ops", "track"),
+    "wandb-sync": ("tracking.wandb", "wandb_sync"),
 }
 # ops whose stdout is raw data (not a JSON reply); errors go to stderr
 STREAM_OPS: Dict[str, Tuple[str, str]] = {

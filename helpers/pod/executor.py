@@ -23,6 +23,7 @@ from .jsonio import append_jsonl, read_json, utc_now, write_bytes, write_json
 from .scheduling import detect_slots, schedule_step, slot_env
 from .tasks import launch_supervised
 from .taskstate import is_terminal, read_status
+from .tracking import wandb as tracking_wandb
 
 TRANSIENT = ("nccl", "lost", "stalled")
 MAX_OOM_RETRIES = 2
@@ -137,7 +138,7 @@ class Executor:
         env = dict(env_base)
         shown_env = slot_env(env_base, self.slots, slots)
         env.update(WF_RUN_ID=rr.run_id, WF_CAMPAIGN_ID=self.campaign_id, WF_ATTEMPT=str(attempt), **shown_env)
-        tracking.row_env(ctx.config, self.dir, rr.run_id, env, self.tracking_until)  # its own MLflow run only
+        tracking.row_env(ctx.config, self.dir, rr.run_id, env, self.tracking_until, rr.out_dir)  # MLflow, W&B
         rr.command = runs.replay_script(argv, workdir, shown_env, ctx.path("REMOTE_ENV_PATH"),
                                         f"run {rr.run_id}, campaign {self.campaign_id}, attempt {attempt}")
         write_bytes(os.path.join(path, "command.sh"), rr.command.encode(), 0o755)
@@ -227,6 +228,7 @@ class Executor:
     def _conclude(self, rr: RowRun) -> Dict[str, Any]:
         done = runs.write_summary(runs.run_dir(self.outputs, rr.run_id), self.campaign_id, rr.row, rr.attempts,
                                   rr.out_dir, rr.command)
+        done = tracking_wandb.check(self.ctx.config, runs.run_dir(self.outputs, rr.run_id), rr.out_dir, done)
         attempts.keep_final_summary(runs.run_dir(self.outputs, rr.run_id), rr.number, done)
         self.index[rr.run_id] = attempts.index_entry(done)
         self.event("run-end", run_id=rr.run_id, ok=done["ok"], state=done["state"],

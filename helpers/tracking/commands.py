@@ -54,3 +54,25 @@ def tracking_lines(status: dict[str, Any]) -> list[str]:
         shown = ", ".join(f"{row['run_id']} ({row['why']})" for row in behind[:5])
         lines.append(f"tracking behind for {len(behind)} row(s): {shown}{', ...' if len(behind) > 5 else ''}")
     return lines
+
+
+def cmd_wandb_sync(session: Session) -> int:
+    """`wandb sync` every offline W&B run of a campaign on the pod; exit 1 naming the rows that did not sync."""
+    campaign = session.options.campaign
+    if session.dry_run:
+        session.print(f"would run `wandb sync` (the run venv's) on the pod ({session.transport_label()}) for every "
+                      f"offline W&B run of campaign {campaign or '(the latest)'}, and list the rows that do not sync")
+        return 0
+    result = session.call("wandb-sync", {"campaign": campaign}, sync_env=True, timeout=3600)
+    if session.as_json:
+        session.emit_json(result)
+        return 1 if result["not_synced"] else 0
+    for run_id, row in sorted(result["rows"].items()):
+        verdict = f"synced {row['runs']} run(s)" if row["synced"] else f"NOT synced: {row.get('error')}"
+        session.print(f"  {run_id}: {verdict}")
+    if result["not_synced"]:
+        session.print(f"campaign {result['campaign_id']}: {len(result['not_synced'])} row(s) did not sync: "
+                      f"{', '.join(result['not_synced'])}")
+        return 1
+    session.print(f"campaign {result['campaign_id']}: every row's offline W&B runs synced")
+    return 0

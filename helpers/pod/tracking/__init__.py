@@ -74,10 +74,14 @@ def start_sidecar(ctx: Any, campaign_path: str) -> Optional[int]:
     return proc.pid
 
 
-def row_env(config: Dict[str, str], campaign_path: str, run_id: str, env: Dict[str, str], wait_until: float
-            ) -> Dict[str, str]:
-    """The row's own MLflow variables: its child run id (waiting for the sidecar to create it until
-    ``wait_until``, a monotonic time), never the parent's."""
+def row_env(config: Dict[str, str], campaign_path: str, run_id: str, env: Dict[str, str], wait_until: float,
+            out_dir: str = "") -> Dict[str, str]:
+    """The row's own tracking variables: W&B's (wandb.py), and its MLflow child run id (waiting for the
+    sidecar to create it until ``wait_until``, a monotonic time), never the parent's."""
+    from . import wandb
+
+    wandb.row_env(config, os.path.basename(campaign_path), run_id, out_dir or os.path.join(
+        os.path.dirname(os.path.dirname(campaign_path)), run_id), env)
     for key in ("MLFLOW_PARENT_RUN_ID", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT"):
         env.pop(key, None)
     if not enabled(config):

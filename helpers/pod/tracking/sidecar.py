@@ -170,6 +170,13 @@ class Sidecar:
         return rec
 
     # -- one row
+    def ok_elsewhere(self, row: Dict[str, Any]) -> bool:
+        if os.path.exists(row_record_path(self.dir, str(row["run_id"]))):
+            return False
+        done = _read(os.path.join(self.run_path(str(row["run_id"])), "summary.json"))
+        return bool(done.get("ok")) and done.get("campaign_id") != self.campaign_id and done.get(
+            "spec_hash") == row.get("spec_hash")
+
     def run_path(self, run_id: str) -> str:
         return os.path.join(self.outputs, run_id)
 
@@ -283,6 +290,8 @@ class Sidecar:
         for row in self.manifest.get("rows") or []:
             if self.stop:
                 return False
+            if self.ok_elsewhere(row):
+                continue  # ok in an earlier campaign: this one does not run it, and tracks nothing of it
             rec = self.ensure_child(row, top)
             recs.append(rec)
         for rec in recs:
