@@ -91,3 +91,11 @@ def start_server(directory: Path, port: int) -> MlflowServer:
     server = MlflowServer(directory, port)
     server.start()
     return server
+
+
+def free_port_for_bench() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
