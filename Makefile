@@ -40,4 +40,5 @@ bench: $(VENV)/.test-stamp
 	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/sweep_status_10k.py
 	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/fetch_all.py
 	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/trainer_throughput.py
+	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/tracking_lag.py
 	BENCH_SUMMARY=$(BENCH_SUMMARY) $(PY) bench/summary.py

@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+
+import benchpods  # noqa: E402
 
 from mlflow_server import free_port_for_bench, start_server  # noqa: E402
 
@@ -113,6 +115,7 @@ def main() -> int:
                   f"max {max(got):.3f} s")
         ratio = statistics.median(results["sidecar (metrics.jsonl tailed)"]) / max(
             statistics.median(results["baseline: trainer logs itself"]), 1e-3)
+        benchpods.record("tracking_lag", "median lag: sidecar / trainer logging itself", ratio)
         print(f"ratio sidecar/baseline (median lag): {ratio:.1f}x; the sidecar polls every second, the trainer "
               "never waits on the server")
     finally:
