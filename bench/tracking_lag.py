@@ -30,7 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 import benchpods  # noqa: E402
-
 from mlflow_server import free_port_for_bench, start_server  # noqa: E402
 
 from helpers.pod import proctree  # noqa: E402
