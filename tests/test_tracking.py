@@ -236,3 +236,25 @@ def test_wandb_pass_through_offline_and_the_verification_gate(tracked: Pod, mlfl
     assert synced.returncode == 1, synced.stderr
     assert "3 row(s) did not sync" in synced.stdout and "wb-silent: NOT synced: no offline W&B run" in synced.stdout
     assert SECRET not in synced.stdout + synced.stderr
+
+
+def test_track_sends_a_campaign_after_the_fact(tracked: Pod, mlflow_server: Any, tmp_path: Path) -> None:
+    """A campaign run with tracking off is sent later by `track`, from the pod's files; a second `track`
+    sends nothing twice."""
+    csv = write_csv(tmp_path / "late.csv", "lt-ok,config/ok.py,1,steps=5,,1", "lt-fail,config/fail.py,2,,,1")
+    campaign = start(tracked, csv, "--set", "MLFLOW_TRACKING_URI=")["campaign_id"]
+    wait_campaign(tracked, campaign)
+    assert not (tracked.outputs / "_campaigns" / campaign / "tracking.json").exists()  # no sidecar ran
+    assert "MLFLOW_RUN_ID" not in json.loads((run_dir(tracked, "lt-ok") / "mlflow_env.json").read_text())
+    for _ in range(2):
+        sent = tracked.wf("track", "--campaign", campaign, "--json", timeout=600)
+        assert sent.returncode == 0, sent.stderr
+        rows = json.loads(sent.stdout)["rows"]
+        assert {r: rows[r]["status"] for r in rows} == {"lt-ok": "FINISHED", "lt-fail": "FAILED"}
+        parent = mlflow_server.client().get_run(campaign_record(tracked, campaign)["parent_run_id"])
+        assert parent.info.status == "FAILED"
+        kids = children(mlflow_server, parent)
+        for run_id in ("lt-ok", "lt-fail"):
+            assert_points_match_lines(tracked, mlflow_server, run_id, kids[run_id])
+    running = tracked.wf("track", "--campaign", campaign, "--set", "MLFLOW_TRACKING_URI=")
+    assert running.returncode == 2

@@ -315,7 +315,7 @@ def _tracking_view(ctx: Context, path: str, manifest: Dict[str, Any]) -> Optiona
     run_ids = [str(row["run_id"]) for row in manifest.get("rows", [])]
     local = ctx.get("RUN_OUT_MODE") == "local_sync"
     out_dirs = {r: os.path.join(ctx.path("RUN_OUT_LOCAL_ROOT"), r) for r in run_ids} if local else {}
-    return tracking.status(manifest.get("config") or {}, ctx.outputs, path, run_ids, out_dirs)
+    return tracking.status(tracking.campaign_config(path, manifest), ctx.outputs, path, run_ids, out_dirs)
 
 
 def attempt_list(path: str) -> List[Dict[str, Any]]:

@@ -25,6 +25,13 @@ LOCK = "tracking.lock"
 DEFAULT_WAIT_SECS = 20
 
 
+def campaign_config(path: str, manifest: Dict[str, Any]) -> Dict[str, str]:
+    """The campaign's config, with the tracking keys `track` gave a campaign started without them."""
+    extra = read_json(os.path.join(path, "tracking-config.json"), "tracking config") if os.path.exists(
+        os.path.join(path, "tracking-config.json")) else None
+    return {**(manifest.get("config") or {}), **(extra if isinstance(extra, dict) else {})}
+
+
 def enabled(config: Dict[str, str]) -> bool:
     return bool(config.get("MLFLOW_TRACKING_URI", "").strip())
 

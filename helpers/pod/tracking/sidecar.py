@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional
 from .. import attempts
 from ..jsonio import read_json, utc_now, write_json
 from ..taskstate import is_terminal, read_status
-from . import LOCK, LOG, RECORD, enabled, record
+from . import LOCK, LOG, RECORD, campaign_config, enabled, record
 from .cursor import batches, read_new
 
 SCHEMA_VERSION = 1
@@ -53,11 +53,6 @@ def row_record_path(campaign_path: str, run_id: str) -> str:
 def _read(path: str) -> Dict[str, Any]:
     found = read_json(path, "tracking record") if os.path.exists(path) else None
     return found if isinstance(found, dict) else {}
-
-
-def campaign_config(path: str, manifest: Dict[str, Any]) -> Dict[str, str]:
-    """The campaign's config, with the tracking keys `track` gave a campaign started without them."""
-    return {**(manifest.get("config") or {}), **_read(os.path.join(path, "tracking-config.json"))}
 
 
 def final_status(state: str) -> str:
