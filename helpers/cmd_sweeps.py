@@ -223,6 +223,9 @@ def render_status(status: dict[str, Any]) -> list[str]:
     if failed:
         lines.append(f"a failed row's log: infra_scripts/workflow.sh sweep-logs {failed[0]['run_id']}")
     lines.append(progress_line(status))
+    from helpers.tracking.commands import tracking_lines
+
+    lines += tracking_lines(status)  # MLflow on: the parent run, rows whose tracking is behind
     left = unfinished_rows(status)
     if left:
         gone = "is gone" if ex["state"] == "lost" else f"has {ex['state']}"

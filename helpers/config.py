@@ -83,6 +83,9 @@ def load_config(request: ConfigRequest, environ: Mapping[str, str] | None = None
         setting = _with_fallback(found, key, env, is_secret_name(key), Setting(key, "", "default"))
         setting.value = setting.raw
         cfg.settings[key] = setting
+    from helpers.tracking.credentials import fill as fill_mlflow_credentials
+
+    fill_mlflow_credentials(cfg.settings, env, Setting)  # ~/.mlflow/credentials, when tracking is on
     _derive(cfg)
     _cross_check(cfg)
     return cfg

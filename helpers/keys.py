@@ -58,6 +58,7 @@ _T, _P, _C, _B, _F, _K, _S, _R, _L, _U = (
     "Target", "Pod paths", "Checkout", "Bootstrap", "Workflow state", "Tracked tasks", "Sweeps", "Fetch", "Lium",
     "Slurm",
 )
+_M = "Tracking"
 
 KEYS: tuple[Key, ...] = (
     # --- where the pod is
@@ -213,6 +214,31 @@ KEYS: tuple[Key, ...] = (
        "promote RUN_ID writes the run's resolved trainer config here (local; never overwritten without --force)"),
     _k(_R, "STALE_DAYS", "int", "14", "archive --list-only: a finished campaign older than this many days is stale",
        minimum=1),
+    # --- experiment tracking (issue 13: helpers/tracking/, helpers/pod/tracking/)
+    _k(_M, "MLFLOW_TRACKING_URI", "str", "",
+       "MLflow server URL (or sqlite:/file store) the tool tracks every sweep row to; empty = tracking off"),
+    _k(_M, "MLFLOW_EXPERIMENT", "str", "", "MLflow experiment of the campaigns; empty = the repo's name"),
+    _k(_M, "MLFLOW_PARENT_RUN_ID", "str", "",
+       "attach this submission's child runs to this existing parent run (empty = a new parent per campaign)"),
+    _k(_M, "MLFLOW_TRACKING_USERNAME", "secret", "", "MLflow basic-auth user; empty = environment or "
+       "~/.mlflow/credentials"),
+    _k(_M, "MLFLOW_TRACKING_PASSWORD", "secret", "", "MLflow basic-auth password; empty = environment or "
+       "~/.mlflow/credentials"),
+    _k(_M, "MLFLOW_TRACKING_TOKEN", "secret", "", "MLflow bearer token; empty = environment or ~/.mlflow/credentials"),
+    _k(_M, "TRACKING_WAIT_SECS", "int", "20",
+       "a row waits at most this long (per executor start) for its MLflow child run, then starts without it",
+       minimum=0, maximum=600),
+    _k(_M, "TRACKING_FLUSH_SECS", "int", "600",
+       "after the executor ends, the sidecar keeps retrying a down server this long (then: workflow.sh track)",
+       minimum=0, maximum=86400),
+    _k(_M, "WANDB_PROJECT", "str", "", "W&B project of the runs (SWEEP_WANDB=1); empty = the trainer's own"),
+    _k(_M, "WANDB_ENTITY", "str", "", "W&B entity (user or team) of the runs; empty = the key's default"),
+    _k(_M, "WANDB_MODE", "enum", "", "W&B mode of the runs: online, offline (then: workflow.sh wandb-sync), "
+       "disabled; empty = W&B's default", choices=("", "online", "offline", "disabled")),
+    _k(_M, "WANDB_VERIFY_SECS", "int", "300",
+       "SWEEP_WANDB=1: a row's W&B run directory must appear within this long of its start", minimum=1),
+    _k(_M, "WANDB_REQUIRED", "bool", "0",
+       "SWEEP_WANDB=1: a row whose W&B run is not verified fails (class tracking); 0 = a warning"),
     # --- profiles
     _k("Profiles", "WORKFLOW_PROFILES_DIR", "path", "profiles",
        "where --profile NAME finds NAME.env (a profile may set _BASE=other to inherit)"),

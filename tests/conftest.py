@@ -325,3 +325,22 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     finally:
         cluster.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- mlflow
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real `mlflow server` (sqlite backend, served artifacts) on a free loopback port for the session;
+    a test may stop() and start() it again on the same port. A missing mlflow fails, never skips."""
+    import mlflow_server as server_mod
+
+    if server_mod.mlflow_bin() is None:
+        pytest.fail("mlflow is required by this test (pip install -e '.[test]' installs it); tests never skip for "
+                    "a missing tool")
+    server = server_mod.start_server(tmp_path_factory.mktemp("mlflow"), free_port())
+    try:
+        yield server
+    finally:
+        server.stop()

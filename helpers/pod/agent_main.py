@@ -43,6 +43,8 @@ OPS: Dict[str, Tuple[str, str]] = {
     "promote-source": ("results", "promote_source"),
     "promote-record": ("results", "promote_record"),
     "archive": ("archive", "archive"),
+    "track": ("tracking.ops", "track"),
+    "wandb-sync": ("tracking.wandb", "wandb_sync"),
 }
 # ops whose stdout is raw data (not a JSON reply); errors go to stderr
 STREAM_OPS: Dict[str, Tuple[str, str]] = {
@@ -53,6 +55,7 @@ LONG_OPS: Dict[str, Tuple[str, str]] = {
     "supervise": ("supervisor", "supervise_main"),
     "sweep-exec": ("executor", "executor_main"),
     "slurm-task": ("executors.slurm_task", "slurm_task_main"),  # one array task of a Slurm campaign
+    "tracking-sidecar": ("tracking.sidecar", "sidecar_main"),  # run by the run venv's python (mlflow)
 }
 
 

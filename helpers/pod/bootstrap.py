@@ -93,7 +93,7 @@ def bootstrap(ctx: Context) -> Dict[str, Any]:
     if wandb and ctx.get("WANDB_SETUP_SCRIPT"):
         _run_script(ctx.path("WANDB_SETUP_SCRIPT"), "WANDB_SETUP_SCRIPT", timeout)
         ran.append("WANDB_SETUP_SCRIPT")
-    if ctx.flag("SWEEP_WANDB"):
+    if ctx.flag("SWEEP_WANDB") and ctx.get("WANDB_MODE") not in ("offline", "disabled"):  # offline: no key needed
         from .context import read_env_file
 
         if not wandb_credentials_present(read_env_file(ctx.get("REMOTE_ENV_PATH"))):

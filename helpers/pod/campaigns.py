@@ -306,7 +306,16 @@ def sweep_status(ctx: Context) -> Dict[str, Any]:
         "heartbeat_utc": executor.get("heartbeat_utc"), "ended_utc": executor.get("ended_utc"),
         "kind": kind_of(manifest.get("config", {})), "note": note},
         "columns": columns, "rows": rows, "totals": totals, "total": len(rows), "outputs": ctx.outputs,
-        "session": ctx.get("SWEEP_TMUX_SESSION")}
+        "session": ctx.get("SWEEP_TMUX_SESSION"), "tracking": _tracking_view(ctx, path, manifest)}
+
+
+def _tracking_view(ctx: Context, path: str, manifest: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    from . import tracking
+
+    run_ids = [str(row["run_id"]) for row in manifest.get("rows", [])]
+    local = ctx.get("RUN_OUT_MODE") == "local_sync"
+    out_dirs = {r: os.path.join(ctx.path("RUN_OUT_LOCAL_ROOT"), r) for r in run_ids} if local else {}
+    return tracking.status(tracking.campaign_config(path, manifest), ctx.outputs, path, run_ids, out_dirs)
 
 
 def attempt_list(path: str) -> List[Dict[str, Any]]:

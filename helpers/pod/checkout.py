@@ -340,10 +340,14 @@ def checkout(ctx: Context) -> Dict[str, Any]:
     venv_info = ensure_venv(ctx)
     installed = pip_install(ctx, repo_info["repo"], venv_info["venv"])
     torch_info = check_torch(ctx, venv_info["venv"])
+    from .tracking.setup import ensure_client
+
+    tracking_info = ensure_client(ctx, venv_info["venv"])  # mlflow in the run venv when tracking is on
     data_info = ensure_data(ctx, repo_info["repo"], venv_info["venv"])
     runs.environment_provenance(venv_info["venv"])  # recorded now, so a sweep starts without that cost
     patched = " + local patch" if repo_info["local_patch"] else ""
     record = fsm.transition(ctx.state_file, "checkout",
                             f"checkout {repo_info['ref']} at {repo_info['sha'][:12]}{patched}", ctx.enforce)
     return {**repo_info, **venv_info, "pip": installed, **torch_info, "data": data_info, "state": record.state,
+            **tracking_info,
             "agent_python": sys.version.split()[0]}

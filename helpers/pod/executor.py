@@ -17,13 +17,14 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from . import attempts, fsm, proctree, runs
+from . import attempts, fsm, proctree, runs, tracking
 from .context import Context, run_env
 from .errors import DiskFullError
 from .jsonio import append_jsonl, is_disk_full, read_json, utc_now, write_bytes, write_json
 from .scheduling import detect_slots, schedule_step, slot_env
 from .tasks import launch_supervised
 from .taskstate import is_terminal, read_status
+from .tracking import wandb as tracking_wandb
 
 TRANSIENT = ("nccl", "lost", "stalled")
 MAX_OOM_RETRIES = 2
@@ -76,6 +77,7 @@ class Executor:
         self.pending_events: List[Dict[str, Any]] = []
         self.pending_beat: Dict[str, Any] = {}
         self.full_said = -1e9
+        self.tracking_until = 0.0  # rows wait for their MLflow child run until then (monotonic)
 
     # -- output and bookkeeping
     def say(self, text: str) -> None:
@@ -181,6 +183,7 @@ class Executor:
         env = dict(env_base)
         shown_env = slot_env(env_base, self.slots, slots)
         env.update(WF_RUN_ID=rr.run_id, WF_CAMPAIGN_ID=self.campaign_id, WF_ATTEMPT=str(attempt), **shown_env)
+        tracking.row_env(ctx.config, self.dir, rr.run_id, env, self.tracking_until, rr.out_dir)  # MLflow, W&B
         rr.command = runs.replay_script(argv, workdir, shown_env, ctx.path("REMOTE_ENV_PATH"),
                                         f"run {rr.run_id}, campaign {self.campaign_id}, attempt {attempt}")
         write_bytes(os.path.join(path, "command.sh"), rr.command.encode(), 0o755)
@@ -272,6 +275,7 @@ class Executor:
     def _conclude(self, rr: RowRun) -> Dict[str, Any]:
         done = runs.write_summary(runs.run_dir(self.outputs, rr.run_id), self.campaign_id, rr.row, rr.attempts,
                                   rr.out_dir, rr.command)
+        done = tracking_wandb.check(self.ctx.config, runs.run_dir(self.outputs, rr.run_id), rr.out_dir, done)
         attempts.keep_final_summary(runs.run_dir(self.outputs, rr.run_id), rr.number, done)
         self.index[rr.run_id] = attempts.index_entry(done)
         self.event("run-end", run_id=rr.run_id, ok=done["ok"], state=done["state"],
@@ -309,6 +313,8 @@ class Executor:
         if self._check_stop_request():  # sweep-stop came while this executor was starting: run nothing
             self.say("sweep-stop was requested before this executor started: running nothing")
             return self._end(0, [RowRun(row) for row in self.manifest["rows"]])
+        if tracking.start_sidecar(ctx, self.dir):  # MLflow on: the campaign's tracking sidecar, beside us
+            self.tracking_until = time.monotonic() + tracking.wait_secs(ctx.config)
         repo = ctx.path("OPS_REMOTE_REPO")
         own = [ctx.path("VENV_DIR"), ctx.path("DATA_DIR"), ctx.path("RUN_OUT_LOCAL_ROOT"), self.outputs]
         self.provenance = {"git": runs.git_provenance(repo, [p for p in own if p]),

@@ -52,9 +52,22 @@ def main() -> int:
         with open(os.path.join(out, "config.json"), "w") as handle:
             json.dump({**cfg, "batch_size": batch, "gradient_accumulation_steps": int(
                 cfg.get("gradient_accumulation_steps", 1))}, handle)
+    if rank == 0 and any(k.startswith("MLFLOW_") for k in os.environ):  # what tracking gave this run
+        with open(os.path.join(out, "mlflow_env.json"), "w") as handle:
+            json.dump({k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")
+                       and not k.endswith(("PASSWORD", "TOKEN"))}, handle)
     print(f"config: mode={mode} batch_size={batch} seed={cfg.get('seed')} world={os.environ.get('WORLD_SIZE')}",
           flush=True)
+    run = None
+    if rank == 0 and str(cfg.get("wandb_log", "0")) in ("1", "True", "true"):  # W&B from the environment
+        import wandb
+
+        run = wandb.init(config={"mode": mode, "seed": cfg.get("seed")})
+        with open(os.path.join(out, "wandb_run.json"), "w") as handle:
+            json.dump({"id": run.id, "group": run.group, "name": run.name}, handle)
     for step in range(start, steps):
+        if run is not None:
+            run.log({"val_loss": 5.0 / (step + 1)}, step=step)
         print(f"iter {step} | loss {5.0 / (step + 1):.4f} | cuda={os.environ.get('CUDA_VISIBLE_DEVICES', '-')}",
               flush=True)
         if rank == 0:
@@ -87,6 +100,8 @@ def main() -> int:
                 sum(i * i for i in range(1000))
         else:
             time.sleep(float(cfg.get("sleep", 0.3)))
+    if run is not None:
+        run.finish()
     if rank == 0:
         with open(os.path.join(out, "results.json"), "w") as handle:
             json.dump({"status": "completed", "iters": steps}, handle)
