@@ -229,7 +229,9 @@ def test_outputs_filesystem_fills_up_mid_sweep(chaos_tmpfs: Chaos, tmp_path: Pat
         _fill(pod.outputs / "filler-2")  # what the supervisors' reserves gave back: full again, and held
         time.sleep(3 * HEARTBEAT_SECS)  # (a hold, not a wait: the executor must beat and try to start a row)
         pid = executor_record(pod, cid).get("pid")
-        assert pid and alive(pid), "the executor died on the full filesystem"
+        log = pod.outputs / "_campaigns" / cid / "executor.log"
+        assert pid and alive(pid), ("the executor died on the full filesystem", executor_record(pod, cid),
+                                    log.read_text()[-2000:] if log.exists() else "")
         assert not list((pod.outputs / ids[2]).glob("attempts/*/run.log")), "a row started with no room"
         code, status = status_json(pod, cid)
         assert status["executor"]["state"] == "running", status

@@ -295,7 +295,8 @@ def _core_scenario(pod: Pod, csv: Path) -> None:
     ok = summary(pod, "c-ok")
     assert (ok["ok"], ok["state"], ok["exit_code"], ok["attempts"], ok["failure_class"]) == (
         True, "success", 0, 1, None)
-    assert ok["final_metrics"] == {"iter": 2, "val_loss": pytest.approx(5 / 3), "batch_size": 8}
+    assert ok["final_metrics"] == {"iter": 2, "train_loss": pytest.approx(6 / 3), "val_loss": pytest.approx(5 / 3),
+                                    "batch_size": 8}
     assert ok["best_metrics"]["val_loss"] == pytest.approx(5 / 3)
     assert ok["trainer_results"] == {"status": "completed", "iters": 3}
 

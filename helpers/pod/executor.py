@@ -19,7 +19,6 @@ from typing import Any, Dict, List, Optional
 
 from . import attempts, fsm, proctree, runs, tracking
 from .context import Context, run_env
-from .errors import DiskFullError
 from .jsonio import append_jsonl, is_disk_full, read_json, utc_now, write_bytes, write_json
 from .scheduling import detect_slots, schedule_step, slot_env
 from .tasks import launch_supervised
@@ -102,7 +101,9 @@ class Executor:
             while self.pending_events:
                 append_jsonl(path, self.pending_events[0])
                 self.pending_events.pop(0)
-        except DiskFullError as exc:
+        except OSError as exc:
+            if not is_disk_full(exc):  # (a DiskFullError, or a raw ENOSPC from a plain write)
+                raise
             self._disk_full(exc)
 
     def beat(self, state: str = "running", **extra: Any) -> None:
@@ -118,13 +119,15 @@ class Executor:
                 write_json(path, record, durable=state != "running")
                 self.pending_beat = {}
                 return
-            except DiskFullError as exc:
+            except OSError as exc:
+                if not is_disk_full(exc):  # (a DiskFullError, or a raw ENOSPC from a plain write)
+                    raise
                 self._disk_full(exc)
                 if time.monotonic() >= deadline:
                     return
                 time.sleep(1.0)
 
-    def _disk_full(self, exc: DiskFullError) -> None:
+    def _disk_full(self, exc: OSError) -> None:
         """Say once per spell that the filesystem is full; the executor keeps going and retries."""
         now = time.monotonic()
         if now - self.full_said > 60:
@@ -134,7 +137,9 @@ class Executor:
     def _write_index(self, durable: bool = False) -> None:
         try:
             write_json(os.path.join(self.dir, "index.json"), self.index, durable=durable)
-        except DiskFullError as exc:  # the index is rebuilt from memory at the next write
+        except OSError as exc:  # the index is rebuilt from memory at the next write
+            if not is_disk_full(exc):  # (a DiskFullError, or a raw ENOSPC from a plain write)
+                raise
             self._disk_full(exc)
 
     def _check_stop_request(self) -> bool:
@@ -346,7 +351,9 @@ class Executor:
                         continue
                     verdict = self._decide(rr, status)
                     done = None if verdict in ("retry", "handoff") else self._conclude(rr)
-                except DiskFullError as exc:  # concluded once there is room; the row stays active until then
+                except OSError as exc:  # concluded once there is room; the row stays active until then
+                    if not is_disk_full(exc):  # (a DiskFullError, or a raw ENOSPC from a plain write)
+                        raise
                     self._disk_full(exc)
                     continue
                 del active[run_id]
@@ -372,7 +379,9 @@ class Executor:
                 rr = next(r for r in todo if r.run_id == run_id)
                 try:
                     self._start(rr, take, env_base, cpu_mode, threads)
-                except DiskFullError as exc:  # not started: it waits in the queue for room
+                except OSError as exc:  # not started: it waits in the queue for room
+                    if not is_disk_full(exc):  # (a DiskFullError, or a raw ENOSPC from a plain write)
+                        raise
                     self._disk_full(exc)
                     rr.not_before = time.monotonic() + DISK_FULL_RETRY_SECS
                     break
@@ -412,13 +421,11 @@ class Executor:
             while True:
                 try:
                     fsm.transition(ctx.state_file, command, why, ctx.enforce)
-                except DiskFullError as exc:  # the verdict lands as soon as there is room
-                    self._disk_full(exc)
-                    if time.monotonic() < deadline:
-                        time.sleep(1.0)
+                except Exception as exc:  # the state was changed by hand meanwhile, or its filesystem is full
+                    if is_disk_full(exc) and time.monotonic() < deadline:
+                        self._disk_full(exc)  # type: ignore[arg-type]
+                        time.sleep(1.0)  # the verdict lands as soon as there is room
                         continue
-                    self.say(f"workflow state not updated: {exc}")
-                except Exception as exc:  # the state was changed by hand meanwhile: say so, keep going
                     self.say(f"workflow state not updated: {exc}")
                 break
         self.event("executor-end", state=state, failed=failed)
