@@ -179,7 +179,17 @@ def _start(cluster: SlurmCluster, s: Path, msock: Path) -> None:
     cluster.pidfiles.append(s / "slurmctld.pid")
     subprocess.run(["slurmd", "-N", "localhost"], env=env, check=True)  # NodeName=localhost != hostname
     cluster.pidfiles.append(s / "slurmd.pid")
-    _wait(lambda: cluster.run("sinfo", "-h", "-o", "%T", check=False).stdout.strip() == "idle", "an idle node")
+    states: list[str] = []
+
+    def idle() -> bool:
+        states[:] = [cluster.run("sinfo", "-h", "-o", "%T %E", check=False).stdout.strip()]
+        if states[0].startswith(("down", "drain")) and "Not responding" not in states[0]:
+            cluster.run("scontrol", "update", "nodename=localhost", "state=resume", check=False)
+        return states[0].split(" ")[0] == "idle"
+    try:
+        _wait(idle, "an idle node", timeout=180.0)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc} (sinfo: {states})") from None
     # enforced associations: root's (made with the cluster's registration) must exist before any job
     _wait(lambda: "root" in cluster.run("sacctmgr", "-n", "-P", "show", "assoc", "user=root", "format=user",
                                         check=False).stdout, "root's association")

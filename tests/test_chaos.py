@@ -16,6 +16,7 @@ The randomized campaign replays with CHAOS_SEED=<seed> (the seed is printed).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -51,7 +52,7 @@ from chaos_helpers import (
     wf,
     write_csv,
 )
-from conftest import WORKFLOW, Pod, SSHServer, make_pod, wait_until
+from conftest import WORKFLOW, Pod, SSHServer, free_port, make_pod, start_sshd, wait_until
 
 from helpers.pod.executor import HEARTBEAT_SECS
 from helpers.pod.taskstate import update_status
@@ -175,23 +176,29 @@ def test_sweep_watch_rides_out_killed_ssh_connections(chaos_ssh: Chaos, tmp_path
 @pytest.fixture(params=["local", "ssh"])
 def chaos_tmpfs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                 source_repo: Path) -> Iterator[Chaos]:
-    """A pod (local, or over the loopback sshd) whose outputs are on a small tmpfs (needs root), set up
-    for sweeps; unmounted after."""
+    """A pod (local, or over its own loopback sshd) whose outputs are on a small tmpfs (needs root), set up
+    for sweeps; unmounted after. The sshd is started after the mount: the test sshd runs in a private
+    mount namespace, which sees only the mounts made before it started."""
     base = tmp_path_factory.mktemp("chaos-tmpfs")
-    server = request.getfixturevalue("sshd") if request.param == "ssh" else None
-    pod = make_pod(request.param, base, source_repo, server)
-    pod.outputs.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(pod.outputs)],
+    pod = make_pod("local", base, source_repo, None)
+    outputs = pod.outputs
+    outputs.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(outputs)],
                              stderr=subprocess.PIPE, text=True)
     if mounted.returncode != 0:
         pytest.fail(f"this test mounts a tmpfs (run as root): {mounted.stderr.strip()}")
+    server = start_sshd(base / "sshd", free_port()) if request.param == "ssh" else None
+    if server is not None:  # the same pod, reached over this sshd
+        pod = dataclasses.replace(pod, kind="ssh", sshd=server)
+        pod.set(OPS_DEFAULT_HOST=server.target, OPS_SSH_KEY=str(server.key))
     try:
         yield Chaos(pod, setup_chaos_pod(pod, base))
     finally:
         reap(pod)
-        if pod.kind == "ssh":
+        if server is not None:
             pod.wf("disconnect", timeout=60)  # the shared connection would outlive the test
-        subprocess.run(["umount", "-l", str(pod.outputs)], check=False)
+            os.kill(server.pid, signal.SIGTERM)
+        subprocess.run(["umount", "-l", str(outputs)], check=False)
 
 
 def _fill(path: Path) -> None:

@@ -151,8 +151,15 @@ def test_scancel_outside_the_tool_shows_cancelled_also_after_the_job_left_slurmc
     slurm_cluster.run("scancel", f"--name={campaign}")
     wait_done(login, slurm_cluster, campaign)
     # the end record reaches slurmdbd asynchronously: the row shows cancelled once sacct has it
-    row = wait_until(lambda: _row_if(status(login, campaign), "ex-a", "cancelled"), 60, interval=1,
-                     what="ex-a to show cancelled")
+    seen: list[dict[str, Any]] = []
+
+    def cancelled() -> dict[str, Any] | None:
+        seen[:] = [rows_by_id(status(login, campaign))["ex-a"]]
+        return seen[0] if seen[0]["state"] == "cancelled" else None
+    try:
+        row = wait_until(cancelled, 60, interval=1, what="ex-a to show cancelled")
+    except BaseException as exc:  # (pytest's Failed is not an Exception)
+        raise AssertionError(f"{exc}; last seen: {seen}") from None
     assert "CANCELLED" in (row.get("slurm") or ""), row
     job = started["job_ids"][0]
     wait_until(lambda: not slurm_cluster.ok("scontrol", "show", "job", job), 90, interval=1,

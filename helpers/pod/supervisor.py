@@ -51,6 +51,8 @@ FINAL_RETRY_SECS = 600.0  # how long the last status write is retried on a full 
 FINAL_RETRY_SLEEP = 1.0
 WRAP_UP_SECS = 5.0  # a stop that comes while the launcher only wraps up (its workers done) waits this long
 SEEN_SCAN_SECS = 0.5  # how often the task's processes are sampled
+_STOP_REASONS = {"cancel": "cancelled (task-kill / sweep-stop)",
+                 "hangup": "the tmux window or server was closed (SIGHUP); the supervisor stopped the task"}
 STOP_STATES = {"cancel": TaskState.CANCELLED, "timeout": TaskState.TIMED_OUT, "stall": TaskState.STALLED,
                "fatal": TaskState.FAILED, "hangup": TaskState.LOST}
 
@@ -168,6 +170,8 @@ class Supervisor:
         return before + block
 
     def _fatal(self, match: fatal.FatalMatch) -> None:
+        if self.stop_request:  # a stop held while the launcher wraps up: the stop is the cause of what follows
+            return
         self.stopped_by = "fatal"
         self.status.update(state=TaskState.FAILED.value, failure_class=match.failure_class,
                            reason=f"fatal error: {match.description}", ended_utc=utc_now(), cleanup="stopping",
@@ -327,9 +331,7 @@ class Supervisor:
                 if self.stop_request and self._wrapping_up(proc, now):
                     pass  # its exit code decides (see _wrapping_up)
                 elif self.stop_request:
-                    why = self.stop_request
-                    self._request_stop(why, "cancelled (task-kill / sweep-stop)" if why == "cancel" else
-                                       "the tmux window or server was closed (SIGHUP); the supervisor stopped the task")
+                    self._request_stop(self.stop_request, _STOP_REASONS[self.stop_request])
                 elif self.timeout and now - started > self.timeout:
                     self._request_stop("timeout", f"wall-clock timeout after {self.timeout:.0f}s")
                 elif self.stall and now - self.last_output > self.stall:
@@ -377,6 +379,10 @@ class Supervisor:
     def _finish(self, proc: subprocess.Popen, log: Any, oom_before: Optional[int]) -> int:
         code = proc.wait()
         proctree.reap_children()
+        if self.stop_request and self.stopped_by is None and code != 0:
+            # held while the launcher wrapped up, but it did not succeed (e.g. scancel's SIGTERM reached the
+            # workers too): the stop decides
+            self._request_stop(self.stop_request, _STOP_REASONS[self.stop_request])
         if self.partial:
             match = self._feed(self.partial)
             self.partial = b""
