@@ -139,8 +139,18 @@ def _check_pod_side(ctx: Context, rows: List[Dict[str, Any]]) -> List[str]:
 def run_is_live(path: str) -> bool:
     """Whether the run's supervisor is still alive with an attempt that has not ended."""
     status = read_status(path) or {}
-    return bool(status) and not is_terminal(status.get("state", "success")) and proctree.is_alive(
+    ended = is_terminal(status.get("state", "success")) and status.get("cleanup") in ("done", None)
+    return bool(status) and not ended and proctree.is_alive(  # (a verdict still being cleaned up is live)
         status.get("supervisor_pid"), status.get("supervisor_start_time"))
+
+
+def _refuse_live(campaign_id: str, live: List[str]) -> None:
+    if live:
+        raise WorkflowError(
+            f"campaign {campaign_id}: run(s) {', '.join(live[:5])} are still running under their supervisors (the "
+            "executor is gone, the runs are not); resuming now would start them twice. Wait for them to end "
+            f"(workflow.sh sweep-status --campaign {campaign_id}) or stop them with workflow.sh sweep-stop "
+            f"--campaign {campaign_id}, then resume", ExitCode.REFUSED)
 
 
 def live_runs(ctx: Context, rows: List[Dict[str, Any]]) -> List[str]:
@@ -428,6 +438,10 @@ def sweep_resume(ctx: Context) -> Dict[str, Any]:
                 "executor": executor_state(path)[0], "live": live_runs(ctx, todo)}
     fsm.check_allowed(fsm.read_state(ctx.state_file), "sweep-resume", ctx.enforce)
     _refuse_if_running(ctx)
+    # live runs first: one whose supervisor ends between the plan and a later check would run twice
+    own = [r for r in rows if (runs.owner(runs.run_dir(ctx.outputs, r["run_id"])) or {}).get(
+        "campaign_id") == campaign_id]
+    _refuse_live(campaign_id, live_runs(ctx, own))
     concluded, todo = _resume_plan(ctx, campaign_id, path, rows)
     taken = [r["run_id"] for r in todo if (runs.owner(runs.run_dir(ctx.outputs, r["run_id"])) or {}).get(
         "campaign_id", campaign_id) != campaign_id and os.path.isdir(runs.run_dir(ctx.outputs, r["run_id"]))]
@@ -437,13 +451,7 @@ def sweep_resume(ctx: Context) -> Dict[str, Any]:
     if not todo:
         return {"campaign_id": campaign_id, "rerun": [], "concluded": concluded,
                 "state": fsm.read_state(ctx.state_file).state}
-    live = live_runs(ctx, todo)
-    if live:
-        raise WorkflowError(
-            f"campaign {campaign_id}: run(s) {', '.join(live[:5])} are still running under their supervisors (the "
-            "executor is gone, the runs are not); resuming now would start them twice. Wait for them to end "
-            f"(workflow.sh sweep-status --campaign {campaign_id}) or stop them with workflow.sh sweep-stop "
-            f"--campaign {campaign_id}, then resume", ExitCode.REFUSED)
+    _refuse_live(campaign_id, live_runs(ctx, todo))
     _check_pod_side(ctx, todo)
     _preflight(ctx, rows)
     ctx.sync_env()
