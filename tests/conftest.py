@@ -344,3 +344,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+def fill(path: Path) -> None:
+    """Write zeros to ``path`` until its filesystem is full."""
+    with open(path, "wb", buffering=0) as handle:  # unbuffered: closing it has nothing left to write
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+        except OSError:
+            pass

@@ -52,7 +52,7 @@ from chaos_helpers import (
     wf,
     write_csv,
 )
-from conftest import WORKFLOW, Pod, SSHServer, free_port, make_pod, start_sshd, wait_until
+from conftest import WORKFLOW, Pod, SSHServer, fill, free_port, make_pod, start_sshd, wait_until
 
 from helpers.pod.executor import HEARTBEAT_SECS
 from helpers.pod.taskstate import update_status
@@ -201,16 +201,6 @@ def chaos_tmpfs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         subprocess.run(["umount", "-l", str(outputs)], check=False)
 
 
-def _fill(path: Path) -> None:
-    with open(path, "wb", buffering=0) as handle:  # unbuffered: closing it has nothing left to write
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError:
-            pass
-
-
 @pytest.mark.slow
 def test_outputs_filesystem_fills_up_mid_sweep(chaos_tmpfs: Chaos, tmp_path: Path):
     """The outputs' filesystem fills up while two rows train: the rows fail as disk_full (their attempts
@@ -223,7 +213,7 @@ def test_outputs_filesystem_fills_up_mid_sweep(chaos_tmpfs: Chaos, tmp_path: Pat
     cid = start_sweep(pod, write_csv(tmp_path / "df.csv", rows))
     trainers = [trainer_pid(chaos.ledger, run_id) for run_id in ids[:2]]  # both training
     filler = pod.outputs / "filler"
-    _fill(filler)
+    fill(filler)
     try:
         def settled() -> bool:
             result = wf(pod, "sweep-status", "--campaign", cid, "--json")
@@ -233,7 +223,7 @@ def test_outputs_filesystem_fills_up_mid_sweep(chaos_tmpfs: Chaos, tmp_path: Pat
             ended = all(run_status(pod, r).get("state") not in ("running", "pending") for r in ids[:2])
             return ended and not any(alive(pid) for pid in trainers)
         wait_until(settled, 300, interval=1.0, what="the rows on the full filesystem to end")
-        _fill(pod.outputs / "filler-2")  # what the supervisors' reserves gave back: full again, and held
+        fill(pod.outputs / "filler-2")  # what the supervisors' reserves gave back: full again, and held
         time.sleep(3 * HEARTBEAT_SECS)  # (a hold, not a wait: the executor must beat and try to start a row)
         pid = executor_record(pod, cid).get("pid")
         log = pod.outputs / "_campaigns" / cid / "executor.log"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Pod, SSHServer, cleanup_pod, make_pod, one_line_error, wait_until
+from conftest import Pod, SSHServer, cleanup_pod, fill, make_pod, one_line_error, wait_until
 
 STATE = "_control/workflow_state.json"
 TASK_STATUS = "_tasks/t1/status.json"
@@ -299,17 +299,6 @@ def tmpfs_pod(tmp_path: Path) -> Iterator[Pod]:
     finally:
         cleanup_pod(pod)
         subprocess.run(["umount", "-l", str(pod.outputs)], check=False)
-
-
-def fill(path: Path) -> None:
-    """Write zeros to ``path`` until the filesystem is full."""
-    with open(path, "wb", buffering=0) as handle:  # unbuffered: closing it has nothing left to write
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError:
-            pass
 
 
 def test_a_heartbeat_never_spends_the_reserve_a_verdict_needs(tmpfs_pod: Pod):
