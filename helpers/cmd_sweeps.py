@@ -37,6 +37,9 @@ def load_selected_rows(session: Session, path: Path | None = None) -> tuple[list
 
     cfg = session.cfg
     rows = parse_sweep_csv(path or csv_path_of(session), cfg.project_root / cfg.text("TRAIN_WORKDIR"))
+    from helpers.stage_keys import check_rows  # the rows' evaluation stages and gates (issue 14)
+
+    check_rows(cfg, path or csv_path_of(session), rows)
     selected = select_rows(rows, cfg.text("SWEEP_MATCH") or None, cfg.text("SWEEP_START_AT") or None,
                            cfg.number("SWEEP_LIMIT"))
     return rows, selected
@@ -182,6 +185,8 @@ def row_state(row: dict[str, Any]) -> str:
     recovered = row.get("recovered_from") or []
     if state == "ok" and recovered:
         state += f" ({'→'.join(dict.fromkeys(recovered))}→retry)"
+    if row.get("stage"):  # the evaluation stage it is in, or the last one it reached (gated at eval_small)
+        state += f" [{row['stage']}]"
     return state + (f" (campaign {row['from_campaign']})" if row.get("from_campaign") else "")
 
 
@@ -190,7 +195,7 @@ REASON_WIDTH = 100
 
 def _row_cells(row: dict[str, Any]) -> list[str]:
     loss = row.get("val_loss")
-    reason = str(row.get("reason_line") or "") if row["state"] in FAILED_STATES else ""
+    reason = str(row.get("reason_line") or "") if row["state"] in (*FAILED_STATES, "gated") else ""
     reason = reason if len(reason) <= REASON_WIDTH else reason[:REASON_WIDTH - 3] + "..."
     return [row["run_id"], row_state(row), str(row.get("attempts") or 0), duration(row.get("duration_s")),
             row.get("failure_class") or "", "" if loss is None else f"{loss:.4f}", reason]
@@ -240,7 +245,7 @@ def progress_line(status: dict[str, Any]) -> str:
     to run, is unfinished work (never a full bar)."""
     left = set(unfinished_rows(status))
     done = sum(1 for row in status["rows"] if row["run_id"] not in left and (
-        row["state"] == "ok" or (row["state"] in FAILED_STATES and row["state"] != "lost")))
+        row["state"] in ("ok", "gated") or (row["state"] in FAILED_STATES and row["state"] != "lost")))
     totals = status["totals"]
     extra = f", unfinished {len(left)}" if left else ""
     return bar(done, status["total"]) + "  " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())) + extra
@@ -251,7 +256,7 @@ def unfinished_rows(status: dict[str, Any]) -> list[str]:
     lost row is unfinished: sweep-resume reruns it)."""
     if status["executor"]["state"] in LIVE:
         return []
-    return [row["run_id"] for row in status["rows"] if row["state"] not in ("ok", *FAILED_STATES)
+    return [row["run_id"] for row in status["rows"] if row["state"] not in ("ok", "gated", *FAILED_STATES)
             or row["state"] == "lost"]
 
 

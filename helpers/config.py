@@ -251,6 +251,9 @@ def _cross_check(cfg: Config) -> None:
     from helpers import slurm_keys  # the SLURM_* keys
 
     slurm_keys.check(cfg.text, cfg.words, bad)
+    from helpers import stage_keys  # EVAL_*/GATE_*/BASELINE_RUN (issue 14)
+
+    stage_keys.check(cfg.text, bad)
     outputs = cfg.text("OPS_REMOTE_OUTPUTS_DIR")
     if outputs.rstrip("/") in ("", "/", "~", ".") or ".." in outputs.split("/"):
         raw = cfg.settings["OPS_REMOTE_OUTPUTS_DIR"].raw

@@ -36,7 +36,8 @@ MAX_FILES = 32  # cache files kept (one per env file/profile/--set combination);
 # commands that change nothing and need no secret on their usual path
 READ_ONLY = frozenset({"pod-status", "fsm-status", "task-status", "task-wait", "task-list", "task-logs",
                        "sweep-status", "sweep-logs", "sweep-list", "sweep-watch", "disconnect"})
-_CODE = ("keys.py", "slurm_keys.py", "config.py", "config_layers.py", "resolved.py", "config_cache.py")
+_CODE = ("keys.py", "slurm_keys.py", "config.py", "config_layers.py", "resolved.py", "config_cache.py",
+         "stage_keys.py", "pod/stages.py", "pod/gates.py")
 _HELPERS = os.path.dirname(os.path.abspath(__file__))
 
 

@@ -189,6 +189,18 @@ KEYS: tuple[Key, ...] = (
     _k(_S, "RUN_OUT_LOCAL_ROOT", "podpath", "",
        "local_sync: where runs write; empty = ${OPS_REMOTE_REPO}/examples/nanogpt/out"),
     _k(_S, "SYNC_INTERVAL_SECS", "int", "60", "local_sync: rsync interval (and once at the end)", minimum=1),
+    # --- evaluation stages and gates (issue 14: helpers/pod/stages.py, gates.py; checked in helpers/stage_keys.py)
+    _k(_S, "EVAL_SMALL_CMD", "str", "",
+       "after training: a small eval ({ckpt} {out_dir} {eval_json} placeholders; writes eval.json); empty = none"),
+    _k(_S, "GATE_SMALL", "str", "", "gate on the small eval, metric<op>value (val_loss<3.6, val_loss<baseline*0.98); "
+       "not met = row gated"),
+    _k(_S, "EVAL_FULL_CMD", "str", "",
+       "then the full eval (same placeholders), only if GATE_SMALL is met; empty = none"),
+    _k(_S, "GATE_FULL", "str", "", "gate on the full eval, metric<op>value; not met = row gated"),
+    _k(_S, "BASELINE_RUN", "str", "", "run id whose metrics a relative gate (baseline*0.98) compares with"),
+    _k(_S, "EVAL_METRICS", "str", "",
+       "metrics the evals write (comma/space list): kept in summary.json, gates checked against them; empty = all"),
+    _k(_S, "EVAL_TIMEOUT_SECS", "int", "3600", "wall-clock limit of each eval stage (0 = none)", minimum=0),
     # --- slurm (SWEEP_EXECUTOR=slurm: the pod is a cluster's login node; checked in helpers/slurm_keys.py)
     _k(_S, "SWEEP_EXECUTOR", "enum", "tmux", "where rows run: tmux = on the pod itself; slurm = as Slurm job arrays",
        choices=("tmux", "slurm")),

@@ -21,7 +21,9 @@ from helpers.errors import ExitCode, WorkflowError
 from helpers.pod.ids import is_valid_id
 
 REQUIRED_COLUMNS = ("run_id", "config", "seed")
-KNOWN_COLUMNS = ("run_id", "config", "seed", "overrides", "notes", "gpus", "timeout", "retries")
+KNOWN_COLUMNS = ("run_id", "config", "seed", "overrides", "notes", "gpus", "timeout", "retries",
+                 "eval_small_cmd", "gate_small", "eval_full_cmd", "gate_full")  # (the last four: stage_keys.py)
+STAGE_COLUMNS = ("eval_small_cmd", "gate_small", "eval_full_cmd", "gate_full")
 MAX_RUN_ID_LEN = 128
 SEED_LIMIT = 2**31  # seeds are 0 <= seed < SEED_LIMIT
 MAX_GPUS = 64
@@ -47,6 +49,7 @@ class SweepRow:
     gpus: int | None
     timeout_secs: int | None
     retries: int | None
+    stages: tuple[tuple[str, str], ...] = ()  # (column, cell) of the stage columns given (issue 14)
 
     def spec(self) -> dict[str, object]:
         """The JSON-able fields that define what runs (two rows with equal specs are the same run)."""
@@ -57,6 +60,7 @@ class SweepRow:
             "gpus": self.gpus,
             "timeout_secs": self.timeout_secs,
             "retries": self.retries,
+            **dict(self.stages),
         }
 
 
@@ -293,6 +297,7 @@ def _check_row(checker: _RowChecker, line: int, cells: dict[str, str]) -> SweepR
     gpus: int | None = None
     timeout: int | None = None
     retries: int | None = None
+    stages = tuple((c, raw) for c, raw in cells.items() if c in STAGE_COLUMNS and raw)  # checked by stage_keys
     for column, raw in cells.items():  # header order, so the first problem in the row is reported
         if column == "run_id":
             run_id = checker.run_id(line, raw)
@@ -316,7 +321,7 @@ def _check_row(checker: _RowChecker, line: int, cells: dict[str, str]) -> SweepR
         elif raw and column == "retries":
             what = f"a whole number from 0 to {MAX_RETRIES}, or leave it empty for the default"
             retries = checker.integer(line, column, raw, 0, MAX_RETRIES, what)
-    return SweepRow(line, run_id, config, seed, overrides, notes, gpus, timeout, retries)
+    return SweepRow(line, run_id, config, seed, overrides, notes, gpus, timeout, retries, stages)
 
 
 def select_rows(
@@ -379,6 +384,8 @@ TEMPLATE_CSV = """\
 #   gpus       GPUs this run needs, 1-64 (empty = all visible GPUs)
 #   timeout    wall-clock limit in seconds (0 = no timeout)
 #   retries    how many times to retry a failed run, 0-10
+#   eval_small_cmd, gate_small, eval_full_cmd, gate_full
+#              this row's evaluation stages and gates (override EVAL_SMALL_CMD, GATE_SMALL, ...)
 run_id,config,seed,overrides,notes
 lr3e-4-s1,config/train_tiny_cpu.py,1,learning_rate=3e-4,baseline
 lr3e-4-s2,config/train_tiny_cpu.py,2,learning_rate=3e-4,"baseline, second seed"

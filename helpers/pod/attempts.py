@@ -176,7 +176,7 @@ def reason_line(text: str, record: Dict[str, Any]) -> str:
 def index_entry(done: Dict[str, Any]) -> Dict[str, Any]:
     """A concluded row as index.json (and sweep-status) keeps it."""
     entry = {k: done.get(k) for k in ("ok", "state", "failure_class", "attempts", "duration_s", "started_utc",
-                                      "ended_utc", "reason_line", "log", "recovered_from")}
+                                      "ended_utc", "reason_line", "log", "recovered_from", "stage")}
     entry["val_loss"] = (done.get("final_metrics") or {}).get("val_loss")
     return entry
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import attempts, fsm, proctree, runs, tmuxctl
+from . import attempts, fsm, proctree, runs, stages, tmuxctl
 from .context import Context
 from .errors import ExitCode, WorkflowError
 from .executor import request_stop
@@ -27,7 +27,7 @@ from .taskstate import is_terminal, read_status
 STARTING_GRACE_SECS = 30
 LIVE = ("running", "starting", "stopping")  # an executor in these states may still start or stop runs
 ROW_COLUMNS = ("run_id", "state", "attempts", "duration_s", "failure_class", "val_loss", "from_campaign",
-               "reason_line", "log", "recovered_from")
+               "reason_line", "log", "recovered_from", "stage")
 
 
 def root(ctx: Context) -> str:
@@ -279,6 +279,10 @@ def _row_view(ctx: Context, campaign_id: str, row: Dict[str, Any], index: Dict[s
         state, ended = "lost", True
     elif ended and executor_live:
         state = "retrying"  # an attempt ended; the executor decides what comes next
+    stage = stages.view(path) if state in ("retrying", "success") and executor_live else None
+    if stage:  # the training attempt succeeded and an evaluation stage runs now (stages.py)
+        state, ended = "running", False
+        view["stage"] = stage
     started = parse_utc(status.get("started_utc"))
     count = len(runs.campaign_attempts(path, campaign_id))
     out_dir = os.path.join(ctx.path("RUN_OUT_LOCAL_ROOT"), run_id) if ctx.get("RUN_OUT_MODE") == "local_sync" else path

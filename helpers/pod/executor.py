@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from . import attempts, fsm, proctree, runs, tracking
+from . import attempts, fsm, proctree, runs, stages, tracking
 from .context import Context, run_env
 from .jsonio import append_jsonl, is_disk_full, read_json, utc_now, write_bytes, write_json
 from .scheduling import detect_slots, schedule_step, slot_env
@@ -51,6 +51,8 @@ class RowRun:
         self.retry_note = ""
         self.number = 0  # the current attempt's number over the run directory's life (attempts/<n>/)
         self.logged_attempt = 0  # the attempt whose attempts.jsonl line is written
+        self.stage: Optional[Dict[str, Any]] = None  # the evaluation stage running now (stages.py)
+        self.stage_records: List[Dict[str, Any]] = []  # this row's ended stages
 
     @property
     def run_id(self) -> str:
@@ -277,9 +279,29 @@ class Executor:
             return "retry"
         return "failed"
 
+    def _verdict(self, rr: RowRun) -> Any:
+        """(status, verdict) of a row whose training attempt or evaluation stage ended, (None, "") while it
+        runs; a training attempt or stage that passed starts the row's next stage (stages.py) without waiting."""
+        if rr.stage is not None:
+            status = stages.poll(rr)
+            if status is None:
+                return None, ""
+            verdict = stages.after(self, rr, status)
+        else:
+            status = self._finished(rr)
+            if status is None:
+                return None, ""
+            verdict = self._decide(rr, status)
+            if verdict == "ok":
+                stages.reset(rr)
+        if verdict == "ok" and not self.stop_reason and stages.launch_next(self, rr):
+            return None, ""
+        return status, verdict
+
     def _conclude(self, rr: RowRun) -> Dict[str, Any]:
         done = runs.write_summary(runs.run_dir(self.outputs, rr.run_id), self.campaign_id, rr.row, rr.attempts,
                                   rr.out_dir, rr.command)
+        done = stages.apply(runs.run_dir(self.outputs, rr.run_id), rr, done)  # the stages and their gates
         done = tracking_wandb.check(self.ctx.config, runs.run_dir(self.outputs, rr.run_id), rr.out_dir, done)
         attempts.keep_final_summary(runs.run_dir(self.outputs, rr.run_id), rr.number, done)
         self.index[rr.run_id] = attempts.index_entry(done)
@@ -295,11 +317,14 @@ class Executor:
             pid = status.get("supervisor_pid")
             if pid and proctree.is_alive(pid, status.get("supervisor_start_time")):
                 os.kill(int(pid), signal.SIGTERM)
+            stages.stop(rr)
         deadline = time.monotonic() + self.ctx.number("TASK_KILL_GRACE_SECS", 10) + 20
         while active and time.monotonic() < deadline:
-            for run_id in [r for r, rr in active.items() if self._finished(rr) is not None]:
-                rr = active.pop(run_id)
-                self._decide(rr, self._finished(rr) or {})
+            for run_id in list(active):
+                rr = active[run_id]
+                if self._verdict(rr)[0] is None:
+                    continue
+                active.pop(run_id)
                 self._conclude(rr)
             time.sleep(0.2)
 
@@ -346,10 +371,9 @@ class Executor:
             for run_id in list(active):
                 rr = active[run_id]
                 try:
-                    status = self._finished(rr)
+                    status, verdict = self._verdict(rr)
                     if status is None:
                         continue
-                    verdict = self._decide(rr, status)
                     done = None if verdict in ("retry", "handoff") else self._conclude(rr)
                 except OSError as exc:  # concluded once there is room; the row stays active until then
                     if not is_disk_full(exc):  # (a DiskFullError, or a raw ENOSPC from a plain write)
@@ -364,7 +388,7 @@ class Executor:
                     self.say(f"{rr.run_id}: {status['state']} [{status.get('failure_class')}] -> {rr.retry_note}")
                     todo.insert(0, rr)
                     continue
-                if done["ok"] is False:
+                if done["ok"] is False and done.get("state") != "gated":  # a gate not met is no failure
                     failed += 1
                     if ctx.flag("SWEEP_FAIL_FAST"):
                         self.say("SWEEP_FAIL_FAST=1: stopping after the first failed row")

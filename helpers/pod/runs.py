@@ -125,7 +125,10 @@ def superseded(done: Dict[str, Any], status: Dict[str, Any]) -> bool:
 
 def is_ok(path: str, campaign_spec_hash: str) -> bool:
     done = summary(path)
-    return bool(done and done.get("ok") is True and done.get("spec_hash") == campaign_spec_hash)
+    if not done:
+        return False
+    finished = done.get("ok") is True or done.get("state") == "gated"  # a gate not met is final
+    return bool(finished and done.get("spec_hash") == campaign_spec_hash)
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -22,13 +22,15 @@ class TaskState(str, enum.Enum):
     STALLED = "stalled"
     CANCELLED = "cancelled"
     LOST = "lost"
+    GATED = "gated"  # a row whose evaluation gate was not met (stages.py): finished, not failed
 
 
 T = TaskState
-TERMINAL: FrozenSet[TaskState] = frozenset({T.SUCCESS, T.FAILED, T.TIMED_OUT, T.STALLED, T.CANCELLED, T.LOST})
+TERMINAL: FrozenSet[TaskState] = frozenset({T.SUCCESS, T.FAILED, T.TIMED_OUT, T.STALLED, T.CANCELLED, T.LOST,
+                                            T.GATED})
 TRANSITIONS: Dict[TaskState, FrozenSet[TaskState]] = {
     T.PENDING: frozenset({T.RUNNING, T.FAILED, T.CANCELLED, T.LOST}),
-    T.RUNNING: frozenset({T.SUCCESS, T.FAILED, T.TIMED_OUT, T.STALLED, T.CANCELLED, T.LOST}),
+    T.RUNNING: frozenset({T.SUCCESS, T.FAILED, T.TIMED_OUT, T.STALLED, T.CANCELLED, T.LOST, T.GATED}),
     **{state: frozenset() for state in TERMINAL},
 }
 # failure_class of the states that are failures by themselves
