@@ -159,7 +159,8 @@ def _setup_validate(p: argparse.ArgumentParser) -> None:
 def _setup_leaderboard(p: argparse.ArgumentParser) -> None:
     _setup_campaign(p)
     p.add_argument("--all", action="store_true", help="rank the rows of every campaign together")
-    p.add_argument("--metric", help="rank by the best value of this metrics.jsonl key (default val_loss)")
+    p.add_argument("--metric", help="rank by the best value of this metrics.jsonl key, or STAGE:KEY for a stage's "
+                   "eval.json value (default: eval_full:<GATE_FULL's metric> when rows ran a full eval, else val_loss)")
     p.add_argument("--higher-is-better", action="store_true", help="the metric's best is its highest value")
 
 

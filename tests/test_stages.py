@@ -245,7 +245,15 @@ def test_a_campaign_with_gates_met_not_met_and_a_failing_eval(local_pod: Pod, tm
     assert "failed [eval_small]" in lines["st-evalfail"]
     assert "ok [eval_full]" in lines["st-pass"]
     assert "gated 1" in result.stdout and "unfinished" not in result.stdout
-    # a resume reruns the failed rows only: the gated row is finished
+    # the leaderboard ranks by the full eval's gate metric by default; gated rows after ok ones, failed last
+    board = pod.wf("leaderboard", "--campaign", campaign, "--json")
+    assert board.returncode == 0, board.stderr
+    ranked = json.loads(board.stdout)
+    assert ranked["metric"] == "eval_full:val_loss" and ranked["higher_is_better"] is False
+    assert [r["run_id"] for r in ranked["rows"]] == ["st-after", "st-pass", "st-slow", "st-gated", "st-evalfail",
+                                                     "st-nometric"]
+    assert ranked["rows"][0]["value"] == pytest.approx(1.5) and ranked["rows"][3]["state"] == "gated"
+        # a resume reruns the failed rows only: the gated row is finished
     plan = pod.wf(*STAGE_SETTINGS, "sweep-resume", "--campaign", campaign, "--dry-run")
     assert plan.returncode == 0, plan.stderr
     assert "st-evalfail" in plan.stdout and "st-gated" not in plan.stdout.replace("gated", "")

@@ -83,13 +83,19 @@ def campaign_rows(ctx: Context, campaign_id: str, path: str, metric: str, higher
         if got is None:
             continue
         run_path, done = got
-        value, at, seen = metric_best(out_dir(run_path, done), metric, higher)
-        if not seen:  # no metrics.jsonl here (fetched elsewhere?): the summary's own records
+        stage, _, name = metric.rpartition(":")  # "eval_full:val_loss": the value that stage's eval wrote
+        if stage:
+            value = _number(((done.get("eval_metrics") or {}).get(stage) or {}).get(name))
+            at, seen = None, value is not None
+        else:
+            value, at, seen = metric_best(out_dir(run_path, done), metric, higher)
+        if not seen and not stage:  # no metrics.jsonl here (fetched elsewhere?): the summary's own records
             for record in (done.get("best_metrics"), done.get("final_metrics"), done.get("trainer_results")):
                 if isinstance(record, dict) and _number(record.get(metric)) is not None:
                     value, at, seen = _number(record.get(metric)), record.get("iter"), True
                     break
         found.append({"run_id": row["run_id"], "campaign_id": campaign_id, "ok": bool(done.get("ok")),
+                      "gated": done.get("state") == "gated",
                       "state": "ok" if done.get("ok") else str(done.get("state")), "value": value, "iter": at,
                       "seen": seen, "overrides": list(row.get("overrides") or []), "config": row.get("config"),
                       "seed": row.get("seed"), "failure_class": done.get("failure_class"),
@@ -103,8 +109,12 @@ def rank(rows: List[Dict[str, Any]], higher: bool) -> List[Dict[str, Any]]:
     missing, then failed rows (each group by run_id)."""
     def key(row: Dict[str, Any]) -> Tuple[int, float, str, str]:
         value = row["value"]
+        if row.get("gated"):  # a gate not met (stages.py): after every ok row, before the failed ones
+            usable = value is not None and not math.isnan(value)
+            return (2, (-value if higher else value) if usable else math.inf, str(row["run_id"]),
+                    str(row["campaign_id"]))
         if not row["ok"]:
-            return (2, 0.0, str(row["run_id"]), str(row["campaign_id"]))
+            return (3, 0.0, str(row["run_id"]), str(row["campaign_id"]))
         if value is None or math.isnan(value):
             return (1, 0.0, str(row["run_id"]), str(row["campaign_id"]))
         return (0, -value if higher else value, str(row["run_id"]), str(row["campaign_id"]))
@@ -158,6 +168,28 @@ def write_files(target: str, ordered: List[Dict[str, Any]], metric: str, higher:
     return files
 
 
+def default_metric(ctx: Context, places: List[Tuple[str, str]]) -> Tuple[str, bool]:
+    """``eval_full:<metric of GATE_FULL, else val_loss>`` when a finished row ran its full eval (higher is better
+    when that gate says so), else DEFAULT_METRIC."""
+    from .gates import GateError, parse
+
+    for _cid, path in reversed(places):
+        manifest = read_json(os.path.join(path, "manifest.json"), "campaign manifest") or {}
+        for row in manifest.get("rows", []):
+            got = _finished(ctx, row)
+            if got is None or "eval_full" not in (got[1].get("eval_metrics") or {}):
+                continue
+            text = str(row.get("gate_full") or (manifest.get("config") or {}).get("GATE_FULL") or "")
+            try:
+                gate = parse(text) if text else None
+            except GateError:
+                gate = None
+            if gate is not None:
+                return f"eval_full:{gate.metric}", gate.direction == "max"
+            return "eval_full:val_loss", False
+    return DEFAULT_METRIC, False
+
+
 def _campaign_ids(ctx: Context) -> List[str]:
     base = root(ctx)
     names = sorted(os.listdir(base)) if os.path.isdir(base) else []
@@ -166,7 +198,7 @@ def _campaign_ids(ctx: Context) -> List[str]:
 
 def leaderboard(ctx: Context) -> Dict[str, Any]:
     args = ctx.args
-    metric = str(args.get("metric") or DEFAULT_METRIC)
+    metric = str(args.get("metric") or "")
     higher = bool(args.get("higher"))
     if args.get("all"):
         ids = _campaign_ids(ctx)
@@ -175,6 +207,9 @@ def leaderboard(ctx: Context) -> Dict[str, Any]:
     else:
         cid, path = campaign_dir(ctx, args.get("campaign"))
         places, target, title = [(cid, path)], path, f"campaign {cid}"
+    if not metric:  # the last full-eval metric (stages.py), else the best val loss
+        metric, default_higher = default_metric(ctx, places)
+        higher = higher or default_higher
     rows: List[Dict[str, Any]] = []
     for cid, path in places:
         rows.extend(campaign_rows(ctx, cid, path, metric, higher))
