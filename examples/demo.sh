@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's first command: on this machine (target `local`: it stands in for the pod, no SSH, CPU),
 # set everything up and run a real sweep of the example trainer, then show the truth and fetch it.
-#   bootstrap -> checkout (clone of this repo, venv, offline data) -> 4-row sweep -> status -> fetch-all
+#   bootstrap -> checkout (clone of this repo, venv, offline data) -> 4-row sweep (two rows evaluated and
+#   gated after training) -> status -> leaderboard -> fetch-all
 # Everything it writes stays inside this checkout (.workflow/ and artifacts/, both git-ignored).
 # DEMO_TORCH=spec overrides the torch that is installed into .workflow/venv if it has none
 # (default torch==2.13.0; TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu takes PyTorch's CPU build,
@@ -43,6 +44,7 @@ main() {
     printf '(sweep-status exits 1 because a row failed, as planned: its REASON column says why)\n'
   fi
   step sweep-logs tiny-typo && "${wf[@]}" sweep-logs tiny-typo
+  step leaderboard && "${wf[@]}" leaderboard
   step fetch-all && "${wf[@]}" fetch-all
   step fsm-status && "${wf[@]}" fsm-status
   printf '\nDone. Runs are in %s/artifacts/<run_id>/ (summary.json, run_manifest.json, metrics.jsonl, run.log).\n' "${root}"

@@ -48,7 +48,7 @@ def test_demo_runs_a_true_sweep_and_fetches_it(tmp_path: Path):
     finally:
         subprocess.run(["tmux", "kill-server"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout[-3000:]
-    assert "4/4  failed 1, ok 3" in result.stdout
+    assert "4/4  failed 1, gated 1, ok 2" in result.stdout
     assert "(sweep-status exits 1 because a row failed, as planned" in result.stdout
     # the final table tells the failed row's cause (the trainer's own line, not torchrun's wrapper)
     final = result.stdout.split("== workflow.sh sweep-status", 1)[1].split("== workflow.sh", 1)[0]
@@ -58,7 +58,15 @@ def test_demo_runs_a_true_sweep_and_fetches_it(tmp_path: Path):
     assert "\x1b[" not in result.stdout  # not a TTY: no ANSI codes
     summaries = {p.parent.name: json.loads(p.read_text()) for p in (checkout / "artifacts").glob("*/summary.json")}
     assert sorted(summaries) == ["tiny-lr2e-3", "tiny-lr6e-3", "tiny-oom-retry", "tiny-typo"]
-    assert [summaries[r]["ok"] for r in sorted(summaries)] == [True, True, True, False]
+    assert [summaries[r]["ok"] for r in sorted(summaries)] == [True, False, True, False]
+    # the stages: tiny-lr2e-3 passes both gates, tiny-lr6e-3 is gated at the small eval (README's first command)
+    passed, gated = summaries["tiny-lr2e-3"], summaries["tiny-lr6e-3"]
+    assert [(s["name"], s["gate"]["passed"]) for s in passed["stages"]] == [("eval_small", True), ("eval_full", True)]
+    assert gated["state"] == "gated" and [s["name"] for s in gated["stages"]] == ["eval_small"]
+    assert gated["gate"]["metric"] == "val_loss" and gated["gate"]["value"] > gated["gate"]["threshold"] == 3.0
+    assert "gated [eval_small]" in final and "val_loss" in final
+    board = result.stdout.split("== workflow.sh leaderboard", 1)[1].split("== workflow.sh", 1)[0]
+    assert "best eval_full:val_loss" in board and board.index("tiny-lr2e-3") < board.index("tiny-lr6e-3"), board
     oom = summaries["tiny-oom-retry"]
     assert oom["attempts"] == 2 and oom["attempt_history"][0]["failure_class"] == "oom"
     for run_id in ("tiny-lr2e-3", "tiny-lr6e-3"):
