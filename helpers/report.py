@@ -158,7 +158,7 @@ def render(campaign: str, rows: list[dict[str, Any]], images: dict[str, bytes]) 
             _cell(" ".join(r["overrides"])), e(duration(r["duration_s"])), _cell(r["attempts"]),
             _cell(r["cost"]) or "unknown")) + "</tr>")
     parts.append("</table>")
-    failed = [r for r in rows if not r["ok"]]
+    failed = [r for r in rows if not r["ok"] and r["state"] != "gated"]  # a gate not met is no failure
     parts.append("<h2>Failures</h2>")
     if not failed:
         parts.append("<p>none</p>")

@@ -257,3 +257,31 @@ def test_a_campaign_with_gates_met_not_met_and_a_failing_eval(local_pod: Pod, tm
     plan = pod.wf(*STAGE_SETTINGS, "sweep-resume", "--campaign", campaign, "--dry-run")
     assert plan.returncode == 0, plan.stderr
     assert "st-evalfail" in plan.stdout and "st-gated" not in plan.stdout.replace("gated", "")
+
+
+def test_stages_over_ssh(tmp_path: Path, source_repo: Path, request: pytest.FixtureRequest) -> None:
+    """The same stages on a pod reached over the loopback sshd: one row passes both gates, one is gated."""
+    pod = make_pod("ssh", tmp_path / "ssh", source_repo, request.getfixturevalue("sshd"))
+    try:
+        pod.set(**FIXTURE_SETTINGS)
+        for command in ("bootstrap", "checkout"):
+            result = pod.wf(command, timeout=600)
+            assert result.returncode == 0, f"{command}: {result.stderr}"
+        csv = write_csv(tmp_path / "ssh.csv", "ssh-pass,config/ok.py,1,,passes,1,,",
+                        "ssh-gated,config/ok.py,2,,gated,1,,val_loss>2")
+        result = pod.wf("--set", "EVAL_SMALL_CMD=python eval.py", "--set", "GATE_SMALL=val_loss<3",
+                        "--set", "EVAL_FULL_CMD=python eval.py --scale 0.9", "sweep-start", "--csv", str(csv), "--json")
+        assert result.returncode == 0, result.stderr
+        wait_campaign(pod, json.loads(result.stdout)["campaign_id"])
+        passed = json.loads((pod.outputs / "ssh-pass" / "summary.json").read_text())
+        gated = json.loads((pod.outputs / "ssh-gated" / "summary.json").read_text())
+        assert passed["state"] == "success" and [s["state"] for s in passed["stages"]] == ["success", "success"]
+        assert passed["stages"][1]["gate"] is None  # a stage without a gate only records its metrics
+        assert gated["state"] == "gated" and gated["gate"]["direction"] == "max"
+        assert gated["gate"]["value"] == pytest.approx(5 / 3) and gated["gate"]["threshold"] == 2.0
+        status = pod.wf("sweep-status")
+        assert status.returncode == 0, status.stdout + status.stderr  # a gated row fails nothing
+        assert "gated 1, ok 1" in status.stdout
+        assert pod.wf("fsm-status", "--json").stdout.count("SWEEP_COMPLETED") >= 1
+    finally:
+        cleanup_pod(pod)

@@ -74,7 +74,8 @@ def lifecycle(ctx: Context, campaign_id: str, users: Optional[Dict[str, List[Tup
         run_path = runs.run_dir(ctx.outputs, run_id)
         own = runs.owner(run_path) if os.path.isdir(run_path) else None
         done = runs.summary(run_path) if own else None
-        if done and done.get("spec_hash") == row.get("spec_hash") and done.get("ok"):
+        if done and done.get("spec_hash") == row.get("spec_hash") and (
+                done.get("ok") or done.get("state") == "gated"):  # a gate not met (stages.py) is no failure
             ok += 1
         else:
             failed += 1

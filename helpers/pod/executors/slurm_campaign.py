@@ -13,7 +13,7 @@ from ..jsonio import read_json, utc_now, write_json
 from . import slurm, slurm_defer, slurm_state
 
 STOP_WAIT_SECS = 60
-ENDED = ("ok", "failed", "cancelled", "timeout", "stopped", "lost")  # a row view's verdicts
+ENDED = ("ok", "failed", "cancelled", "timeout", "stopped", "lost", "gated")  # a row view's verdicts
 
 
 def _record_path(path: str) -> str:
@@ -76,7 +76,7 @@ def merge_status(ctx: Context, path: str, manifest: Dict[str, Any], views: List[
             "reason") else "") + (f" on {info['node']} {info.get('elapsed') or ''}".rstrip() if state == "RUNNING"
                                   and info.get("node") else "")
         shown, klass = slurm_state.row_state(state)
-        final = view["state"] in ("ok", "failed", "cancelled", "stopped", "timeout") and view.get("attempts")
+        final = view["state"] in ("ok", "failed", "cancelled", "stopped", "timeout", "gated") and view.get("attempts")
         if final and shown not in ("queued", "running"):
             continue  # the row's own summary is the verdict
         if shown in ("queued", "running"):
@@ -98,7 +98,7 @@ def _conclude_if_ended(ctx: Context, path: str, manifest: Dict[str, Any], views:
         return
     if any(str(info.get("state") or "").split(" ")[0] in slurm_state.LIVE for info in scheduler.values()):
         return
-    failed = sum(1 for v in views if v["state"] != "ok")
+    failed = sum(1 for v in views if v["state"] not in ("ok", "gated"))  # a gate not met is no failure
     slurm_state.conclude(ctx.state_file, ctx.enforce, path, str(manifest["campaign_id"]), failed, len(views),
                          "sweep-status")
 

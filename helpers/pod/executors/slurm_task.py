@@ -226,9 +226,10 @@ def finish_if_last(task: SlurmRowExecutor) -> None:
         done = runs.summary(runs.run_dir(task.outputs, str(row["run_id"])))
         if not done or done.get("spec_hash") != row.get("spec_hash"):
             return  # a row still to come
-        if done.get("campaign_id") != task.campaign_id and not done.get("ok"):
+        finished = bool(done.get("ok")) or done.get("state") == "gated"  # a gate not met is no failure
+        if done.get("campaign_id") != task.campaign_id and not finished:
             return
-        verdicts.append(bool(done.get("ok")))
+        verdicts.append(finished)
     note = slurm_state.conclude(task.ctx.state_file, task.ctx.enforce, task.campaign_path, task.campaign_id,
                                 verdicts.count(False), len(verdicts), task.slurm)
     if note:
