@@ -266,3 +266,29 @@ def test_persist_0_one_connection_per_command_closed_at_exit(pod_over: Pod, own_
         assert not [p for p in control.iterdir() if p.is_socket()]
     assert "no shared SSH connection" in pod_over.wf("disconnect").stdout
     wait_until(lambda: not ssh_masters_for(control), 10, what="no master left")
+
+
+@pytest.mark.parametrize("client", ["openssh"])
+def test_cold_short_call_starts_its_login_before_the_imports(pod_over: Pod, own_sshd: SSHServer):
+    started = "login started during the imports"
+    first = pod_over.wf("fsm-status", "--debug")  # a cold start with no record yet: the usual path
+    assert first.returncode == 0 and started not in first.stderr, first.stderr
+    for round_number in (1, 2):
+        assert pod_over.wf("disconnect").returncode == 0
+        cold = pod_over.wf("fsm-status", "--debug")
+        assert cold.returncode == 0, cold.stderr
+        assert started in cold.stderr and "1 connection(s), 1 remote command(s)" in cold.stderr, cold.stderr
+        assert "state:" in cold.stdout or cold.stdout.strip(), cold.stdout
+        warm = pod_over.wf("fsm-status", "--debug")  # rides the master that call opened
+        assert warm.returncode == 0 and "0 connection(s)" in warm.stderr and started not in warm.stderr
+        assert logins(own_sshd) == 1 + round_number
+    # the config changed: the record is not trusted (the usual path), then made again
+    pod_over.set(SSH_KEEPALIVE_SECS="20")
+    for expected in (False, True):
+        assert pod_over.wf("disconnect").returncode == 0
+        cold = pod_over.wf("fsm-status", "--debug")
+        assert cold.returncode == 0, cold.stderr
+        assert (started in cold.stderr) is expected, cold.stderr
+    assert pod_over.wf("disconnect").returncode == 0
+    off = pod_over.wf("fsm-status", "--debug", env={"WORKFLOW_PRELAUNCH": "0"})
+    assert off.returncode == 0 and started not in off.stderr
