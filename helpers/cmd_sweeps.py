@@ -176,7 +176,21 @@ def expand_rows(status: dict[str, Any]) -> dict[str, Any]:
     if columns:
         status["rows"] = [dict(zip(columns, row)) for row in status["rows"]]
         del status["columns"]
+    _fill_compacted(status)
     return status
+
+
+def _fill_compacted(status: dict[str, Any]) -> None:
+    """What the pod left out to keep the reply small (helpers/pod/statuscache.compact): the columns no
+    row has a value in, and a log path that is the default ``<outputs>/<run_id>/run.log`` (sent as "")."""
+    import posixpath
+
+    empty = status.pop("empty_columns", None) or []
+    for row in status["rows"]:
+        for column in empty:
+            row.setdefault(column, None)
+        if row.get("log") == "":
+            row["log"] = posixpath.join(str(status.get("outputs")), str(row["run_id"]), "run.log")
 
 
 def row_state(row: dict[str, Any]) -> str:

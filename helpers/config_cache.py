@@ -29,6 +29,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from helpers.prelaunch import env_mark as _env_mark
+from helpers.prelaunch import file_mark as _stat
 from helpers.resolved import Config, ConfigRequest, Setting
 
 SCHEMA_VERSION = 1
@@ -98,29 +100,6 @@ def _identity(request: ConfigRequest) -> list[Any]:
 def cache_path(request: ConfigRequest) -> Path:
     digest = hashlib.sha256(json.dumps(_identity(request)).encode()).hexdigest()[:24]
     return Path(request.project_root) / ".workflow" / "cache" / f"config-{digest}.json"
-
-
-def _stat(path: str, content: bool = False) -> list[Any] | None:
-    """What a file looks like now: mtime (ns), size, inode, and (``content``) a hash of its bytes, so an
-    edit within the filesystem's timestamp granularity is seen too."""
-    try:
-        info = os.stat(path)
-        mark: list[Any] = [info.st_mtime_ns, info.st_size, info.st_ino]
-        if content:
-            with open(path, "rb") as handle:
-                mark.append(hashlib.sha256(handle.read()).hexdigest()[:24])
-    except OSError:
-        return None
-    return mark
-
-
-def _env_mark(name: str, secret: bool) -> str:
-    value = os.environ.get(name)
-    if value is None:
-        return "-"
-    if secret:  # a secret's value is never written, not even hashed: only that it is set
-        return "set"
-    return "h:" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:20]
 
 
 def _read(path: Path, request: ConfigRequest) -> Config | None:

@@ -34,6 +34,10 @@ if sys.flags.no_site:
 
         site.main()
 
+from helpers import prelaunch  # noqa: E402
+
+prelaunch.start(sys.argv[1:])  # a cold read-only command: the SSH login runs while the imports below do
+
 from helpers.cli import main  # noqa: E402
 
 sys.exit(main())

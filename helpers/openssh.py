@@ -18,6 +18,7 @@ import os
 import subprocess
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from helpers.errors import ExitCode, WorkflowError
 from helpers.ssh_control import (
@@ -28,8 +29,11 @@ from helpers.ssh_control import (
     _touch_private,
     control_dir,
     master_answers,
+    terminate_master,
 )
 from helpers.transport import CommandResult, ConnectionLost, Sink, Transport, _pump, remote_command_string, ssh_argv
+
+OWN_MASTER_GUARD_SECS = 30  # CONNECTION_PERSIST_SECS=0: the command's master, should the command die unclosed
 
 
 class OpenSSHTransport(Transport):
@@ -46,11 +50,15 @@ class OpenSSHTransport(Transport):
         self._description = ""
         self.connections = 0  # TCP connections (masters) this invocation opened
         self._ready = False
+        self.prelaunched = False  # the first call's ssh was started by helpers/prelaunch.py
+        self._first_call: list[str] | None = None  # its argv: what helpers/prelaunch.py may start next time
         self.open_with_first_call = False  # set for short calls (session.SHORT_CALLS): see _run_opening
         # a master serves exactly these options, and this ssh_config content (an edit means a new connection)
         identity = "\0".join(str(part) for part in (destination, port, user, key_file, known_hosts, ssh_config,
                                                      proxy_command, _file_digest(ssh_config)))
         self._name = "cm-" + hashlib.sha256(identity.encode()).hexdigest()[:24]
+        if persist_secs <= 0:  # no sharing across invocations: a master of this command's own, closed at exit
+            self._name = "pc-" + hashlib.sha256(f"{identity}\0{os.getpid()}".encode()).hexdigest()[:20]
         self._socket: str | None = None
 
     @property
@@ -114,7 +122,7 @@ class OpenSSHTransport(Transport):
         return self._socket
 
     def _options(self) -> list[str]:
-        control = f"ControlPath={self.control_path}" if self.persist_secs > 0 else "ControlPath=none"
+        control = f"ControlPath={self.control_path}"
         return ssh_argv(self.ssh_config, connect_timeout=self.connect_timeout, keepalive=self.keepalive,
                         alive_count=3, known_hosts=self.known_hosts, host_key_checking="accept-new",
                         port=self.port, user=self.user, key_file=self.key_file, proxy_command=self.proxy_command,
@@ -142,10 +150,13 @@ class OpenSSHTransport(Transport):
             raise WorkflowError(f"private key {self.key_file} for {self.description} does not exist; fix OPS_SSH_KEY "
                                 "(or the IdentityFile in your ssh config)", ExitCode.TRANSPORT)
 
+    @property
+    def _persist(self) -> str:
+        """ControlPersist: the shared master's idle time, or for a command's own master a bound on how
+        long it could outlive a command killed before it closed it."""
+        return f"{self.persist_secs}s" if self.persist_secs > 0 else f"{OWN_MASTER_GUARD_SECS}s"
+
     def _ensure_connected(self) -> None:
-        if self.persist_secs <= 0:  # no sharing: every command connects on its own
-            self._check_login()
-            return
         path = self.control_path
         lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -172,13 +183,23 @@ class OpenSSHTransport(Transport):
         with open(path + ".pins", "w", encoding="utf-8") as handle:
             handle.write(_file_digest(self.known_hosts))  # as they stand after this login (accept-new)
 
-    def _start_master(self) -> None:
-        argv = [*self._options(), "-o", "ControlMaster=yes", "-o", f"ControlPersist={self.persist_secs}s",
+    def master_argv(self) -> list[str]:
+        return [*self._options(), "-o", "ControlMaster=yes", "-o", f"ControlPersist={self._persist}",
                 "-N", "-f", "--", self.destination]
-        self._connect(argv)
 
-    def _check_login(self) -> None:
-        self._connect([*self._options(), "-T", "--", self.destination, "true"])
+    def _start_master(self) -> None:
+        self._connect(self.master_argv())
+
+    def prelaunch_record(self) -> dict[str, Any] | None:
+        """What helpers/prelaunch.py needs to start this master the next time (a shared one only)."""
+        if self.persist_secs <= 0 or not self._ready or self._first_call is None:
+            return None
+        return {"socket": self.control_path, "argv": self._opening_argv(self._first_call),
+                "known_hosts": self.known_hosts, "ssh_config": self.ssh_config}
+
+    def _opening_argv(self, argv: Sequence[str]) -> list[str]:
+        return [*self._options(), "-o", "ControlMaster=yes", "-o", f"ControlPersist={self._persist}",
+                "-T", "--", self.destination, remote_command_string(argv)]
 
     def _connect(self, argv: list[str]) -> None:
         import tempfile
@@ -225,7 +246,9 @@ class OpenSSHTransport(Transport):
     # -- commands
     def run(self, argv: Sequence[str], stdin: bytes = b"", timeout: float | None = None,
             on_stdout: Sink | None = None, on_stderr: Sink | None = None) -> CommandResult:
-        if self.open_with_first_call and not self._ready and self.persist_secs > 0:
+        if self._first_call is None:
+            self._first_call = list(argv)
+        if self.open_with_first_call and not self._ready:
             opened = self._run_opening(argv, stdin, timeout, on_stdout, on_stderr)
             if opened is not None:
                 return opened
@@ -271,25 +294,35 @@ class OpenSSHTransport(Transport):
                      on_stderr: Sink | None) -> CommandResult | None:
         """A short call with no master yet: the command's own ssh becomes the shared master (ControlMaster=yes,
         ControlPersist), so a cold command costs one login, not a master's login and then the command.
-        Its stderr goes to a file: the master, backgrounded, keeps the stderr it started with. None: a
-        master was there after all (the caller rides it)."""
+        That ssh may already be running: helpers/prelaunch.py starts it while Python imports (the login
+        overlaps them) when an earlier cold start recorded exactly this argv. Its stderr goes to a file:
+        the master, backgrounded, keeps the stderr it started with. None: a master was there after all
+        (the caller rides it)."""
         import tempfile
+
+        from helpers import prelaunch
 
         self._check_key()
         created = not os.path.exists(self.known_hosts)
         _touch_private(self.known_hosts)
         path = self.control_path
-        lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        command = self._opening_argv(argv)
+        adopted = prelaunch.adopt(path, command)
+        lock = adopted[1] if adopted else os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        proc: Any
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # commands started at once wait for this one's master
-            if self._master_usable(path):
-                self._ready = True
-                return None
-            command = [*self._options(), "-o", "ControlMaster=yes", "-o", f"ControlPersist={self.persist_secs}s",
-                       "-T", "--", self.destination, remote_command_string(argv)]
-            self.commands_run += 1
-            with tempfile.TemporaryFile() as errors:
+            if adopted:
+                proc, _, errors = adopted
+                self.prelaunched = True
+            else:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # commands started at once wait for this one's master
+                if self._master_usable(path):
+                    self._ready = True
+                    return None
+                errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the with below
                 proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors)
+            self.commands_run += 1
+            with errors:
                 assert proc.stdin and proc.stdout
                 try:
                     proc.stdin.write(stdin)
@@ -319,7 +352,7 @@ class OpenSSHTransport(Transport):
             on_stderr(err)
         return CommandResult(code, out, b"" if on_stderr is not None else err)
 
-    def _await_login(self, proc: subprocess.Popen[bytes], path: str, created: bool) -> None:
+    def _await_login(self, proc: Any, path: str, created: bool) -> None:
         """The login is bounded as a master's is: its socket appears once it is in (then the call's own
         timeout runs), or ssh exits; neither within the connect timeout: give up, exit 3."""
         deadline = time.monotonic() + self.connect_timeout + 2
@@ -341,7 +374,7 @@ class OpenSSHTransport(Transport):
                    "ssh:", "timed out", "Timeout")
         if any(marker in text for marker in markers):
             return True
-        return self.persist_secs > 0 and master_answers(self.control_path) is not True
+        return master_answers(self.control_path) is not True
 
     def rsync_shell(self) -> list[str]:
         self._ensure_master()
@@ -360,3 +393,17 @@ class OpenSSHTransport(Transport):
         except subprocess.TimeoutExpired:  # it stopped answering: set its socket aside (it dies on its keepalives)
             os.unlink(self.control_path)
         return True
+
+    def close(self) -> None:
+        """CONNECTION_PERSIST_SECS=0: the command's own master goes with it (a shared one stays)."""
+        if self.persist_secs > 0 or self._socket is None or not os.path.exists(self._socket):
+            return
+        self._ready = False
+        if not terminate_master(self._socket):
+            subprocess.run([*self._options(), "-O", "exit", "--", self.destination], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15, check=False)
+        for leftover in (self._socket, self._socket + ".lock", self._socket + ".pins"):
+            try:
+                os.unlink(leftover)
+            except OSError:
+                pass

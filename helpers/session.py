@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the rest is imported where used: a read-only command loads 
 
 # short read-only calls: on a cold OpenSSH target the call's own ssh opens the shared connection (one login)
 SHORT_CALLS = frozenset({"fsm-status", "task-status", "task-list", "pod-status", "sweep-status", "sweep-list"})
+# (helpers/prelaunch.py COMMANDS is the same set: those starts the login while Python imports)
 
 
 class Session:
@@ -136,7 +137,8 @@ class Session:
             t = self._transport
             uploads = self._agent.uploads if self._agent else 0
             self.note(f"debug: transport {t.kind}: {getattr(t, 'connections', 0)} connection(s), "
-                      f"{t.commands_run} remote command(s), {uploads} agent upload(s)")
+                      f"{t.commands_run} remote command(s), {uploads} agent upload(s)"
+                      f"{', login started during the imports' if getattr(t, 'prelaunched', False) else ''}")
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -263,4 +265,19 @@ def run_command(command: Command, options: argparse.Namespace, root: Path) -> in
         return 0
     finally:
         if session is not None:
+            _remember_master(session, request)
             session.close()
+
+
+def _remember_master(session: Session, request: ConfigRequest) -> None:
+    """A read-only command that used a shared OpenSSH master: how the next cold start prelaunches it."""
+    record = getattr(session._transport, "prelaunch_record", None)
+    if record is None:
+        return
+    from helpers import prelaunch
+
+    found = record() if session.command.name in SHORT_CALLS and not prelaunch.found_record else None
+    if found:
+        from helpers import config_cache
+
+        prelaunch.remember(str(config_cache.cache_path(request)), **found)

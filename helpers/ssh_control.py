@@ -13,6 +13,8 @@ import subprocess
 from helpers.errors import ExitCode, WorkflowError
 
 MUX_MSG_HELLO = 0x00000001  # OpenSSH PROTOCOL.mux: each side of a control connection first sends a hello
+MUX_C_TERMINATE, MUX_S_OK = 0x10000005, 0x80000001  # "ssh -O exit", without starting an ssh
+MUX_VERSION = 4
 MAX_DIR_LENGTH = 60  # sun_path holds 107 bytes: dir + "/cm-<24 hex>" + ssh's ".<16 random>" while binding
 HELLO_WAIT_SECS = 2.0  # a live master answers its socket at once; one that does not is replaced
 
@@ -59,6 +61,45 @@ def master_answers(path: str, wait: float = HELLO_WAIT_SECS) -> bool | None:
         return False
     finally:
         probe.close()
+
+
+def _read_packet(sock: socket.socket) -> bytes:
+    """One mux message: a uint32 length, then that many bytes."""
+    def exactly(count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            chunk = sock.recv(count - len(data))
+            if not chunk:
+                raise OSError("control socket closed")
+            data += chunk
+        return data
+
+    (length,) = struct.unpack(">I", exactly(4))
+    return exactly(length)
+
+
+def terminate_master(path: str, wait: float = HELLO_WAIT_SECS) -> bool:
+    """Ask the master on ``path`` to exit (what ``ssh -O exit`` sends), in-process: True when it agreed."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(wait)
+    try:
+        sock.connect(path)
+        sock.sendall(struct.pack(">III", 8, MUX_MSG_HELLO, MUX_VERSION))
+        hello = _read_packet(sock)
+        if struct.unpack(">I", hello[:4])[0] != MUX_MSG_HELLO:
+            return False
+        sock.sendall(struct.pack(">III", 8, MUX_C_TERMINATE, 1))
+        try:
+            reply = _read_packet(sock)
+        except socket.timeout:
+            return False
+        except OSError:
+            return True  # many versions exit at once, closing the socket without a reply
+        return struct.unpack(">I", reply[:4])[0] == MUX_S_OK
+    except (OSError, struct.error):
+        return False
+    finally:
+        sock.close()
 
 
 def _touch_private(path: str) -> None:

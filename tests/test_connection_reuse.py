@@ -228,3 +228,67 @@ def wait_env(pod: Pod) -> dict[str, str]:
     import sys
 
     return {**os.environ, "WORKFLOW_VENV": sys.prefix, **pod.extra_env}
+
+
+def ssh_masters_for(control: Path) -> list[str]:
+    """Running ssh processes whose command line names a socket in ``control`` (masters included)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith(b"ssh") and any(str(control).encode() in word for word in cmdline):
+            found.append(entry.name)
+    return found
+
+
+@pytest.mark.parametrize("client", ["openssh"])
+def test_persist_0_one_connection_per_command_closed_at_exit(pod_over: Pod, own_sshd: SSHServer):
+    pod_over.set(CONNECTION_PERSIST_SECS="0")
+    control = Path(pod_over.extra_env["WORKFLOW_SSH_CONTROL_DIR"])
+    # a fresh pod: the agent is missing, uploaded, and the call repeated (three remote commands), and
+    # task-run's own calls after it: all over the command's one connection
+    ran = pod_over.wf("task-run", "--id", "p0", "--cmd", "echo zero", "--debug")
+    assert ran.returncode == 0, ran.stderr
+    assert "1 connection(s)" in ran.stderr and "1 agent upload(s)" in ran.stderr, ran.stderr
+    assert int(ran.stderr.split("connection(s), ")[1].split()[0]) >= 3, ran.stderr
+    assert logins(own_sshd) == 1
+    # closed at exit: no socket left, no master process
+    assert not [p for p in control.iterdir() if p.is_socket()]
+    wait_until(lambda: not ssh_masters_for(control), 10, what="the command's master gone")
+    # a short read-only call too, and nothing shared across invocations
+    for number, args in enumerate((("task-wait", "--id", "p0"), ("fsm-status",)), start=2):
+        shown = pod_over.wf(*args, "--debug")
+        assert shown.returncode == 0, shown.stderr
+        assert "1 connection(s)" in shown.stderr, shown.stderr
+        assert logins(own_sshd) == number
+        assert not [p for p in control.iterdir() if p.is_socket()]
+    assert "no shared SSH connection" in pod_over.wf("disconnect").stdout
+    wait_until(lambda: not ssh_masters_for(control), 10, what="no master left")
+
+
+@pytest.mark.parametrize("client", ["openssh"])
+def test_cold_short_call_starts_its_login_before_the_imports(pod_over: Pod, own_sshd: SSHServer):
+    started = "login started during the imports"
+    first = pod_over.wf("fsm-status", "--debug")  # a cold start with no record yet: the usual path
+    assert first.returncode == 0 and started not in first.stderr, first.stderr
+    for round_number in (1, 2):
+        assert pod_over.wf("disconnect").returncode == 0
+        cold = pod_over.wf("fsm-status", "--debug")
+        assert cold.returncode == 0, cold.stderr
+        assert started in cold.stderr and "1 connection(s), 1 remote command(s)" in cold.stderr, cold.stderr
+        assert "state:" in cold.stdout or cold.stdout.strip(), cold.stdout
+        warm = pod_over.wf("fsm-status", "--debug")  # rides the master that call opened
+        assert warm.returncode == 0 and "0 connection(s)" in warm.stderr and started not in warm.stderr
+        assert logins(own_sshd) == 1 + round_number
+    # the config changed: the record is not trusted (the usual path), then made again
+    pod_over.set(SSH_KEEPALIVE_SECS="20")
+    for expected in (False, True):
+        assert pod_over.wf("disconnect").returncode == 0
+        cold = pod_over.wf("fsm-status", "--debug")
+        assert cold.returncode == 0, cold.stderr
+        assert (started in cold.stderr) is expected, cold.stderr
+    assert pod_over.wf("disconnect").returncode == 0
+    off = pod_over.wf("fsm-status", "--debug", env={"WORKFLOW_PRELAUNCH": "0"})
+    assert off.returncode == 0 and started not in off.stderr

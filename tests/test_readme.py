@@ -27,7 +27,8 @@ GLOBAL_OPTIONS = {"--env", "--profile", "--set", "--dry-run", "--json", "--debug
 # environment variables of the entrypoint, the Makefile and the demo (not workflow.env keys)
 ENVIRONMENT = {"WORKFLOW_PROFILE", "WORKFLOW_VENV", "WORKFLOW_PYTHON", "WORKFLOW_VENV_EXTRAS", "WORKFLOW_ENV",
                "WORKFLOW_ROOT", "WORKFLOW_SSH_CONTROL_DIR", "WORKFLOW_CONFIG_CACHE", "TORCH_INDEX_URL", "DEMO_TORCH",
-               "PYTEST_WORKERS", "NO_COLOR", "MAX_TRAIN_SAMPLES", "WF_TEST_SLURM_MAX_ARRAY"}
+               "PYTEST_WORKERS", "NO_COLOR", "MAX_TRAIN_SAMPLES", "WF_TEST_SLURM_MAX_ARRAY",
+               "WORKFLOW_PRELAUNCH"}
 ENVIRONMENT |= {"WF_CKPT", "WF_RUN_DIR", "WF_OUT_DIR", "WF_EVAL_JSON", "WF_STAGE", "WF_STAGE_DIR"}  # stages.py
 
 

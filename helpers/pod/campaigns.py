@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import attempts, fsm, proctree, runs, stages, tmuxctl
+from . import attempts, fsm, proctree, runs, stages, statuscache, tmuxctl
 from .context import Context
 from .errors import ExitCode, WorkflowError
 from .executor import request_stop
@@ -295,10 +295,20 @@ def _row_view(ctx: Context, campaign_id: str, row: Dict[str, Any], index: Dict[s
 
 def sweep_status(ctx: Context) -> Dict[str, Any]:
     campaign_id, path = campaign_dir(ctx, ctx.args.get("campaign"))
-    manifest = read_json(os.path.join(path, "manifest.json"), "campaign manifest") or {}
     state, executor = executor_state(path)
+    cacheable = state not in LIVE and not ctx.args.get("attempts")  # a concluded campaign: see statuscache
+    files = statuscache.campaign_marks(path) if cacheable else []
+    hit = statuscache.lookup(ctx, path, campaign_id, state, files) if cacheable else None
+    if hit is not None:
+        manifest = {"created_utc": hit.get("created_utc"), "config": hit.get("config") or {}}
+        table, note = hit["table"], None
+        run_ids = [str(row[0]) for row in table["rows"]]
+        return _status_reply(ctx, campaign_id, path, manifest, state, executor, note, table, run_ids)
+    manifest = read_json(os.path.join(path, "manifest.json"), "campaign manifest") or {}
     index = read_json(os.path.join(path, "index.json"), "campaign index") or {}
     live = state in LIVE
+    watched = statuscache.row_marks(ctx, [str(r["run_id"]) for r in manifest.get("rows", [])
+                                          if not index.get(r["run_id"])]) if cacheable else {}
     views = [_row_view(ctx, campaign_id, row, index, live) for row in manifest.get("rows", [])]
     if ctx.args.get("attempts"):
         for view in views:
@@ -309,24 +319,36 @@ def sweep_status(ctx: Context) -> Dict[str, Any]:
 
         note = slurm_campaign.merge_status(ctx, path, manifest, views) or None
         columns.append("slurm")
+        cacheable = False
     if ctx.args.get("attempts"):
         columns.append("attempt_list")
     totals: Dict[str, int] = {}
     for view in views:
         totals[view["state"]] = totals.get(view["state"], 0) + 1
-    rows = [[v.get(c) for c in columns] for v in views]  # compact on the wire: 10,000 rows stay small
+    sent, rows, empty = statuscache.compact(columns, views, ctx.outputs)  # 10,000 rows stay small on the wire
+    table = {"columns": sent, "rows": rows, "empty_columns": empty, "totals": totals}
+    if cacheable and statuscache.settled(views):
+        statuscache.save(ctx, path, campaign_id, state, files, watched, manifest, table)
+    return _status_reply(ctx, campaign_id, path, manifest, state, executor, note, table,
+                         [str(view["run_id"]) for view in views])
+
+
+def _status_reply(ctx: Context, campaign_id: str, path: str, manifest: Dict[str, Any], state: str,
+                  executor: Dict[str, Any], note: Optional[str], table: Dict[str, Any], run_ids: List[str]
+                  ) -> Dict[str, Any]:
     return {"campaign_id": campaign_id, "created_utc": manifest.get("created_utc"), "executor": {
         "state": state, "pid": executor.get("pid"), "slots": executor.get("slots"), "reason": executor.get("reason"),
         "heartbeat_utc": executor.get("heartbeat_utc"), "ended_utc": executor.get("ended_utc"),
         "kind": kind_of(manifest.get("config", {})), "note": note},
-        "columns": columns, "rows": rows, "totals": totals, "total": len(rows), "outputs": ctx.outputs,
-        "session": ctx.get("SWEEP_TMUX_SESSION"), "tracking": _tracking_view(ctx, path, manifest)}
+        "columns": table["columns"], "rows": table["rows"], "empty_columns": table["empty_columns"],
+        "totals": table["totals"], "total": len(table["rows"]), "outputs": ctx.outputs,
+        "session": ctx.get("SWEEP_TMUX_SESSION"), "tracking": _tracking_view(ctx, path, manifest, run_ids)}
 
 
-def _tracking_view(ctx: Context, path: str, manifest: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+def _tracking_view(ctx: Context, path: str, manifest: Dict[str, Any], run_ids: List[str]
+                   ) -> Optional[Dict[str, Any]]:
     from . import tracking
 
-    run_ids = [str(row["run_id"]) for row in manifest.get("rows", [])]
     local = ctx.get("RUN_OUT_MODE") == "local_sync"
     out_dirs = {r: os.path.join(ctx.path("RUN_OUT_LOCAL_ROOT"), r) for r in run_ids} if local else {}
     return tracking.status(tracking.campaign_config(path, manifest), ctx.outputs, path, run_ids, out_dirs)

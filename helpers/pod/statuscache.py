@@ -1,0 +1,121 @@
+"""sweep-status of a concluded campaign from ``<campaign dir>/status-cache.json`` (stdlib only).
+
+A campaign whose executor is no longer live (finished, stopped, lost) and whose rows are all
+settled (no row pending, running, retrying or queued) gives the same row table on every call
+until one of the files it was read from changes. The first call builds the table as ever and
+writes it here (temp + rename); later calls stat what the table came from and, when all of it
+is unchanged, send the stored table without parsing manifest.json, index.json or a single run's
+files: a finished campaign of 10,000 runs costs a few stats instead of 10,000 file reads.
+
+What the table depends on, and so what invalidates it (mtime in ns, size and inode of each):
+manifest.json, index.json, executor.json and tracking-config.json of the campaign; for every row
+the index does not answer, that run's summary.json, status file, campaign.json, attempts.jsonl and
+metrics.jsonl (all the row view reads); the executor's state as read now; the pod agent itself
+(its unpacked directory: a new agent never trusts an old table); the outputs and RUN_OUT_* keys.
+Anything else (executor details, tracking lag) is read fresh on every call. A cache that cannot
+be written (read-only or full filesystem) is skipped silently: it is an optimisation only.
+
+The wire format is compact either way (see ``compact``): columns no row has a value in are named
+in ``empty_columns`` instead of being sent 10,000 times, and a row's log path is sent as "" when
+it is the default ``<outputs>/<run_id>/run.log``. helpers/cmd_sweeps.expand_rows undoes both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .taskstate import status_path
+
+CACHE_FILE = "status-cache.json"
+VERSION = 1
+UNSETTLED = frozenset({"pending", "running", "retrying", "queued", "starting", "stopping"})
+CAMPAIGN_FILES = ("manifest.json", "index.json", "executor.json", "tracking-config.json")
+ROW_FILES = ("summary.json", "campaign.json", "attempts.jsonl")  # beside the status file and metrics.jsonl
+_AGENT = os.path.dirname(os.path.abspath(__file__))
+
+Mark = Optional[List[int]]
+
+
+def mark(path: str) -> Mark:
+    """What a file looks like now (None: it does not exist)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return [info.st_mtime_ns, info.st_size, info.st_ino]
+
+
+def key(ctx: Any, campaign_id: str, executor_state: str) -> List[Any]:
+    return [VERSION, _AGENT, campaign_id, executor_state, ctx.outputs, ctx.get("RUN_OUT_MODE"),
+            ctx.path("RUN_OUT_LOCAL_ROOT") if ctx.get("RUN_OUT_MODE") == "local_sync" else ""]
+
+
+def campaign_marks(path: str) -> List[Mark]:
+    return [mark(os.path.join(path, name)) for name in CAMPAIGN_FILES]
+
+
+def _row_files(ctx: Any, run_id: str) -> List[str]:
+    run = os.path.join(ctx.outputs, run_id)
+    out_dir = os.path.join(ctx.path("RUN_OUT_LOCAL_ROOT"), run_id) if ctx.get("RUN_OUT_MODE") == "local_sync" else run
+    return [*(os.path.join(run, name) for name in ROW_FILES), status_path(run), os.path.join(out_dir, "metrics.jsonl")]
+
+
+def row_marks(ctx: Any, run_ids: Sequence[str]) -> Dict[str, List[Mark]]:
+    """The marks of every file the row views of ``run_ids`` (those the index does not answer) read."""
+    return {run_id: [mark(file) for file in _row_files(ctx, run_id)] for run_id in run_ids}
+
+
+def lookup(ctx: Any, path: str, campaign_id: str, executor_state: str, files: List[Mark]
+           ) -> Optional[Dict[str, Any]]:
+    """The stored table when everything it came from (``files``: campaign_marks, now) is unchanged, else None."""
+    try:
+        with open(os.path.join(path, CACHE_FILE), "rb") as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+        if data.get("key") != key(ctx, campaign_id, executor_state) or data.get("files") != files:
+            return None
+        for run_id, marks in data["watched"].items():
+            if [mark(file) for file in _row_files(ctx, run_id)] != marks:
+                return None
+        if not isinstance(data.get("table"), dict):
+            return None
+        return data
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # none yet, or an old or damaged one: build the table
+
+
+def settled(views: Sequence[Dict[str, Any]]) -> bool:
+    return all(view.get("state") not in UNSETTLED for view in views)
+
+
+def save(ctx: Any, path: str, campaign_id: str, executor_state: str, files: List[Mark],
+         watched: Dict[str, List[Mark]], manifest: Dict[str, Any], table: Dict[str, Any]) -> None:
+    """Keep ``table`` with the marks taken *before* its files were read (a change in between is seen)."""
+    data = {"key": key(ctx, campaign_id, executor_state), "files": files, "watched": watched,
+            "created_utc": manifest.get("created_utc"), "config": manifest.get("config") or {}, "table": table}
+    target = os.path.join(path, CACHE_FILE)
+    tmp = f"{target}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(data, separators=(",", ":")))
+        os.replace(tmp, target)  # atomic: a reader sees the old table or the new one
+    except (OSError, TypeError, ValueError):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def compact(columns: Sequence[str], views: Sequence[Dict[str, Any]], outputs: str
+            ) -> Tuple[List[str], List[List[Any]], List[str]]:
+    """(columns sent, rows as lists, columns no row has a value in): the rows small on the wire."""
+    sent = [c for c in columns if c == "run_id" or any(view.get(c) is not None for view in views)]
+    empty = [c for c in columns if c not in sent]
+    rows = [[view.get(c) for c in sent] for view in views]
+    if "log" in sent:
+        at = sent.index("log")
+        for row, view in zip(rows, views):
+            if row[at] is not None and row[at] == os.path.join(outputs, str(view["run_id"]), "run.log"):
+                row[at] = ""
+    return sent, rows, empty

@@ -1,0 +1,233 @@
+"""The cold start of a short read-only command over OpenSSH: its login overlaps Python's imports.
+
+helpers/launch.py calls ``start`` before it imports helpers.cli. A short call (fsm-status,
+task-status, task-list, pod-status, sweep-status, sweep-list) that finds no shared master opens
+it with its own first call (helpers/openssh.py ``_run_opening``); that ssh's argv (options, host
+keys pinned as ever, the agent's path and op) is recorded after the command in
+``.workflow/cache/prelaunch-<hash>.marshal``, keyed by the command and everything before it on the
+command line (project, --env, --profile, --set, the python, the current directory). The next cold
+start of that command, when everything the record was made from is unchanged (the same file and
+environment marks the config cache checks, the ssh_config, the transport code) and the control
+socket is not there, starts that very ssh at once, holding the socket's lock, with its stdin
+open: login, the pod's session and the agent's start run while the client imports and loads its
+config; the transport then ``adopt``s it (only if its own first call has exactly that argv),
+writes the request to its stdin and reads the reply. One that differs is killed before it reads
+a request. Anything unusual (no record, a stale one, an option after the command, --dry-run,
+another command opening the master) starts nothing: the command connects as it always did.
+WORKFLOW_PRELAUNCH=0 turns it off. Stdlib only; a warm command pays a small file read and a few stats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import marshal
+import os
+import sys
+from typing import Any
+
+SCHEMA_VERSION = 1
+# the short read-only calls (helpers/session.py SHORT_CALLS): their first call opens the connection
+COMMANDS = frozenset({"fsm-status", "task-status", "task-list", "pod-status", "sweep-status", "sweep-list"})
+_VALUE_FLAGS = ("--env", "--profile", "--set")
+_PLAIN_FLAGS = ("--json", "--debug")
+_CODE = ("openssh.py", "ssh_control.py", "transport.py", "session.py", "prelaunch.py")
+_HELPERS = os.path.dirname(os.path.abspath(__file__))
+
+_pending: dict[str, Any] = {}  # socket path -> (argv, Popen, lock fd, stderr file) of the call started here
+found_record = False  # a current record was found (nothing to write after the command)
+
+
+def file_mark(path: str, content: bool = False) -> list[Any] | None:
+    """What a file looks like now: mtime (ns), size, inode, and (``content``) a hash of its bytes, so an
+    edit within the filesystem's timestamp granularity is seen too."""
+    try:
+        info = os.stat(path)
+        mark: list[Any] = [info.st_mtime_ns, info.st_size, info.st_ino]
+        if content:
+            with open(path, "rb") as handle:
+                mark.append(hashlib.sha256(handle.read()).hexdigest()[:24])
+    except OSError:
+        return None
+    return mark
+
+
+def env_mark(name: str, secret: bool) -> str:
+    value = os.environ.get(name)
+    if value is None:
+        return "-"
+    if secret:  # a secret's value is never written, not even hashed: only that it is set
+        return "set"
+    return "h:" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+
+
+def command_prefix(argv: list[str]) -> tuple[str, list[str]] | None:
+    """(the command, the global words before it) of a plain read-only command line, else None."""
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word in _VALUE_FLAGS:
+            index += 2
+        elif word in _PLAIN_FLAGS or word.partition("=")[0] in _VALUE_FLAGS:
+            index += 1
+        else:
+            break
+    if index >= len(argv) or argv[index] not in COMMANDS:
+        return None
+    rest = argv[index + 1:]
+    if any(w.partition("=")[0] in (*_VALUE_FLAGS, "--dry-run", "--help", "-h") for w in rest) or "--dry-run" in argv:
+        return None  # the config or the mode could differ from what the record was made for
+    return argv[index], argv[:index]
+
+
+def record_path(root: str, prefix: list[str], command: str) -> tuple[str, list[str]]:
+    """(the record's file, the identity it must hold)."""
+    identity = [root, *prefix, "\0", command, sys.executable, os.getcwd(), os.environ.get("WORKFLOW_ENV", ""),
+                os.environ.get("WORKFLOW_PROFILE", "")]
+    digest = hashlib.sha256("\0".join(identity).encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    return os.path.join(root, ".workflow", "cache", f"prelaunch-{digest}.marshal"), identity
+
+
+def _current(record: dict[str, Any], identity: list[str]) -> bool:
+    if record.get("schema_version") != SCHEMA_VERSION or record.get("identity") != identity:
+        return False
+    for name, mark in record["files"].items():
+        if file_mark(name, content=mark is not None and len(mark) > 3) != mark:
+            return False
+    return all(env_mark(name, mark == "set") == mark for name, mark in record["env"].items())
+
+
+def start(argv: list[str]) -> None:
+    """Start the command's first call in the background when a current record says how (never raises)."""
+    global found_record
+    if os.environ.get("WORKFLOW_PRELAUNCH", "1") == "0":
+        return
+    try:
+        parsed = command_prefix(argv)
+        root = os.environ.get("WORKFLOW_ROOT")
+        if parsed is None or not root:
+            return
+        path, identity = record_path(root, parsed[1], parsed[0])
+        with open(path, "rb") as handle:  # marshal: built in, nothing to import before the login can begin
+            record = marshal.loads(handle.read())
+        if not isinstance(record, dict) or not _current(record, identity):
+            return
+        found_record = True
+        socket_path = record["socket"]
+        if os.path.exists(socket_path) or not os.path.exists(record["known_hosts"]):
+            return  # a master is there (the transport checks it), or first contact: the usual path
+        _launch(socket_path, [str(word) for word in record["argv"]])
+    except Exception:  # noqa: BLE001 - an optimisation only: the command connects as ever
+        return
+
+
+class Spawned:
+    """The prelaunched ssh: what helpers/openssh.py uses of a subprocess.Popen (posix_spawn, so that no
+    subprocess module is imported before the login begins)."""
+
+    def __init__(self, argv: list[str], stderr_fd: int) -> None:
+        child_in, self_in = os.pipe()
+        self_out, child_out = os.pipe()
+        try:
+            self.pid = os.posix_spawnp(argv[0], argv, dict(os.environ), file_actions=[
+                (os.POSIX_SPAWN_DUP2, child_in, 0), (os.POSIX_SPAWN_DUP2, child_out, 1),
+                (os.POSIX_SPAWN_DUP2, stderr_fd, 2)])
+        except OSError:
+            for fd in (child_in, self_in, self_out, child_out):
+                os.close(fd)
+            raise
+        os.close(child_in)
+        os.close(child_out)
+        self.stdin = os.fdopen(self_in, "wb")
+        self.stdout = os.fdopen(self_out, "rb")
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        self.stdout.close()
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, 9)
+            except ProcessLookupError:
+                pass
+
+
+def _launch(socket_path: str, argv: list[str]) -> None:
+    import fcntl
+
+    lock = os.open(socket_path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)  # close-on-exec: ssh never holds it
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # another command is opening the master right now: it will be there
+        os.close(lock)
+        return
+    if os.path.exists(socket_path):
+        os.close(lock)
+        return
+    errors_path = f"{socket_path}.err-{os.getpid()}"
+    try:  # the call's stderr: an unnamed file (the master, backgrounded, keeps the stderr it started with)
+        errors = os.fdopen(os.open(errors_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), "w+b")
+        os.unlink(errors_path)
+        proc = Spawned(argv, errors.fileno())
+    except OSError:
+        os.close(lock)
+        return
+    _pending[socket_path] = (argv, proc, lock, errors)
+
+
+def adopt(socket_path: str, argv: list[str]) -> tuple[Spawned, int, Any] | None:
+    """The call started here for ``socket_path``: (process, the socket's lock fd, its stderr file) when it
+    is exactly ``argv`` (the caller feeds its stdin, reads it, and releases the lock), else None (one that
+    differs is killed before it reads a request; the caller connects as ever)."""
+    entry = _pending.pop(socket_path, None)
+    if entry is None:
+        return None
+    started, proc, lock, errors = entry
+    if started == argv:
+        return proc, lock, errors
+    global found_record
+    found_record = False  # the record is out of date: the command writes a new one
+    proc.kill()
+    proc.stdin.close()
+    proc.wait()
+    errors.close()
+    os.close(lock)
+    return None
+
+
+def remember(config_cache_file: str, socket: str, argv: list[str], known_hosts: str, ssh_config: str | None) -> None:
+    """After a read-only command used the shared master: the record the next cold start uses."""
+    root = os.environ.get("WORKFLOW_ROOT")
+    parsed = command_prefix(sys.argv[1:])
+    if found_record or os.environ.get("WORKFLOW_PRELAUNCH", "1") == "0" or parsed is None or not root:
+        return
+    import json
+
+    try:
+        with open(config_cache_file, encoding="utf-8") as handle:
+            cached = json.load(handle)
+        files = dict(cached["files"])
+        if ssh_config:
+            files[ssh_config] = file_mark(ssh_config, content=True)
+        for name in _CODE:  # the code that makes the argv: an upgrade never runs an old one
+            files[os.path.join(_HELPERS, name)] = file_mark(os.path.join(_HELPERS, name))
+        path, identity = record_path(root, parsed[1], parsed[0])
+        data = {"schema_version": SCHEMA_VERSION, "identity": identity, "files": files, "env": cached["env"],
+                "socket": socket, "argv": list(argv), "known_hosts": known_hosts}
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(marshal.dumps(data))
+        os.replace(tmp, path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return
