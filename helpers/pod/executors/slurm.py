@@ -20,7 +20,7 @@ from .. import runs
 from ..context import Context
 from ..errors import ExitCode, WorkflowError
 from ..jsonio import read_json, utc_now, write_bytes, write_json
-from . import slurm_defer, slurm_state
+from . import slurm_defer, slurm_parts, slurm_state
 
 TIME_MARGIN_MIN = 10  # the row's own timeout fires first; Slurm's limit is the backstop
 SIGNAL = "--signal=B:USR2@120"  # USR1 is NCCL's
@@ -125,8 +125,9 @@ def _relay(stderr: str) -> WorkflowError:
 
 
 def plan(ctx: Context, campaign_id: str, campaign_dir: str, rows: List[Dict[str, Any]], indices: List[int],
-         generation: int) -> Tuple[List[Tuple[Dict[str, Any], str, List[str]]], str]:
-    """Pure apart from reading the cluster's limits: [(chunk, chunk file, sbatch argv)], job script."""
+         generation: int, chain: bool = False) -> Tuple[List[Tuple[Dict[str, Any], str, List[str]]], str]:
+    """Pure apart from reading the cluster's limits: [(chunk, chunk file, sbatch argv)], job script. ``chain``:
+    the first chunk too waits for the campaign's newest live chunk (a later part: one throttle for all)."""
     max_array = _max_array(ctx.get("SLURM_QOS"))
     script_path = os.path.join(campaign_dir, "slurm", "job.sh")
     script = job_script(ctx, campaign_id, campaign_dir, str(ctx.args.get("slurm_job_template") or ""))
@@ -134,7 +135,7 @@ def plan(ctx: Context, campaign_id: str, campaign_dir: str, rows: List[Dict[str,
     throttled = bool(ctx.get("SLURM_ARRAY_PARALLELISM"))
     for number, chunk in enumerate(plan_chunks(ctx, rows, indices, max_array)):
         chunk_file = os.path.join(campaign_dir, "slurm", f"chunk-{generation:03d}-{number:04d}.json")
-        after = "PREVIOUS_CHUNK_JOB_ID" if throttled and number else None  # the real id once submitted
+        after = "PREVIOUS_CHUNK_JOB_ID" if throttled and (number or chain) else None  # the real id once submitted
         planned.append((chunk, chunk_file, sbatch_argv(ctx, campaign_id, campaign_dir, chunk, script_path,
                                                        chunk_file, after)))
     return planned, script
@@ -142,8 +143,12 @@ def plan(ctx: Context, campaign_id: str, campaign_dir: str, rows: List[Dict[str,
 
 def submit(ctx: Context, campaign_id: str, campaign_dir: str, rows: List[Dict[str, Any]], indices: List[int],
            generation: int) -> List[str]:
-    """Submit the rows ``indices`` of the manifest (``preflight`` first); returns the array job ids."""
-    planned, script = plan(ctx, campaign_id, campaign_dir, rows, indices, generation)
+    """Submit the rows ``indices`` of the manifest (``preflight`` first); returns the array job ids. A chunk
+    larger than the submit room left (the user's jobs already queued count) is deferred, not refused."""
+    planned, script = plan(ctx, campaign_id, campaign_dir, rows, indices, generation, chain=generation > 1)
+    config = slurm_state.show_config()
+    count = str(config.get("MaxJobCount", ""))
+    room = slurm_parts.submit_room(ctx.get("SLURM_QOS"), int(count) if count.isdigit() else None)
     os.makedirs(os.path.join(campaign_dir, "slurm"), exist_ok=True)
     script_path = os.path.join(campaign_dir, "slurm", "job.sh")
     if ctx.args.get("slurm_job_template") or not os.path.exists(script_path):  # a resume keeps the campaign's
@@ -153,14 +158,20 @@ def submit(ctx: Context, campaign_id: str, campaign_dir: str, rows: List[Dict[st
     for chunk, chunk_file, argv in planned:
         if job_ids and ctx.get("SLURM_ARRAY_PARALLELISM"):
             argv = [w if not w.startswith("--dependency=") else f"--dependency=afterany:{job_ids[-1]}" for w in argv]
+        elif not deferred:  # a later part's first chunk: after the campaign's newest chunk still in Slurm
+            argv = slurm_defer.with_dependency(argv, campaign_dir)
         write_json(chunk_file, {"schema_version": runs.SCHEMA_VERSION, "campaign_id": campaign_id,
                                 "generation": generation, "rows": chunk["rows"], "job_id": None,
                                 "argv": argv, "created_utc": utc_now(), "deferred": deferred or None})
         if deferred:
             continue
+        if room is not None and len(chunk["rows"]) > room[0]:  # over the limit with the jobs already queued
+            deferred = room[1]
+            write_json(chunk_file, {**(read_json(chunk_file, "slurm chunk") or {}), "deferred": deferred})
+            continue
         result = slurm_defer.sbatch(argv)
         if result.returncode != 0:
-            if job_ids and slurm_defer.deferrable(result.stderr):
+            if (job_ids or room is not None) and slurm_defer.deferrable(result.stderr):
                 deferred = slurm_defer.limit_reason(result.stderr)
                 write_json(chunk_file, {**(read_json(chunk_file, "slurm chunk") or {}), "deferred": deferred})
                 continue
@@ -173,6 +184,7 @@ def submit(ctx: Context, campaign_id: str, campaign_dir: str, rows: List[Dict[st
         record = read_json(chunk_file, "slurm chunk") or {}
         write_json(chunk_file, {**record, "job_id": job_id})
         job_ids.append(job_id)
+        room = None if room is None else (room[0] - len(chunk["rows"]), room[1])
     return job_ids
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import fsm, runs
 from ..context import Context
 from ..jsonio import read_json, utc_now, write_json
-from . import slurm, slurm_defer, slurm_state
+from . import slurm, slurm_defer, slurm_parts, slurm_state
 
 STOP_WAIT_SECS = 60
 ENDED = ("ok", "failed", "cancelled", "timeout", "stopped", "lost")  # a row view's verdicts
@@ -20,18 +20,23 @@ def _record_path(path: str) -> str:
     return os.path.join(path, "executor.json")
 
 
-def dry_run(ctx: Context, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """Every sbatch command line and the rendered job script; submits nothing."""
-    path = os.path.join(ctx.outputs, "_campaigns", "<campaign-id>")
-    planned, script = slurm.plan(ctx, "<campaign-id>", path, rows, list(range(len(rows))), 1)
-    return {"slots": [], "slurm_plan": {"commands": [argv for _, _, argv in planned], "script": script,
-                                        "chunks": [c["rows"] for c, _, _ in planned]}}
+def dry_run(ctx: Context, rows: List[Dict[str, Any]], part: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Every sbatch command line and the rendered job script; submits nothing (``part``: only its rows)."""
+    name = part["join"] if part and part.get("join") else "<campaign-id>"
+    path = os.path.join(ctx.outputs, "_campaigns", name)
+    indices = part["rows"] if part else list(range(len(rows)))
+    planned, script = slurm.plan(ctx, name, path, rows, indices, 1, chain=bool(part and part.get("join")))
+    return {"slots": [], "part": part, "slurm_plan": {"commands": [argv for _, _, argv in planned], "script": script,
+                                                      "chunks": [c["rows"] for c, _, _ in planned]}}
 
 
 def start(ctx: Context, path: str, campaign_id: str, rows: List[Dict[str, Any]], generation: int) -> List[str]:
     """Submit the rows that are not ok yet; executor.json says which jobs hold the campaign."""
-    todo = [i for i, row in enumerate(rows)
-            if not runs.is_ok(runs.run_dir(ctx.outputs, str(row["run_id"])), row["spec_hash"])]
+    allowed = slurm_parts.generation_rows(path, generation)  # a part: its rows; a resume: the parts submitted
+    todo = [i for i, row in enumerate(rows) if (allowed is None or i in allowed)
+            and not runs.is_ok(runs.run_dir(ctx.outputs, str(row["run_id"])), row["spec_hash"])]
+    if generation > 1:
+        slurm_parts.retire_final(path, generation)
     job_ids = slurm.submit(ctx, campaign_id, path, rows, todo, generation) if todo else []
     record = read_json(_record_path(path), "executor status") or {}
     write_json(_record_path(path), {**record, "executor": "slurm", "state": "running", "generation": generation,
@@ -94,6 +99,7 @@ def _conclude_if_ended(ctx: Context, path: str, manifest: Dict[str, Any], views:
                        scheduler: Dict[Tuple[str, int], Dict[str, Any]]) -> None:
     """Every row has its verdict and Slurm holds none of them: the FSM reaches its end state now, whoever
     reads it first (nobody ran the last row, e.g. its job was scancelled outside the tool before it started)."""
+    views = [v for v in views if v["state"] != slurm_parts.UNSUBMITTED]  # rows of parts not submitted yet
     if not views or any(v["state"] not in ENDED for v in views):
         return
     if any(str(info.get("state") or "").split(" ")[0] in slurm_state.LIVE for info in scheduler.values()):
