@@ -198,7 +198,7 @@ def preflight(ctx: Context, rows: List[Dict[str, Any]], indices: List[int]) -> N
     argv = [w for w in planned[0][2][:-2]
             if not w.startswith(("--output=", "--chdir=", "--dependency=", "--gpus-per-node="))]
     probe = slurm_state.run([argv[0], "--test-only", *argv[1:], "--wrap=true"])
-    if probe.returncode != 0:
+    if probe.returncode != 0 and not slurm_defer.deferrable(probe.stderr):  # a submit limit full now: deferred
         raise _relay(probe.stderr)
     _check_gpus(ctx, rows, indices)
 
