@@ -39,6 +39,11 @@ def dry_run(session: Session, rows: list[dict[str, Any]], csv: Path, part: dict[
                   f"{len(plan['commands'])} job array(s) (nothing is submitted):")
     for argv, chunk in zip(plan["commands"], plan["chunks"]):
         session.print(f"  rows {chunk[0] + 1}-{chunk[-1] + 1}: {shlex.join(argv)}")
+    for multi in plan.get("multinode") or []:  # rows with nodes > 1: what their array task runs
+        session.print(f"  rows {multi['rows'][0] + 1}-{multi['rows'][-1] + 1} on {multi['nodes']} nodes each, "
+                      f"e.g. row {multi['rows'][0] + 1}: {shlex.join(multi['argv'])}")
+    if plan.get("refusal"):
+        session.print(f"sweep-start will refuse this: {plan['refusal']}")
     session.print("job script (slurm/job.sh in the campaign directory):")
     for line in plan["script"].splitlines():
         session.print(f"  | {line}")

@@ -21,10 +21,11 @@ from helpers.errors import ExitCode, WorkflowError
 from helpers.pod.ids import is_valid_id
 
 REQUIRED_COLUMNS = ("run_id", "config", "seed")
-KNOWN_COLUMNS = ("run_id", "config", "seed", "overrides", "notes", "gpus", "timeout", "retries")
+KNOWN_COLUMNS = ("run_id", "config", "seed", "overrides", "notes", "gpus", "timeout", "retries", "nodes")
 MAX_RUN_ID_LEN = 128
 SEED_LIMIT = 2**31  # seeds are 0 <= seed < SEED_LIMIT
 MAX_GPUS = 64
+MAX_NODES = 64
 MAX_RETRIES = 10
 OVERRIDE_KEY_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_.]*\Z")
 RESERVED_KEYS = {
@@ -47,6 +48,7 @@ class SweepRow:
     gpus: int | None
     timeout_secs: int | None
     retries: int | None
+    nodes: int | None = None  # Slurm nodes of the run (srun + torchrun, c10d rendezvous); SWEEP_EXECUTOR=slurm
 
     def spec(self) -> dict[str, object]:
         """The JSON-able fields that define what runs (two rows with equal specs are the same run)."""
@@ -57,6 +59,7 @@ class SweepRow:
             "gpus": self.gpus,
             "timeout_secs": self.timeout_secs,
             "retries": self.retries,
+            **({"nodes": self.nodes} if self.nodes and self.nodes > 1 else {}),
         }
 
 
@@ -293,6 +296,7 @@ def _check_row(checker: _RowChecker, line: int, cells: dict[str, str]) -> SweepR
     gpus: int | None = None
     timeout: int | None = None
     retries: int | None = None
+    nodes: int | None = None
     for column, raw in cells.items():  # header order, so the first problem in the row is reported
         if column == "run_id":
             run_id = checker.run_id(line, raw)
@@ -316,7 +320,10 @@ def _check_row(checker: _RowChecker, line: int, cells: dict[str, str]) -> SweepR
         elif raw and column == "retries":
             what = f"a whole number from 0 to {MAX_RETRIES}, or leave it empty for the default"
             retries = checker.integer(line, column, raw, 0, MAX_RETRIES, what)
-    return SweepRow(line, run_id, config, seed, overrides, notes, gpus, timeout, retries)
+        elif raw and column == "nodes":
+            what = f"a whole number of Slurm nodes from 1 to {MAX_NODES}, or leave it empty for one node"
+            nodes = checker.integer(line, column, raw, 1, MAX_NODES, what)
+    return SweepRow(line, run_id, config, seed, overrides, notes, gpus, timeout, retries, nodes)
 
 
 def select_rows(
@@ -379,6 +386,7 @@ TEMPLATE_CSV = """\
 #   gpus       GPUs this run needs, 1-64 (empty = all visible GPUs)
 #   timeout    wall-clock limit in seconds (0 = no timeout)
 #   retries    how many times to retry a failed run, 0-10
+#   nodes      Slurm nodes for the run, 1-64 (SWEEP_EXECUTOR=slurm: srun + torchrun, c10d rendezvous)
 run_id,config,seed,overrides,notes
 lr3e-4-s1,config/train_tiny_cpu.py,1,learning_rate=3e-4,baseline
 lr3e-4-s2,config/train_tiny_cpu.py,2,learning_rate=3e-4,"baseline, second seed"

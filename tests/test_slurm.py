@@ -237,9 +237,14 @@ def test_status_is_one_sacct_and_one_squeue(login: Pod, slurm_cluster: Any, tmp_
     for name in ("sacct", "squeue"):
         (shims / name).write_text(f'#!/bin/sh\necho {name} >> {calls}\nexec /usr/bin/{name} "$@"\n')
         (shims / name).chmod(0o755)
+    (campaigns_dir(login) / campaign / "slurm" / "sacct-cache.json").unlink(missing_ok=True)  # as if never asked
     result = login.wf("sweep-status", "--campaign", campaign, env={"PATH": str(shims)})
     assert result.returncode == 0, result.stderr
     assert sorted(calls.read_text().split()) == ["sacct", "squeue"]  # never one call per row
+    calls.unlink()
+    again = login.wf("sweep-status", "--campaign", campaign, env={"PATH": str(shims)})
+    assert again.returncode == 0 and again.stdout == result.stdout, again.stderr
+    assert calls.read_text().split() == ["squeue"]  # the ended jobs' sacct records are cached in the campaign
 
 
 def test_scontrol_requeue_resumes_the_row_from_its_checkpoint(login: Pod, slurm_cluster: Any, tmp_path: Path

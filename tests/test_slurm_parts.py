@@ -101,6 +101,11 @@ def test_later_parts_join_the_campaign_while_earlier_ones_run(login: Pod, slurm_
     code, view = status(login, campaign)
     assert code == 0 and view["totals"] == {"ok": 9, "unsubmitted": 3}, view["totals"]
     assert "incomplete" not in login.wf("sweep-status", "--campaign", campaign).stdout  # not a failure
+    fetched = login.wf("fetch-all", "--campaign", campaign, "--json", timeout=300)
+    assert fetched.returncode == 0, fetched.stderr
+    report = json.loads(fetched.stdout)  # the parts submitted so far; the rest is not "missing"
+    assert len(report["runs"]) == 9 and report["unsubmitted"] == ["pa-09", "pa-10", "pa-11"], report
+    assert not report["missing"]
     third = part(login, csv, 9, None)  # --index-offset alone: to the last row
     assert third["campaign_id"] == campaign and third["rows"] == 3 and fsm_state(login) == "SWEEP_RUNNING"
     wait_until(lambda: status(login, campaign)[1]["totals"] == {"ok": 12}, TIMEOUT, interval=1,
@@ -220,3 +225,51 @@ def test_tmux_executor_takes_parts_one_after_another(tmux_pod: Pod, tmp_path: Pa
     assert fsm_state(pod) == "SWEEP_FAILED"
     resumed = pod.wf("sweep-resume", "--campaign", campaign, "--json")
     assert resumed.returncode == 0 and json.loads(resumed.stdout)["rerun"] == ["tp-2"], resumed.stderr
+
+
+# ----------------------------------------------------------------------------- rows with nodes > 1
+
+
+NODES_HEADER = "run_id,config,seed,overrides,notes,gpus,nodes"
+
+
+def test_multinode_rows_dry_run_renders_srun_torchrun_c10d_and_the_start_refuses(login: Pod, slurm_cluster: Any,
+                                                                                   tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "mn.csv", "mn-a,config/ok.py,1,lr=0.1,,2,2", "mn-b,config/ok.py,2,,,2,2",
+                    "mn-c,config/ok.py,3,,,1,", header=NODES_HEADER)
+    result = login.wf("--dry-run", "sweep-start", "--csv", str(csv))
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if "sbatch --parsable" in line]
+    assert len(lines) == 2, lines  # 2 two-node rows, then the one-node row: two arrays
+    assert "--nodes=2 --ntasks-per-node=1" in lines[0] and "--gpus-per-node=2" in lines[0]
+    assert "--nodes=" not in lines[1]
+    run = next(line for line in result.stdout.splitlines() if "on 2 nodes each" in line)
+    assert "srun --nodes=2 --ntasks-per-node=1 --kill-on-bad-exit=1 " in run, run
+    for word in ("-m torch.distributed.run", "--nnodes=2", "--rdzv_backend=c10d", "'--rdzv_endpoint=$FIRST_NODE:29500'",
+                 "--nproc_per_node=2", "seed=1", "lr=0.1"):
+        assert word in run, (word, run)
+    assert "--standalone" not in run
+    assert "sweep-start will refuse this: row 2 (mn-a) needs 2 nodes but the default partition has 1" in result.stdout
+    assert "slurm-task" in result.stdout  # the rendered job script
+    before = campaign_ids(login)
+    refused = login.wf("sweep-start", "--csv", str(csv))
+    assert refused.returncode == 2 and "needs 2 nodes but the default partition has 1" in one_line_error(refused)
+    assert campaign_ids(login) == before
+    bad = write_csv(tmp_path / "bad-nodes.csv", "mn-x,config/ok.py,1,,,1,0", header=NODES_HEADER)
+    result = login.wf("validate", "--csv", str(bad))
+    assert result.returncode == 2 and "nodes" in one_line_error(result), result.stderr
+
+
+def test_multinode_argv_and_a_tmux_pod_refuses_multinode_rows(tmux_pod: Pod, tmp_path: Path) -> None:
+    from helpers.pod.executors.slurm_nodes import multinode_argv
+
+    argv = ["py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "train.py", "c.py", "seed=1"]
+    assert multinode_argv(argv, 1, "n1", "7") == argv
+    assert multinode_argv(argv, 3, "n1", "7") == [
+        "srun", "--nodes=3", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "py", "-m", "torch.distributed.run",
+        "--nnodes=3", "--rdzv_backend=c10d", "--rdzv_endpoint=n1:29500", "--rdzv_id=7", "--nproc_per_node=4",
+        "train.py", "c.py", "seed=1"]
+    csv = write_csv(tmp_path / "tm.csv", "tm-a,config/ok.py,1,,,1,2", header=NODES_HEADER)
+    result = tmux_pod.wf("sweep-start", "--csv", str(csv))
+    assert result.returncode == 2 and "rows with nodes > 1 run on Slurm only" in one_line_error(result)
+    assert not campaign_ids(tmux_pod)

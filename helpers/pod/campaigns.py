@@ -130,6 +130,10 @@ def _check_pod_side(ctx: Context, rows: List[Dict[str, Any]]) -> List[str]:
         raise WorkflowError(f"TRAIN_ENTRYPOINT {entry} does not exist in the pod checkout; fix TRAIN_WORKDIR / "
                             "TRAIN_ENTRYPOINT or run checkout", ExitCode.USAGE)
     slots = detect_slots(ctx, planned_run_env(ctx))  # exactly as the executor will see them
+    if kind_of(ctx.config) != SLURM:
+        from .executors import slurm_nodes
+
+        slurm_nodes.refuse_on_tmux(rows)
     for row in rows:
         if not os.path.isfile(os.path.join(workdir, row["config"])):
             raise WorkflowError(f"row {row['row_number']} ({row['run_id']}): config {row['config']} is not in the "

@@ -20,7 +20,7 @@ from .. import runs
 from ..context import Context
 from ..errors import ExitCode, WorkflowError
 from ..jsonio import read_json, utc_now, write_bytes, write_json
-from . import slurm_defer, slurm_parts, slurm_state
+from . import slurm_defer, slurm_nodes, slurm_parts, slurm_state
 
 TIME_MARGIN_MIN = 10  # the row's own timeout fires first; Slurm's limit is the backstop
 SIGNAL = "--signal=B:USR2@120"  # USR1 is NCCL's
@@ -39,16 +39,16 @@ def _gpus(ctx: Context, row: Dict[str, Any]) -> int:
 
 def plan_chunks(ctx: Context, rows: List[Dict[str, Any]], indices: List[int], max_array: int
                 ) -> List[Dict[str, Any]]:
-    """Consecutive rows with the same (GPUs, time) request, at most ``max_array`` per chunk."""
+    """Consecutive rows with the same (GPUs, time, nodes) request, at most ``max_array`` per chunk."""
     out: List[Dict[str, Any]] = []
     for index in indices:
         row = rows[index]
-        want = (_gpus(ctx, row), ctx.get("SLURM_TIME") or _row_time_minutes(ctx, row))
+        want = (_gpus(ctx, row), ctx.get("SLURM_TIME") or _row_time_minutes(ctx, row), slurm_nodes.nodes_of(row))
         last = out[-1] if out else None
-        if last and (last["gpus"], last["time"]) == want and len(last["rows"]) < max_array:
+        if last and (last["gpus"], last["time"], last["nodes"]) == want and len(last["rows"]) < max_array:
             last["rows"].append(index)
         else:
-            out.append({"gpus": want[0], "time": want[1], "rows": [index]})
+            out.append({"gpus": want[0], "time": want[1], "nodes": want[2], "rows": [index]})
     return out
 
 
@@ -65,6 +65,8 @@ def sbatch_argv(ctx: Context, campaign_id: str, campaign_dir: str, chunk: Dict[s
             argv.append(f"--{option}={ctx.get(key)}")
     if chunk["gpus"]:
         argv.append(f"--gpus-per-node={chunk['gpus']}")
+    if int(chunk.get("nodes") or 1) > 1:  # one torchrun per node under srun (executors/slurm_nodes.py)
+        argv.extend([f"--nodes={chunk['nodes']}", "--ntasks-per-node=1"])
     if chunk["time"]:
         argv.append(f"--time={chunk['time']}")
     if after:
@@ -201,6 +203,7 @@ def preflight(ctx: Context, rows: List[Dict[str, Any]], indices: List[int]) -> N
     if probe.returncode != 0 and not slurm_defer.deferrable(probe.stderr):  # a submit limit full now: deferred
         raise _relay(probe.stderr)
     _check_gpus(ctx, rows, indices)
+    slurm_nodes.check_nodes(ctx.get("SLURM_PARTITION"), rows, indices)
 
 
 def live_jobs(campaign_dir: str, fresh: bool = False) -> List[str]:

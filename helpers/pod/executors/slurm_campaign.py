@@ -9,8 +9,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .. import fsm, runs
 from ..context import Context
+from ..errors import WorkflowError
 from ..jsonio import read_json, utc_now, write_json
-from . import slurm, slurm_defer, slurm_parts, slurm_state
+from . import slurm, slurm_cache, slurm_defer, slurm_nodes, slurm_parts, slurm_state
 
 STOP_WAIT_SECS = 60
 ENDED = ("ok", "failed", "cancelled", "timeout", "stopped", "lost")  # a row view's verdicts
@@ -26,8 +27,16 @@ def dry_run(ctx: Context, rows: List[Dict[str, Any]], part: Optional[Dict[str, A
     path = os.path.join(ctx.outputs, "_campaigns", name)
     indices = part["rows"] if part else list(range(len(rows)))
     planned, script = slurm.plan(ctx, name, path, rows, indices, 1, chain=bool(part and part.get("join")))
+    try:  # validated as the real start does: the refusal is shown, the plan still printed
+        slurm_nodes.check_nodes(ctx.get("SLURM_PARTITION"), rows, indices)
+        refusal = ""
+    except WorkflowError as exc:
+        refusal = exc.message
+    python = os.path.join(ctx.path("VENV_DIR"), "bin", "python")
+    multinode = slurm_nodes.dry_run_lines(python, ctx.get("TRAIN_ENTRYPOINT"), [c for c, _, _ in planned], rows, path)
     return {"slots": [], "part": part, "slurm_plan": {"commands": [argv for _, _, argv in planned], "script": script,
-                                                      "chunks": [c["rows"] for c, _, _ in planned]}}
+                                                      "chunks": [c["rows"] for c, _, _ in planned],
+                                                      "multinode": multinode, "refusal": refusal}}
 
 
 def start(ctx: Context, path: str, campaign_id: str, rows: List[Dict[str, Any]], generation: int) -> List[str]:
@@ -61,7 +70,7 @@ def merge_status(ctx: Context, path: str, manifest: Dict[str, Any], views: List[
         slurm_defer.submit_deferred(path)  # what fits now goes in; the rest waits for the next status / task
     waiting = slurm_defer.deferred_rows(path)
     sizes = {str(c["job_id"]): len(c["rows"]) for c in slurm_state.chunks(path)}
-    scheduler, note = slurm_state.scheduler_view(str(manifest["campaign_id"]), sizes)
+    scheduler, note = slurm_cache.scheduler_view(path, str(manifest["campaign_id"]), sizes)  # ended jobs: cached
     jobs = slurm_state.row_jobs(path)
     for number, view in enumerate(views):
         key = jobs.get(number)

@@ -24,7 +24,7 @@ from ..jsonio import read_json, utc_now, write_bytes, write_json
 from ..scheduling import slots_from
 from ..taskstate import new_record, update_status
 from ..tmuxctl import agent_command
-from . import slurm_defer, slurm_parts, slurm_state
+from . import slurm_defer, slurm_nodes, slurm_parts, slurm_state
 
 LIMIT_MARGIN_SECS = 15  # the supervisor's stop (grace included) ends this long before Slurm's time limit
 
@@ -114,6 +114,11 @@ class SlurmRowExecutor(Executor):
         import uuid
 
         spec.setdefault("marker", f"{spec['id']}-{uuid.uuid4().hex[:12]}")
+        nodes = slurm_nodes.nodes_of(self.manifest["rows"][0])
+        if nodes > 1:  # srun over the allocation's nodes, one torchrun each, c10d on the first node
+            spec["argv"] = slurm_nodes.multinode_argv(list(spec["argv"]), nodes, slurm_nodes.first_node(),
+                                                      str(self.slurm["job_id_raw"] or self.slurm["job_id"]))
+            spec["command_display"] = " ".join(spec["argv"])
         spec["tmux"] = None
         spec["slurm"] = self.slurm
         spec["forward_usr2"] = True
