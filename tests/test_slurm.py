@@ -302,6 +302,7 @@ def test_without_sacct_status_falls_back_to_squeue_and_the_run_files(login: Pod,
     campaign = started["campaign_id"]
     wait_done(login, slurm_cluster, campaign)
     missing = _path_without(tmp_path, "sacct")
+    (campaigns_dir(login) / campaign / "slurm" / "sacct-cache.json").unlink(missing_ok=True)  # sacct never answered
     result = login.wf("sweep-status", "--campaign", campaign, "--json", env={"PATH": missing})
     assert result.returncode == 1, result.stderr  # a row failed; no traceback, no exit 1 for the missing sacct
     view = json.loads(result.stdout)
