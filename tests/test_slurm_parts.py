@@ -273,3 +273,17 @@ def test_multinode_argv_and_a_tmux_pod_refuses_multinode_rows(tmux_pod: Pod, tmp
     result = tmux_pod.wf("sweep-start", "--csv", str(csv))
     assert result.returncode == 2 and "rows with nodes > 1 run on Slurm only" in one_line_error(result)
     assert not campaign_ids(tmux_pod)
+
+
+def test_the_nodes_column_keeps_the_spec_hash_of_one_node_rows(tmp_path: Path) -> None:
+    from helpers.pod.runs import spec_hash
+    from helpers.sweep_csv import parse_sweep_csv
+
+    (tmp_path / "c.py").write_text("")
+    csv = write_csv(tmp_path / "n.csv", "a,c.py,1,,,1,", "b,c.py,1,,,1,1", "c,c.py,1,,,1,4", header=NODES_HEADER)
+    rows = {row.run_id: row for row in parse_sweep_csv(csv, tmp_path)}
+    assert rows["a"].nodes is None and rows["b"].nodes == 1 and rows["c"].nodes == 4
+    assert "nodes" not in rows["b"].spec() and rows["c"].spec()["nodes"] == 4
+    assert spec_hash(rows["a"].spec()) == spec_hash(rows["b"].spec()) != spec_hash(rows["c"].spec())
+    old = write_csv(tmp_path / "o.csv", "a,c.py,1,,,1")  # the same row before the column existed
+    assert spec_hash(parse_sweep_csv(old, tmp_path)[0].spec()) == spec_hash(rows["a"].spec())
