@@ -213,6 +213,10 @@ def test_tmux_executor_takes_parts_one_after_another(tmux_pod: Pod, tmp_path: Pa
     wait_campaign(pod, campaign)
     assert states(pod, campaign) == {"tp-0": "ok", "tp-1": "ok", "tp-2": "unsubmitted", "tp-3": "unsubmitted"}
     assert fsm_state(pod) == "SWEEP_COMPLETED"
+    dry = pod.wf("--dry-run", "sweep-start", "--csv", str(csv), "--index-offset", "2")
+    assert dry.returncode == 0 and f"part 2 would submit rows 3-4 of 4 and joins campaign {campaign}" in dry.stdout
+    assert "would start a campaign of 2 row(s)" in dry.stdout and "row 4 tp-2" in dry.stdout, dry.stdout
+    assert "tp-0" not in dry.stdout.split("would start", 1)[1]  # only the part's rows are planned
     second = part(pod, csv, 2, None)
     assert second["campaign_id"] == campaign and second["part"]["part"] == 2
     wait_until(lambda: read_json(campaigns_dir(pod) / campaign / "executor.json").get("generation") == 2
