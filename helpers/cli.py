@@ -110,6 +110,10 @@ def _setup_sweep_start(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reuse-run-ids", action="store_true",
                    help="let this campaign take over run ids of another campaign with a different spec "
                         "(their old directories are kept aside)")
+    p.add_argument("--index-offset", type=whole_number, metavar="N",
+                   help="submit part of the sweep: from its row N (0-based); later parts join the same campaign")
+    p.add_argument("--num-jobs", type=whole_number, metavar="M",
+                   help="with --index-offset: at most M rows in this part (default: to the last row)")
 
 
 def campaign_id(text: str) -> str:

@@ -71,12 +71,12 @@ def new_template_path(directory: Path) -> Path:
     raise WorkflowError(f"{directory}: sweep.csv .. sweep-999.csv all exist; pass --out FILE", ExitCode.REFUSED)
 
 
-def _pod_plan(session: Session, rows: list[SweepRow]) -> dict[str, Any]:
+def _pod_plan(session: Session, rows: list[SweepRow], part: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the executor would see (a read-only agent call, the same detection on the pod:
     CUDA_VISIBLE_DEVICES, nvidia-smi, SWEEP_CPU_SLOTS): its slots, the env it adds to every run
     (OMP_NUM_THREADS on CPU slots) and which rows are already ok (the real start skips them)."""
-    plan: dict[str, Any] = session.call("sweep-start", {"plan_only": True, "rows": [_row_payload(r) for r in rows]},
-                                        timeout=120)
+    plan: dict[str, Any] = session.call("sweep-start", {"plan_only": True, "rows": [_row_payload(r) for r in rows],
+                                                        **({"part": part} if part else {})}, timeout=120)
     plan["slots"] = [str(slot) for slot in plan["slots"]]
     return plan
 
@@ -121,20 +121,26 @@ def cmd_sweep_start(session: Session) -> int:
     cfg = session.cfg
     path = csv_path_of(session)
     _, selected = load_selected_rows(session, path)
+    from helpers import sweep_parts
     from helpers.cmd_tasks import load_user_patterns
+
+    part = sweep_parts.part_request(session, selected)  # --index-offset / --num-jobs: part of the sweep
 
     load_user_patterns(session)
     patterns_path = cfg.local_path("TASK_FATAL_PATTERNS_FILE")
     from helpers import cmd_slurm
 
     if session.dry_run and cmd_slurm.is_slurm(session):
-        return cmd_slurm.dry_run(session, [_row_payload(row) for row in selected], path)
+        return cmd_slurm.dry_run(session, [_row_payload(row) for row in selected], path, part)
     if session.dry_run:
-        plan = _pod_plan(session, selected)
+        plan = _pod_plan(session, selected, part)
         slots, skip = plan["slots"], set(plan.get("already_ok") or [])
-        todo = [row for row in selected if row.run_id not in skip]
+        if plan.get("part"):
+            session.print(sweep_parts.part_line(plan["part"], "would submit"))
+        mine = [selected[i] for i in plan["part"]["rows"]] if plan.get("part") else selected
+        todo = [row for row in mine if row.run_id not in skip]
         already = f" ({len(skip)} already ok: skipped: {', '.join(sorted(skip))})" if skip else ""
-        session.print(f"would start a campaign of {len(selected)} row(s){already} from {path} on "
+        session.print(f"would start a campaign of {len(mine)} row(s){already} from {path} on "
                       f"{session.transport_label()}, running {len(todo)}; slots: {', '.join(slots)}; timeout "
                       f"{cfg.number('RUN_TIMEOUT_SECS') or 'none'}s per attempt; rows start in this order as slots "
                       "free up, none ahead of an earlier row that waits for slots (the slots shown assume equal run "
@@ -151,11 +157,14 @@ def cmd_sweep_start(session: Session) -> int:
         "reuse_run_ids": bool(session.options.reuse_run_ids),
         "user_patterns": patterns_path.read_text(encoding="utf-8") if patterns_path else "",
         "user_patterns_source": str(patterns_path or ""), **cmd_slurm.template_args(session),
+        **({"part": part} if part else {}),
     }
     result = session.call("sweep-start", args, sync_env=True, timeout=180)
     if session.as_json:
         session.emit_json(result)
         return 0
+    if result.get("part"):
+        session.print(sweep_parts.part_line(result["part"]))
     if result.get("executor") == "slurm":
         cmd_slurm.start_message(session, result)
         return 0
@@ -245,6 +254,9 @@ def render_status(status: dict[str, Any]) -> list[str]:
     from helpers.tracking.commands import tracking_lines
 
     lines += tracking_lines(status)  # MLflow on: the parent run, rows whose tracking is behind
+    from helpers.sweep_parts import status_lines
+
+    lines += status_lines(status)  # a campaign in parts: its parts, the rows not submitted yet
     left = unfinished_rows(status)
     if left:
         gone = "is gone" if ex["state"] == "lost" else f"has {ex['state']}"
@@ -270,7 +282,7 @@ def unfinished_rows(status: dict[str, Any]) -> list[str]:
     lost row is unfinished: sweep-resume reruns it)."""
     if status["executor"]["state"] in LIVE:
         return []
-    return [row["run_id"] for row in status["rows"] if row["state"] not in ("ok", "gated", *FAILED_STATES)
+    return [row["run_id"] for row in status["rows"] if row["state"] not in ("ok", "gated", "unsubmitted", *FAILED_STATES)
             or row["state"] == "lost"]
 
 

@@ -155,6 +155,7 @@ def _fetch(session: Session, args: dict[str, Any]) -> int:
              "files": len(run["files"]), "bytes": int(run["bytes"]), "fetched_files": fetched[run["run_id"]]}
             for run in listing["runs"]]
     report = {"campaign_id": listing.get("campaign_id"), "dest": str(root), "runs": runs, "missing": listing["missing"],
+              "unsubmitted": listing.get("unsubmitted") or [],
               "mismatched": hard, "changed_while_running": changing, "not_final": not_final,
               "fetched_files": len(todo), "up_to_date": not todo and not bad}
     if session.as_json:
@@ -169,6 +170,8 @@ def _fetch(session: Session, args: dict[str, Any]) -> int:
                 session.print(f"{run['run_id']}: symlinks not followed: {', '.join(run['skipped_symlinks'][:5])}")
         if listing["missing"]:
             session.print(f"not on the pod (never started): {', '.join(listing['missing'])}")
+        if listing.get("unsubmitted"):
+            session.print(f"not submitted yet (later parts of the sweep): {len(listing['unsubmitted'])} row(s)")
         if changing:
             session.print(f"still running, changed during the fetch (fetch again later): {', '.join(changing[:5])}")
     if hard:

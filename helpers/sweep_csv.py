@@ -21,12 +21,13 @@ from helpers.errors import ExitCode, WorkflowError
 from helpers.pod.ids import is_valid_id
 
 REQUIRED_COLUMNS = ("run_id", "config", "seed")
-KNOWN_COLUMNS = ("run_id", "config", "seed", "overrides", "notes", "gpus", "timeout", "retries",
+KNOWN_COLUMNS = ("run_id", "config", "seed", "overrides", "notes", "gpus", "timeout", "retries", "nodes",
                  "eval_small_cmd", "gate_small", "eval_full_cmd", "gate_full")  # (the last four: stage_keys.py)
 STAGE_COLUMNS = ("eval_small_cmd", "gate_small", "eval_full_cmd", "gate_full")
 MAX_RUN_ID_LEN = 128
 SEED_LIMIT = 2**31  # seeds are 0 <= seed < SEED_LIMIT
 MAX_GPUS = 64
+MAX_NODES = 64
 MAX_RETRIES = 10
 OVERRIDE_KEY_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_.]*\Z")
 RESERVED_KEYS = {
@@ -50,6 +51,7 @@ class SweepRow:
     timeout_secs: int | None
     retries: int | None
     stages: tuple[tuple[str, str], ...] = ()  # (column, cell) of the stage columns given (issue 14)
+    nodes: int | None = None  # Slurm nodes of the run (srun + torchrun, c10d rendezvous); SWEEP_EXECUTOR=slurm
 
     def spec(self) -> dict[str, object]:
         """The JSON-able fields that define what runs (two rows with equal specs are the same run)."""
@@ -61,6 +63,7 @@ class SweepRow:
             "timeout_secs": self.timeout_secs,
             "retries": self.retries,
             **dict(self.stages),
+            **({"nodes": self.nodes} if self.nodes and self.nodes > 1 else {}),
         }
 
 
@@ -298,6 +301,7 @@ def _check_row(checker: _RowChecker, line: int, cells: dict[str, str]) -> SweepR
     timeout: int | None = None
     retries: int | None = None
     stages = tuple((c, raw) for c, raw in cells.items() if c in STAGE_COLUMNS and raw)  # checked by stage_keys
+    nodes: int | None = None
     for column, raw in cells.items():  # header order, so the first problem in the row is reported
         if column == "run_id":
             run_id = checker.run_id(line, raw)
@@ -321,7 +325,10 @@ def _check_row(checker: _RowChecker, line: int, cells: dict[str, str]) -> SweepR
         elif raw and column == "retries":
             what = f"a whole number from 0 to {MAX_RETRIES}, or leave it empty for the default"
             retries = checker.integer(line, column, raw, 0, MAX_RETRIES, what)
-    return SweepRow(line, run_id, config, seed, overrides, notes, gpus, timeout, retries, stages)
+        elif raw and column == "nodes":
+            what = f"a whole number of Slurm nodes from 1 to {MAX_NODES}, or leave it empty for one node"
+            nodes = checker.integer(line, column, raw, 1, MAX_NODES, what)
+    return SweepRow(line, run_id, config, seed, overrides, notes, gpus, timeout, retries, stages, nodes)
 
 
 def select_rows(
@@ -384,6 +391,7 @@ TEMPLATE_CSV = """\
 #   gpus       GPUs this run needs, 1-64 (empty = all visible GPUs)
 #   timeout    wall-clock limit in seconds (0 = no timeout)
 #   retries    how many times to retry a failed run, 0-10
+#   nodes      Slurm nodes for the run, 1-64 (SWEEP_EXECUTOR=slurm: srun + torchrun, c10d rendezvous)
 #   eval_small_cmd, gate_small, eval_full_cmd, gate_full
 #              this row's evaluation stages and gates (override EVAL_SMALL_CMD, GATE_SMALL, ...)
 run_id,config,seed,overrides,notes

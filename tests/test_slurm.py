@@ -237,9 +237,14 @@ def test_status_is_one_sacct_and_one_squeue(login: Pod, slurm_cluster: Any, tmp_
     for name in ("sacct", "squeue"):
         (shims / name).write_text(f'#!/bin/sh\necho {name} >> {calls}\nexec /usr/bin/{name} "$@"\n')
         (shims / name).chmod(0o755)
+    (campaigns_dir(login) / campaign / "slurm" / "sacct-cache.json").unlink(missing_ok=True)  # as if never asked
     result = login.wf("sweep-status", "--campaign", campaign, env={"PATH": str(shims)})
     assert result.returncode == 0, result.stderr
     assert sorted(calls.read_text().split()) == ["sacct", "squeue"]  # never one call per row
+    calls.unlink()
+    again = login.wf("sweep-status", "--campaign", campaign, env={"PATH": str(shims)})
+    assert again.returncode == 0 and again.stdout == result.stdout, again.stderr
+    assert calls.read_text().split() == ["squeue"]  # the ended jobs' sacct records are cached in the campaign
 
 
 def test_scontrol_requeue_resumes_the_row_from_its_checkpoint(login: Pod, slurm_cluster: Any, tmp_path: Path
@@ -297,6 +302,7 @@ def test_without_sacct_status_falls_back_to_squeue_and_the_run_files(login: Pod,
     campaign = started["campaign_id"]
     wait_done(login, slurm_cluster, campaign)
     missing = _path_without(tmp_path, "sacct")
+    (campaigns_dir(login) / campaign / "slurm" / "sacct-cache.json").unlink(missing_ok=True)  # sacct never answered
     result = login.wf("sweep-status", "--campaign", campaign, "--json", env={"PATH": missing})
     assert result.returncode == 1, result.stderr  # a row failed; no traceback, no exit 1 for the missing sacct
     view = json.loads(result.stdout)

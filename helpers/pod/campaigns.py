@@ -18,7 +18,7 @@ from . import attempts, fsm, proctree, runs, stages, statuscache, tmuxctl
 from .context import Context
 from .errors import ExitCode, WorkflowError
 from .executor import request_stop
-from .executors import SLURM, kind_of
+from .executors import SLURM, kind_of, slurm_parts
 from .ids import check_id
 from .jsonio import parse_utc, read_json, utc_now, write_bytes, write_json
 from .scheduling import detect_slots, planned_run_env, slot_env
@@ -82,8 +82,12 @@ def live_campaigns(ctx: Context) -> List[str]:
             if executor_state(os.path.join(root(ctx), name))[0] in LIVE]
 
 
-def _refuse_if_running(ctx: Context) -> None:
+def _refuse_if_running(ctx: Context, joining: Optional[str] = None) -> None:
     for campaign_id in live_campaigns(ctx):
+        if campaign_id == joining and kind_of(ctx.config) == SLURM:
+            continue  # a later part of this campaign: Slurm queues it beside the earlier parts
+        if campaign_id == joining:
+            slurm_parts.refuse_tmux_join(campaign_id, "running")
         raise WorkflowError(f"campaign {campaign_id} is still running on the pod; watch it with workflow.sh "
                             f"sweep-status, or stop it first with workflow.sh sweep-stop --campaign {campaign_id}",
                             ExitCode.REFUSED)
@@ -126,6 +130,10 @@ def _check_pod_side(ctx: Context, rows: List[Dict[str, Any]]) -> List[str]:
         raise WorkflowError(f"TRAIN_ENTRYPOINT {entry} does not exist in the pod checkout; fix TRAIN_WORKDIR / "
                             "TRAIN_ENTRYPOINT or run checkout", ExitCode.USAGE)
     slots = detect_slots(ctx, planned_run_env(ctx))  # exactly as the executor will see them
+    if kind_of(ctx.config) != SLURM:
+        from .executors import slurm_nodes
+
+        slurm_nodes.refuse_on_tmux(rows)
     for row in rows:
         if not os.path.isfile(os.path.join(workdir, row["config"])):
             raise WorkflowError(f"row {row['row_number']} ({row['run_id']}): config {row['config']} is not in the "
@@ -195,27 +203,32 @@ def sweep_start(ctx: Context) -> Dict[str, Any]:
 
 def _sweep_start(ctx: Context) -> Dict[str, Any]:
     args = ctx.args
-    if args.get("plan_only") and kind_of(ctx.config) == SLURM:  # --dry-run: sbatch lines + job script
-        from .executors import slurm_campaign
-
-        return slurm_campaign.dry_run(ctx, [dict(r) for r in args.get("rows") or []])
     rows: List[Dict[str, Any]] = [dict(r) for r in args.get("rows") or []]
     for row in rows:
         check_id(row["run_id"], "run id")
         row["spec_hash"] = runs.spec_hash(row)
+    part = slurm_parts.plan(ctx.outputs, rows, dict(args["part"]), kind_of(ctx.config)) if args.get("part") else None
+    mine = [rows[i] for i in part["rows"]] if part else rows  # the rows this launch starts
+    if args.get("plan_only") and kind_of(ctx.config) == SLURM:  # --dry-run: sbatch lines + job script
+        from .executors import slurm_campaign
+
+        return slurm_campaign.dry_run(ctx, rows, part)
     if args.get("plan_only"):  # --dry-run: what the executor would see and skip; changes nothing
         env = planned_run_env(ctx)
         slots = detect_slots(ctx, env)
         return {"slots": slots, "env": {k: v for k, v in slot_env(env, slots, slots).items()
-                                        if k != "CUDA_VISIBLE_DEVICES"},
-                "already_ok": [r["run_id"] for r in rows if runs.is_ok(runs.run_dir(ctx.outputs, r["run_id"]),
+                                        if k != "CUDA_VISIBLE_DEVICES"}, "part": part,
+                "already_ok": [r["run_id"] for r in mine if runs.is_ok(runs.run_dir(ctx.outputs, r["run_id"]),
                                                                        r["spec_hash"])]}
     fsm.check_allowed(fsm.read_state(ctx.state_file), "sweep-start", ctx.enforce)
-    _refuse_if_running(ctx)
-    slots = _check_pod_side(ctx, rows)
-    aside = _check_ownership(ctx, rows, bool(args.get("reuse_run_ids")))
-    _preflight(ctx, rows)
+    joining = part["join"] if part else None
+    _refuse_if_running(ctx, joining)
+    slots = _check_pod_side(ctx, mine)
+    aside = _check_ownership(ctx, mine, bool(args.get("reuse_run_ids")), joining)
+    _preflight(ctx, mine)
     ctx.sync_env()
+    if part and joining:
+        return _join_part(ctx, joining, rows, part, slots, aside)
     campaign_id = f"{utc_now()[:19].replace('-', '').replace(':', '').replace('T', '-')}-{uuid.uuid4().hex[:6]}"
     path = os.path.join(root(ctx), campaign_id)
     os.makedirs(path)  # a new id: never an existing campaign
@@ -223,7 +236,7 @@ def _sweep_start(ctx: Context) -> Dict[str, Any]:
         target = os.path.join(ctx.outputs, "_superseded", f"{run_id}.{old}")
         os.makedirs(os.path.dirname(target), exist_ok=True)
         os.rename(runs.run_dir(ctx.outputs, run_id), target)
-    ok_already = sum(1 for row in rows if runs.is_ok(runs.run_dir(ctx.outputs, row["run_id"]), row["spec_hash"]))
+    ok_already = sum(1 for row in mine if runs.is_ok(runs.run_dir(ctx.outputs, row["run_id"]), row["spec_hash"]))
     manifest = {
         "schema_version": runs.SCHEMA_VERSION, "campaign_id": campaign_id, "created_utc": utc_now(),
         "csv_name": args.get("csv_name"), "csv_sha256": args.get("csv_sha256"), "selection": args.get("selection"),
@@ -237,6 +250,8 @@ def _sweep_start(ctx: Context) -> Dict[str, Any]:
     write_bytes(os.path.join(manifests, f"sweep-{campaign_id}.csv"), csv_bytes, 0o444)
     write_bytes(os.path.join(manifests, "sweep-latest.csv"), csv_bytes)
     write_bytes(latest_file(ctx), (campaign_id + "\n").encode())
+    if part:
+        slurm_parts.record_part(path, part, 1)
     before = fsm.read_state(ctx.state_file)
     fsm.transition(ctx.state_file, "sweep-start", f"campaign {campaign_id} ({len(rows)} rows)", ctx.enforce)
     try:
@@ -244,9 +259,32 @@ def _sweep_start(ctx: Context) -> Dict[str, Any]:
     except WorkflowError:
         fsm.reset(ctx.state_file, before.state, f"campaign {campaign_id}: the executor could not start")
         raise
-    return {"campaign_id": campaign_id, "executor": kind_of(ctx.config), "job_ids": job_ids, "rows": len(rows),
-            "already_ok": ok_already, "slots": slots,
+    return {"campaign_id": campaign_id, "executor": kind_of(ctx.config), "job_ids": job_ids, "rows": len(mine),
+            "already_ok": ok_already, "slots": slots, "part": part,
             "session": ctx.get("SWEEP_TMUX_SESSION"), "superseded": aside, "socket": ctx.get("TMUX_SOCKET")}
+
+
+def _join_part(ctx: Context, campaign_id: str, rows: List[Dict[str, Any]], part: Dict[str, Any], slots: List[str],
+               aside: List[Tuple[str, str]]) -> Dict[str, Any]:
+    """A later part of a campaign (slurm_parts): its rows as the campaign's next executor generation."""
+    path = os.path.join(root(ctx), campaign_id)
+    if aside:
+        raise WorkflowError(f"run(s) {', '.join(r for r, _ in aside[:5])} belong to another campaign; a part cannot "
+                            "take them over (start the sweep anew with --reuse-run-ids)", ExitCode.REFUSED)
+    if kind_of(ctx.config) != SLURM:
+        slurm_parts.refuse_tmux_join(campaign_id, executor_state(path)[0])
+    record = read_json(os.path.join(path, "executor.json"), "executor status") or {}
+    generation = int(record.get("generation", 1)) + 1
+    slurm_parts.record_part(path, part, generation)
+    mine = [rows[i] for i in part["rows"]]
+    ok_already = sum(1 for row in mine if runs.is_ok(runs.run_dir(ctx.outputs, row["run_id"]), row["spec_hash"]))
+    fsm.transition(ctx.state_file, "sweep-start", f"campaign {campaign_id}: part {part['part']} ({len(mine)} rows)",
+                   ctx.enforce)
+    write_bytes(latest_file(ctx), (campaign_id + "\n").encode())
+    job_ids = _start_rows(ctx, path, campaign_id, rows, generation)
+    return {"campaign_id": campaign_id, "executor": kind_of(ctx.config), "job_ids": job_ids, "rows": len(mine),
+            "already_ok": ok_already, "slots": slots, "part": part, "session": ctx.get("SWEEP_TMUX_SESSION"),
+            "superseded": [], "socket": ctx.get("TMUX_SOCKET")}
 
 
 # ----------------------------------------------------------------------------- status (read-only)
@@ -310,6 +348,7 @@ def sweep_status(ctx: Context) -> Dict[str, Any]:
     watched = statuscache.row_marks(ctx, [str(r["run_id"]) for r in manifest.get("rows", [])
                                           if not index.get(r["run_id"])]) if cacheable else {}
     views = [_row_view(ctx, campaign_id, row, index, live) for row in manifest.get("rows", [])]
+    parts = slurm_parts.mark_unsubmitted(path, views)  # a campaign in parts: rows no part submitted yet
     if ctx.args.get("attempts"):
         for view in views:
             view["attempt_list"] = attempt_list(runs.run_dir(ctx.outputs, view["run_id"]))
@@ -326,7 +365,7 @@ def sweep_status(ctx: Context) -> Dict[str, Any]:
     for view in views:
         totals[view["state"]] = totals.get(view["state"], 0) + 1
     sent, rows, empty = statuscache.compact(columns, views, ctx.outputs)  # 10,000 rows stay small on the wire
-    table = {"columns": sent, "rows": rows, "empty_columns": empty, "totals": totals}
+    table = {"columns": sent, "rows": rows, "empty_columns": empty, "totals": totals, "parts": parts or None}
     if cacheable and statuscache.settled(views):
         statuscache.save(ctx, path, campaign_id, state, files, watched, manifest, table)
     return _status_reply(ctx, campaign_id, path, manifest, state, executor, note, table,
@@ -341,7 +380,7 @@ def _status_reply(ctx: Context, campaign_id: str, path: str, manifest: Dict[str,
         "heartbeat_utc": executor.get("heartbeat_utc"), "ended_utc": executor.get("ended_utc"),
         "kind": kind_of(manifest.get("config", {})), "note": note},
         "columns": table["columns"], "rows": table["rows"], "empty_columns": table["empty_columns"],
-        "totals": table["totals"], "total": len(table["rows"]), "outputs": ctx.outputs,
+        "totals": table["totals"], "parts": table.get("parts"), "total": len(table["rows"]), "outputs": ctx.outputs,
         "session": ctx.get("SWEEP_TMUX_SESSION"), "tracking": _tracking_view(ctx, path, manifest, run_ids)}
 
 
@@ -449,7 +488,8 @@ def _resume_plan(ctx: Context, campaign_id: str, path: str, rows: List[Dict[str,
     dry = bool(ctx.args.get("plan_only"))
     concluded = attempts.conclude_orphans(ctx.outputs, path, campaign_id, rows, dry_run=dry)
     ok_now = {run_id for run_id, ok in concluded if ok}
-    todo = [r for r in rows if r["run_id"] not in ok_now
+    allowed = slurm_parts.submitted(path)  # a campaign in parts: only the rows its parts submitted
+    todo = [r for i, r in enumerate(rows) if r["run_id"] not in ok_now and (allowed is None or i in allowed)
             and not runs.is_ok(runs.run_dir(ctx.outputs, r["run_id"]), r["spec_hash"])]
     return concluded, todo
 

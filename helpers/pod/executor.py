@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 
 from . import attempts, fsm, proctree, runs, stages, tracking
 from .context import Context, run_env
+from .executors import slurm_parts
 from .jsonio import append_jsonl, is_disk_full, read_json, utc_now, write_bytes, write_json
 from .scheduling import detect_slots, schedule_step, slot_env
 from .tasks import launch_supervised
@@ -349,11 +350,12 @@ class Executor:
         own = [ctx.path("VENV_DIR"), ctx.path("DATA_DIR"), ctx.path("RUN_OUT_LOCAL_ROOT"), self.outputs]
         self.provenance = {"git": runs.git_provenance(repo, [p for p in own if p]),
                            "environment": runs.environment_provenance(ctx.path("VENV_DIR"))}
-        todo = [RowRun(row) for row in self.manifest["rows"]
-                if not runs.is_ok(runs.run_dir(self.outputs, str(row["run_id"])), row["spec_hash"])]
+        allowed = slurm_parts.generation_rows(self.dir, self.generation)  # a campaign in parts: this part's rows
+        todo = [RowRun(row) for i, row in enumerate(self.manifest["rows"]) if (allowed is None or i in allowed)
+                and not runs.is_ok(runs.run_dir(self.outputs, str(row["run_id"])), row["spec_hash"])]
         for rr in todo:  # rows to run (again): their old verdicts no longer hold
             self.index.pop(rr.run_id, None)
-        skipped = len(self.manifest["rows"]) - len(todo)
+        skipped = (len(self.manifest["rows"]) if allowed is None else len(allowed)) - len(todo)
         self.say(f"campaign {self.campaign_id}: {len(todo)} row(s) to run, {skipped} already ok; slots: "
                  f"{','.join(slots)}")
         free = list(slots)

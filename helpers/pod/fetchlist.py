@@ -16,6 +16,7 @@ from . import runs
 from .campaigns import campaign_dir
 from .context import Context
 from .errors import ExitCode, WorkflowError
+from .executors.slurm_parts import submitted
 from .ids import check_id
 from .jsonio import read_json, write_json
 from .taskstate import read_status
@@ -84,10 +85,15 @@ def fetch_list(ctx: Context) -> Dict[str, Any]:
     run_ids: List[str] = [check_id(r, "run id") for r in ctx.args.get("run_ids") or []]
     campaign: Optional[str] = None
     missing: List[str] = []
+    unsubmitted: List[str] = []
     if ctx.args.get("all"):
         campaign, cpath = campaign_dir(ctx, ctx.args.get("campaign"))
         manifest = read_json(os.path.join(cpath, "manifest.json"), "campaign manifest") or {}
-        for row in manifest.get("rows", []):
+        allowed = submitted(cpath)  # a campaign in parts: rows no part submitted yet are not "missing"
+        for number, row in enumerate(manifest.get("rows", [])):
+            if allowed is not None and number not in allowed:
+                unsubmitted.append(row["run_id"])
+                continue
             path = runs.run_dir(ctx.outputs, row["run_id"])
             own = runs.owner(path) if os.path.isdir(path) else None
             if own and (own.get("campaign_id") == campaign or runs.is_ok(path, row.get("spec_hash", ""))):
@@ -101,4 +107,5 @@ def fetch_list(ctx: Context) -> Dict[str, Any]:
             raise WorkflowError(f"no run {run_id!r} on the pod (no {path}); see workflow.sh sweep-status",
                                 ExitCode.NOT_FOUND)
         out.append({"run_id": run_id, **list_run(path, include)})
-    return {"campaign_id": campaign, "outputs": ctx.outputs, "runs": out, "missing": missing}
+    return {"campaign_id": campaign, "outputs": ctx.outputs, "runs": out, "missing": missing,
+            "unsubmitted": unsubmitted}

@@ -33,7 +33,10 @@ TRAINER_SUMMARY = "trainer_summary.json"
 
 def spec_hash(row: Dict[str, Any]) -> str:
     keys = ("config", "seed", "overrides", "gpus", "timeout_secs", "retries")
-    text = json.dumps({k: row.get(k) for k in keys}, sort_keys=True)
+    spec = {k: row.get(k) for k in keys}
+    if int(row.get("nodes") or 1) > 1:  # a multi-node row (Slurm); one node keeps the hash rows always had
+        spec["nodes"] = int(row["nodes"])
+    text = json.dumps(spec, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -31,7 +31,7 @@ from .taskstate import status_path
 CACHE_FILE = "status-cache.json"
 VERSION = 1
 UNSETTLED = frozenset({"pending", "running", "retrying", "queued", "starting", "stopping"})
-CAMPAIGN_FILES = ("manifest.json", "index.json", "executor.json", "tracking-config.json")
+CAMPAIGN_FILES = ("manifest.json", "index.json", "executor.json", "tracking-config.json", "parts.json")
 ROW_FILES = ("summary.json", "campaign.json", "attempts.jsonl")  # beside the status file and metrics.jsonl
 _AGENT = os.path.dirname(os.path.abspath(__file__))
 

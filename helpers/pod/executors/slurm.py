@@ -20,7 +20,7 @@ from .. import runs
 from ..context import Context
 from ..errors import ExitCode, WorkflowError
 from ..jsonio import read_json, utc_now, write_bytes, write_json
-from . import slurm_defer, slurm_state
+from . import slurm_defer, slurm_nodes, slurm_parts, slurm_state
 
 TIME_MARGIN_MIN = 10  # the row's own timeout fires first; Slurm's limit is the backstop
 SIGNAL = "--signal=B:USR2@120"  # USR1 is NCCL's
@@ -39,16 +39,16 @@ def _gpus(ctx: Context, row: Dict[str, Any]) -> int:
 
 def plan_chunks(ctx: Context, rows: List[Dict[str, Any]], indices: List[int], max_array: int
                 ) -> List[Dict[str, Any]]:
-    """Consecutive rows with the same (GPUs, time) request, at most ``max_array`` per chunk."""
+    """Consecutive rows with the same (GPUs, time, nodes) request, at most ``max_array`` per chunk."""
     out: List[Dict[str, Any]] = []
     for index in indices:
         row = rows[index]
-        want = (_gpus(ctx, row), ctx.get("SLURM_TIME") or _row_time_minutes(ctx, row))
+        want = (_gpus(ctx, row), ctx.get("SLURM_TIME") or _row_time_minutes(ctx, row), slurm_nodes.nodes_of(row))
         last = out[-1] if out else None
-        if last and (last["gpus"], last["time"]) == want and len(last["rows"]) < max_array:
+        if last and (last["gpus"], last["time"], last["nodes"]) == want and len(last["rows"]) < max_array:
             last["rows"].append(index)
         else:
-            out.append({"gpus": want[0], "time": want[1], "rows": [index]})
+            out.append({"gpus": want[0], "time": want[1], "nodes": want[2], "rows": [index]})
     return out
 
 
@@ -65,6 +65,8 @@ def sbatch_argv(ctx: Context, campaign_id: str, campaign_dir: str, chunk: Dict[s
             argv.append(f"--{option}={ctx.get(key)}")
     if chunk["gpus"]:
         argv.append(f"--gpus-per-node={chunk['gpus']}")
+    if int(chunk.get("nodes") or 1) > 1:  # one torchrun per node under srun (executors/slurm_nodes.py)
+        argv.extend([f"--nodes={chunk['nodes']}", "--ntasks-per-node=1"])
     if chunk["time"]:
         argv.append(f"--time={chunk['time']}")
     if after:
@@ -125,8 +127,9 @@ def _relay(stderr: str) -> WorkflowError:
 
 
 def plan(ctx: Context, campaign_id: str, campaign_dir: str, rows: List[Dict[str, Any]], indices: List[int],
-         generation: int) -> Tuple[List[Tuple[Dict[str, Any], str, List[str]]], str]:
-    """Pure apart from reading the cluster's limits: [(chunk, chunk file, sbatch argv)], job script."""
+         generation: int, chain: bool = False) -> Tuple[List[Tuple[Dict[str, Any], str, List[str]]], str]:
+    """Pure apart from reading the cluster's limits: [(chunk, chunk file, sbatch argv)], job script. ``chain``:
+    the first chunk too waits for the campaign's newest live chunk (a later part: one throttle for all)."""
     max_array = _max_array(ctx.get("SLURM_QOS"))
     script_path = os.path.join(campaign_dir, "slurm", "job.sh")
     script = job_script(ctx, campaign_id, campaign_dir, str(ctx.args.get("slurm_job_template") or ""))
@@ -134,7 +137,7 @@ def plan(ctx: Context, campaign_id: str, campaign_dir: str, rows: List[Dict[str,
     throttled = bool(ctx.get("SLURM_ARRAY_PARALLELISM"))
     for number, chunk in enumerate(plan_chunks(ctx, rows, indices, max_array)):
         chunk_file = os.path.join(campaign_dir, "slurm", f"chunk-{generation:03d}-{number:04d}.json")
-        after = "PREVIOUS_CHUNK_JOB_ID" if throttled and number else None  # the real id once submitted
+        after = "PREVIOUS_CHUNK_JOB_ID" if throttled and (number or chain) else None  # the real id once submitted
         planned.append((chunk, chunk_file, sbatch_argv(ctx, campaign_id, campaign_dir, chunk, script_path,
                                                        chunk_file, after)))
     return planned, script
@@ -142,8 +145,12 @@ def plan(ctx: Context, campaign_id: str, campaign_dir: str, rows: List[Dict[str,
 
 def submit(ctx: Context, campaign_id: str, campaign_dir: str, rows: List[Dict[str, Any]], indices: List[int],
            generation: int) -> List[str]:
-    """Submit the rows ``indices`` of the manifest (``preflight`` first); returns the array job ids."""
-    planned, script = plan(ctx, campaign_id, campaign_dir, rows, indices, generation)
+    """Submit the rows ``indices`` of the manifest (``preflight`` first); returns the array job ids. A chunk
+    larger than the submit room left (the user's jobs already queued count) is deferred, not refused."""
+    planned, script = plan(ctx, campaign_id, campaign_dir, rows, indices, generation, chain=generation > 1)
+    config = slurm_state.show_config()
+    count = str(config.get("MaxJobCount", ""))
+    room = slurm_parts.submit_room(ctx.get("SLURM_QOS"), int(count) if count.isdigit() else None)
     os.makedirs(os.path.join(campaign_dir, "slurm"), exist_ok=True)
     script_path = os.path.join(campaign_dir, "slurm", "job.sh")
     if ctx.args.get("slurm_job_template") or not os.path.exists(script_path):  # a resume keeps the campaign's
@@ -153,14 +160,20 @@ def submit(ctx: Context, campaign_id: str, campaign_dir: str, rows: List[Dict[st
     for chunk, chunk_file, argv in planned:
         if job_ids and ctx.get("SLURM_ARRAY_PARALLELISM"):
             argv = [w if not w.startswith("--dependency=") else f"--dependency=afterany:{job_ids[-1]}" for w in argv]
+        elif not deferred:  # a later part's first chunk: after the campaign's newest chunk still in Slurm
+            argv = slurm_defer.with_dependency(argv, campaign_dir)
         write_json(chunk_file, {"schema_version": runs.SCHEMA_VERSION, "campaign_id": campaign_id,
                                 "generation": generation, "rows": chunk["rows"], "job_id": None,
                                 "argv": argv, "created_utc": utc_now(), "deferred": deferred or None})
         if deferred:
             continue
+        if room is not None and len(chunk["rows"]) > room[0]:  # over the limit with the jobs already queued
+            deferred = room[1]
+            write_json(chunk_file, {**(read_json(chunk_file, "slurm chunk") or {}), "deferred": deferred})
+            continue
         result = slurm_defer.sbatch(argv)
         if result.returncode != 0:
-            if job_ids and slurm_defer.deferrable(result.stderr):
+            if (job_ids or room is not None) and slurm_defer.deferrable(result.stderr):
                 deferred = slurm_defer.limit_reason(result.stderr)
                 write_json(chunk_file, {**(read_json(chunk_file, "slurm chunk") or {}), "deferred": deferred})
                 continue
@@ -173,6 +186,7 @@ def submit(ctx: Context, campaign_id: str, campaign_dir: str, rows: List[Dict[st
         record = read_json(chunk_file, "slurm chunk") or {}
         write_json(chunk_file, {**record, "job_id": job_id})
         job_ids.append(job_id)
+        room = None if room is None else (room[0] - len(chunk["rows"]), room[1])
     return job_ids
 
 
@@ -186,9 +200,10 @@ def preflight(ctx: Context, rows: List[Dict[str, Any]], indices: List[int]) -> N
     argv = [w for w in planned[0][2][:-2]
             if not w.startswith(("--output=", "--chdir=", "--dependency=", "--gpus-per-node="))]
     probe = slurm_state.run([argv[0], "--test-only", *argv[1:], "--wrap=true"])
-    if probe.returncode != 0:
+    if probe.returncode != 0 and not slurm_defer.deferrable(probe.stderr):  # a submit limit full now: deferred
         raise _relay(probe.stderr)
     _check_gpus(ctx, rows, indices)
+    slurm_nodes.check_nodes(ctx.get("SLURM_PARTITION"), rows, indices)
 
 
 def live_jobs(campaign_dir: str, fresh: bool = False) -> List[str]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import fsm, runs
 from ..context import Context
+from ..errors import WorkflowError
 from ..jsonio import read_json, utc_now, write_json
-from . import slurm, slurm_defer, slurm_state
+from . import slurm, slurm_cache, slurm_defer, slurm_nodes, slurm_parts, slurm_state
 
 STOP_WAIT_SECS = 60
 ENDED = ("ok", "failed", "cancelled", "timeout", "stopped", "lost", "gated")  # a row view's verdicts
@@ -20,18 +21,31 @@ def _record_path(path: str) -> str:
     return os.path.join(path, "executor.json")
 
 
-def dry_run(ctx: Context, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """Every sbatch command line and the rendered job script; submits nothing."""
-    path = os.path.join(ctx.outputs, "_campaigns", "<campaign-id>")
-    planned, script = slurm.plan(ctx, "<campaign-id>", path, rows, list(range(len(rows))), 1)
-    return {"slots": [], "slurm_plan": {"commands": [argv for _, _, argv in planned], "script": script,
-                                        "chunks": [c["rows"] for c, _, _ in planned]}}
+def dry_run(ctx: Context, rows: List[Dict[str, Any]], part: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Every sbatch command line and the rendered job script; submits nothing (``part``: only its rows)."""
+    name = part["join"] if part and part.get("join") else "<campaign-id>"
+    path = os.path.join(ctx.outputs, "_campaigns", name)
+    indices = part["rows"] if part else list(range(len(rows)))
+    planned, script = slurm.plan(ctx, name, path, rows, indices, 1, chain=bool(part and part.get("join")))
+    try:  # validated as the real start does: the refusal is shown, the plan still printed
+        slurm_nodes.check_nodes(ctx.get("SLURM_PARTITION"), rows, indices)
+        refusal = ""
+    except WorkflowError as exc:
+        refusal = exc.message
+    python = os.path.join(ctx.path("VENV_DIR"), "bin", "python")
+    multinode = slurm_nodes.dry_run_lines(python, ctx.get("TRAIN_ENTRYPOINT"), [c for c, _, _ in planned], rows, path)
+    return {"slots": [], "part": part, "slurm_plan": {"commands": [argv for _, _, argv in planned], "script": script,
+                                                      "chunks": [c["rows"] for c, _, _ in planned],
+                                                      "multinode": multinode, "refusal": refusal}}
 
 
 def start(ctx: Context, path: str, campaign_id: str, rows: List[Dict[str, Any]], generation: int) -> List[str]:
     """Submit the rows that are not ok yet; executor.json says which jobs hold the campaign."""
-    todo = [i for i, row in enumerate(rows)
-            if not runs.is_ok(runs.run_dir(ctx.outputs, str(row["run_id"])), row["spec_hash"])]
+    allowed = slurm_parts.generation_rows(path, generation)  # a part: its rows; a resume: the parts submitted
+    todo = [i for i, row in enumerate(rows) if (allowed is None or i in allowed)
+            and not runs.is_ok(runs.run_dir(ctx.outputs, str(row["run_id"])), row["spec_hash"])]
+    if generation > 1:
+        slurm_parts.retire_final(path, generation)
     job_ids = slurm.submit(ctx, campaign_id, path, rows, todo, generation) if todo else []
     record = read_json(_record_path(path), "executor status") or {}
     write_json(_record_path(path), {**record, "executor": "slurm", "state": "running", "generation": generation,
@@ -56,7 +70,7 @@ def merge_status(ctx: Context, path: str, manifest: Dict[str, Any], views: List[
         slurm_defer.submit_deferred(path)  # what fits now goes in; the rest waits for the next status / task
     waiting = slurm_defer.deferred_rows(path)
     sizes = {str(c["job_id"]): len(c["rows"]) for c in slurm_state.chunks(path)}
-    scheduler, note = slurm_state.scheduler_view(str(manifest["campaign_id"]), sizes)
+    scheduler, note = slurm_cache.scheduler_view(path, str(manifest["campaign_id"]), sizes)  # ended jobs: cached
     jobs = slurm_state.row_jobs(path)
     for number, view in enumerate(views):
         key = jobs.get(number)
@@ -94,6 +108,7 @@ def _conclude_if_ended(ctx: Context, path: str, manifest: Dict[str, Any], views:
                        scheduler: Dict[Tuple[str, int], Dict[str, Any]]) -> None:
     """Every row has its verdict and Slurm holds none of them: the FSM reaches its end state now, whoever
     reads it first (nobody ran the last row, e.g. its job was scancelled outside the tool before it started)."""
+    views = [v for v in views if v["state"] != slurm_parts.UNSUBMITTED]  # rows of parts not submitted yet
     if not views or any(v["state"] not in ENDED for v in views):
         return
     if any(str(info.get("state") or "").split(" ")[0] in slurm_state.LIVE for info in scheduler.values()):

@@ -74,7 +74,7 @@ def _live(job_id: str) -> bool:
     return result.returncode == 0 and bool(result.stdout.strip())
 
 
-def _with_dependency(argv: List[str], campaign_dir: str) -> List[str]:
+def with_dependency(argv: List[str], campaign_dir: str) -> List[str]:
     """The throttle's --dependency=afterany on the newest submitted chunk, while Slurm still has it."""
     if not any(w.startswith("--dependency=") for w in argv):
         return argv
@@ -92,7 +92,7 @@ def submit_deferred(campaign_dir: str) -> List[str]:
     job_ids: List[str] = []
     with locked(os.path.join(campaign_dir, "slurm", "deferred")):
         for path, record in pending(campaign_dir):  # re-read under the lock
-            argv = _with_dependency(list(record["argv"]), campaign_dir)
+            argv = with_dependency(list(record["argv"]), campaign_dir)
             result = sbatch(argv)
             if result.returncode != 0:
                 why = limit_reason(result.stderr) if deferrable(result.stderr) else \

@@ -148,8 +148,8 @@ def scheduler_view(campaign_id: str, sizes: Dict[str, int]) -> Tuple[Dict[Tuple[
     note = ""
     argv = ["sacct", "-X", "-P", "-n", f"--jobs={','.join(sorted(sizes))}",
             "--format=JobID,State,ExitCode,Reason,NodeList,Elapsed"]
-    try:
-        acct = (run(argv, timeout=120) if sizes else subprocess.CompletedProcess(argv, 0, "", "")) if shutil.which(
+    try:  # no job to ask about (none, or every one's end cached: executors/slurm_cache.py): no sacct at all
+        acct = subprocess.CompletedProcess(argv, 0, "", "") if not sizes else run(argv, timeout=120) if shutil.which(
             "sacct") else None
     except WorkflowError as exc:  # sacct hangs (slurmdbd unreachable)
         acct, note = None, str(exc)

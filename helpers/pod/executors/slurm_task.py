@@ -24,7 +24,7 @@ from ..jsonio import read_json, utc_now, write_bytes, write_json
 from ..scheduling import slots_from
 from ..taskstate import new_record, update_status
 from ..tmuxctl import agent_command
-from . import slurm_defer, slurm_state
+from . import slurm_defer, slurm_nodes, slurm_parts, slurm_state
 
 LIMIT_MARGIN_SECS = 15  # the supervisor's stop (grace included) ends this long before Slurm's time limit
 
@@ -114,6 +114,11 @@ class SlurmRowExecutor(Executor):
         import uuid
 
         spec.setdefault("marker", f"{spec['id']}-{uuid.uuid4().hex[:12]}")
+        nodes = slurm_nodes.nodes_of(self.manifest["rows"][0])
+        if nodes > 1:  # srun over the allocation's nodes, one torchrun each, c10d on the first node
+            spec["argv"] = slurm_nodes.multinode_argv(list(spec["argv"]), nodes, slurm_nodes.first_node(),
+                                                      str(self.slurm["job_id_raw"] or self.slurm["job_id"]))
+            spec["command_display"] = " ".join(spec["argv"])
         spec["tmux"] = None
         spec["slurm"] = self.slurm
         spec["forward_usr2"] = True
@@ -222,7 +227,10 @@ def resubmit(task: SlurmRowExecutor, rr: RowRun) -> str:
 def finish_if_last(task: SlurmRowExecutor) -> None:
     """SWEEP_COMPLETED / SWEEP_FAILED once every row of the campaign has its verdict (exactly once)."""
     verdicts = []
-    for row in task.full_rows:
+    allowed = slurm_parts.submitted(task.campaign_path)  # a campaign in parts: the rows submitted so far
+    for number, row in enumerate(task.full_rows):
+        if allowed is not None and number not in allowed:
+            continue
         done = runs.summary(runs.run_dir(task.outputs, str(row["run_id"])))
         if not done or done.get("spec_hash") != row.get("spec_hash"):
             return  # a row still to come
