@@ -89,4 +89,3 @@ def assert_points_match_lines_loose(pod: Pod, server: Any, run_id: str, child: A
     lines = (pod.outputs / run_id / "metrics.jsonl").read_bytes().count(b"\n")
     for key in ("val_loss", "batch_size"):
         assert len(server.client().get_metric_history(child.info.run_id, key)) == lines, (run_id, key)
-
