@@ -258,5 +258,6 @@ def test_track_sends_a_campaign_after_the_fact(tracked: Pod, mlflow_server: Any,
         kids = children(mlflow_server, parent)
         for run_id in ("lt-ok", "lt-fail"):
             assert_points_match_lines(tracked, mlflow_server, run_id, kids[run_id])
+        assert kids["lt-ok"].data.params["trainer.steps"] == "5"  # the trainer's config.json, after the fact too
     running = tracked.wf("track", "--campaign", campaign, "--set", "MLFLOW_TRACKING_URI=")
     assert running.returncode == 2

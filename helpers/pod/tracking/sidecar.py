@@ -33,6 +33,8 @@ from .params import row_params
 SCHEMA_VERSION = 1
 POLL_SECS = 1.0
 DEFAULT_FLUSH_SECS = 600
+
+
 def experiment_name(config: Dict[str, str]) -> str:
     name = config.get("MLFLOW_EXPERIMENT", "").strip()
     if name:
