@@ -231,6 +231,8 @@ def test_wandb_pass_through_offline_and_the_verification_gate(tracked: Pod, mlfl
     assert "W&B not verified" in silent["reason_line"]
     status = tracked.wf("sweep-status", "--campaign", campaign)
     assert status.returncode == 1 and "tracking" in status.stdout
+    assert "W&B offline runs not synced: wb-on, wb-retry (upload them with" in status.stdout, status.stdout
+    assert "W&B run not verified for 1 row(s): wb-silent (no W&B run directory" in status.stdout
     # no network, no valid key here: wandb sync fails, and wandb-sync names every row that did not sync
     synced = tracked.wf("wandb-sync", "--campaign", campaign, timeout=600)
     assert synced.returncode == 1, synced.stderr
@@ -256,5 +258,6 @@ def test_track_sends_a_campaign_after_the_fact(tracked: Pod, mlflow_server: Any,
         kids = children(mlflow_server, parent)
         for run_id in ("lt-ok", "lt-fail"):
             assert_points_match_lines(tracked, mlflow_server, run_id, kids[run_id])
+        assert kids["lt-ok"].data.params["trainer.steps"] == "5"  # the trainer's config.json, after the fact too
     running = tracked.wf("track", "--campaign", campaign, "--set", "MLFLOW_TRACKING_URI=")
     assert running.returncode == 2

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import importlib.util
 import os
 import types
 from dataclasses import asdict, dataclass, field, fields
@@ -71,6 +72,9 @@ class Config:
     compile: bool = False
     backend: str = "auto"  # auto | nccl | gloo
     peak_flops: float = 0.0  # per device, for MFU; 0 = look the GPU up in a small table
+    # W&B: log the eval rows to W&B (project, mode, run id, group, dir come from the WANDB_* environment,
+    # which workflow.sh sets per sweep row with SWEEP_WANDB=1); needs the wandb package
+    wandb_log: bool = False
     # test hooks: raise a (simulated) CUDA OOM error when batch_size is too large
     simulate_oom_batch_over: int = 0  # 0 = off
     simulate_oom_at_iter: int = 0
@@ -210,6 +214,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"min_lr={cfg.min_lr} must not exceed learning_rate={cfg.learning_rate}")
     if not cfg.out_dir or not cfg.data_dir:
         raise ConfigError("out_dir and data_dir must not be empty")
+    if cfg.wandb_log and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("wandb_log=True but the wandb package is not installed (pip install wandb)")
 
 
 def help_text() -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -75,6 +76,7 @@ class Trainer:
         self.model = model
         self.train_time = 0.0
         self.train_tokens = 0
+        self.wandb_run: Any = None  # wandb_log=True: the W&B run of rank 0
 
     # ---------------------------------------------------------------- output
     def log(self, line: str) -> None:
@@ -101,6 +103,10 @@ class Trainer:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         runtime.atomic_write_json(self.cfg.to_dict(), self.out_dir / "config.json")
+        if self.cfg.wandb_log:  # W&B settings from the environment; a resumed run continues its WANDB_RUN_ID
+            import wandb
+
+            self.wandb_run = wandb.init(config=self.cfg.to_dict(), dir=os.environ.get("WANDB_DIR") or str(self.out_dir))
         metrics = self.out_dir / "metrics.jsonl"
         kept = []
         if self.resumed and metrics.exists():  # drop rows written after the checkpoint we resume from
@@ -259,6 +265,8 @@ class Trainer:
                    "tokens_per_sec": tps, "mfu": mfu, "elapsed_s": round(self.elapsed(), 3)}
             with (self.out_dir / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
+            if self.wandb_run is not None:
+                self.wandb_run.log({k: v for k, v in row.items() if v is not None and k != "iter"}, step=it)
 
     def simulate_oom(self, it: int) -> None:
         cfg = self.cfg
@@ -348,6 +356,8 @@ class Trainer:
 
     def close(self) -> None:
         """Leave the process group once rank 0 has written everything (all ranks exit together)."""
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
         if self.cpu_group is not None:
             dist.barrier(group=self.cpu_group)
             dist.destroy_process_group()

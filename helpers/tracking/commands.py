@@ -46,13 +46,40 @@ def tracking_lines(status: dict[str, Any]) -> list[str]:
     info = status.get("tracking")
     if not info:
         return []
-    lines = [f"tracking: MLflow parent run {info.get('parent_run_id') or '(not created yet)'}"]
+    lines = wandb_lines(info["wandb"], str(status.get("campaign_id"))) if info.get("wandb") else []
+    if "parent_run_id" not in info:  # MLflow off (W&B only)
+        return lines
+    lines.insert(0, f"tracking: MLflow parent run {info.get('parent_run_id') or '(not created yet)'}")
     if info.get("last_error"):
         lines[0] += f"; server: {info['last_error']}"
     behind = info.get("behind") or []
     if behind:
         shown = ", ".join(f"{row['run_id']} ({row['why']})" for row in behind[:5])
-        lines.append(f"tracking behind for {len(behind)} row(s): {shown}{', ...' if len(behind) > 5 else ''}")
+        lines.insert(1, f"tracking behind for {len(behind)} row(s): {shown}{', ...' if len(behind) > 5 else ''}")
+    return lines
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+
+
+def wandb_lines(info: dict[str, Any], campaign: str) -> list[str]:
+    """sweep-status with SWEEP_WANDB=1: the rows' W&B runs, offline ones not synced, unverified ones."""
+    rows = info.get("rows") or []
+    seen = [row for row in rows if row.get("dir")]
+    offline = [row for row in seen if row.get("offline")]
+    line = (f"W&B ({info.get('mode')}): {len(seen)} of {len(rows)} started row(s) have a W&B run, "
+            f"{sum(1 for r in rows if r.get('verified'))} verified")
+    if offline:
+        line += f", {len(offline) - len(info.get('not_synced') or [])} of {len(offline)} offline run(s) synced"
+    lines = [line]
+    if info.get("not_synced"):
+        lines.append(f"W&B offline runs not synced: {_few(info['not_synced'])} (upload them with "
+                     f"infra_scripts/workflow.sh wandb-sync --campaign {campaign})")
+    bad = [row for row in rows if row.get("verified") is False]
+    if bad:
+        lines.append(f"W&B run not verified for {len(bad)} row(s): " + "; ".join(
+            f"{row['run_id']} ({row.get('detail')})" for row in bad[:3]) + ("; ..." if len(bad) > 3 else ""))
     return lines
 
 

@@ -113,7 +113,18 @@ def wait_secs(config: Dict[str, str]) -> float:
 def status(config: Dict[str, str], outputs: str, campaign_path: str, run_ids: List[str],
            out_dirs: Dict[str, str]) -> Optional[Dict[str, Any]]:
     """For sweep-status: the parent run and the rows whose tracking is behind (lines not yet sent, or
-    a final status not yet set)."""
+    a final status not yet set); with SWEEP_WANDB=1 also ``wandb``, each row's W&B run (wandb.py)."""
+    from . import wandb
+
+    seen = wandb.status(config, outputs, os.path.basename(campaign_path), run_ids, out_dirs)
+    found = _mlflow_status(config, outputs, campaign_path, run_ids, out_dirs)
+    if seen is None:
+        return found
+    return {**(found or {}), "wandb": seen}
+
+
+def _mlflow_status(config: Dict[str, str], outputs: str, campaign_path: str, run_ids: List[str],
+                   out_dirs: Dict[str, str]) -> Optional[Dict[str, Any]]:
     if not enabled(config):
         return None
     from .cursor import read_new

@@ -25,16 +25,14 @@ from .. import attempts
 from ..jsonio import read_json, utc_now, write_json
 from ..taskstate import is_terminal, read_status
 from . import LOCK, LOG, RECORD, campaign_config, enabled, record
+from . import mlflow_ops as ops
 from .cursor import batches, read_new
+from .mlflow_ops import redact_uri
+from .params import row_params
 
 SCHEMA_VERSION = 1
 POLL_SECS = 1.0
 DEFAULT_FLUSH_SECS = 600
-_USERINFO = re.compile(r"//[^/@\s]+@")
-
-
-def redact_uri(text: str) -> str:
-    return _USERINFO.sub("//***@", text)
 
 
 def experiment_name(config: Dict[str, str]) -> str:
@@ -113,13 +111,16 @@ class Sidecar:
             name = experiment_name(self.config)
             found = self.client.get_experiment_by_name(name)
             experiment = found.experiment_id if found else self.client.create_experiment(name)
-            run = self.client.create_run(experiment, run_name=f"campaign {self.campaign_id}", tags={
-                "workflow.campaign_id": self.campaign_id, "workflow.kind": "campaign",
-                **self.common_tags()})
-            parent = run.info.run_id
+            mine = {"workflow.campaign_id": self.campaign_id, "workflow.kind": "campaign"}
+            # a create whose reply was lost made the run anyway: adopt it (mlflow_ops.py)
+            adopted = ops.find_run(self.client, experiment, mine) if top.get("creating_parent") else None
+            if not adopted:
+                self.save_top(creating_parent=utc_now())
+            parent = adopted or self.client.create_run(experiment, run_name=f"campaign {self.campaign_id}", tags={
+                **mine, **self.common_tags()}).info.run_id
         self.say(f"parent run {parent} in experiment {experiment}" + (" (attached)" if attach else ""))
         self.save_top(parent_run_id=parent, experiment_id=experiment, uri=redact_uri(self.uri), attached=bool(attach),
-                      campaign_id=self.campaign_id, status="RUNNING")
+                      campaign_id=self.campaign_id, status="RUNNING", creating_parent=None)
         return self.top()
 
     def common_tags(self) -> Dict[str, str]:
@@ -138,25 +139,19 @@ class Sidecar:
         return tags
 
     def ensure_child(self, row: Dict[str, Any], top: Dict[str, Any]) -> Dict[str, Any]:
-        from mlflow.entities import Param
-
         run_id = str(row["run_id"])
         rec = _read(row_record_path(self.dir, run_id))
         if rec.get("mlflow_run_id") and rec.get("parent_run_id") == top["parent_run_id"]:
             return rec
-        tags = {"mlflow.parentRunId": top["parent_run_id"], "workflow.campaign_id": self.campaign_id,
-                "workflow.run_id": run_id, "workflow.attempt": "0", **self.common_tags()}
-        run = self.client.create_run(top["experiment_id"], run_name=run_id, tags=tags)
-        child = run.info.run_id
-        params = [Param("config", str(row.get("config", ""))), Param("seed", str(row.get("seed", "")))]
-        for word in row.get("overrides") or []:
-            key, _, value = str(word).lstrip("-").partition("=")
-            if key and key not in ("config", "seed"):
-                params.append(Param(key, "<hidden>" if _secret_name(key) else value[:6000]))
-        seen: Dict[str, Param] = {p.key: p for p in params}  # a key given twice: the last one, as the trainer
-        values = list(seen.values())
-        for start in range(0, len(values), 100):  # MLflow: at most 100 params per request
-            self.client.log_batch(child, params=values[start:start + 100])
+        mine = {"mlflow.parentRunId": top["parent_run_id"], "workflow.campaign_id": self.campaign_id,
+                "workflow.run_id": run_id}
+        creating = rec.get("creating") and rec.get("parent_run_id") == top["parent_run_id"]
+        adopted = ops.find_run(self.client, top["experiment_id"], mine) if creating else None  # a lost reply's run
+        if not adopted:
+            self.save_row(run_id, {"run_id": run_id, "parent_run_id": top["parent_run_id"], "creating": utc_now()})
+        child = adopted or self.client.create_run(top["experiment_id"], run_name=run_id, tags={
+            **mine, "workflow.attempt": "0", **self.common_tags()}).info.run_id
+        ops.log_params(self.client, child, row_params(row))  # the same again is a no-op for MLflow
         rec = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "mlflow_run_id": child,
                "parent_run_id": top["parent_run_id"], "experiment_id": top["experiment_id"],
                "campaign_id": self.campaign_id, "cursor": 0, "lines": 0, "points": 0, "attempt": 0,
@@ -175,10 +170,13 @@ class Sidecar:
     def run_path(self, run_id: str) -> str:
         return os.path.join(self.outputs, run_id)
 
-    def metrics_file(self, run_id: str) -> str:
+    def out_dir(self, run_id: str) -> str:
         manifest = _read(os.path.join(self.run_path(run_id), "run_manifest.json"))
         out_dir = manifest.get("out_dir") if manifest.get("campaign_id") == self.campaign_id else None
-        return os.path.join(str(out_dir or self.run_path(run_id)), "metrics.jsonl")
+        return str(out_dir or self.run_path(run_id))
+
+    def metrics_file(self, run_id: str) -> str:
+        return os.path.join(self.out_dir(run_id), "metrics.jsonl")
 
     def pump(self, run_id: str, rec: Dict[str, Any]) -> int:
         """Send the new complete lines; the cursor moves after each accepted batch. Lines left behind."""
@@ -190,13 +188,20 @@ class Sidecar:
         if cursor > size:  # the file was replaced: start over
             rec.update(cursor=0, lines=0)
             cursor = 0
-        for batch in batches(data, cursor, int(rec.get("lines") or 0), int(time.time() * 1000)):
+        if not data:
+            return 0
+        stamp = ops.metric_stamp(rec, int(time.time() * 1000))  # a resend repeats the same points (mlflow_ops.py)
+        self.save_row(run_id, rec)
+        for batch in batches(data, cursor, int(rec.get("lines") or 0), stamp):
             if batch.points:
                 self.client.log_batch(rec["mlflow_run_id"], metrics=[
                     Metric(p.key, p.value, p.timestamp_ms, p.step) for p in batch.points])
             rec.update(cursor=batch.end_offset, lines=int(rec.get("lines") or 0) + batch.lines,
-                       points=int(rec.get("points") or 0) + len(batch.points))
+                       points=int(rec.get("points") or 0) + len(batch.points), pending={"from": batch.end_offset,
+                                                                                         "ms": stamp})
             self.save_row(run_id, rec)
+        rec.pop("pending", None)
+        self.save_row(run_id, rec)
         return len(read_new(path, int(rec["cursor"]))[0])
 
     def desired(self, run_id: str, executor_live: bool) -> Optional[Dict[str, Any]]:
@@ -233,9 +238,7 @@ class Sidecar:
             return  # lines still to send come first; or this end is already told
         done = want.get("summary") or {}
         if done:
-            for name in ("summary.json", "run_manifest.json"):
-                if os.path.exists(os.path.join(self.run_path(run_id), name)):
-                    self.client.log_artifact(child, os.path.join(self.run_path(run_id), name))
+            ops.upload_artifacts(self.client, child, self.run_path(run_id), ["summary.json", "run_manifest.json"])
             self.client.set_tag(child, "workflow.state", str(done.get("state")))
             if want["status"] == "FAILED":
                 self.client.set_tag(child, "failure_class", str(done.get("failure_class") or "unknown"))
@@ -262,7 +265,10 @@ class Sidecar:
         key = json.dumps(counts, sort_keys=True)
         if top.get("totals") == key and top.get("status") != "RUNNING":
             return True
-        now = int(time.time() * 1000)
+        now = int(top.get("totals_ms") or 0) if top.get("totals_pending") == key else 0
+        if not now:  # the same timestamp if the reply is lost and this is sent again
+            now = int(time.time() * 1000)
+            self.save_top(totals_pending=key, totals_ms=now)
         generation = int((_read(os.path.join(self.dir, "executor.json")).get("generation")) or 1)
         self.client.log_batch(top["parent_run_id"], metrics=[Metric(k, float(v), now, generation)
                                                              for k, v in counts.items()])
@@ -293,7 +299,11 @@ class Sidecar:
             if self.stop:
                 return False
             left = self.pump(rec["run_id"], rec)
-            self.settle(rec["run_id"], rec, self.desired(rec["run_id"], live), left)
+            want = self.desired(rec["run_id"], live)
+            if want and ops.sync_trainer_params(self.client, self.run_path(rec["run_id"]), self.out_dir(rec["run_id"]),
+                                            rec, int(want["attempt"])):
+                self.save_row(rec["run_id"], rec)
+            self.settle(rec["run_id"], rec, want, left)
         if top.get("last_error"):
             self.save_top(last_error=None)
         return self.settle_parent(self.top(), recs, state)
@@ -310,7 +320,7 @@ class Sidecar:
                 backoff = POLL_SECS
             except Exception as exc:  # the server is down, slow or refusing: keep the cursors, try again
                 settled = False
-                message = _short(exc)
+                message = ops.short_error(exc)
                 self.say(f"tracking server: {message}")
                 self.save_top(last_error=message, last_error_utc=utc_now())
                 backoff = min(backoff * 2, 10.0)
@@ -339,20 +349,6 @@ class Sidecar:
             rec = _read(row_record_path(self.dir, str(row["run_id"])))
             rows[str(row["run_id"])] = {k: rec.get(k) for k in ("mlflow_run_id", "status", "points", "lines")}
         return rows
-
-
-def _short(exc: BaseException) -> str:
-    """One line about a failed request: the innermost reason urllib3 gives (refused, timed out), not the
-    whole chain; never a credential of the URI."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    found = re.search(r"(Connection refused|Read timed out|timed out|Name or service not known|"
-                      r"Failed to establish a new connection[^\)\"']*)", text)
-    reason = found.group(1) if found else text[:200]
-    return redact_uri(f"{exc.__class__.__name__}: {reason}")[:240]
-
-
-def _secret_name(key: str) -> bool:
-    return bool(re.search(r"(key|token|secret|password|pass|credentials)$", key, re.IGNORECASE))
 
 
 def sidecar_main(argv: List[str]) -> int:

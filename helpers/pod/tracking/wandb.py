@@ -86,11 +86,52 @@ def check(config: Dict[str, str], run_path: str, out_dir: str, done: Dict[str, A
     wandb_id = run_id_for(str(done.get("campaign_id")), str(done.get("run_id")))
     history = done.get("attempt_history") or [{}]
     ok, why = verify(config, out_dir, wandb_id, history[-1].get("started_utc") or done.get("started_utc"))
-    done = {**done, "wandb": {"run_id": wandb_id, "group": done.get("campaign_id"), "verified": ok, "detail": why}}
+    dirs = run_dirs(out_dir, wandb_id)
+    done = {**done, "wandb": {"run_id": wandb_id, "group": done.get("campaign_id"), "verified": ok, "detail": why,
+                              "dir": dirs[-1][1] if dirs else None, "offline": bool(dirs) and dirs[-1][2]}}
     if not ok and config.get("WANDB_REQUIRED", "0") in ("1", "true", "True", "yes") and done.get("ok"):
         done.update(ok=False, state="failed", failure_class="tracking", reason_line=f"W&B not verified: {why}")
     write_json(os.path.join(run_path, "summary.json"), done)
     return done
+
+
+def synced(run_dir: str, wandb_id: str) -> bool:
+    """An offline run directory that `wandb sync` has uploaded: it leaves ``run-<id>.wandb.synced``."""
+    return os.path.exists(os.path.join(run_dir, f"run-{wandb_id}.wandb.synced"))
+
+
+def row_view(campaign_id: str, run_id: str, out_dir: str, done: Dict[str, Any]) -> Dict[str, Any]:
+    """sweep-status: a row's W&B run: its id, latest directory, offline or not, synced or not, and the
+    verdict its summary got (None while it runs)."""
+    wandb_id = run_id_for(campaign_id, run_id)
+    dirs = run_dirs(out_dir, wandb_id)
+    offline = [d[1] for d in dirs if d[2]]
+    found = done.get("wandb") if done.get("campaign_id") == campaign_id else None
+    verdict: Dict[str, Any] = found if isinstance(found, dict) else {}
+    return {"run_id": run_id, "wandb_id": wandb_id, "dir": dirs[-1][1] if dirs else None, "runs": len(dirs),
+            "offline": bool(offline), "synced": all(synced(d, wandb_id) for d in offline) if offline else None,
+            "verified": verdict.get("verified"), "detail": verdict.get("detail")}
+
+
+def status(config: Dict[str, str], outputs: str, campaign_id: str, run_ids: List[str],
+           out_dirs: Dict[str, str]) -> Optional[Dict[str, Any]]:
+    """The W&B part of sweep-status (SWEEP_WANDB=1): every started row's W&B run, the offline ones not
+    synced yet, the ones not verified."""
+    if not on(config) or config.get("WANDB_MODE") == "disabled":
+        return None
+    from ..jsonio import read_json
+
+    rows = []
+    for run_id in run_ids:
+        path = os.path.join(outputs, run_id)
+        if not os.path.isdir(path):
+            continue
+        done = read_json(os.path.join(path, "summary.json"), "run summary") if os.path.exists(
+            os.path.join(path, "summary.json")) else None
+        rows.append(row_view(campaign_id, run_id, out_dirs.get(run_id, path), done if isinstance(done, dict) else {}))
+    return {"mode": config.get("WANDB_MODE") or "online", "rows": rows,
+            "not_synced": [r["run_id"] for r in rows if r["offline"] and not r["synced"]],
+            "not_verified": [r["run_id"] for r in rows if r["verified"] is False]}
 
 
 def _hide(text: str, env: Dict[str, str]) -> str:
