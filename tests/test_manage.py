@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -206,7 +207,8 @@ def test_lost_pod_is_replaced_and_rows_resume_from_their_checkpoints(world: Worl
         mine = [r for r in starts if r["run"] == run_id]
         assert len(mine) == 2 and not mine[0]["resume"] and mine[1]["resume"], mine
         log_text = (pod.outputs / run_id / "run.log").read_text()
-        assert "resumed from iter" in log_text, log_text[-2000:]
+        resumed = re.findall(r"resumed from iter (\d+)", log_text)
+        assert len(resumed) == 1 and int(resumed[0]) >= cut[run_id], log_text[-2000:]  # its newest checkpoint
         iters = [json.loads(x)["iter"] for x in (pod.outputs / run_id / "metrics.jsonl").read_text().splitlines()]
         assert iters[-1] == STEPS - 1 and iters.count(0) == 1  # trained on from the checkpoint, not from 0
     assert ok_ends(world.ledger, ids) == dict.fromkeys(ids, 1)  # each row trained to the end exactly once
