@@ -191,6 +191,7 @@ def test_lost_pod_is_replaced_and_rows_resume_from_their_checkpoints(world: Worl
     assert code == 0, out
     assert "manage: LOST: the provider says the pod is gone" in out, out
     assert "manage: recovered in" in out, out
+    assert API_KEY not in out
     rents = api.calls("POST", r"/executors/.*/rent")
     assert len(rents) == 1 and rents[0].body["pod_name"] == "trainer-r2", out
     new_uuid = next(p["id"] for p in api.pods if p["pod_name"] == "trainer-r2")
@@ -280,3 +281,117 @@ def test_max_recoveries_is_respected(world: World) -> None:
     assert out.count("manage: recovered in") == 1
     assert executor_record(pod, cid)["generation"] == 2  # no second resume
     assert world.api.calls("POST", r"/executors/.*/rent") == []
+
+
+# ----------------------------------------------------------------------------- the rules, one by one
+
+
+def test_classify_loses_a_pod_only_on_evidence() -> None:
+    from helpers.manage.health import GONE, LOST, NO_PROVIDER, PRESENT, SUSPECT, UNKNOWN, ProviderView, classify
+
+    running = {"executor": {"state": "running"}, "rows": [{"run_id": "a", "state": "running"}]}
+    dead = {"executor": {"state": "lost", "reason": "the executor process is gone"},
+            "rows": [{"run_id": "a", "state": "lost"}, {"run_id": "b", "state": "ok"}]}
+    dead_but_done = {"executor": {"state": "lost"}, "rows": [{"run_id": "a", "state": "ok"}]}
+    gone = classify(ProviderView(GONE, "pod x is no longer listed"), None, None)
+    assert gone.health == LOST and gone.replace
+    for provider in (ProviderView(PRESENT), ProviderView(UNKNOWN, "its API did not answer"),
+                     ProviderView(PRESENT, "pod x is REBOOT_PENDING"), ProviderView(NO_PROVIDER)):
+        blip = classify(provider, None, "ssh: connect timed out")
+        assert blip.health == SUSPECT and not blip.replace and "connect timed out" in blip.reason
+        assert classify(provider, running, None).health == "HEALTHY"
+        executor_dead = classify(provider, dead, None)
+        assert executor_dead.health == LOST and not executor_dead.replace  # resumed on the same pod
+        assert classify(provider, dead_but_done, None).health == "HEALTHY"  # nothing left to run
+
+
+def test_replacement_names() -> None:
+    from helpers.manage.recover import replacement_name
+
+    assert replacement_name("trainer", 2) == "trainer-r2"
+    assert replacement_name("trainer-r2", 3) == "trainer-r3"
+    assert replacement_name("my-run-pod", 2) == "my-run-pod-r2"
+    assert replacement_name(None, 2) == "wf-pod-r2"
+    assert len(replacement_name("x" * 64, 12)) == 64
+
+
+def test_pod_that_vanishes_between_the_api_look_and_the_reconnect_is_suspect(
+        tmp_path: Path, source_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API lists the pod at the look; by the reconnect (a stale endpoint is looked up again) it is
+    gone: unreachable, so SUSPECT (the next look, API first, can say LOST); never LOST on that race."""
+    import argparse
+
+    from helpers.cli import COMMANDS_BY_NAME
+    from helpers.config import load_config
+    from helpers.manage.health import SUSPECT, check
+    from helpers.resolved import ConfigRequest
+    from helpers.session import Session
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("LIUM_API_KEY", API_KEY)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    with FakeLiumAPI(api_key=API_KEY) as api:
+        lium_pod = api.add_pod("trainer", host="127.0.0.1", port=free_port())  # nothing answers there
+        listings = {"n": 0}
+        real = api._list_pods
+
+        def vanishing() -> list[dict[str, Any]]:
+            listings["n"] += 1
+            if listings["n"] > 1:
+                api.pods[:] = []
+            return real()
+
+        monkeypatch.setattr(api, "_list_pods", vanishing)
+        pod = make_pod("local", tmp_path, source_repo, None)
+        pod.set(LIUM_BASE_URL=api.base_url, LIUM_SSH_KEY_PATH=str(key), LIUM_TARGET=lium_pod["id"],
+                SSH_CONNECT_TIMEOUT_SECS="2", CONNECTION_PERSIST_SECS="0")
+        cfg = load_config(ConfigRequest(Path(__file__).resolve().parents[1], pod.env_file))
+        options = argparse.Namespace(campaign=None, interval=0.5, overrides=[], manage=True)
+        session = Session(cfg, options, COMMANDS_BY_NAME["sweep-watch"])
+        verdict = check(session, None, lium_pod["id"])
+        assert verdict.health == SUSPECT, verdict
+        assert listings["n"] >= 2  # the look, then the reconnect's lookup that found it gone
+        assert API_KEY not in verdict.reason
+
+
+def test_a_superseded_watcher_is_refused_by_the_fence(tmp_path: Path) -> None:
+    from helpers.pod.context import Context
+    from helpers.pod.errors import ExitCode, WorkflowError
+    from helpers.pod.manage_ops import manage_prepare
+
+    outputs = tmp_path / "outputs"
+    campaign = outputs / "_campaigns" / "c1"
+    campaign.mkdir(parents=True)
+    (campaign / "manifest.json").write_text(json.dumps({"campaign_id": "c1", "rows": []}))
+    (campaign / "executor.json").write_text(json.dumps({"state": "running", "generation": 3}))
+    (outputs / "_control").mkdir()
+    config = {"OPS_REMOTE_OUTPUTS_DIR": str(outputs), "OPS_REMOTE_REPO": str(tmp_path / "repo")}
+    done = manage_prepare(Context(config, {"campaign": "c1", "epoch": 4, "pod": "new-pod"}))
+    assert done["fenced_generation"] == 3 and not done["restored"]
+    assert json.loads((campaign / "stop-request.json").read_text())["generation"] == 3
+    assert json.loads((campaign / "manage_fence.json").read_text())["epoch"] == 4
+    with pytest.raises(WorkflowError) as info:  # a watcher that only knows epoch 3 comes back
+        manage_prepare(Context(config, {"campaign": "c1", "epoch": 3, "pod": "old-pod"}))
+    assert info.value.code == ExitCode.REFUSED and "superseded" in info.value.message
+    assert json.loads((campaign / "manage_fence.json").read_text())["pod"] == "new-pod"
+
+
+def test_a_campaign_missing_from_a_fresh_disk_is_put_back_from_the_kept_manifest(tmp_path: Path) -> None:
+    from helpers.pod.context import Context
+    from helpers.pod.errors import WorkflowError
+    from helpers.pod.manage_ops import manage_prepare
+
+    outputs = tmp_path / "outputs"
+    (outputs / "_control").mkdir(parents=True)
+    config = {"OPS_REMOTE_OUTPUTS_DIR": str(outputs), "OPS_REMOTE_REPO": str(tmp_path / "repo")}
+    with pytest.raises(WorkflowError, match="no manifest of it was kept"):
+        manage_prepare(Context(config, {"campaign": "c2", "epoch": 2}))
+    manifest = {"campaign_id": "c2", "rows": [{"run_id": "r1"}]}
+    done = manage_prepare(Context(config, {"campaign": "c2", "epoch": 2, "manifest": manifest}))
+    assert done["restored"]
+    assert json.loads((outputs / "_campaigns" / "c2" / "manifest.json").read_text()) == manifest
+    assert (outputs / "_control" / "latest_campaign").read_text().strip() == "c2"

@@ -49,8 +49,11 @@ def session_for_pod(session: Session, uuid: str) -> Session:
     return Session(fresh, options, session.command)
 
 
-def _replacement_name(name: str | None, epoch: int) -> str:
-    base = (name or "wf-pod").rsplit("-r", 1)[0] if name and "-r" in name else (name or "wf-pod")
+def replacement_name(name: str | None, epoch: int) -> str:
+    """``<name>-r<epoch>``: the lost pod's name without its own ``-r<N>``, cut to the 64 characters allowed."""
+    import re
+
+    base = re.sub(r"-r\d+$", "", name or "") or "wf-pod"
     suffix = f"-r{epoch}"
     return base[:NAME_LIMIT - len(suffix)] + suffix
 
@@ -89,7 +92,7 @@ def rent_replacement(session: Session, rec: ManageRecord, lost: LiumPod | None, 
         raise WorkflowError("manage: the lost pod's GPU type is unknown; set LIUM_GPU_TYPE so a replacement of the "
                             "same spec can be rented", ExitCode.USAGE)
     settings = replace(settings, target=None, executor_id=None, gpu_type=gpu_type, gpu_count=gpu_count, yes=True,
-                       pod_name=_replacement_name(rec.pod_name or (lost.name if lost else None), rec.epoch + 1))
+                       pod_name=replacement_name(rec.pod_name or (lost.name if lost else None), rec.epoch + 1))
     settings = replace(settings, volume=_volume(settings, client_for(settings)))
     plan = plan_pod_up(settings)
     say(f"manage: renting a replacement: {plan.describe()}")
