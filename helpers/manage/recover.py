@@ -106,10 +106,32 @@ def rent_replacement(session: Session, rec: ManageRecord, lost: LiumPod | None, 
     return pod
 
 
-def _ready_for_bootstrap(session: Session, reason: str) -> None:
+FIRST_CONTACT_SECS = 180.0
+
+
+def _first_contact(session: Session, say: Say) -> str:
+    """The replacement's workflow state, once its sshd answers: the API says RUNNING with an SSH command
+    a little before the pod's sshd accepts connections; a dropped/refused connection is tried again."""
+    from helpers.transport import ConnectionLost
+
+    deadline = time.monotonic() + FIRST_CONTACT_SECS
+    delay = 1.0
+    while True:
+        try:
+            return str(session.call("fsm-status", timeout=60)["state"])
+        except ConnectionLost as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            say(f"manage: the replacement does not answer yet ({exc.message.split(';')[0]}); again in {delay:.0f} s")
+            session.close()
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
+def _ready_for_bootstrap(session: Session, reason: str, say: Say) -> None:
     """The replacement's workflow state: POD_READY for a fresh disk; a SWEEP_RUNNING one read from the
     volume (the lost pod's) is reset, saying why, since bootstrap and checkout come first."""
-    state = str(session.call("fsm-status", timeout=60)["state"])
+    state = _first_contact(session, say)
     if state == "INIT":
         session.call("fsm-transition", {"command": "pod-up", "commit": True, "reason": reason}, timeout=60)
     elif state == "SWEEP_RUNNING":
@@ -119,7 +141,7 @@ def _ready_for_bootstrap(session: Session, reason: str) -> None:
 def bring_up(session: Session, rec: ManageRecord, lost_uuid: str | None, say: Say) -> None:
     """bootstrap + checkout on the replacement (its commit is pinned by manage-prepare)."""
     _ready_for_bootstrap(session, f"managed recovery: replacement for lost pod {lost_uuid} (campaign "
-                                  f"{rec.campaign_id})")
+                                  f"{rec.campaign_id})", say)
     limit = float((session.cfg.number("CHECKOUT_TIMEOUT_SECS") or 1800) * 3 + 120)
     done = session.call("bootstrap", sync_env=True, timeout=limit)
     say(f"manage: bootstrap OK on the replacement; state {done['state']}")
@@ -173,6 +195,11 @@ def recover(session: Session, rec: ManageRecord, verdict: Verdict, say: Say) -> 
     epoch = rec.epoch + 1
     boot = 0.0
     lost_uuid = rec.pod_uuid
+    entry: dict[str, Any] = {"epoch": epoch, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                             "reason": verdict.reason, "lost_pod": lost_uuid, "replaced": verdict.replace,
+                             "state": "started"}
+    rec.recoveries.append(entry)  # counted against MANAGE_MAX_RECOVERIES from its start (a rent costs money)
+    records.save(session.cfg, rec)
     if verdict.replace:
         if session.cfg.target != "lium":
             raise WorkflowError("manage: the pod is gone and it is not a Lium pod: nothing to rent it again from",
@@ -193,9 +220,6 @@ def recover(session: Session, rec: ManageRecord, verdict: Verdict, say: Say) -> 
         records.save(session.cfg, rec)
     rerun = resume(session, rec, epoch, rec.pod_uuid, say)
     took = time.monotonic() - confirmed - boot
-    rec.recoveries.append({"epoch": epoch, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                           "reason": verdict.reason, "lost_pod": lost_uuid, "pod": rec.pod_uuid,
-                           "replaced": verdict.replace, "rerun": rerun, "boot_secs": round(boot, 2),
-                           "recovery_secs": round(took, 2)})
+    entry.update(state="done", pod=rec.pod_uuid, rerun=rerun, boot_secs=round(boot, 2), recovery_secs=round(took, 2))
     records.save(session.cfg, rec)
     return Outcome(session, rerun, boot, took)
