@@ -395,3 +395,25 @@ def test_a_campaign_missing_from_a_fresh_disk_is_put_back_from_the_kept_manifest
     assert done["restored"]
     assert json.loads((outputs / "_campaigns" / "c2" / "manifest.json").read_text()) == manifest
     assert (outputs / "_control" / "latest_campaign").read_text().strip() == "c2"
+
+
+def test_max_recoveries_zero_rents_nothing(world: World) -> None:
+    """MANAGE_MAX_RECOVERIES=0 (watch only): the API says the pod is gone, the watcher says so in one last
+    line and exits 1; nothing is rented."""
+    pod = world.pod
+    pod.set(MANAGE_MAX_RECOVERIES="0")
+    ids, csv_rows = rows("zero", 1)
+    cid = start_sweep(pod, write_csv(world.base / "zero.csv", csv_rows))
+    proc, log = world.watch()
+    wait_text(log, f"manage: watching campaign {cid}", 60, proc)
+    assert "no LIUM_VOLUME" in log.read_text()
+    wait_running(pod, ids[0])
+    world.api.add_executor(gpu_count=1, price_per_gpu=2.0)
+    world.kill_pod(world.first)
+    with world.api._lock:
+        world.api.pods[:] = []
+    code, out = finish(proc, log)
+    assert code == 1, out
+    last = [line for line in out.splitlines() if line.strip()][-1]
+    assert "MANAGE_MAX_RECOVERIES=0" in last and "the provider says the pod is gone" in last, out
+    assert world.api.calls("POST", r"/executors/.*/rent") == []

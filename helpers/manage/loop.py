@@ -76,6 +76,9 @@ class Watcher:
         self.campaign = rec.campaign_id
         self.say(f"manage: watching campaign {rec.campaign_id} (commit {str(rec.git_sha or '?')[:12]}, epoch "
                  f"{rec.epoch}, {len(rec.recoveries)} of MANAGE_MAX_RECOVERIES={self.limit} recoveries used)")
+        if self.session.cfg.target == "lium" and not self.session.cfg.text("LIUM_VOLUME"):
+            self.say("manage: no LIUM_VOLUME: a replacement pod starts with an empty disk, so its rows start over "
+                     "(put OPS_REMOTE_OUTPUTS_DIR on a volume to resume them from their checkpoints)")
 
     def _adopt(self, campaign_id: str) -> None:
         """The first good look: keep what a recovery needs (commit, manifest, the pod's spec)."""
