@@ -145,6 +145,8 @@ def _setup_sweep_logs(p: argparse.ArgumentParser) -> None:
 def _setup_sweep_watch(p: argparse.ArgumentParser) -> None:
     _setup_campaign(p)
     p.add_argument("--interval", type=positive_seconds, default=5.0, help="seconds between refreshes (default 5)")
+    p.add_argument("--manage", action="store_true", help="recover the campaign when its pod is lost: rent a "
+                   "replacement (Lium) or resume on the same pod, at most MANAGE_MAX_RECOVERIES times")
 
 
 def _setup_template(p: argparse.ArgumentParser) -> None:

@@ -317,6 +317,8 @@ def _change_keys(status: dict[str, Any]) -> list[str]:
 def cmd_sweep_watch(session: Session) -> int:
     """On a TTY the screen is redrawn; elsewhere (a log file, a pipe) the table is printed once, then
     only the lines that changed."""
+    if getattr(session.options, "manage", False):  # --manage: watch and recover a lost pod (helpers/manage/)
+        return __import__("helpers.manage.loop", fromlist=["watch"]).watch(session)
     interval = max(0.5, float(session.options.interval))
     tty = sys.stdout.isatty()
     shown: set[str] = set()

@@ -95,6 +95,8 @@ KEYS: tuple[Key, ...] = (
     _k(_L, "LIUM_READY_TIMEOUT_SECS", "int", "900", "pod-up: how long to wait for the pod to be ready",
        minimum=10, maximum=7200),
     _k(_L, "LIUM_SSH_KEY_PATH", "path", "", "private key for Lium pods; empty = the Lium SDK's configured key"),
+    _k(_L, "MANAGE_MAX_RECOVERIES", "int", "3", "sweep-watch --manage: at most this many recoveries of a lost pod "
+       "per campaign (0 = watch only)", minimum=0, maximum=100),
     # --- pod paths
     _k(_P, "OPS_REMOTE_OUTPUTS_DIR", "podpath", "~/workflow/outputs",
        "durable outputs on the pod: run dirs, _tasks, _manifests, _campaigns, _control",

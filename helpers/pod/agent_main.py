@@ -35,6 +35,8 @@ OPS: Dict[str, Tuple[str, str]] = {
     "sweep-status": ("campaigns", "sweep_status"),
     "sweep-stop": ("campaigns", "sweep_stop"),
     "sweep-resume": ("campaigns", "sweep_resume"),
+    "manage-probe": ("manage_ops", "manage_probe"),
+    "manage-prepare": ("manage_ops", "manage_prepare"),
     "sweep-logs": ("sweepinfo", "sweep_logs"),
     "sweep-list": ("sweepinfo", "sweep_list"),
     "fetch-list": ("fetchlist", "fetch_list"),

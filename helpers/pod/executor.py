@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from . import attempts, fsm, proctree, runs, stages, tracking
+from . import attempts, fsm, proctree, resume_ckpt, runs, stages, tracking
 from .context import Context, run_env
 from .executors import slurm_parts
 from .jsonio import append_jsonl, is_disk_full, read_json, utc_now, write_bytes, write_json
@@ -184,6 +184,9 @@ class Executor:
         local_sync = ctx.get("RUN_OUT_MODE") == "local_sync"
         rr.out_dir = os.path.join(ctx.path("RUN_OUT_LOCAL_ROOT"), rr.run_id) if local_sync else path
         overrides = list(rr.extra or row["overrides"])
+        if not rr.extra and not rr.attempts:  # cut off under an earlier executor (or pod): from its checkpoint
+            overrides, note = resume_ckpt.resume_overrides(ctx, path, self.campaign_id, overrides)
+            rr.retry_note = rr.retry_note or note
         workdir = os.path.join(ctx.path("OPS_REMOTE_REPO"), ctx.get("TRAIN_WORKDIR"))
         python = os.path.join(ctx.path("VENV_DIR"), "bin", "python")
         argv = runs.build_argv(python, ctx.get("TRAIN_ENTRYPOINT"), row["config"], int(row["seed"]), rr.out_dir,
