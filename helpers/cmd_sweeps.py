@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from helpers import cost
 from helpers.errors import ExitCode, WorkflowError
 from helpers.render import bar, duration, table
 from helpers.session import Session
@@ -148,6 +149,7 @@ def cmd_sweep_start(session: Session) -> int:
         "reuse_run_ids": bool(session.options.reuse_run_ids),
         "user_patterns": patterns_path.read_text(encoding="utf-8") if patterns_path else "",
         "user_patterns_source": str(patterns_path or ""), **cmd_slurm.template_args(session),
+        **cost.start_args(session),
     }
     result = session.call("sweep-start", args, sync_env=True, timeout=180)
     if session.as_json:
@@ -223,6 +225,7 @@ def render_status(status: dict[str, Any]) -> list[str]:
     if failed:
         lines.append(f"a failed row's log: infra_scripts/workflow.sh sweep-logs {failed[0]['run_id']}")
     lines.append(progress_line(status))
+    lines += [line for line in [cost.cost_line(status)] if line]  # spend, projection, idle; unknown price
     from helpers.tracking.commands import tracking_lines
 
     lines += tracking_lines(status)  # MLflow on: the parent run, rows whose tracking is behind
@@ -280,6 +283,8 @@ def _change_keys(status: dict[str, Any]) -> list[str]:
     """One key per line of render_status that ignores what changes on its own (a running row's
     duration, the table's padding): a line is printed again only when its key changes."""
     still = {**status, "rows": [{**row, "duration_s": None} for row in status["rows"]]}
+    if isinstance(status.get("cost"), dict):  # the spend of running rows grows on its own, too
+        still["cost"] = {**status["cost"], "spent_usd": None, "idle_slot_seconds": None, "projected_usd": None}
     return [" ".join(line.split()) for line in render_status(still)]
 
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import attempts, fsm, proctree, runs, tmuxctl
+from . import attempts, cost, fsm, proctree, runs, tmuxctl
 from .context import Context
 from .errors import ExitCode, WorkflowError
 from .executor import request_stop
@@ -229,6 +229,7 @@ def _sweep_start(ctx: Context) -> Dict[str, Any]:
         "csv_name": args.get("csv_name"), "csv_sha256": args.get("csv_sha256"), "selection": args.get("selection"),
         "rows": rows, "config": ctx.config, "user_patterns": args.get("user_patterns", ""),
         "user_patterns_source": args.get("user_patterns_source", ""), "superseded": aside,
+        "price": args.get("price"),  # the pod's price per hour from sweep-start (Lium), else POD_PRICE_PER_HOUR
     }
     write_json(os.path.join(path, "manifest.json"), manifest, mode=0o444)
     csv_bytes = str(args.get("csv_text", "")).encode("utf-8")
@@ -316,7 +317,8 @@ def sweep_status(ctx: Context) -> Dict[str, Any]:
         "heartbeat_utc": executor.get("heartbeat_utc"), "ended_utc": executor.get("ended_utc"),
         "kind": kind_of(manifest.get("config", {})), "note": note},
         "columns": columns, "rows": rows, "totals": totals, "total": len(rows), "outputs": ctx.outputs,
-        "session": ctx.get("SWEEP_TMUX_SESSION"), "tracking": _tracking_view(ctx, path, manifest)}
+        "session": ctx.get("SWEEP_TMUX_SESSION"), "tracking": _tracking_view(ctx, path, manifest),
+        "cost": cost.campaign_cost(manifest, executor, views)}
 
 
 def _tracking_view(ctx: Context, path: str, manifest: Dict[str, Any]) -> Optional[Dict[str, Any]]:

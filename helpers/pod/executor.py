@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from . import attempts, fsm, proctree, runs, tracking
+from . import attempts, cost, fsm, proctree, runs, tracking
 from .context import Context, run_env
 from .jsonio import append_jsonl, is_disk_full, read_json, utc_now, write_bytes, write_json
 from .scheduling import detect_slots, schedule_step, slot_env
@@ -281,6 +281,7 @@ class Executor:
         done = runs.write_summary(runs.run_dir(self.outputs, rr.run_id), self.campaign_id, rr.row, rr.attempts,
                                   rr.out_dir, rr.command)
         done = tracking_wandb.check(self.ctx.config, runs.run_dir(self.outputs, rr.run_id), rr.out_dir, done)
+        done = self._with_cost(rr, done)
         attempts.keep_final_summary(runs.run_dir(self.outputs, rr.run_id), rr.number, done)
         self.index[rr.run_id] = attempts.index_entry(done)
         self.event("run-end", run_id=rr.run_id, ok=done["ok"], state=done["state"],
@@ -288,6 +289,30 @@ class Executor:
         verdict = "ok" if done["ok"] else f"{done['state']} [{done.get('failure_class')}]"
         self.say(f"{rr.run_id}: {verdict} after {done['attempts']} attempt(s), {done.get('duration_s')}s")
         return done
+
+    def _with_cost(self, rr: RowRun, done: Dict[str, Any]) -> Dict[str, Any]:
+        """summary.json gets the row's cost (None without a price: unknown, never $0)."""
+        spend = getattr(self, "spend", None) or cost.Spend(cost.price_per_hour(self.manifest), len(self.slots) or 1)
+        done["cost"] = cost.row_cost(done.get("attempt_history") or rr.attempts, spend.price, spend.pod_slots)
+        write_json(os.path.join(runs.run_dir(self.outputs, rr.run_id), "summary.json"), done)
+        spend.conclude(rr.run_id, done["cost"], done.get("duration_s"))
+        return done
+
+    def _budget_hold(self, todo: List[RowRun], active: Dict[str, RowRun]) -> bool:
+        """BUDGET_USD: no new row once spent + the running rows' projected remainder reaches it; the
+        rows left are marked `budget` (sweep-resume runs them, e.g. with a higher budget)."""
+        why = self.spend.over(cost.budget_limit(self.ctx.config), list(active.values())) if todo else None
+        if why is None:
+            return False
+        for rr in todo:
+            self.index[rr.run_id] = {"ok": False, "state": "budget", "failure_class": None, "attempts": 0,
+                                     "duration_s": None, "started_utc": None, "ended_utc": None, "val_loss": None,
+                                     "reason_line": f"not started: {why}"}
+            self.event("run-end", run_id=rr.run_id, ok=False, state="budget", reason=why)
+        self.say(f"{why}: not starting {len(todo)} row(s) ({', '.join(r.run_id for r in todo[:5])})")
+        self.held.extend(todo)
+        self._write_index()
+        return True
 
     def _stop_active(self, active: Dict[str, RowRun]) -> None:
         for rr in active.values():
@@ -312,6 +337,8 @@ class Executor:
         self.slots = slots
         cpu_mode = slots[0].startswith("cpu")
         threads = max(1, (os.cpu_count() or 1) // len(slots)) if cpu_mode else 1
+        self.spend = cost.Spend(cost.price_per_hour(self.manifest), len(slots))
+        self.held: List[RowRun] = []  # rows not started for BUDGET_USD
         self.beat("running", pid=os.getpid(), start_time=proctree.start_time(os.getpid()),
                   boot_id=proctree.boot_id(), started_utc=utc_now(), slots=slots, ended_utc=None, stop_reason=None,
                   reason=None)
@@ -371,6 +398,14 @@ class Executor:
                         self.stop_reason = "fail-fast"
             if self.stop_reason:
                 break
+            if ctx.flag("BUDGET_HARD") and active and self.spend.over(cost.budget_limit(ctx.config),
+                                                                      list(active.values()), hard=True):
+                self.say(f"BUDGET_HARD=1: {self.spend.over(cost.budget_limit(ctx.config), list(active.values()), True)}"
+                         ": stopping the running rows")
+                self.stop_reason = "budget"
+                break
+            if self._budget_hold(todo, active):
+                todo = []
             queue = [(rr.run_id, self._need(rr, slots), rr.not_before <= now) for rr in todo]
             started, _ = schedule_step(queue, free, len(slots))
             for run_id, take in started:
@@ -400,8 +435,10 @@ class Executor:
             self.say(f"stopping ({self.stop_reason}): cancelling {len(active)} active run(s)")
             failed += len(active)
             self._stop_active(active)
+        if self.stop_reason == "budget" and todo and self._budget_hold(todo, {}):
+            todo = []
         self._write_index(durable=True)
-        return self._end(failed, todo)
+        return self._end(failed, todo + getattr(self, "held", []))
 
     def _end(self, failed: int, todo: List[RowRun]) -> int:
         ctx = self.ctx
@@ -413,7 +450,7 @@ class Executor:
                       f"{self.campaign_id}")
         self.beat(state, ended_utc=utc_now(), stop_reason=self.stop_reason, active=[], queued=len(todo),
                   failed=failed, reason=reason)
-        if self.stop_reason in (None, "fail-fast", "hangup"):
+        if self.stop_reason in (None, "fail-fast", "hangup", "budget"):
             command = "sweep-fail" if failed or todo else "sweep-complete"
             why = f"campaign {self.campaign_id}: {reason}" if reason else (
                 f"campaign {self.campaign_id}: {failed} failed row(s)" + (f", {len(todo)} not run" if todo else ""))
