@@ -68,6 +68,15 @@ def budget_limit(config: Dict[str, Any]) -> Optional[float]:
     return value if value > 0 else None
 
 
+def current_budget(config: Dict[str, str], env_file: str) -> tuple[Optional[float], bool]:
+    """(BUDGET_USD, BUDGET_HARD) as the pod env file has them now (sweep-resume syncs it: a budget raised
+    for a resume holds), else as the campaign started."""
+    from .context import read_env_file
+
+    values = {**config, **{k: v for k, v in read_env_file(env_file).items() if k in ("BUDGET_USD", "BUDGET_HARD")}}
+    return budget_limit(values), values.get("BUDGET_HARD", "0") in ("1", "true", "True", "yes")
+
+
 class Spend:
     """The executor's running account of one pass: concluded rows' costs and the running rows'."""
 
@@ -76,6 +85,13 @@ class Spend:
         self.pod_slots = pod_slots
         self.concluded: Dict[str, float] = {}  # run_id -> usd
         self.durations: List[float] = []  # finished rows' busy time per slot (for the projection)
+
+    def seed(self, index: Dict[str, Any]) -> None:
+        for run_id, entry in index.items():
+            if isinstance(entry, dict) and entry.get("cost_usd") is not None:
+                self.concluded[run_id] = float(entry["cost_usd"])
+            if isinstance(entry, dict) and entry.get("duration_s"):
+                self.durations.append(float(entry["duration_s"]))
 
     def conclude(self, run_id: str, cost: Dict[str, Any], duration_s: Optional[float]) -> None:
         if cost.get("usd") is not None:

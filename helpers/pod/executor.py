@@ -301,7 +301,7 @@ class Executor:
     def _budget_hold(self, todo: List[RowRun], active: Dict[str, RowRun]) -> bool:
         """BUDGET_USD: no new row once spent + the running rows' projected remainder reaches it; the
         rows left are marked `budget` (sweep-resume runs them, e.g. with a higher budget)."""
-        why = self.spend.over(cost.budget_limit(self.ctx.config), list(active.values())) if todo else None
+        why = self.spend.over(self.budget[0], list(active.values())) if todo else None
         if why is None:
             return False
         for rr in todo:
@@ -339,6 +339,7 @@ class Executor:
         threads = max(1, (os.cpu_count() or 1) // len(slots)) if cpu_mode else 1
         self.spend = cost.Spend(cost.price_per_hour(self.manifest), len(slots))
         self.held: List[RowRun] = []  # rows not started for BUDGET_USD
+        self.budget = cost.current_budget(ctx.config, ctx.get("REMOTE_ENV_PATH"))
         self.beat("running", pid=os.getpid(), start_time=proctree.start_time(os.getpid()),
                   boot_id=proctree.boot_id(), started_utc=utc_now(), slots=slots, ended_utc=None, stop_reason=None,
                   reason=None)
@@ -355,6 +356,7 @@ class Executor:
                 if not runs.is_ok(runs.run_dir(self.outputs, str(row["run_id"])), row["spec_hash"])]
         for rr in todo:  # rows to run (again): their old verdicts no longer hold
             self.index.pop(rr.run_id, None)
+        self.spend.seed(self.index)  # what this campaign's concluded rows cost before (a resume)
         skipped = len(self.manifest["rows"]) - len(todo)
         self.say(f"campaign {self.campaign_id}: {len(todo)} row(s) to run, {skipped} already ok; slots: "
                  f"{','.join(slots)}")
@@ -398,10 +400,9 @@ class Executor:
                         self.stop_reason = "fail-fast"
             if self.stop_reason:
                 break
-            if ctx.flag("BUDGET_HARD") and active and self.spend.over(cost.budget_limit(ctx.config),
-                                                                      list(active.values()), hard=True):
-                self.say(f"BUDGET_HARD=1: {self.spend.over(cost.budget_limit(ctx.config), list(active.values()), True)}"
-                         ": stopping the running rows")
+            hard = self.spend.over(self.budget[0], list(active.values()), True) if self.budget[1] and active else None
+            if hard:
+                self.say(f"BUDGET_HARD=1: {hard}: stopping the running rows")
                 self.stop_reason = "budget"
                 break
             if self._budget_hold(todo, active):
