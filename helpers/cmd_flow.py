@@ -177,9 +177,17 @@ def dry_run(session: Session, runner: Runner, options: FlowOptions, facts: FlowF
             code, _ = runner.run([*plan, "--dry-run"])
             if code != 0:
                 _say(session, f"{head} its own --dry-run exited {code} (see above)")
-    for line in estimate_lines(session, runner):
+    for line in estimate_lines(session, lambda: _latest_status(runner, facts)):
         _say(session, line)
     return 0
+
+
+def _latest_status(runner: Runner, facts: FlowFacts) -> Any:
+    if will_rent(FlowOptions(), facts):
+        return None  # no pod yet
+    with contextlib.redirect_stderr(io.StringIO()):  # no campaign yet is no error here
+        _, status = runner.json(["sweep-status", "--json"])
+    return status
 
 
 def _inner_plan(phase: Phase, facts: FlowFacts) -> list[str] | None:

@@ -139,6 +139,8 @@ def cmd_sweep_start(session: Session) -> int:
                       "times)")
         for line in plan_sweep(session, todo, slots, plan.get("env") or {}):
             session.print(line)
+        for line in cost.estimate_lines(session, lambda: cost.latest_status_of(session)):
+            session.print(line)
         return 0
     csv_bytes = path.read_bytes()
     args = {

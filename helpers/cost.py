@@ -8,6 +8,7 @@ knows is shown as unknown, never as $0.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from helpers.errors import WorkflowError
@@ -75,9 +76,9 @@ def cost_line(status: dict[str, Any]) -> str:
             f"{money(cost['price_per_hour'])}/h ({cost.get('price_source')}){idle_text}{budget}")
 
 
-def estimate_lines(session: Session, runner: Any) -> list[str]:
-    """flow --dry-run's estimate: the price, and rows x the mean duration of the latest campaign's
-    finished rows (earlier runs of the same config), when there are any."""
+def estimate_lines(session: Session, latest_status: Callable[[], Any]) -> list[str]:
+    """The campaign's cost estimate (flow and sweep-start --dry-run): the price, and rows x the mean
+    duration of the latest campaign's finished rows (earlier runs of the same config), when there are any."""
     price, source = price_of(session)
     lines = [f"price: {money(price)}/h ({source})" if price else "price: unknown (set POD_PRICE_PER_HOUR)"]
     try:
@@ -88,16 +89,11 @@ def estimate_lines(session: Session, runner: Any) -> list[str]:
         return [*lines, f"cost estimate: unknown ({exc.message})"]
     durations: list[float] = []
     slots = 1
-    if session.cfg.target != "lium" or session.cfg.text("LIUM_TARGET") or runner.lium_target:
-        import contextlib
-        import io
-
-        with contextlib.redirect_stderr(io.StringIO()):  # no campaign yet is no error here
-            code, status = runner.json(["sweep-status", "--json"])
-        if isinstance(status, dict):
-            slots = len((status.get("executor") or {}).get("slots") or []) or 1
-            durations = [float(r["duration_s"]) for r in status.get("rows") or []
-                         if isinstance(r, dict) and r.get("state") == "ok" and r.get("duration_s")]
+    status = latest_status()
+    if isinstance(status, dict):
+        slots = len((status.get("executor") or {}).get("slots") or []) or 1
+        durations = [float(r["duration_s"]) for r in status.get("rows") or []
+                     if isinstance(r, dict) and r.get("state") == "ok" and r.get("duration_s")]
     if not durations:
         return [*lines, f"cost estimate for {len(rows)} row(s): unknown (no finished rows of an earlier campaign "
                         "to estimate from)"]
@@ -106,3 +102,13 @@ def estimate_lines(session: Session, runner: Any) -> list[str]:
     total = f"~{money(price * hours)}" if price else "unknown"
     return [*lines, f"cost estimate for {len(rows)} row(s): {total} ({len(rows)} x {mean:.0f} s, the mean of "
                     f"{len(durations)} finished row(s) of the latest campaign, on {slots} slot(s))"]
+
+
+def latest_status_of(session: Session) -> Any:
+    """The latest campaign's status (rows as dicts), or None when there is none (for estimates)."""
+    from helpers.cmd_sweeps import expand_rows
+
+    try:
+        return expand_rows(session.call("sweep-status", {"campaign": None}, timeout=300))
+    except WorkflowError:
+        return None

@@ -13,10 +13,11 @@ marked ``budget``. BUDGET_HARD=1 also stops the running rows at the cap.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Dict, List, Optional
 
-from .jsonio import parse_utc
+from .jsonio import parse_utc, write_json
 
 
 def price_per_hour(manifest: Dict[str, Any]) -> Optional[float]:
@@ -162,3 +163,32 @@ def campaign_cost(manifest: Dict[str, Any], executor: Dict[str, Any], views: Lis
 
 
 ENDED = ("ok", "failed", "timed_out", "stalled", "cancelled", "lost", "budget")
+
+
+# ----------------------------------------------------------------------------- the executor's hooks
+
+
+def with_cost(executor: Any, rr: Any, done: Dict[str, Any], run_path: str) -> Dict[str, Any]:
+    """summary.json gets the row's cost (None without a price: unknown, never $0)."""
+    spend = getattr(executor, "spend", None) or Spend(price_per_hour(executor.manifest), len(executor.slots) or 1)
+    done["cost"] = row_cost(done.get("attempt_history") or rr.attempts, spend.price, spend.pod_slots)
+    write_json(os.path.join(run_path, "summary.json"), done)
+    spend.conclude(rr.run_id, done["cost"], done.get("duration_s"))
+    return done
+
+
+def budget_hold(executor: Any, todo: List[Any], active: List[Any]) -> bool:
+    """BUDGET_USD: no new row once spent + the running rows' projected remainder reaches it; the rows
+    left are marked `budget` in the campaign index (sweep-resume runs them, e.g. with a higher budget)."""
+    why = executor.spend.over(executor.budget[0], active) if todo else None
+    if why is None:
+        return False
+    for rr in todo:
+        executor.index[rr.run_id] = {"ok": False, "state": "budget", "failure_class": None, "attempts": 0,
+                                     "duration_s": None, "started_utc": None, "ended_utc": None, "val_loss": None,
+                                     "reason_line": f"not started: {why}"}
+        executor.event("run-end", run_id=rr.run_id, ok=False, state="budget", reason=why)
+    executor.say(f"{why}: not starting {len(todo)} row(s) ({', '.join(r.run_id for r in todo[:5])})")
+    executor.held.extend(todo)
+    executor._write_index()
+    return True

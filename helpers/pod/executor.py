@@ -291,28 +291,10 @@ class Executor:
         return done
 
     def _with_cost(self, rr: RowRun, done: Dict[str, Any]) -> Dict[str, Any]:
-        """summary.json gets the row's cost (None without a price: unknown, never $0)."""
-        spend = getattr(self, "spend", None) or cost.Spend(cost.price_per_hour(self.manifest), len(self.slots) or 1)
-        done["cost"] = cost.row_cost(done.get("attempt_history") or rr.attempts, spend.price, spend.pod_slots)
-        write_json(os.path.join(runs.run_dir(self.outputs, rr.run_id), "summary.json"), done)
-        spend.conclude(rr.run_id, done["cost"], done.get("duration_s"))
-        return done
+        return cost.with_cost(self, rr, done, runs.run_dir(self.outputs, rr.run_id))
 
     def _budget_hold(self, todo: List[RowRun], active: Dict[str, RowRun]) -> bool:
-        """BUDGET_USD: no new row once spent + the running rows' projected remainder reaches it; the
-        rows left are marked `budget` (sweep-resume runs them, e.g. with a higher budget)."""
-        why = self.spend.over(self.budget[0], list(active.values())) if todo else None
-        if why is None:
-            return False
-        for rr in todo:
-            self.index[rr.run_id] = {"ok": False, "state": "budget", "failure_class": None, "attempts": 0,
-                                     "duration_s": None, "started_utc": None, "ended_utc": None, "val_loss": None,
-                                     "reason_line": f"not started: {why}"}
-            self.event("run-end", run_id=rr.run_id, ok=False, state="budget", reason=why)
-        self.say(f"{why}: not starting {len(todo)} row(s) ({', '.join(r.run_id for r in todo[:5])})")
-        self.held.extend(todo)
-        self._write_index()
-        return True
+        return cost.budget_hold(self, todo, list(active.values()))
 
     def _stop_active(self, active: Dict[str, RowRun]) -> None:
         for rr in active.values():
@@ -340,6 +322,8 @@ class Executor:
         self.spend = cost.Spend(cost.price_per_hour(self.manifest), len(slots))
         self.held: List[RowRun] = []  # rows not started for BUDGET_USD
         self.budget = cost.current_budget(ctx.config, ctx.get("REMOTE_ENV_PATH"))
+        if self.budget[0] is not None and self.spend.price is None:
+            self.say(f"BUDGET_USD={self.budget[0]:g} is not enforced: no price (set POD_PRICE_PER_HOUR)")
         self.beat("running", pid=os.getpid(), start_time=proctree.start_time(os.getpid()),
                   boot_id=proctree.boot_id(), started_utc=utc_now(), slots=slots, ended_utc=None, stop_reason=None,
                   reason=None)
