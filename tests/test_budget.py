@@ -93,9 +93,9 @@ def test_budget_hard_stops_running_rows(ready: Pod, tmp_path: Path) -> None:
     status = run_to_end(ready, csv, "--set", "POD_PRICE_PER_HOUR=3600", "--set", "BUDGET_USD=3",
                         "--set", "BUDGET_HARD=1")
     rows = status["rows"]
-    assert rows["bh-1"]["state"] == "cancelled", rows["bh-1"]
-    assert rows["bh-2"]["state"] == "budget"
     log = (ready.outputs / "_campaigns" / status["campaign_id"] / "executor.log").read_text()
+    assert rows["bh-1"]["state"] == "cancelled", (rows["bh-1"], log)
+    assert rows["bh-2"]["state"] == "budget", (rows["bh-2"], log)
     assert "BUDGET_HARD=1" in log
     summary = json.loads((ready.outputs / "bh-1" / "summary.json").read_text())
     assert summary["cost"]["usd"] < 20  # stopped near the cap, not after the whole slow row (>= 10 s)

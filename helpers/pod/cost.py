@@ -177,11 +177,11 @@ def with_cost(executor: Any, rr: Any, done: Dict[str, Any], run_path: str) -> Di
     return done
 
 
-def budget_hold(executor: Any, todo: List[Any], active: List[Any]) -> bool:
+def budget_hold(executor: Any, todo: List[Any], active: List[Any], why: Optional[str] = None) -> bool:
     """BUDGET_USD: no new row once spent + the running rows' projected remainder reaches it; the rows
     left are marked `budget` in the campaign index (sweep-resume runs them, e.g. with a higher budget)."""
-    why = executor.spend.over(executor.budget[0], active) if todo else None
-    if why is None:
+    why = why or (executor.spend.over(executor.budget[0], active) if todo else None)
+    if why is None or not todo:
         return False
     for rr in todo:
         executor.index[rr.run_id] = {"ok": False, "state": "budget", "failure_class": None, "attempts": 0,

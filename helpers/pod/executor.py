@@ -293,8 +293,8 @@ class Executor:
     def _with_cost(self, rr: RowRun, done: Dict[str, Any]) -> Dict[str, Any]:
         return cost.with_cost(self, rr, done, runs.run_dir(self.outputs, rr.run_id))
 
-    def _budget_hold(self, todo: List[RowRun], active: Dict[str, RowRun]) -> bool:
-        return cost.budget_hold(self, todo, list(active.values()))
+    def _budget_hold(self, todo: List[RowRun], active: Dict[str, RowRun], why: Optional[str] = None) -> bool:
+        return cost.budget_hold(self, todo, list(active.values()), why)
 
     def _stop_active(self, active: Dict[str, RowRun]) -> None:
         for rr in active.values():
@@ -321,6 +321,7 @@ class Executor:
         threads = max(1, (os.cpu_count() or 1) // len(slots)) if cpu_mode else 1
         self.spend = cost.Spend(cost.price_per_hour(self.manifest), len(slots))
         self.held: List[RowRun] = []  # rows not started for BUDGET_USD
+        self.budget_why = ""
         self.budget = cost.current_budget(ctx.config, ctx.get("REMOTE_ENV_PATH"))
         if self.budget[0] is not None and self.spend.price is None:
             self.say(f"BUDGET_USD={self.budget[0]:g} is not enforced: no price (set POD_PRICE_PER_HOUR)")
@@ -387,7 +388,7 @@ class Executor:
             hard = self.spend.over(self.budget[0], list(active.values()), True) if self.budget[1] and active else None
             if hard:
                 self.say(f"BUDGET_HARD=1: {hard}: stopping the running rows")
-                self.stop_reason = "budget"
+                self.stop_reason, self.budget_why = "budget", f"BUDGET_HARD=1: {hard}"
                 break
             if self._budget_hold(todo, active):
                 todo = []
@@ -420,7 +421,7 @@ class Executor:
             self.say(f"stopping ({self.stop_reason}): cancelling {len(active)} active run(s)")
             failed += len(active)
             self._stop_active(active)
-        if self.stop_reason == "budget" and todo and self._budget_hold(todo, {}):
+        if self.stop_reason == "budget" and self._budget_hold(todo, {}, self.budget_why):
             todo = []
         self._write_index(durable=True)
         return self._end(failed, todo + getattr(self, "held", []))
