@@ -197,8 +197,9 @@ def _setup_flow(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-wait", dest="wait", action="store_false", help="return once the sweep started")
     p.add_argument("--fetch", default="all", metavar="none|all", help="fetch-all the campaign, verified (default all)")
     p.add_argument("--report", action="store_true", help="write the HTML report of the fetched campaign")
-    p.add_argument("--teardown", default="keep", metavar="keep|stop|delete",
-                   help="keep the pod (default), stop what runs on it, or delete the Lium pod this tool rented")
+    p.add_argument("--teardown", metavar="keep|stop|delete",
+                   help="keep the pod, stop what runs on it, or delete the Lium pod this tool rented (default "
+                        "TEARDOWN_ON_FINISH: keep)")
     p.add_argument("--manage", action="store_true", help="wait with sweep-watch --manage (managed recovery)")
     p.add_argument("--yes", "-y", action="store_true", help="rent/delete without asking")
 

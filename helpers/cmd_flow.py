@@ -29,9 +29,11 @@ WITH_CAMPAIGN = ("sweep-watch", "fetch-all", "report", "sweep-stop")
 
 def flow_options(session: Session) -> FlowOptions:
     o = session.options
+    teardown = o.teardown or session.cfg.text("TEARDOWN_ON_FINISH") or "keep"  # the key: flow's default
     return FlowOptions(provision=check_choice("provision", o.provision), sweep=check_choice("sweep", o.sweep),
                        wait=bool(o.wait), fetch=check_choice("fetch", o.fetch), report=bool(o.report),
-                       teardown=check_choice("teardown", o.teardown), manage=bool(o.manage), yes=bool(o.yes))
+                       teardown=check_choice("teardown", teardown),
+                       manage=bool(o.manage), yes=bool(o.yes))
 
 
 class Runner:

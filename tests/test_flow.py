@@ -75,8 +75,9 @@ def test_bad_phase_value_is_one_line_and_changes_nothing(flow_pod: Pod, args: tu
 
 def test_teardown_delete_refused_up_front_on_a_pod_the_tool_did_not_rent(flow_pod: Pod) -> None:
     before = flow_pod.snapshot()
-    for dry in ((), ("--dry-run",)):
-        result = flow_pod.wf("flow", "--teardown", "delete", *dry)
+    for how in (("flow", "--teardown", "delete"), ("--set", "TEARDOWN_ON_FINISH=delete", "flow"),
+                ("flow", "--teardown", "delete", "--dry-run")):
+        result = flow_pod.wf(*how)
         assert result.returncode == 7
         line = one_line_error(result)
         assert "--teardown delete refused" in line and "not a Lium pod this tool rented" in line
