@@ -226,8 +226,8 @@ def render_status(status: dict[str, Any]) -> list[str]:
     failed = [row for row in status["rows"] if row["state"] in FAILED_STATES and row.get("log")]
     if failed:
         lines.append(f"a failed row's log: infra_scripts/workflow.sh sweep-logs {failed[0]['run_id']}")
-    lines.append(progress_line(status))
     lines += [line for line in [cost.cost_line(status)] if line]  # spend, projection, idle; unknown price
+    lines.append(progress_line(status))
     from helpers.tracking.commands import tracking_lines
 
     lines += tracking_lines(status)  # MLflow on: the parent run, rows whose tracking is behind
