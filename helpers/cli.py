@@ -194,6 +194,23 @@ def _setup_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="folder to write (default LOCAL_ARTIFACTS_DIR/_reports/<campaign>/)")
 
 
+def _setup_flow(p: argparse.ArgumentParser) -> None:
+    # values are checked by helpers/flow_plan.py (one line naming the option and the allowed values)
+    p.add_argument("--provision", default="auto", metavar="auto|skip", help="rent a Lium pod when LIUM_TARGET is "
+                                                                           "empty (default auto)")
+    p.add_argument("--sweep", default="start", metavar="start|resume|skip", help="start the SWEEP_CSV campaign, "
+                                                                               "resume the latest, or neither")
+    p.add_argument("--wait", dest="wait", action="store_true", default=True, help="wait for the sweep (default)")
+    p.add_argument("--no-wait", dest="wait", action="store_false", help="return once the sweep started")
+    p.add_argument("--fetch", default="all", metavar="none|all", help="fetch-all the campaign, verified (default all)")
+    p.add_argument("--report", action="store_true", help="write the HTML report of the fetched campaign")
+    p.add_argument("--teardown", metavar="keep|stop|delete",
+                   help="keep the pod, stop what runs on it, or delete the Lium pod this tool rented (default "
+                        "TEARDOWN_ON_FINISH: keep)")
+    p.add_argument("--manage", action="store_true", help="wait with sweep-watch --manage (managed recovery)")
+    p.add_argument("--yes", "-y", action="store_true", help="rent/delete without asking")
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("help", "list the commands, or explain one (help CMD)", "cli", "cmd_help"),
     Command("validate", "check config (and the sweep CSV) without touching the pod", "cmd_setup", "cmd_validate",
@@ -261,6 +278,8 @@ COMMANDS: tuple[Command, ...] = (
             "cmd_archive", "cmd_archive", _setup_archive, changes=True, json=True),
     Command("report", "an HTML report with loss curves of a fetched campaign (no pod needed)", "report",
             "cmd_report", _setup_report, changes=True, json=True),
+    Command("flow", "pod-up, bootstrap, checkout, sweep, wait, fetch, report, teardown: one command, resumable",
+            "cmd_flow", "cmd_flow", _setup_flow, changes=True),
 )
 COMMANDS_BY_NAME = {c.name: c for c in COMMANDS}
 

@@ -70,6 +70,10 @@ def cmd_pod_up(session: Session) -> int:
         return 0
     pod, endpoint = execute_pod_up(plan, settings, _known_hosts_dir(), _confirm, cache_file=_cache_file(session.cfg),
                                    on_progress=session.note)
+    from helpers import rented
+    from helpers.lium_api import base_url_of
+
+    rented.record_rented(session.cfg, pod.uuid, pod.name, pod.huid, base_url_of(settings.base_url), "pod-up")
     state = "unknown"
     try:  # the pod's workflow state starts at POD_READY (one SSH round trip through the new endpoint)
         from helpers.agent import Agent
@@ -106,5 +110,8 @@ def cmd_pod_delete(session: Session) -> int:
         return 0
     pod = execute_pod_delete(plan, settings, _confirm, cache_file=_cache_file(session.cfg),
                              known_hosts_dir=_known_hosts_dir())
+    from helpers import rented
+
+    rented.forget_rented(session.cfg, pod.uuid)
     session.print(f"deleted pod {pod.name} ({pod.huid}, {pod.uuid})")
     return 0

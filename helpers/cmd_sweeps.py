@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from helpers import cost
 from helpers.errors import ExitCode, WorkflowError
 from helpers.render import bar, duration, table
 from helpers.session import Session
@@ -147,6 +148,8 @@ def cmd_sweep_start(session: Session) -> int:
                       "times)")
         for line in plan_sweep(session, todo, slots, plan.get("env") or {}):
             session.print(line)
+        for line in cost.estimate_lines(session, lambda: cost.latest_status_of(session)):
+            session.print(line)
         return 0
     csv_bytes = path.read_bytes()
     args = {
@@ -158,6 +161,7 @@ def cmd_sweep_start(session: Session) -> int:
         "user_patterns": patterns_path.read_text(encoding="utf-8") if patterns_path else "",
         "user_patterns_source": str(patterns_path or ""), **cmd_slurm.template_args(session),
         **({"part": part} if part else {}),
+        **cost.start_args(session),
     }
     result = session.call("sweep-start", args, sync_env=True, timeout=180)
     if session.as_json:
@@ -250,6 +254,7 @@ def render_status(status: dict[str, Any]) -> list[str]:
     failed = [row for row in status["rows"] if row["state"] in FAILED_STATES and row.get("log")]
     if failed:
         lines.append(f"a failed row's log: infra_scripts/workflow.sh sweep-logs {failed[0]['run_id']}")
+    lines += [line for line in [cost.cost_line(status)] if line]  # spend, projection, idle; unknown price
     lines.append(progress_line(status))
     from helpers.tracking.commands import tracking_lines
 
@@ -311,6 +316,8 @@ def _change_keys(status: dict[str, Any]) -> list[str]:
     """One key per line of render_status that ignores what changes on its own (a running row's
     duration, the table's padding): a line is printed again only when its key changes."""
     still = {**status, "rows": [{**row, "duration_s": None} for row in status["rows"]]}
+    if isinstance(status.get("cost"), dict):  # the spend of running rows grows on its own, too
+        still["cost"] = {**status["cost"], "spent_usd": None, "idle_slot_seconds": None, "projected_usd": None}
     return [" ".join(line.split()) for line in render_status(still)]
 
 

@@ -148,9 +148,9 @@ def _typed(spec: Key, setting: Setting) -> object:
         try:
             number_f = float(raw)
         except ValueError:
-            raise bad("is not a number") from None
-        if number_f <= 0:
-            raise bad("must be positive")
+            raise bad("is not a number; use a positive number, e.g. 2.5") from None
+        if not number_f > 0 or number_f == float("inf"):  # nan and inf are no amounts either
+            raise bad("must be positive (a number above 0)")
         return number_f
     if spec.type == "enum":
         if raw not in spec.choices:

@@ -178,6 +178,7 @@ def index_entry(done: Dict[str, Any]) -> Dict[str, Any]:
     entry = {k: done.get(k) for k in ("ok", "state", "failure_class", "attempts", "duration_s", "started_utc",
                                       "ended_utc", "reason_line", "log", "recovered_from", "stage")}
     entry["val_loss"] = (done.get("final_metrics") or {}).get("val_loss")
+    entry["cost_usd"] = (done.get("cost") or {}).get("usd")  # None: no price (unknown, never $0)
     return entry
 
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import attempts, fsm, proctree, runs, stages, statuscache, tmuxctl
+from . import attempts, cost, fsm, proctree, runs, stages, statuscache, tmuxctl
 from .context import Context
 from .errors import ExitCode, WorkflowError
 from .executor import request_stop
@@ -242,6 +242,7 @@ def _sweep_start(ctx: Context) -> Dict[str, Any]:
         "csv_name": args.get("csv_name"), "csv_sha256": args.get("csv_sha256"), "selection": args.get("selection"),
         "rows": rows, "config": ctx.config, "user_patterns": args.get("user_patterns", ""),
         "user_patterns_source": args.get("user_patterns_source", ""), "superseded": aside,
+        "price": args.get("price"),  # the pod's price per hour from sweep-start (Lium), else POD_PRICE_PER_HOUR
     }
     write_json(os.path.join(path, "manifest.json"), manifest, mode=0o444)
     csv_bytes = str(args.get("csv_text", "")).encode("utf-8")
@@ -365,7 +366,8 @@ def sweep_status(ctx: Context) -> Dict[str, Any]:
     for view in views:
         totals[view["state"]] = totals.get(view["state"], 0) + 1
     sent, rows, empty = statuscache.compact(columns, views, ctx.outputs)  # 10,000 rows stay small on the wire
-    table = {"columns": sent, "rows": rows, "empty_columns": empty, "totals": totals, "parts": parts or None}
+    table = {"columns": sent, "rows": rows, "empty_columns": empty, "totals": totals, "parts": parts or None,
+             "cost": cost.campaign_cost(manifest, executor, views)}
     if cacheable and statuscache.settled(views):
         statuscache.save(ctx, path, campaign_id, state, files, watched, manifest, table)
     return _status_reply(ctx, campaign_id, path, manifest, state, executor, note, table,
@@ -381,7 +383,8 @@ def _status_reply(ctx: Context, campaign_id: str, path: str, manifest: Dict[str,
         "kind": kind_of(manifest.get("config", {})), "note": note},
         "columns": table["columns"], "rows": table["rows"], "empty_columns": table["empty_columns"],
         "totals": table["totals"], "parts": table.get("parts"), "total": len(table["rows"]), "outputs": ctx.outputs,
-        "session": ctx.get("SWEEP_TMUX_SESSION"), "tracking": _tracking_view(ctx, path, manifest, run_ids)}
+        "session": ctx.get("SWEEP_TMUX_SESSION"), "tracking": _tracking_view(ctx, path, manifest, run_ids),
+        "cost": table.get("cost")}
 
 
 def _tracking_view(ctx: Context, path: str, manifest: Dict[str, Any], run_ids: List[str]

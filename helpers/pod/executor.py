@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from . import attempts, fsm, proctree, resume_ckpt, runs, stages, tracking
+from . import attempts, cost, fsm, proctree, resume_ckpt, runs, stages, tracking
 from .context import Context, run_env
 from .executors import slurm_parts
 from .jsonio import append_jsonl, is_disk_full, read_json, utc_now, write_bytes, write_json
@@ -307,6 +307,7 @@ class Executor:
                                   rr.out_dir, rr.command)
         done = stages.apply(runs.run_dir(self.outputs, rr.run_id), rr, done)  # the stages and their gates
         done = tracking_wandb.check(self.ctx.config, runs.run_dir(self.outputs, rr.run_id), rr.out_dir, done)
+        done = self._with_cost(rr, done)
         attempts.keep_final_summary(runs.run_dir(self.outputs, rr.run_id), rr.number, done)
         self.index[rr.run_id] = attempts.index_entry(done)
         self.event("run-end", run_id=rr.run_id, ok=done["ok"], state=done["state"],
@@ -314,6 +315,12 @@ class Executor:
         verdict = "ok" if done["ok"] else f"{done['state']} [{done.get('failure_class')}]"
         self.say(f"{rr.run_id}: {verdict} after {done['attempts']} attempt(s), {done.get('duration_s')}s")
         return done
+
+    def _with_cost(self, rr: RowRun, done: Dict[str, Any]) -> Dict[str, Any]:
+        return cost.with_cost(self, rr, done, runs.run_dir(self.outputs, rr.run_id))
+
+    def _budget_hold(self, todo: List[RowRun], active: Dict[str, RowRun], why: Optional[str] = None) -> bool:
+        return cost.budget_hold(self, todo, list(active.values()), why)
 
     def _stop_active(self, active: Dict[str, RowRun]) -> None:
         for rr in active.values():
@@ -341,6 +348,12 @@ class Executor:
         self.slots = slots
         cpu_mode = slots[0].startswith("cpu")
         threads = max(1, (os.cpu_count() or 1) // len(slots)) if cpu_mode else 1
+        self.spend = cost.Spend(cost.price_per_hour(self.manifest), len(slots))
+        self.held: List[RowRun] = []  # rows not started for BUDGET_USD
+        self.budget_why = ""
+        self.budget = cost.current_budget(ctx.config, ctx.get("REMOTE_ENV_PATH"))
+        if self.budget[0] is not None and self.spend.price is None:
+            self.say(f"BUDGET_USD={self.budget[0]:g} is not enforced: no price (set POD_PRICE_PER_HOUR)")
         self.beat("running", pid=os.getpid(), start_time=proctree.start_time(os.getpid()),
                   boot_id=proctree.boot_id(), started_utc=utc_now(), slots=slots, ended_utc=None, stop_reason=None,
                   reason=None)
@@ -358,6 +371,7 @@ class Executor:
                 and not runs.is_ok(runs.run_dir(self.outputs, str(row["run_id"])), row["spec_hash"])]
         for rr in todo:  # rows to run (again): their old verdicts no longer hold
             self.index.pop(rr.run_id, None)
+        self.spend.seed(self.index)  # what this campaign's concluded rows cost before (a resume)
         skipped = (len(self.manifest["rows"]) if allowed is None else len(allowed)) - len(todo)
         self.say(f"campaign {self.campaign_id}: {len(todo)} row(s) to run, {skipped} already ok; slots: "
                  f"{','.join(slots)}")
@@ -400,6 +414,13 @@ class Executor:
                         self.stop_reason = "fail-fast"
             if self.stop_reason:
                 break
+            hard = self.spend.over(self.budget[0], list(active.values()), True) if self.budget[1] and active else None
+            if hard:
+                self.say(f"BUDGET_HARD=1: {hard}: stopping the running rows")
+                self.stop_reason, self.budget_why = "budget", f"BUDGET_HARD=1: {hard}"
+                break
+            if self._budget_hold(todo, active):
+                todo = []
             queue = [(rr.run_id, self._need(rr, slots), rr.not_before <= now) for rr in todo]
             started, _ = schedule_step(queue, free, len(slots))
             for run_id, take in started:
@@ -429,8 +450,10 @@ class Executor:
             self.say(f"stopping ({self.stop_reason}): cancelling {len(active)} active run(s)")
             failed += len(active)
             self._stop_active(active)
+        if self.stop_reason == "budget" and self._budget_hold(todo, {}, self.budget_why):
+            todo = []
         self._write_index(durable=True)
-        return self._end(failed, todo)
+        return self._end(failed, todo + getattr(self, "held", []))
 
     def _end(self, failed: int, todo: List[RowRun]) -> int:
         ctx = self.ctx
@@ -442,7 +465,7 @@ class Executor:
                       f"{self.campaign_id}")
         self.beat(state, ended_utc=utc_now(), stop_reason=self.stop_reason, active=[], queued=len(todo),
                   failed=failed, reason=reason)
-        if self.stop_reason in (None, "fail-fast", "hangup"):
+        if self.stop_reason in (None, "fail-fast", "hangup", "budget"):
             command = "sweep-fail" if failed or todo else "sweep-complete"
             why = f"campaign {self.campaign_id}: {reason}" if reason else (
                 f"campaign {self.campaign_id}: {failed} failed row(s)" + (f", {len(todo)} not run" if todo else ""))
