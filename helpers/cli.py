@@ -140,7 +140,9 @@ def _setup_sweep_logs(p: argparse.ArgumentParser) -> None:
 
 def _setup_sweep_watch(p: argparse.ArgumentParser) -> None:
     _setup_campaign(p)
-    p.add_argument("--interval", type=positive_seconds, default=5.0, help="seconds between refreshes (default 5)")
+    p.add_argument("--interval", type=positive_seconds, help="seconds between refreshes (default WATCH_INTERVAL_SECS)")
+    p.add_argument("--plain", action="store_true", help="no live screen: print the table once, then one line per "
+                                                        "change (the default off a terminal)")
 
 
 def _setup_template(p: argparse.ArgumentParser) -> None:
