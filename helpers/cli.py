@@ -184,6 +184,13 @@ def _setup_archive(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restore", type=campaign_id, metavar="CAMPAIGN", help="move an archived campaign back")
 
 
+def _setup_plot(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="one or more runs, overlaid")
+    p.add_argument("--metric", help="the metrics.jsonl key to draw (default val_loss)")
+    p.add_argument("--width", type=whole_number, help="columns (default: the terminal's, at most 160)")
+    p.add_argument("--height", type=whole_number, help="lines (default: fits the terminal, at most 32)")
+
+
 def _setup_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--campaign", type=campaign_id, help="campaign id (default: the latest fetched)")
     p.add_argument("--out", metavar="DIR", help="folder to write (default LOCAL_ARTIFACTS_DIR/_reports/<campaign>/)")
@@ -256,6 +263,8 @@ COMMANDS: tuple[Command, ...] = (
             "cmd_archive", "cmd_archive", _setup_archive, changes=True, json=True),
     Command("report", "an HTML report with loss curves of a fetched campaign (no pod needed)", "report",
             "cmd_report", _setup_report, changes=True, json=True),
+    Command("plot", "loss curves of runs drawn in the terminal, overlaid (fetched files, else the pod)", "cmd_plot",
+            "cmd_plot", _setup_plot, json=True),
 )
 COMMANDS_BY_NAME = {c.name: c for c in COMMANDS}
 
