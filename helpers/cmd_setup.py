@@ -104,20 +104,28 @@ def cmd_pod_status(session: Session) -> int:
     if session.as_json:
         session.emit_json({"target": session.transport().description, **status})
         return 0
-    for line in render_pod_status(session.transport().description, status):
+    from helpers.colour import enabled
+
+    for line in render_pod_status(session.transport().description, status, enabled()):
         session.print(line)
     return 0
 
 
-def render_pod_status(where: str, s: dict[str, Any]) -> list[str]:
+def render_pod_status(where: str, s: dict[str, Any], colour: bool = False) -> list[str]:
+    from helpers.colour import paint
+
+    def shown(text: str, state: str) -> str:
+        return paint(text, state) if colour else text
+
     up = f", up {s['uptime_s'] // 3600}h{(s['uptime_s'] % 3600) // 60:02d}m" if s.get("uptime_s") else ""
     lines = [f"pod:      {where}  (host {s['hostname']}, user {s['user']}, {s['os']}{up})"]
     wf = s["workflow"]
-    lines.append(f"state:    {wf['state']}" + (f"  ({wf.get('reason', '')})" if wf.get("reason") else ""))
+    lines.append(f"state:    {shown(wf['state'], wf['state'])}"
+                 + (f"  ({wf.get('reason', '')})" if wf.get("reason") else ""))
     tools = s["tools"]
     parts = [f"{tools['python3']}" + ("" if s["python3_venv"] else "  [no venv/ensurepip: install python3-venv]")]
     for name in ("tmux", "rsync", "git"):
-        parts.append(f"{name}: {tools[name] or 'MISSING (bootstrap installs it)'}")
+        parts.append(f"{name}: {tools[name] or shown('MISSING (bootstrap installs it)', 'MISSING')}")
     lines.append("tools:    " + parts[0])
     lines += [f"          {p}" for p in parts[1:]]
     if s["gpus"]:

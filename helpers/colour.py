@@ -33,9 +33,16 @@ def enabled(stream: Optional[IO[str]] = None) -> bool:
 
 
 def style_of(state: str) -> str:
-    """The colour name of a state (its first word: ``ok (oom→retry)`` is ok), "" for none."""
+    """The colour name of a state (its first word: ``ok (oom→retry)`` is ok), "" for none; the workflow
+    states (SWEEP_FAILED, SWEEP_RUNNING, ...) by their last part."""
     words = str(state).split()
-    return STYLE.get(words[0], "") if words else ""
+    if not words:
+        return ""
+    if words[0] in STYLE:
+        return STYLE[words[0]]
+    tail = words[0].rsplit("_", 1)[-1]
+    return {"FAILED": "red", "MISSING": "red", "RUNNING": "cyan", "COMPLETED": "green", "READY": "green",
+            "BOOTSTRAPPED": "green", "OUT": "green", "STOPPED": "yellow"}.get(tail, "")
 
 
 def paint(text: str, state: str) -> str:

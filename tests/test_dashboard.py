@@ -237,3 +237,7 @@ def test_pipe_after_the_end_prints_the_table_without_escapes(sweep: dict[str, An
     watch = pod.wf("sweep-watch", "--interval", "0.5")
     assert watch.returncode == 1, watch.stderr
     assert "d-fail" in watch.stdout and not ESCAPE.search(watch.stdout)
+    status = Terminal(pod, ["sweep-status"], 160, 40)  # the status table: STATE coloured on a terminal
+    assert status.wait(60) == 1
+    assert "\x1b[31mfailed" in status.text and "\x1b[32mok" in status.text, status.text
+    assert not ESCAPE.search(pod.wf("sweep-status").stdout)
