@@ -49,4 +49,5 @@ bench: $(VENV)/.test-stamp
 	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/slurm_status.py
 	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/slurm_makespan.py
 	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/tracking_lag.py
+	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/watch_refresh.py
 	BENCH_SUMMARY=$(BENCH_SUMMARY) $(PY) bench/summary.py
