@@ -56,8 +56,11 @@ def load_series(session: Session, run_ids: list[str], metric: str) -> tuple[Seri
 
 
 def draw(series: Series, metric: str, width: int, height: int, colour: bool) -> str:
-    import plotext as plt
-
+    try:
+        import plotext as plt
+    except ImportError:  # a WORKFLOW_VENV made before plotext was a dependency
+        raise WorkflowError("plotext is not installed in this venv; install it: pip install 'plotext>=5,<6'",
+                            ExitCode.FAILED) from None
     plt.clear_figure()
     plt.plotsize(width, height)
     if not colour:

@@ -76,6 +76,53 @@ def test_model_keeps_history_and_restarts_it_on_reset():
     assert model.rows()[0]["step"] == 0 and model.request()["cursors"] == {"r1": 10}
 
 
+def _thousand_rows() -> WatchModel:
+    model = WatchModel(None)
+    states = ["ok", "running", "failed", "queued"]
+    rows = [[f"row-{i:04d}", states[i % 4], 1, 30.0 if i % 4 == 1 else None, "oom" if i % 4 == 2 else None]
+            for i in range(1000)]
+    metrics = {f"row-{i:04d}": {"offset": 10, "reset": True, "max_steps": 100,
+                                "points": [{"iter": s, "train_loss": 5.0 - s / 10, "val_loss": 5.1 - s / 10,
+                                            "tokens_per_sec": 12345.0} for s in range(1, 40)]}
+               for i in range(1, 1000, 4)}
+    model.merge({"campaign_id": "20261203-000000-abcdef", "created_utc": "x", "total": 1000,
+                 "executor": {"state": "running"}, "columns": ["run_id", "state", "attempts", "duration_s",
+                                                               "failure_class"],
+                 "rows": rows, "totals": {"ok": 250, "running": 250, "failed": 250, "queued": 250},
+                 "gpus": [{"index": 0, "util": 97.0, "mem_used": 40000.0, "mem_total": 81920.0}],
+                 "heartbeat_age_s": 1.0, "metrics": metrics})
+    return model
+
+
+@pytest.mark.parametrize("cols,lines", [(80, 24), (200, 50)])
+def test_a_thousand_rows_fit_the_screen_and_scroll(cols: int, lines: int):
+    import io
+
+    from rich.console import Console
+
+    from helpers.dashboard.live import View, render
+
+    model, view = _thousand_rows(), View()
+
+    def screen() -> list[str]:
+        out = io.StringIO()
+        console = Console(file=out, width=cols, height=lines, force_terminal=True, color_system="standard")
+        console.print(render(model, view, cols, lines, 2.0))
+        return [re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line) for line in out.getvalue().splitlines()]
+
+    first = screen()
+    assert len(first) <= lines and max(len(line) for line in first) <= cols
+    assert "GPU0" in first[1] and "97%" in first[1]
+    assert any(line.startswith("row-0000") for line in first) and "1000" in first[-1]
+    view.key("j", lines)
+    assert not any(line.startswith("row-0000") for line in screen())
+    view.key("r", lines)  # running only: every shown row runs, with its step bar and sparkline
+    shown = [line for line in screen() if line.startswith("row-")]
+    assert shown and all("running" in line and "39/100" in line for line in shown)
+    view.key("f", lines)
+    assert "failed" in next(line for line in screen() if line.startswith("row-"))
+
+
 # ----------------------------------------------------------------------------- a real sweep
 
 

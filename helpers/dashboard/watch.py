@@ -20,9 +20,16 @@ def wants_live(session: Session) -> bool:
     if getattr(session.options, "plain", False) or session.as_json:
         return False
     try:
-        return sys.stdout.isatty()
+        if not sys.stdout.isatty():
+            return False
     except (AttributeError, ValueError):
         return False
+    try:
+        import rich  # noqa: F401
+    except ImportError:  # a WORKFLOW_VENV made before rich was a dependency
+        session.note("sweep-watch: rich is not installed in this venv (pip install 'rich>=13'); plain output")
+        return False
+    return True
 
 
 def run_live(session: Session, interval: float) -> int:
