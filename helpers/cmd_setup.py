@@ -262,7 +262,11 @@ def cmd_checkout(session: Session) -> int:
         if patch is None:
             session.note("checkout: CHECKOUT_PUSH_LOCAL=1: no local changes to send")
     timeout = float((cfg.number("CHECKOUT_TIMEOUT_SECS") or 1800) * 4)
-    r = session.call("checkout", {"local_patch": patch.to_args()} if patch else None, sync_env=True, timeout=timeout)
+    from helpers.progress import Progress
+
+    args: dict[str, Any] = {"local_patch": patch.to_args()} if patch else {}
+    args["progress"] = Progress("checkout").on  # a terminal: the pod adds a line every 5 s to long steps
+    r = session.call("checkout", args, sync_env=True, timeout=timeout)
     if tree is not None and tree.changed and not cfg.flag("CHECKOUT_PUSH_LOCAL"):  # (a refusal is one line alone)
         session.note(f"warning: the pod will not run your local changes to {tree.describe()}: commit and push them, "
                      "or set CHECKOUT_PUSH_LOCAL=1 to send them as a patch")

@@ -64,3 +64,22 @@ def test_task_wait_shows_elapsed_and_last_line_and_task_list_is_coloured(local_p
     assert plain.wait(60) == 0
     assert "success" in plain.text and not COLOUR.search(plain.text)
     assert not ESCAPE.search(local_pod.wf("task-list").stdout)
+
+
+def test_pod_steps_tick_only_when_asked(tmp_path: Path, capsys):
+    import time
+
+    from helpers.pod.context import Context
+    from helpers.pod.ticker import Ticker
+
+    folder = tmp_path / "download"
+    folder.mkdir()
+    with Ticker(Context({}, {"progress": True}), "checkout: FineWeb download", folder=str(folder), every=0.2):
+        (folder / "shard.bin").write_bytes(b"x" * 3_000_000)
+        time.sleep(0.7)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(line.startswith("checkout: FineWeb download: 0m00s") for line in lines), lines
+    assert "3.0 MB" in lines[-1] and "/s" in lines[-1]
+    with Ticker(Context({}, {}), "checkout: pip install", every=0.1):
+        time.sleep(0.4)
+    assert capsys.readouterr().err == ""  # a pipe: no ticks
