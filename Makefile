@@ -51,4 +51,5 @@ bench: $(VENV)/.test-stamp
 	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/tracking_lag.py
 	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/tracking_overhead.py
 	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/flow_overhead.py
+	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/watch_refresh.py
 	BENCH_SUMMARY=$(BENCH_SUMMARY) $(PY) bench/summary.py

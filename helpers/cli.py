@@ -144,9 +144,11 @@ def _setup_sweep_logs(p: argparse.ArgumentParser) -> None:
 
 def _setup_sweep_watch(p: argparse.ArgumentParser) -> None:
     _setup_campaign(p)
-    p.add_argument("--interval", type=positive_seconds, default=5.0, help="seconds between refreshes (default 5)")
+    p.add_argument("--interval", type=positive_seconds, help="seconds between refreshes (default WATCH_INTERVAL_SECS)")
     p.add_argument("--manage", action="store_true", help="recover the campaign when its pod is lost: rent a "
                    "replacement (Lium) or resume on the same pod, at most MANAGE_MAX_RECOVERIES times")
+    p.add_argument("--plain", action="store_true", help="no live screen: print the table once, then one line per "
+                                                        "change (the default off a terminal)")
 
 
 def _setup_template(p: argparse.ArgumentParser) -> None:
@@ -187,6 +189,13 @@ def _setup_archive(p: argparse.ArgumentParser) -> None:
                    help="archive only campaigns in this state (default all finished ones)")
     p.add_argument("--older-than", type=whole_number, metavar="DAYS", help="only campaigns ended this many days ago")
     p.add_argument("--restore", type=campaign_id, metavar="CAMPAIGN", help="move an archived campaign back")
+
+
+def _setup_plot(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="one or more runs, overlaid")
+    p.add_argument("--metric", help="the metrics.jsonl key to draw (default val_loss)")
+    p.add_argument("--width", type=whole_number, help="columns (default: the terminal's, at most 160)")
+    p.add_argument("--height", type=whole_number, help="lines (default: fits the terminal, at most 32)")
 
 
 def _setup_report(p: argparse.ArgumentParser) -> None:
@@ -280,6 +289,8 @@ COMMANDS: tuple[Command, ...] = (
             "cmd_report", _setup_report, changes=True, json=True),
     Command("flow", "pod-up, bootstrap, checkout, sweep, wait, fetch, report, teardown: one command, resumable",
             "cmd_flow", "cmd_flow", _setup_flow, changes=True),
+    Command("plot", "loss curves of runs drawn in the terminal, overlaid (fetched files, else the pod)", "cmd_plot",
+            "cmd_plot", _setup_plot, json=True),
 )
 COMMANDS_BY_NAME = {c.name: c for c in COMMANDS}
 

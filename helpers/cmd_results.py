@@ -40,7 +40,10 @@ def cmd_leaderboard(session: Session) -> int:
         return 0
     direction = "higher" if reply["higher_is_better"] else "lower"
     session.print(f"leaderboard of {reply['title']}: best {reply['metric']} ({direction} is better)")
-    for line in table(["RANK", "RUN", "STATE", reply["metric"].upper(), "ITER", "OVERRIDES", "PROMOTED"], rows):
+    from helpers.colour import enabled, painter
+
+    for line in table(["RANK", "RUN", "STATE", reply["metric"].upper(), "ITER", "OVERRIDES", "PROMOTED"], rows,
+                      painter(2, enabled())):
         session.print(line)
     for name, path in sorted(reply["files"].items()):
         session.print(f"wrote {name} on the pod: {path}")

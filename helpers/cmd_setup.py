@@ -104,20 +104,28 @@ def cmd_pod_status(session: Session) -> int:
     if session.as_json:
         session.emit_json({"target": session.transport().description, **status})
         return 0
-    for line in render_pod_status(session.transport().description, status):
+    from helpers.colour import enabled
+
+    for line in render_pod_status(session.transport().description, status, enabled()):
         session.print(line)
     return 0
 
 
-def render_pod_status(where: str, s: dict[str, Any]) -> list[str]:
+def render_pod_status(where: str, s: dict[str, Any], colour: bool = False) -> list[str]:
+    from helpers.colour import paint
+
+    def shown(text: str, state: str) -> str:
+        return paint(text, state) if colour else text
+
     up = f", up {s['uptime_s'] // 3600}h{(s['uptime_s'] % 3600) // 60:02d}m" if s.get("uptime_s") else ""
     lines = [f"pod:      {where}  (host {s['hostname']}, user {s['user']}, {s['os']}{up})"]
     wf = s["workflow"]
-    lines.append(f"state:    {wf['state']}" + (f"  ({wf.get('reason', '')})" if wf.get("reason") else ""))
+    lines.append(f"state:    {shown(wf['state'], wf['state'])}"
+                 + (f"  ({wf.get('reason', '')})" if wf.get("reason") else ""))
     tools = s["tools"]
     parts = [f"{tools['python3']}" + ("" if s["python3_venv"] else "  [no venv/ensurepip: install python3-venv]")]
     for name in ("tmux", "rsync", "git"):
-        parts.append(f"{name}: {tools[name] or 'MISSING (bootstrap installs it)'}")
+        parts.append(f"{name}: {tools[name] or shown('MISSING (bootstrap installs it)', 'MISSING')}")
     lines.append("tools:    " + parts[0])
     lines += [f"          {p}" for p in parts[1:]]
     if s["gpus"]:
@@ -254,7 +262,11 @@ def cmd_checkout(session: Session) -> int:
         if patch is None:
             session.note("checkout: CHECKOUT_PUSH_LOCAL=1: no local changes to send")
     timeout = float((cfg.number("CHECKOUT_TIMEOUT_SECS") or 1800) * 4)
-    r = session.call("checkout", {"local_patch": patch.to_args()} if patch else None, sync_env=True, timeout=timeout)
+    from helpers.progress import Progress
+
+    args: dict[str, Any] = {"local_patch": patch.to_args()} if patch else {}
+    args["progress"] = Progress("checkout").on  # a terminal: the pod adds a line every 5 s to long steps
+    r = session.call("checkout", args, sync_env=True, timeout=timeout)
     if tree is not None and tree.changed and not cfg.flag("CHECKOUT_PUSH_LOCAL"):  # (a refusal is one line alone)
         session.note(f"warning: the pod will not run your local changes to {tree.describe()}: commit and push them, "
                      "or set CHECKOUT_PUSH_LOCAL=1 to send them as a patch")

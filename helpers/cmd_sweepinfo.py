@@ -39,7 +39,10 @@ def cmd_sweep_list(session: Session) -> int:
     if not rows:
         session.print("no campaign on the pod yet; start one with infra_scripts/workflow.sh sweep-start")
         return 0
-    for line in table(["CAMPAIGN", "STATE", "ROWS", "OK", "FAILED", "CREATED", "ENDED", "CSV"], rows):
+    from helpers.colour import enabled, painter
+
+    for line in table(["CAMPAIGN", "STATE", "ROWS", "OK", "FAILED", "CREATED", "ENDED", "CSV"], rows,
+                      painter(1, enabled())):
         session.print(line)
     session.print("(* the latest: what sweep-status shows by default)")
     return 0

@@ -231,7 +231,7 @@ def _row_cells(row: dict[str, Any]) -> list[str]:
 HEADERS = ["RUN_ID", "STATE", "ATTEMPTS", "DURATION", "FAILURE", "VAL_LOSS", "REASON"]
 
 
-def render_status(status: dict[str, Any]) -> list[str]:
+def render_status(status: dict[str, Any], colour: bool = False) -> list[str]:
     ex = status["executor"]
     slots = f", slots {','.join(ex['slots'])}" if ex.get("slots") else ""
     reason = f" ({ex['reason']})" if ex.get("reason") else ""
@@ -244,7 +244,9 @@ def render_status(status: dict[str, Any]) -> list[str]:
             shown.insert(-1, row.get("slurm") or "")
     if ex.get("note"):
         lines.append(f"note: {ex['note']}")
-    lines += table(headers, cells)
+    from helpers.colour import painter
+
+    lines += table(headers, cells, painter(1, colour))  # colour: the STATE cell, on a terminal only
     for row in status["rows"]:
         for attempt in row.get("attempt_list") or []:
             why = f": {attempt['reason_line']}" if attempt.get("reason_line") else ""
@@ -308,7 +310,9 @@ def cmd_sweep_status(session: Session) -> int:
     if session.as_json:
         session.emit_json(status)
     else:
-        session.print("\n".join(render_status(status)))
+        from helpers.colour import enabled
+
+        session.print("\n".join(render_status(status, colour=enabled())))
     return _status_code(status)
 
 
@@ -322,25 +326,26 @@ def _change_keys(status: dict[str, Any]) -> list[str]:
 
 
 def cmd_sweep_watch(session: Session) -> int:
-    """On a TTY the screen is redrawn; elsewhere (a log file, a pipe) the table is printed once, then
-    only the lines that changed."""
+    """On a TTY the live view (helpers/dashboard/live.py); elsewhere (a log file, a pipe) or with --plain
+    the table is printed once, then only the lines that changed."""
     if getattr(session.options, "manage", False):  # --manage: watch and recover a lost pod (helpers/manage/)
-        return __import__("helpers.manage.loop", fromlist=["watch"]).watch(session)
-    interval = max(0.5, float(session.options.interval))
-    tty = sys.stdout.isatty()
+        from helpers.manage import loop
+
+        return loop.watch(session)
+    from helpers.dashboard import watch
+
+    interval = watch.interval_of(session)
+    if watch.wants_live(session):
+        return watch.run_live(session, interval)
     shown: set[str] = set()
     while True:
         status = _status_call(session, reconnect=True)
         lines = render_status(status)
-        if tty:
-            sys.stdout.write("\x1b[2J\x1b[H")
-            session.print("\n".join(lines))
-        else:
-            keys = _change_keys(status)
-            changed = [line for line, key in zip(lines, keys) if key not in shown]
-            if changed:
-                session.print("\n".join(changed if shown else lines))
-            shown = set(keys)
+        keys = _change_keys(status)
+        changed = [line for line, key in zip(lines, keys) if key not in shown]
+        if changed:
+            session.print("\n".join(changed if shown else lines))
+        shown = set(keys)
         sys.stdout.flush()
         if status["executor"]["state"] not in LIVE:
             return _status_code(status)

@@ -161,8 +161,10 @@ def _print_tasks(session: Session, tasks: list[dict[str, Any]]) -> int:
     if not tasks:
         session.print("no tasks yet (start one with workflow.sh task-run --id ID --cmd '...')")
         return 0
+    from helpers.colour import enabled, painter
+
     for line in table(["ID", "STATE", "EXIT", "CLASS", "STARTED (UTC)", "DURATION", "HEARTBEAT"],
-                      [_task_line(t) for t in tasks]):
+                      [_task_line(t) for t in tasks], painter(1, enabled())):
         session.print(line)
     return 0
 
@@ -189,12 +191,20 @@ def cmd_task_wait(session: Session) -> int:
     if o.timeout_secs is not None and o.timeout_secs < 0:
         raise WorkflowError("--timeout-secs must be >= 0", ExitCode.USAGE)
     deadline = None if not o.timeout_secs else time.monotonic() + o.timeout_secs
+    from helpers.progress import Progress
+
+    progress = Progress(f"task {task_id}")  # on a TTY: state, elapsed, the last output line (every 2 s)
+    longest = 2.0 if progress.on else 60.0
     while True:
-        slice_secs = 60.0 if deadline is None else max(0.0, min(60.0, deadline - time.monotonic()))
-        result = session.call_reconnecting("task-wait", {"id": task_id, "slice_secs": slice_secs},
-                                           timeout=slice_secs + 60)
+        slice_secs = longest if deadline is None else max(0.0, min(longest, deadline - time.monotonic()))
+        result = session.call_reconnecting("task-wait", {"id": task_id, "slice_secs": slice_secs,
+                                                         "last_line": progress.on}, timeout=slice_secs + 60)
         record = result["record"]
+        if not result["done"]:
+            last = f" | {result['last_line']}" if result.get("last_line") else ""
+            progress.show(f"{record['state']} {progress.elapsed()}{last}", force=True)
         if result["done"]:
+            progress.done()
             code = wait_exit_code(record)
             if session.as_json:
                 session.emit_json({**record, "wait_exit_code": code, "wait_timed_out": False})
@@ -204,6 +214,7 @@ def cmd_task_wait(session: Session) -> int:
                 session.print(f"task {task_id}: {record['state']}{detail}{why} (exit {code})")
             return code
         if deadline is not None and time.monotonic() >= deadline:
+            progress.done()
             if session.as_json:
                 session.emit_json({**record, "wait_exit_code": int(ExitCode.WAIT_TIMEOUT), "wait_timed_out": True})
             session.note(f"task-wait: {task_id} is still {record['state']} after {o.timeout_secs}s; it goes on "

@@ -61,8 +61,14 @@ def human_size(size: int) -> str:
 
 
 def _copy_local(listing: dict[str, Any], items: list[tuple[str, str, int, str]], root: Path) -> None:
+    from helpers.progress import Progress
+
     sources = {run["run_id"]: Path(run["path"]) for run in listing["runs"]}
-    for run_id, rel, _, _ in items:
+    progress = Progress("fetch")  # on a TTY: files and bytes copied, rate, ETA
+    total, copied = sum(item[2] for item in items), 0
+    for number, (run_id, rel, size, _) in enumerate(items):
+        progress.counts(number, len(items), copied, total)
+        copied += size
         src, dst = sources[run_id] / rel, root / run_id / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(f".{dst.name}.partial")
@@ -71,6 +77,8 @@ def _copy_local(listing: dict[str, Any], items: list[tuple[str, str, int, str]],
         except FileNotFoundError:
             continue  # vanished meanwhile (a running run): named by the verification
         os.replace(tmp, dst)
+    progress.counts(len(items), len(items), total, total, force=True)
+    progress.done()
 
 
 def _rsync(session: Session, listing: dict[str, Any], items: list[tuple[str, str, int, str]], root: Path) -> None:
@@ -96,9 +104,14 @@ def _verify(root: Path, items: list[tuple[str, str, int, str]]) -> list[str]:
     """Paths that are missing or differ; local checksums are cached by (size, mtime). Before the copy it
     picks what to fetch (only those: ``--ignore-times`` then copies each even when rsync's size + mtime
     check would skip it); after, it verifies every file."""
+    from helpers.progress import Progress
+
     bad: list[str] = []
     caches: dict[str, dict[str, Any]] = {}
-    for run_id, rel, size, digest in items:
+    progress, total, seen = Progress("verify"), sum(item[2] for item in items), 0
+    for number, (run_id, rel, size, digest) in enumerate(items):
+        progress.counts(number, len(items), seen, total)
+        seen += size
         cache = caches.setdefault(run_id, _load_cache(root / run_id / LOCAL_CACHE))
         path = root / run_id / rel
         try:
@@ -113,6 +126,7 @@ def _verify(root: Path, items: list[tuple[str, str, int, str]]) -> list[str]:
         if stat.st_size != size or local != digest:
             bad.append(f"{run_id}/{rel} (size {stat.st_size} vs {size})" if stat.st_size != size else
                        f"{run_id}/{rel} (checksum differs)")
+    progress.done()
     for run_id, cache in caches.items():
         (root / run_id).mkdir(parents=True, exist_ok=True)
         (root / run_id / LOCAL_CACHE).write_text(json.dumps(cache))

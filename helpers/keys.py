@@ -182,6 +182,7 @@ KEYS: tuple[Key, ...] = (
        choices=("keep", "stop", "delete")),
     _k(_S, "SWEEP_CPU_SLOTS", "int", "1", "on a host without GPUs: slots to pack 1-slot rows onto", minimum=1,
        maximum=256),
+    _k(_S, "WATCH_INTERVAL_SECS", "float", "2", "sweep-watch: seconds between refreshes (--interval overrides)"),
     _k(_S, "RUN_TIMEOUT_SECS", "int", "43200", "wall-clock limit per run attempt (0 = none, explicitly)", minimum=0),
     _k(_S, "RUN_STALL_SECS", "int", "1800", "a run printing nothing this long is stopped as stalled (0 = off)",
        minimum=0),

@@ -1,15 +1,24 @@
-"""Plain-text tables and bars for status commands (one screen, no colour codes)."""
+"""Plain-text tables and bars for status commands (one screen; colour only through ``paint``, on a TTY)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
+
+Paint = Callable[[int, str, str], str]  # (column index, padded cell, raw cell) -> what is printed
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], paint: Optional[Paint] = None) -> list[str]:
     widths = [max(len(h), *(len(cell) for cell in column)) if column else len(h)
               for h, column in zip(headers, zip(*rows) if rows else [() for _ in headers])]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return [fmt.format(*headers).rstrip(), *(fmt.format(*row).rstrip() for row in rows)]
+    if paint is None:
+        return [fmt.format(*headers).rstrip(), *(fmt.format(*row).rstrip() for row in rows)]
+    shown = [fmt.format(*headers).rstrip()]
+    for row in rows:
+        cells = [paint(i, f"{cell:<{w}}", cell) for i, (cell, w) in enumerate(zip(row, widths))]
+        shown.append("  ".join(cells).rstrip())
+    return shown
 
 
 def age(seconds: float | None) -> str:

@@ -39,7 +39,7 @@ class Watcher:
         cfg = session.cfg
         limit = cfg.number("MANAGE_MAX_RECOVERIES")
         self.limit = 3 if limit is None else limit
-        self.interval = max(0.5, float(session.options.interval))
+        self.interval = max(0.5, float(session.options.interval if session.options.interval is not None else 5.0))
         self.campaign: str | None = getattr(session.options, "campaign", None)
         self.rec: ManageRecord | None = None
         self.last_health: str | None = None

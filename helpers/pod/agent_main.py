@@ -47,6 +47,8 @@ OPS: Dict[str, Tuple[str, str]] = {
     "archive": ("archive", "archive"),
     "track": ("tracking.ops", "track"),
     "wandb-sync": ("tracking.wandb", "wandb_sync"),
+    "sweep-watch-data": ("watchdata", "sweep_watch_data"),
+    "run-metrics": ("watchdata", "run_metrics"),
 }
 # ops whose stdout is raw data (not a JSON reply); errors go to stderr
 STREAM_OPS: Dict[str, Tuple[str, str]] = {

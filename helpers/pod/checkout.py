@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 from . import fsm, localpatch, procs, runs, shards
 from .context import Context, expand, run_env
 from .errors import ExitCode, WorkflowError
+from .ticker import Ticker
 
 VENV_MARKER = ".workflow-venv.json"
 GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
@@ -95,11 +96,14 @@ def update_repo(ctx: Context, found: Optional[RepoState]) -> Dict[str, Any]:
     if found is None:
         Context.progress(f"checkout: cloning {url} into {repo}")
         os.makedirs(os.path.dirname(repo), exist_ok=True)
-        procs.check(["git", "clone", "--quiet", "--", url, repo], "git clone",
-                    "check REPO_URL and that the pod can reach it (deploy key / token)", timeout=timeout, env=GIT_ENV)
+        with Ticker(ctx, "checkout: git clone", folder=repo):
+            procs.check(["git", "clone", "--quiet", "--", url, repo], "git clone",
+                        "check REPO_URL and that the pod can reach it (deploy key / token)", timeout=timeout,
+                        env=GIT_ENV)
     else:
         Context.progress(f"checkout: fetching {url}")
-        git("fetch", "--quiet", "--prune", "origin", what="git fetch", fix="check that the pod can reach REPO_URL")
+        with Ticker(ctx, "checkout: git fetch"):
+            git("fetch", "--quiet", "--prune", "origin", what="git fetch", fix="check that the pod can reach REPO_URL")
     if pr:
         number = pr.split("/")[1] if "/" in pr else pr
         ref = f"refs/remotes/origin/pr/{number}"
@@ -242,10 +246,11 @@ def pip_install(ctx: Context, repo: str, venv: str) -> List[str]:
         procs.check([python, "-m", "ensurepip", "--default-pip"], "installing pip into the venv (ensurepip)",
                     "install python3-venv on the pod", timeout=300)
     Context.progress(f"checkout: pip install {' '.join(args)}")
-    procs.check([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "--disable-pip-version-check",
-                 "--quiet", *args], "pip install " + " ".join(args),
-                "fix PIP_INSTALL_ARGS or the requirements (the pod must reach the package index)", cwd=repo,
-                timeout=ctx.number("CHECKOUT_TIMEOUT_SECS", 1800))
+    with Ticker(ctx, f"checkout: pip install {' '.join(args)}", folder=venv):
+        procs.check([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "--disable-pip-version-check",
+                     "--quiet", *args], "pip install " + " ".join(args),
+                    "fix PIP_INSTALL_ARGS or the requirements (the pod must reach the package index)", cwd=repo,
+                    timeout=ctx.number("CHECKOUT_TIMEOUT_SECS", 1800))
     return args
 
 
@@ -288,8 +293,10 @@ def ensure_data(ctx: Context, repo: str, venv: str) -> Dict[str, Any]:
             staging = expand("~/.cache/workflow/fineweb-staging")
             Context.progress(f"checkout: DATA_DIR is on a FUSE mount; staging the download in {staging}")
         Context.progress(f"checkout: downloading a FineWeb shard pair into {staging}")
-        procs.check([python, script, "--out", staging], "FineWeb download", "check the pod's network (huggingface.co)",
-                    cwd=workdir, timeout=timeout, env=run_env(ctx))  # HF_TOKEN, HF_ENDPOINT, ... as for runs
+        with Ticker(ctx, "checkout: FineWeb download", folder=staging):
+            procs.check([python, script, "--out", staging], "FineWeb download",
+                        "check the pod's network (huggingface.co)", cwd=workdir, timeout=timeout,
+                        env=run_env(ctx))  # HF_TOKEN, HF_ENDPOINT, ... as for runs
         if staging != data_dir:
             os.makedirs(data_dir, exist_ok=True)
             for split_paths in shards.find_shards(staging).values():

@@ -310,7 +310,8 @@ def task_wait(ctx: Context) -> Dict[str, Any]:
         if is_terminal(record["state"]) and record.get("cleanup") in ("done", None):
             return {"done": True, "record": {**summary(record), "fatal": record.get("fatal")}}
         if time.monotonic() >= deadline:
-            return {"done": False, "record": summary(record)}
+            last = tail_lines(os.path.join(task_dir, "stdout.log"), 1) if ctx.args.get("last_line") else []
+            return {"done": False, "record": summary(record), "last_line": last[-1] if last else None}
         time.sleep(0.1)
 
 

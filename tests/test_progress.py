@@ -1,0 +1,85 @@
+"""Progress where a person waits, and state colours in the status tables: present on a terminal (a real
+pseudo-terminal), absent in a pipe, none with NO_COLOR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import Pod
+from test_dashboard import COLOUR, ESCAPE, Terminal
+
+from helpers.colour import painter
+from helpers.render import table
+
+
+def test_painted_table_keeps_its_columns():
+    rows = [["a", "failed", "1"], ["bb", "ok", "2"], ["c", "running", "3"]]
+    plain = table(["ID", "STATE", "N"], rows)
+    painted = table(["ID", "STATE", "N"], rows, painter(1, True))
+    assert [COLOUR.sub("", line).replace("\x1b[0m", "").rstrip() for line in painted] == plain
+    assert "\x1b[31mfailed" in painted[1] and "\x1b[32mok" in painted[2] and "\x1b[36mrunning" in painted[3]
+    assert painter(1, False) is None
+
+
+def _run_dir(pod: Pod, run_id: str, files: int) -> Path:
+    path = pod.outputs / run_id
+    path.mkdir(parents=True)
+    for number in range(files):
+        (path / f"part-{number}.bin").write_bytes(b"x" * 200_000)
+    return path
+
+
+def test_fetch_shows_files_and_bytes_on_a_terminal_only(local_pod: Pod):
+    _run_dir(local_pod, "fx-run", 5)
+    term = Terminal(local_pod, ["fetch-run", "fx-run"], 120, 30)
+    try:
+        assert term.wait(120) == 0, term.text
+    finally:
+        term.kill()
+    assert "fetch: 5/5 files, 1.0 MB/1.0 MB" in term.text, term.text
+    assert "\r\x1b[2K" in term.text and "fetched 5 " in term.text
+    _run_dir(local_pod, "fx-two", 2)
+    piped = local_pod.wf("fetch-run", "fx-two")
+    assert piped.returncode == 0, piped.stderr
+    assert not ESCAPE.search(piped.stdout + piped.stderr) and "fetch:" not in piped.stderr
+
+
+def test_task_wait_shows_elapsed_and_last_line_and_task_list_is_coloured(local_pod: Pod):
+    started = local_pod.wf("task-run", "--id", "slowtask", "--cmd",
+                           "for i in 1 2 3 4 5 6; do echo step-$i; sleep 1; done")
+    assert started.returncode == 0, started.stderr
+    term = Terminal(local_pod, ["task-wait", "--id", "slowtask"], 120, 30)
+    try:
+        assert term.wait(120) == 0, term.text
+    finally:
+        term.kill()
+    assert "task slowtask: running" in term.text and "| step-" in term.text, term.text
+    assert "task slowtask: success" in term.text
+    piped = local_pod.wf("task-wait", "--id", "slowtask")
+    assert piped.returncode == 0 and not ESCAPE.search(piped.stdout + piped.stderr)
+    listed = Terminal(local_pod, ["task-list"], 120, 30)
+    assert listed.wait(60) == 0
+    assert "\x1b[32msuccess" in listed.text, listed.text
+    plain = Terminal(local_pod, ["task-list"], 120, 30, env={"NO_COLOR": "1"})
+    assert plain.wait(60) == 0
+    assert "success" in plain.text and not COLOUR.search(plain.text)
+    assert not ESCAPE.search(local_pod.wf("task-list").stdout)
+
+
+def test_pod_steps_tick_only_when_asked(tmp_path: Path, capsys):
+    import time
+
+    from helpers.pod.context import Context
+    from helpers.pod.ticker import Ticker
+
+    folder = tmp_path / "download"
+    folder.mkdir()
+    with Ticker(Context({}, {"progress": True}), "checkout: FineWeb download", folder=str(folder), every=0.2):
+        (folder / "shard.bin").write_bytes(b"x" * 3_000_000)
+        time.sleep(0.7)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(line.startswith("checkout: FineWeb download: 0m00s") for line in lines), lines
+    assert "3.0 MB" in lines[-1] and "/s" in lines[-1]
+    with Ticker(Context({}, {}), "checkout: pip install", every=0.1):
+        time.sleep(0.4)
+    assert capsys.readouterr().err == ""  # a pipe: no ticks
