@@ -289,8 +289,8 @@ def unfinished_rows(status: dict[str, Any]) -> list[str]:
     lost row is unfinished: sweep-resume reruns it)."""
     if status["executor"]["state"] in LIVE:
         return []
-    return [row["run_id"] for row in status["rows"] if row["state"] not in ("ok", "gated", "unsubmitted", *FAILED_STATES)
-            or row["state"] == "lost"]
+    settled = ("ok", "gated", "unsubmitted", *FAILED_STATES)
+    return [row["run_id"] for row in status["rows"] if row["state"] not in settled or row["state"] == "lost"]
 
 
 def _status_code(status: dict[str, Any]) -> int:
