@@ -152,6 +152,19 @@ def wait_campaign(pod: Pod, campaign: str) -> None:
     wait_until(ended, 300, interval=0.3, what=f"campaign {campaign} to end")
 
 
+def test_dry_run_shows_each_rows_stages(local_pod: Pod, tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "plan.csv", "plan-a,config/ok.py,1,,,1,,", "plan-b,config/ok.py,2,,,1,,val_loss<1")
+    result = local_pod.wf(*STAGE_SETTINGS, "sweep-start", "--csv", str(csv), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    python = f"{local_pod.root / 'repo' / '.venv'}/bin/python"
+    run_b = local_pod.outputs / "plan-b"
+    assert f"  then stage eval_small, gate val_loss<1 (not met: the row ends gated): {python} eval.py" in result.stdout
+    assert (f"  then stage eval_full, gate val_loss<=baseline*0.95 (not met: the row ends gated): {python} eval.py "
+            f"--scale 0.9 --eval-json {run_b}/stages/eval_full/eval.json") in result.stdout
+    assert result.stdout.count("then stage eval_small, gate val_loss<3.0") == 1  # plan-a: the workflow.env gate
+    assert not (local_pod.outputs / "plan-a").exists()  # nothing started
+
+
 def _status(pod: Pod) -> dict[str, Any]:
     result = pod.wf("sweep-status", "--json")
     assert result.returncode in (0, 1), result.stderr
