@@ -298,3 +298,27 @@ def test_stages_over_ssh(tmp_path: Path, source_repo: Path, request: pytest.Fixt
         assert pod.wf("fsm-status", "--json").stdout.count("SWEEP_COMPLETED") >= 1
     finally:
         cleanup_pod(pod)
+
+
+def test_sweep_stop_during_a_stage_cancels_it(local_pod: Pod, tmp_path: Path) -> None:
+    pod = local_pod
+    csv = write_csv(tmp_path / "stop.csv", "stop-eval,config/ok.py,1,,a long eval,1,python eval.py --sleep 120,")
+    result = pod.wf("sweep-start", "--csv", str(csv), "--json")
+    assert result.returncode == 0, result.stderr
+    campaign = json.loads(result.stdout)["campaign_id"]
+    stage_status = pod.outputs / "stop-eval" / "stages" / "eval_small" / "status.json"
+
+    def evaluating() -> bool:
+        row = _rows(_status(pod)).get("stop-eval", {})
+        return row.get("stage") == "eval_small" and stage_status.is_file() and json.loads(
+            stage_status.read_text()).get("state") == "running"
+
+    wait_until(evaluating, 120, interval=0.3, what="stop-eval to be in its eval_small stage")
+    supervisor = json.loads(stage_status.read_text())["supervisor_pid"]
+    stopped = pod.wf("sweep-stop", "--campaign", campaign, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    wait_campaign(pod, campaign)
+    done = json.loads((pod.outputs / "stop-eval" / "summary.json").read_text())
+    assert done["ok"] is False and done["state"] == "cancelled" and done["stages"][0]["state"] == "cancelled"
+    assert json.loads(stage_status.read_text())["state"] == "cancelled"
+    assert not Path(f"/proc/{supervisor}").exists() or "zombie" in Path(f"/proc/{supervisor}/status").read_text()
