@@ -322,3 +322,33 @@ def test_sweep_stop_during_a_stage_cancels_it(local_pod: Pod, tmp_path: Path) ->
     assert done["ok"] is False and done["state"] == "cancelled" and done["stages"][0]["state"] == "cancelled"
     assert json.loads(stage_status.read_text())["state"] == "cancelled"
     assert not Path(f"/proc/{supervisor}").exists() or "zombie" in Path(f"/proc/{supervisor}/status").read_text()
+
+
+def test_resume_after_the_executor_died_mid_stage_runs_the_row_with_its_stages(local_pod: Pod, tmp_path: Path
+                                                                                ) -> None:
+    import os
+    import signal
+
+    pod = local_pod
+    csv = write_csv(tmp_path / "orphan.csv", "orphan-eval,config/ok.py,1,,eval outlives its executor,1,"
+                    "python eval.py --sleep 6,val_loss<3")
+    result = pod.wf("sweep-start", "--csv", str(csv), "--json")
+    assert result.returncode == 0, result.stderr
+    campaign = json.loads(result.stdout)["campaign_id"]
+    stage_status = pod.outputs / "orphan-eval" / "stages" / "eval_small" / "status.json"
+    wait_until(lambda: stage_status.is_file() and json.loads(stage_status.read_text()).get("state") == "running",
+               120, interval=0.3, what="orphan-eval's eval_small stage to run")
+    executor = json.loads((pod.outputs / "_campaigns" / campaign / "executor.json").read_text())
+    os.kill(int(executor["pid"]), signal.SIGKILL)  # the executor dies; the stage's supervisor goes on
+    refused = pod.wf("sweep-resume", "--campaign", campaign)
+    assert refused.returncode == 7 and "orphan-eval" in refused.stderr  # its stage still runs
+    wait_until(lambda: json.loads(stage_status.read_text()).get("cleanup") == "done", 120, interval=0.3,
+               what="the orphaned stage to end")
+    assert not (pod.outputs / "orphan-eval" / "summary.json").exists()
+    resumed = pod.wf("sweep-resume", "--campaign", campaign)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "rerunning orphan-eval" in resumed.stdout  # not taken as ok without its gate
+    wait_campaign(pod, campaign)
+    done = json.loads((pod.outputs / "orphan-eval" / "summary.json").read_text())
+    assert done["ok"] is True and [s["name"] for s in done["stages"]] == ["eval_small"]
+    assert done["stages"][0]["gate"]["passed"] is True
