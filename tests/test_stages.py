@@ -273,7 +273,8 @@ def test_a_campaign_with_gates_met_not_met_and_a_failing_eval(local_pod: Pod, tm
 
 
 def test_stages_over_ssh(tmp_path: Path, source_repo: Path, request: pytest.FixtureRequest) -> None:
-    """The same stages on a pod reached over the loopback sshd: one row passes both gates, one is gated."""
+    """The same stages on a pod reached over the loopback sshd: one row passes both gates, one is gated at the
+    small eval, one fails in its eval."""
     pod = make_pod("ssh", tmp_path / "ssh", source_repo, request.getfixturevalue("sshd"))
     try:
         pod.set(**FIXTURE_SETTINGS)
@@ -281,7 +282,8 @@ def test_stages_over_ssh(tmp_path: Path, source_repo: Path, request: pytest.Fixt
             result = pod.wf(command, timeout=600)
             assert result.returncode == 0, f"{command}: {result.stderr}"
         csv = write_csv(tmp_path / "ssh.csv", "ssh-pass,config/ok.py,1,,passes,1,,",
-                        "ssh-gated,config/ok.py,2,,gated,1,,val_loss>2")
+                        "ssh-gated,config/ok.py,2,,gated,1,,val_loss>2",
+                        "ssh-evalfail,config/ok.py,3,,eval raises,1,python eval.py --fail,")
         result = pod.wf("--set", "EVAL_SMALL_CMD=python eval.py", "--set", "GATE_SMALL=val_loss<3",
                         "--set", "EVAL_FULL_CMD=python eval.py --scale 0.9", "sweep-start", "--csv", str(csv), "--json")
         assert result.returncode == 0, result.stderr
@@ -292,10 +294,18 @@ def test_stages_over_ssh(tmp_path: Path, source_repo: Path, request: pytest.Fixt
         assert passed["stages"][1]["gate"] is None  # a stage without a gate only records its metrics
         assert gated["state"] == "gated" and gated["gate"]["direction"] == "max"
         assert gated["gate"]["value"] == pytest.approx(5 / 3) and gated["gate"]["threshold"] == 2.0
+        failed = json.loads((pod.outputs / "ssh-evalfail" / "summary.json").read_text())
+        assert failed["state"] == "failed" and failed["failure_class"] == "python_exception"
+        assert failed["stages"][0]["name"] == "eval_small" and failed["stages"][0]["state"] == "failed"
         status = pod.wf("sweep-status")
-        assert status.returncode == 0, status.stdout + status.stderr  # a gated row fails nothing
-        assert "gated 1, ok 1" in status.stdout
-        assert pod.wf("fsm-status", "--json").stdout.count("SWEEP_COMPLETED") >= 1
+        assert status.returncode == 1, status.stdout + status.stderr  # the failed eval, not the gated row
+        assert "failed 1, gated 1, ok 1" in status.stdout
+        assert "failed [eval_small]" in status.stdout and "gated [eval_small]" in status.stdout
+        fetched = pod.wf("fetch-run", "ssh-gated")
+        assert fetched.returncode == 0, fetched.stderr
+        local = tmp_path / "ssh" / "artifacts" / "ssh-gated"
+        assert json.loads((local / "summary.json").read_text())["state"] == "gated"
+        assert (local / "stages" / "eval_small" / "eval.json").is_file()  # the stage files come along
     finally:
         cleanup_pod(pod)
 
