@@ -266,7 +266,12 @@ def test_a_campaign_with_gates_met_not_met_and_a_failing_eval(local_pod: Pod, tm
     assert [r["run_id"] for r in ranked["rows"]] == ["st-after", "st-pass", "st-slow", "st-gated", "st-evalfail",
                                                      "st-nometric"]
     assert ranked["rows"][0]["value"] == pytest.approx(1.5) and ranked["rows"][3]["state"] == "gated"
-        # a resume reruns the failed rows only: the gated row is finished
+    compared = pod.wf("compare", "st-pass", "st-gated", "--json")
+    assert compared.returncode == 0, compared.stderr
+    table = json.loads(compared.stdout)["metrics"]
+    assert table["eval_full:val_loss"][0] == pytest.approx(1.5) and table["eval_full:val_loss"][1] is None
+    assert table["eval_small:val_loss"] == [pytest.approx(5 / 3), pytest.approx(5 / 3)]
+    # a resume reruns the failed rows only: the gated row is finished
     plan = pod.wf(*STAGE_SETTINGS, "sweep-resume", "--campaign", campaign, "--dry-run")
     assert plan.returncode == 0, plan.stderr
     assert "st-evalfail" in plan.stdout and "st-gated" not in plan.stdout.replace("gated", "")
