@@ -115,6 +115,9 @@ def plan_sweep(session: Session, rows: list[SweepRow], slots: list[str], env: di
         shown = {**(env or {}), "CUDA_VISIBLE_DEVICES": visible}
         words = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(shown.items()))
         lines.append(f"  cd {shlex.quote(workdir)} && {words} {shlex.join(argv)}")
+        from helpers.stage_keys import plan_lines  # its evaluation stages (issue 14)
+
+        lines += plan_lines(cfg, row, f"{outputs}/{row.run_id}", out_dir)
     return lines
 
 

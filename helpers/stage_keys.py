@@ -36,3 +36,21 @@ def check_rows(cfg: Any, csv_path: Path, rows: Sequence[Any]) -> None:
         found = stages.problem(config, cells)
         if found:
             raise WorkflowError(f"{csv_path} row {row.row_number} ({row.run_id}): {found}", ExitCode.USAGE)
+
+
+def plan_lines(cfg: Any, row: Any, run_dir: str, out_dir: str) -> list[str]:
+    """sweep-start --dry-run: the row's stages after its training, each command as the executor will run it."""
+    import shlex
+
+    lines = []
+    python = f"{cfg.text('VENV_DIR').rstrip('/')}/bin/python"
+    for stage in stages.plan(config_of(cfg.text), dict(row.stages)):
+        sdir = f"{run_dir}/stages/{stage['name']}"
+        values = {"ckpt": f"{out_dir}/ckpt.pt", "run_dir": run_dir, "out_dir": out_dir,
+                  "eval_json": f"{sdir}/{stages.EVAL_JSON}", "stage_dir": sdir}
+        argv = [word.format(**values) for word in stage["command"]]
+        if argv and argv[0] in ("python", "python3"):
+            argv[0] = python
+        gate = f"gate {stage['gate']} (not met: the row ends gated)" if stage["gate"] else "no gate"
+        lines.append(f"  then stage {stage['name']}, {gate}: {shlex.join(argv)}")
+    return lines

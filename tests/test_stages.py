@@ -152,6 +152,19 @@ def wait_campaign(pod: Pod, campaign: str) -> None:
     wait_until(ended, 300, interval=0.3, what=f"campaign {campaign} to end")
 
 
+def test_dry_run_shows_each_rows_stages(local_pod: Pod, tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "plan.csv", "plan-a,config/ok.py,1,,,1,,", "plan-b,config/ok.py,2,,,1,,val_loss<1")
+    result = local_pod.wf(*STAGE_SETTINGS, "sweep-start", "--csv", str(csv), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    python = f"{local_pod.root / 'repo' / '.venv'}/bin/python"
+    run_b = local_pod.outputs / "plan-b"
+    assert f"  then stage eval_small, gate val_loss<1 (not met: the row ends gated): {python} eval.py" in result.stdout
+    assert (f"  then stage eval_full, gate val_loss<=baseline*0.95 (not met: the row ends gated): {python} eval.py "
+            f"--scale 0.9 --eval-json {run_b}/stages/eval_full/eval.json") in result.stdout
+    assert result.stdout.count("then stage eval_small, gate val_loss<3.0") == 1  # plan-a: the workflow.env gate
+    assert not (local_pod.outputs / "plan-a").exists()  # nothing started
+
+
 def _status(pod: Pod) -> dict[str, Any]:
     result = pod.wf("sweep-status", "--json")
     assert result.returncode in (0, 1), result.stderr
@@ -253,14 +266,20 @@ def test_a_campaign_with_gates_met_not_met_and_a_failing_eval(local_pod: Pod, tm
     assert [r["run_id"] for r in ranked["rows"]] == ["st-after", "st-pass", "st-slow", "st-gated", "st-evalfail",
                                                      "st-nometric"]
     assert ranked["rows"][0]["value"] == pytest.approx(1.5) and ranked["rows"][3]["state"] == "gated"
-        # a resume reruns the failed rows only: the gated row is finished
+    compared = pod.wf("compare", "st-pass", "st-gated", "--json")
+    assert compared.returncode == 0, compared.stderr
+    table = json.loads(compared.stdout)["metrics"]
+    assert table["eval_full:val_loss"][0] == pytest.approx(1.5) and table["eval_full:val_loss"][1] is None
+    assert table["eval_small:val_loss"] == [pytest.approx(5 / 3), pytest.approx(5 / 3)]
+    # a resume reruns the failed rows only: the gated row is finished
     plan = pod.wf(*STAGE_SETTINGS, "sweep-resume", "--campaign", campaign, "--dry-run")
     assert plan.returncode == 0, plan.stderr
     assert "st-evalfail" in plan.stdout and "st-gated" not in plan.stdout.replace("gated", "")
 
 
 def test_stages_over_ssh(tmp_path: Path, source_repo: Path, request: pytest.FixtureRequest) -> None:
-    """The same stages on a pod reached over the loopback sshd: one row passes both gates, one is gated."""
+    """The same stages on a pod reached over the loopback sshd: one row passes both gates, one is gated at the
+    small eval, one fails in its eval."""
     pod = make_pod("ssh", tmp_path / "ssh", source_repo, request.getfixturevalue("sshd"))
     try:
         pod.set(**FIXTURE_SETTINGS)
@@ -268,7 +287,8 @@ def test_stages_over_ssh(tmp_path: Path, source_repo: Path, request: pytest.Fixt
             result = pod.wf(command, timeout=600)
             assert result.returncode == 0, f"{command}: {result.stderr}"
         csv = write_csv(tmp_path / "ssh.csv", "ssh-pass,config/ok.py,1,,passes,1,,",
-                        "ssh-gated,config/ok.py,2,,gated,1,,val_loss>2")
+                        "ssh-gated,config/ok.py,2,,gated,1,,val_loss>2",
+                        "ssh-evalfail,config/ok.py,3,,eval raises,1,python eval.py --fail,")
         result = pod.wf("--set", "EVAL_SMALL_CMD=python eval.py", "--set", "GATE_SMALL=val_loss<3",
                         "--set", "EVAL_FULL_CMD=python eval.py --scale 0.9", "sweep-start", "--csv", str(csv), "--json")
         assert result.returncode == 0, result.stderr
@@ -279,9 +299,71 @@ def test_stages_over_ssh(tmp_path: Path, source_repo: Path, request: pytest.Fixt
         assert passed["stages"][1]["gate"] is None  # a stage without a gate only records its metrics
         assert gated["state"] == "gated" and gated["gate"]["direction"] == "max"
         assert gated["gate"]["value"] == pytest.approx(5 / 3) and gated["gate"]["threshold"] == 2.0
+        failed = json.loads((pod.outputs / "ssh-evalfail" / "summary.json").read_text())
+        assert failed["state"] == "failed" and failed["failure_class"] == "python_exception"
+        assert failed["stages"][0]["name"] == "eval_small" and failed["stages"][0]["state"] == "failed"
         status = pod.wf("sweep-status")
-        assert status.returncode == 0, status.stdout + status.stderr  # a gated row fails nothing
-        assert "gated 1, ok 1" in status.stdout
-        assert pod.wf("fsm-status", "--json").stdout.count("SWEEP_COMPLETED") >= 1
+        assert status.returncode == 1, status.stdout + status.stderr  # the failed eval, not the gated row
+        assert "failed 1, gated 1, ok 1" in status.stdout
+        assert "failed [eval_small]" in status.stdout and "gated [eval_small]" in status.stdout
+        fetched = pod.wf("fetch-run", "ssh-gated")
+        assert fetched.returncode == 0, fetched.stderr
+        local = tmp_path / "ssh" / "artifacts" / "ssh-gated"
+        assert json.loads((local / "summary.json").read_text())["state"] == "gated"
+        assert (local / "stages" / "eval_small" / "eval.json").is_file()  # the stage files come along
     finally:
         cleanup_pod(pod)
+
+
+def test_sweep_stop_during_a_stage_cancels_it(local_pod: Pod, tmp_path: Path) -> None:
+    pod = local_pod
+    csv = write_csv(tmp_path / "stop.csv", "stop-eval,config/ok.py,1,,a long eval,1,python eval.py --sleep 120,")
+    result = pod.wf("sweep-start", "--csv", str(csv), "--json")
+    assert result.returncode == 0, result.stderr
+    campaign = json.loads(result.stdout)["campaign_id"]
+    stage_status = pod.outputs / "stop-eval" / "stages" / "eval_small" / "status.json"
+
+    def evaluating() -> bool:
+        row = _rows(_status(pod)).get("stop-eval", {})
+        return row.get("stage") == "eval_small" and stage_status.is_file() and json.loads(
+            stage_status.read_text()).get("state") == "running"
+
+    wait_until(evaluating, 120, interval=0.3, what="stop-eval to be in its eval_small stage")
+    supervisor = json.loads(stage_status.read_text())["supervisor_pid"]
+    stopped = pod.wf("sweep-stop", "--campaign", campaign, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    wait_campaign(pod, campaign)
+    done = json.loads((pod.outputs / "stop-eval" / "summary.json").read_text())
+    assert done["ok"] is False and done["state"] == "cancelled" and done["stages"][0]["state"] == "cancelled"
+    assert json.loads(stage_status.read_text())["state"] == "cancelled"
+    assert not Path(f"/proc/{supervisor}").exists() or "zombie" in Path(f"/proc/{supervisor}/status").read_text()
+
+
+def test_resume_after_the_executor_died_mid_stage_runs_the_row_with_its_stages(local_pod: Pod, tmp_path: Path
+                                                                                ) -> None:
+    import os
+    import signal
+
+    pod = local_pod
+    csv = write_csv(tmp_path / "orphan.csv", "orphan-eval,config/ok.py,1,,eval outlives its executor,1,"
+                    "python eval.py --sleep 6,val_loss<3")
+    result = pod.wf("sweep-start", "--csv", str(csv), "--json")
+    assert result.returncode == 0, result.stderr
+    campaign = json.loads(result.stdout)["campaign_id"]
+    stage_status = pod.outputs / "orphan-eval" / "stages" / "eval_small" / "status.json"
+    wait_until(lambda: stage_status.is_file() and json.loads(stage_status.read_text()).get("state") == "running",
+               120, interval=0.3, what="orphan-eval's eval_small stage to run")
+    executor = json.loads((pod.outputs / "_campaigns" / campaign / "executor.json").read_text())
+    os.kill(int(executor["pid"]), signal.SIGKILL)  # the executor dies; the stage's supervisor goes on
+    refused = pod.wf("sweep-resume", "--campaign", campaign)
+    assert refused.returncode == 7 and "orphan-eval" in refused.stderr  # its stage still runs
+    wait_until(lambda: json.loads(stage_status.read_text()).get("cleanup") == "done", 120, interval=0.3,
+               what="the orphaned stage to end")
+    assert not (pod.outputs / "orphan-eval" / "summary.json").exists()
+    resumed = pod.wf("sweep-resume", "--campaign", campaign)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "rerunning orphan-eval" in resumed.stdout  # not taken as ok without its gate
+    wait_campaign(pod, campaign)
+    done = json.loads((pod.outputs / "orphan-eval" / "summary.json").read_text())
+    assert done["ok"] is True and [s["name"] for s in done["stages"]] == ["eval_small"]
+    assert done["stages"][0]["gate"]["passed"] is True

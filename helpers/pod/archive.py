@@ -43,8 +43,12 @@ def read_index(ctx: Context) -> Dict[str, Any]:
 
 def _run_live(path: str) -> bool:
     status = read_status(path) or {}
-    return status.get("state") in ("running", "pending") and bool(status.get("supervisor_pid")) and \
-        proctree.is_alive(status.get("supervisor_pid"), status.get("supervisor_start_time"))
+    if status.get("state") in ("running", "pending") and bool(status.get("supervisor_pid")) and \
+            proctree.is_alive(status.get("supervisor_pid"), status.get("supervisor_start_time")):
+        return True
+    from . import stages
+
+    return stages.live(path)  # an evaluation stage still running
 
 
 def _users(ctx: Context) -> Dict[str, List[Tuple[str, str]]]:

@@ -206,9 +206,11 @@ def conclude_orphans(outputs: str, campaign_path: str, campaign_id: str, rows: L
     (run_id, ok) for each; with ``dry_run`` only says which."""
     from . import runs
     from .jsonio import append_jsonl
+    from .stages import plan
     from .taskstate import read_status
 
     concluded: List[Tuple[str, bool]] = []
+    config = (read_json(os.path.join(campaign_path, "manifest.json"), "campaign manifest") or {}).get("config") or {}
     index_path = os.path.join(campaign_path, "index.json")
     index = read_json(index_path, "campaign index") or {}
     for row in rows:
@@ -219,6 +221,8 @@ def conclude_orphans(outputs: str, campaign_path: str, campaign_id: str, rows: L
             continue
         number, started = found
         ok = (read_status(path) or {}).get("state") == "success"
+        if ok and plan(config, row):  # trained, but its evaluation stages never ended: it runs again, gated
+            continue
         concluded.append((str(row["run_id"]), ok))
         if dry_run:
             continue

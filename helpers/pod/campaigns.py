@@ -149,7 +149,7 @@ def run_is_live(path: str) -> bool:
     status = read_status(path) or {}
     ended = is_terminal(status.get("state", "success")) and status.get("cleanup") in ("done", None)
     return bool(status) and not ended and proctree.is_alive(  # (a verdict still being cleaned up is live)
-        status.get("supervisor_pid"), status.get("supervisor_start_time"))
+        status.get("supervisor_pid"), status.get("supervisor_start_time")) or stages.live(path)  # or its eval stage
 
 
 def _refuse_live(campaign_id: str, live: List[str]) -> None:
@@ -422,6 +422,8 @@ def _stop_runs(ctx: Context, manifest: Dict[str, Any], campaign_id: str) -> List
         own = runs.owner(path) if os.path.isdir(path) else None
         if not own or own.get("campaign_id") != campaign_id:
             continue
+        if stages.stop_live(path, ctx.number("TASK_KILL_GRACE_SECS", 10) + 15):  # an eval stage (stages.py)
+            stopped.append(row["run_id"])
         status = read_status(path) or {}
         if not status or (is_terminal(status["state"]) and status.get("cleanup") in ("done", None)):
             continue

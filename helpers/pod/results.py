@@ -262,6 +262,10 @@ def run_facts(ctx: Context, run_id: str) -> Dict[str, Any]:
             metrics[f"best_{name}"] = value
     if best.get("iter") is not None:
         metrics["best_iter"] = best.get("iter")
+    for stage, values in sorted((done.get("eval_metrics") or {}).items()):  # what its eval stages wrote
+        for name, value in sorted((values or {}).items()):
+            if _number(value) is not None:
+                metrics[f"{stage}:{name}"] = value
     metrics["duration_s"] = done.get("duration_s")
     metrics["attempts"] = done.get("attempts")
     return {"run_id": run_id, "campaign_id": done.get("campaign_id"), "ok": bool(done.get("ok")),

@@ -287,3 +287,34 @@ def view(run_path: str) -> Optional[str]:
     data = read_json(file, "stage progress") or {}
     current = data.get("current") if isinstance(data, dict) else None
     return str(current) if current else None
+
+
+def _live_stage(run_path: str) -> Optional[Dict[str, Any]]:
+    """The status of the stage running now under a live supervisor (None when none is)."""
+    current = view(run_path)
+    if not current:
+        return None
+    status = read_status(os.path.join(stages_dir(run_path), current)) or {}
+    ended = is_terminal(status.get("state", "success")) and status.get("cleanup") in ("done", None)
+    alive = proctree.is_alive(status.get("supervisor_pid"), status.get("supervisor_start_time"))
+    return status if status and not ended and alive else None
+
+
+def live(run_path: str) -> bool:
+    """Whether one of the run's stages is still running under its supervisor (sweep-resume, archive)."""
+    return _live_stage(run_path) is not None
+
+
+def stop_live(run_path: str, wait_secs: float) -> bool:
+    """sweep-stop without an executor: SIGTERM to a live stage's supervisor, waiting up to ``wait_secs`` for it."""
+    import time
+
+    status = _live_stage(run_path)
+    if status is None:
+        return False
+    pid, start = status.get("supervisor_pid"), status.get("supervisor_start_time")
+    os.kill(int(pid), signal.SIGTERM)  # type: ignore[arg-type]
+    deadline = time.monotonic() + wait_secs
+    while time.monotonic() < deadline and proctree.is_alive(pid, start):
+        time.sleep(0.1)
+    return True
