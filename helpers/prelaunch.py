@@ -26,6 +26,7 @@ import os
 import sys
 
 SCHEMA_VERSION = 1
+MAX_RECORDS = 32
 # the short read-only calls (helpers/session.py SHORT_CALLS): their first call opens the connection
 COMMANDS = frozenset({"fsm-status", "task-status", "task-list", "pod-status", "sweep-status", "sweep-list"})
 _VALUE_FLAGS = ("--env", "--profile", "--set")
@@ -232,5 +233,20 @@ def remember(config_cache_file: str, socket: str, argv: list[str], known_hosts: 
         with open(tmp, "wb") as handle:
             handle.write(marshal.dumps(data))
         os.replace(tmp, path)
+        _prune(os.path.dirname(path))
     except (OSError, ValueError, KeyError, TypeError):
         return
+
+
+def _prune(directory: str) -> None:
+    """Keep the MAX_RECORDS newest records (one per command and command line prefix)."""
+    found = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith("prelaunch-") and entry.name.endswith(".marshal"):
+                found.append((entry.stat().st_mtime_ns, entry.path))
+    for _, old in sorted(found)[:-MAX_RECORDS]:
+        try:
+            os.unlink(old)
+        except OSError:
+            pass
