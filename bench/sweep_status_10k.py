@@ -6,8 +6,9 @@ Run: WORKFLOW_VENV=.workflow/venv python bench/sweep_status_10k.py [--runs 10000
 Builds, in one run: a throwaway sshd on loopback, a pod directory with a synthetic campaign of
 N finished runs (each run dir with the summary.json and campaign.json the executor leaves), then
 times, interleaved: `ssh host true`; `workflow.sh sweep-status` as a finished campaign leaves it
-(with the executor's index.json); and `sweep-status` with that index removed (every run's
-summary.json read). Prints medians and ratios against `ssh host true`.
+after one status call (the executor's index.json and the pod's status-cache.json); the same with
+the status cache removed first (index.json parsed, every row built); and `sweep-status` with the
+index removed too (every run's summary.json read). Prints medians and ratios against `ssh host true`.
 """
 
 from __future__ import annotations
@@ -68,9 +69,12 @@ def main() -> None:
         status = [str(benchpods.WORKFLOW), "--env", str(pod.env_file), "sweep-status"]
         index = pod.outputs / "_campaigns" / "20261122-000000-bench0" / "index.json"
         benchpods.timed(status, check=False)  # warm-up: uploads the agent
-        ssh, with_index, without_index = [], [], []
+        ssh, with_cache, with_index, without_index = [], [], [], []
+        cache = index.with_name("status-cache.json")  # helpers/pod/statuscache.py
         for _ in range(args.n):
             ssh.append(benchpods.timed([*server.ssh_argv(known), "true"]))
+            with_cache.append(benchpods.timed(status, check=False))
+            cache.unlink(missing_ok=True)
             with_index.append(benchpods.timed(status, check=False))
             index.rename(index.with_suffix(".aside"))
             without_index.append(benchpods.timed(status, check=False))
@@ -78,10 +82,14 @@ def main() -> None:
         base_median = statistics.median(ssh)
         print(f"sweep-status, campaign of {args.runs} finished runs, over loopback ssh (one round trip)")
         print(f"  ssh host true                     {benchpods.describe(ssh)}")
-        print(f"  sweep-status (executor index)     {benchpods.describe(with_index)}   "
+        print(f"  sweep-status (status cache)       {benchpods.describe(with_cache)}   "
+              f"ratio {statistics.median(with_cache) / base_median:.2f}x")
+        print(f"  sweep-status (index, no cache)    {benchpods.describe(with_index)}   "
               f"ratio {statistics.median(with_index) / base_median:.2f}x")
         print(f"  sweep-status (read every summary) {benchpods.describe(without_index)}   "
               f"ratio {statistics.median(without_index) / base_median:.2f}x")
+        benchpods.record("sweep_status_10k", "sweep-status (status cache) / cold ssh",
+                         statistics.median(with_cache) / base_median)
         benchpods.record("sweep_status_10k", "sweep-status (index) / cold ssh",
                          statistics.median(with_index) / base_median)
         benchpods.record("sweep_status_10k", "sweep-status (no index) / cold ssh",

@@ -27,9 +27,9 @@ from helpers.ssh_control import (
     _last_line,
     _read_text,
     _touch_private,
+    close_own_master,
     control_dir,
     master_answers,
-    terminate_master,
 )
 from helpers.transport import CommandResult, ConnectionLost, Sink, Transport, _pump, remote_command_string, ssh_argv
 
@@ -396,14 +396,6 @@ class OpenSSHTransport(Transport):
 
     def close(self) -> None:
         """CONNECTION_PERSIST_SECS=0: the command's own master goes with it (a shared one stays)."""
-        if self.persist_secs > 0 or self._socket is None or not os.path.exists(self._socket):
-            return
-        self._ready = False
-        if not terminate_master(self._socket):
-            subprocess.run([*self._options(), "-O", "exit", "--", self.destination], stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15, check=False)
-        for leftover in (self._socket, self._socket + ".lock", self._socket + ".pins"):
-            try:
-                os.unlink(leftover)
-            except OSError:
-                pass
+        if self.persist_secs <= 0 and self._socket is not None and os.path.exists(self._socket):
+            self._ready = False
+            close_own_master(self._socket, [*self._options(), "-O", "exit", "--", self.destination])

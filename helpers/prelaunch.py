@@ -20,12 +20,13 @@ WORKFLOW_PRELAUNCH=0 turns it off. Stdlib only; a warm command pays a small file
 from __future__ import annotations
 
 import hashlib
+import io
 import marshal
 import os
 import sys
-from typing import Any
 
 SCHEMA_VERSION = 1
+MAX_RECORDS = 32
 # the short read-only calls (helpers/session.py SHORT_CALLS): their first call opens the connection
 COMMANDS = frozenset({"fsm-status", "task-status", "task-list", "pod-status", "sweep-status", "sweep-list"})
 _VALUE_FLAGS = ("--env", "--profile", "--set")
@@ -33,16 +34,17 @@ _PLAIN_FLAGS = ("--json", "--debug")
 _CODE = ("openssh.py", "ssh_control.py", "transport.py", "session.py", "prelaunch.py")
 _HELPERS = os.path.dirname(os.path.abspath(__file__))
 
-_pending: dict[str, Any] = {}  # socket path -> (argv, Popen, lock fd, stderr file) of the call started here
+# no typing import here (it costs more than the rest of this module): builtin types only
+_pending: dict[str, tuple[list[str], Spawned, int, io.BufferedRandom]] = {}  # socket -> the call started for it
 found_record = False  # a current record was found (nothing to write after the command)
 
 
-def file_mark(path: str, content: bool = False) -> list[Any] | None:
+def file_mark(path: str, content: bool = False) -> list[int | str] | None:
     """What a file looks like now: mtime (ns), size, inode, and (``content``) a hash of its bytes, so an
     edit within the filesystem's timestamp granularity is seen too."""
     try:
         info = os.stat(path)
-        mark: list[Any] = [info.st_mtime_ns, info.st_size, info.st_ino]
+        mark: list[int | str] = [info.st_mtime_ns, info.st_size, info.st_ino]
         if content:
             with open(path, "rb") as handle:
                 mark.append(hashlib.sha256(handle.read()).hexdigest()[:24])
@@ -87,13 +89,15 @@ def record_path(root: str, prefix: list[str], command: str) -> tuple[str, list[s
     return os.path.join(root, ".workflow", "cache", f"prelaunch-{digest}.marshal"), identity
 
 
-def _current(record: dict[str, Any], identity: list[str]) -> bool:
-    if record.get("schema_version") != SCHEMA_VERSION or record.get("identity") != identity:
+def _current(record: dict[str, object], identity: list[str]) -> bool:
+    files, env = record.get("files"), record.get("env")
+    if record.get("schema_version") != SCHEMA_VERSION or record.get("identity") != identity or not isinstance(
+            files, dict) or not isinstance(env, dict):
         return False
-    for name, mark in record["files"].items():
+    for name, mark in files.items():
         if file_mark(name, content=mark is not None and len(mark) > 3) != mark:
             return False
-    return all(env_mark(name, mark == "set") == mark for name, mark in record["env"].items())
+    return all(env_mark(name, mark == "set") == mark for name, mark in env.items())
 
 
 def start(argv: list[str]) -> None:
@@ -186,7 +190,7 @@ def _launch(socket_path: str, argv: list[str]) -> None:
     _pending[socket_path] = (argv, proc, lock, errors)
 
 
-def adopt(socket_path: str, argv: list[str]) -> tuple[Spawned, int, Any] | None:
+def adopt(socket_path: str, argv: list[str]) -> tuple[Spawned, int, io.BufferedRandom] | None:
     """The call started here for ``socket_path``: (process, the socket's lock fd, its stderr file) when it
     is exactly ``argv`` (the caller feeds its stdin, reads it, and releases the lock), else None (one that
     differs is killed before it reads a request; the caller connects as ever)."""
@@ -229,5 +233,20 @@ def remember(config_cache_file: str, socket: str, argv: list[str], known_hosts: 
         with open(tmp, "wb") as handle:
             handle.write(marshal.dumps(data))
         os.replace(tmp, path)
+        _prune(os.path.dirname(path))
     except (OSError, ValueError, KeyError, TypeError):
         return
+
+
+def _prune(directory: str) -> None:
+    """Keep the MAX_RECORDS newest records (one per command and command line prefix)."""
+    found = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith("prelaunch-") and entry.name.endswith(".marshal"):
+                found.append((entry.stat().st_mtime_ns, entry.path))
+    for _, old in sorted(found)[:-MAX_RECORDS]:
+        try:
+            os.unlink(old)
+        except OSError:
+            pass

@@ -9,8 +9,8 @@ Paint = Callable[[int, str, str], str]  # (column index, padded cell, raw cell) 
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], paint: Optional[Paint] = None) -> list[str]:
-    widths = [max(len(h), *(len(cell) for cell in column)) if column else len(h)
-              for h, column in zip(headers, zip(*rows) if rows else [() for _ in headers])]
+    columns = zip(*rows) if rows else [() for _ in headers]  # max(map(len)): 10,000 rows without a genexpr each
+    widths = [max(len(h), max(map(len, column), default=0)) for h, column in zip(headers, columns)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     if paint is None:
         return [fmt.format(*headers).rstrip(), *(fmt.format(*row).rstrip() for row in rows)]

@@ -102,6 +102,19 @@ def terminate_master(path: str, wait: float = HELLO_WAIT_SECS) -> bool:
         sock.close()
 
 
+def close_own_master(path: str, exit_argv: list[str]) -> None:
+    """A command's own master (CONNECTION_PERSIST_SECS=0) at its exit: asked to exit (``exit_argv``, ssh -O
+    exit, if it does not agree in-process), its socket and side files removed."""
+    if not terminate_master(path):
+        subprocess.run(exit_argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=15, check=False)
+    for leftover in (path, path + ".lock", path + ".pins"):
+        try:
+            os.unlink(leftover)
+        except OSError:
+            pass
+
+
 def _touch_private(path: str) -> None:
     """known_hosts is created 0600 (ssh itself would make it world-readable)."""
     if not os.path.exists(path):

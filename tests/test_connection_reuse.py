@@ -292,3 +292,43 @@ def test_cold_short_call_starts_its_login_before_the_imports(pod_over: Pod, own_
     assert pod_over.wf("disconnect").returncode == 0
     off = pod_over.wf("fsm-status", "--debug", env={"WORKFLOW_PRELAUNCH": "0"})
     assert off.returncode == 0 and started not in off.stderr
+
+
+@pytest.mark.parametrize("client", ["openssh"])
+def test_a_prelaunched_call_that_does_not_match_is_killed_and_the_command_goes_on(pod_over: Pod,
+                                                                                    own_sshd: SSHServer):
+    import marshal
+
+    from conftest import REPO_ROOT
+
+    assert pod_over.wf("fsm-status").returncode == 0  # writes the record
+    control = pod_over.extra_env["WORKFLOW_SSH_CONTROL_DIR"]
+    records = [p for p in (REPO_ROOT / ".workflow" / "cache").glob("prelaunch-*.marshal")
+               if marshal.loads(p.read_bytes())["socket"].startswith(control)]
+    assert len(records) == 1, records
+    record = marshal.loads(records[0].read_bytes())
+    marker = f"wf-mismatch-{os.getpid()}"
+    record["argv"] = [*record["argv"][:-1], f"sleep 20 # {marker}"]  # say, an agent of another version
+    records[0].write_bytes(marshal.dumps(record))
+    assert pod_over.wf("disconnect").returncode == 0
+    started = time.monotonic()
+    shown = pod_over.wf("fsm-status", "--debug")
+    assert shown.returncode == 0, shown.stderr
+    assert time.monotonic() - started < 60 and "login started during the imports" not in shown.stderr
+    assert "Traceback" not in shown.stderr
+
+    def sleeping() -> list[str]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(entry.name)
+            except OSError:
+                continue
+        return found
+
+    wait_until(lambda: not sleeping(), 20, what="the mismatched ssh killed")
+    # the record is made again from what the command really ran: the next cold start uses it
+    assert pod_over.wf("disconnect").returncode == 0
+    again = pod_over.wf("fsm-status", "--debug")
+    assert again.returncode == 0 and "login started during the imports" in again.stderr, again.stderr
