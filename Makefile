@@ -50,4 +50,5 @@ bench: $(VENV)/.test-stamp
 	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/slurm_makespan.py
 	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/tracking_lag.py
 	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/tracking_overhead.py
+	-BENCH_SUMMARY=$(BENCH_SUMMARY) WORKFLOW_VENV=$(VENV) $(PY) bench/tracking_throughput.py
 	BENCH_SUMMARY=$(BENCH_SUMMARY) $(PY) bench/summary.py
