@@ -30,6 +30,18 @@ from mlflow_server import free_port_for_bench, start_server
 from helpers.pod.jsonio import parse_utc
 
 
+def first_start(pod: Any, campaign_id: str) -> float:
+    """Seconds from the executor's start to its first row's first attempt (with tracking on: the wait
+    for the row's child run, i.e. the sidecar's start-up)."""
+    cdir = pod.outputs / "_campaigns" / campaign_id
+    began = parse_utc(json.loads((cdir / "executor.json").read_text())["started_utc"]) or 0.0
+    starts = []
+    for row in json.loads((cdir / "manifest.json").read_text())["rows"]:
+        for attempt in (pod.outputs / row["run_id"] / "attempts").glob("*/attempt.json"):
+            starts.append(parse_utc(json.loads(attempt.read_text()).get("started_utc")) or began)
+    return min(starts) - began if starts else 0.0
+
+
 def run_campaign(pod: Any, csv: str, *settings: str) -> tuple[str, float, float]:
     """(campaign id, makespan, epoch of the executor's end)."""
     started = benchpods.must(pod.wf(*settings, "sweep-start", "--csv", csv, "--json"))
@@ -65,6 +77,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     spans: dict[str, list[float]] = {"off": [], "on": []}
+    firsts: dict[str, list[float]] = {"off": [], "on": []}
     flush: list[float] = []
     with benchpods.workspace("tracking-overhead") as base:
         server = start_server(base / "mlflow", free_port_for_bench())
@@ -83,6 +96,7 @@ def main() -> None:
                     settings = ("--set", "MLFLOW_TRACKING_URI=") if mode == "off" else ()
                     campaign_id, span, ended = run_campaign(pod, str(path), *settings)
                     spans[mode].append(span)
+                    firsts[mode].append(first_start(pod, campaign_id))
                     if mode == "on":
                         flush.append(settled_after(pod, server, campaign_id, ended))
         finally:
@@ -93,6 +107,9 @@ def main() -> None:
           f"{os.cpu_count()} CPU core(s), {args.repeat} campaign(s) each, alternating")
     print(f"  tracking off  makespan median {off:6.1f} s  ({', '.join(f'{s:.1f}' for s in spans['off'])})")
     print(f"  tracking on   makespan median {on:6.1f} s  ({', '.join(f'{s:.1f}' for s in spans['on'])})")
+    wait_off, wait_on = statistics.median(firsts["off"]), statistics.median(firsts["on"])
+    print(f"  first row started {wait_off:.1f} s (off) and {wait_on:.1f} s (on) after the executor: with tracking "
+          "on a row waits for its child run (the sidecar's start-up)")
     print(f"  ratio on / off {on / off:.3f}x; with tracking on the parent run was settled "
           f"{statistics.median(flush):.1f} s (median) after the executor ended")
     benchpods.record("tracking_overhead", "sweep makespan: MLflow tracking on / off", on / off)

@@ -233,10 +233,15 @@ def test_wandb_pass_through_offline_and_the_verification_gate(tracked: Pod, mlfl
     assert status.returncode == 1 and "tracking" in status.stdout
     assert "W&B offline runs not synced: wb-on, wb-retry (upload them with" in status.stdout, status.stdout
     assert "W&B run not verified for 1 row(s): wb-silent (no W&B run directory" in status.stdout
-    # no network, no valid key here: wandb sync fails, and wandb-sync names every row that did not sync
+    # no network, no valid key here: wandb sync fails, and wandb-sync names every row that did not sync; a run
+    # `wandb sync` uploaded before (its run-<id>.wandb.synced marker) is not sent again
+    for _, directory, _ in run_dirs(str(run_dir(tracked, "wb-on")), run_id_for(campaign, "wb-on")):
+        (Path(directory) / f"run-{run_id_for(campaign, 'wb-on')}.wandb.synced").touch()
     synced = tracked.wf("wandb-sync", "--campaign", campaign, timeout=600)
     assert synced.returncode == 1, synced.stderr
-    assert "3 row(s) did not sync" in synced.stdout and "wb-silent: NOT synced: no offline W&B run" in synced.stdout
+    assert "2 row(s) did not sync: wb-retry, wb-silent" in synced.stdout, synced.stdout
+    assert "wb-on: synced 1 run(s) (1 synced before)" in synced.stdout
+    assert "wb-silent: NOT synced: no offline W&B run" in synced.stdout
     assert SECRET not in synced.stdout + synced.stderr
 
 

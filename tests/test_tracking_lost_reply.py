@@ -133,3 +133,25 @@ def test_lost_replies_double_nothing(mlflow_server: Any, tmp_path: Path) -> None
     wait_until(lambda: client.get_run(parents[0].info.run_id).info.status == "FINISHED", 30, what="parent settled")
     totals = client.get_metric_history(parents[0].info.run_id, "rows_total")
     assert [p.value for p in totals] == [2.0]
+
+
+def test_params_a_lost_reply_already_stored_are_read_back_not_refused(mlflow_server: Any, tmp_path: Path) -> None:
+    """The server stored trainer.batch_size=16 but the reply was lost; then the next attempt wrote
+    batch_size=8: MLflow refuses to change a param, so the sidecar reads the stored ones back and
+    sends the change as a tag."""
+    from helpers.pod.tracking.mlflow_ops import sync_trainer_params
+
+    client = mlflow_server.client()
+    experiment = client.create_experiment(f"wf-lost-params-{uuid.uuid4().hex[:8]}")
+    child = client.create_run(experiment).info.run_id
+    client.log_param(child, "trainer.batch_size", "16")  # what the lost reply's request did
+    run_path = tmp_path / "row"
+    write(run_path / "attempts" / "2" / "attempt.json", {"attempt": 2, "started_utc": utc_now()})
+    write(run_path / "config.json", {"batch_size": 8, "lr": 0.1})
+    rec: dict[str, Any] = {"mlflow_run_id": child}  # the record never heard of the first batch
+    assert sync_trainer_params(client, str(run_path), str(run_path), rec, 2)
+    run = client.get_run(child)
+    assert run.data.params == {"trainer.batch_size": "16", "trainer.lr": "0.1"}
+    assert run.data.tags["trainer.batch_size"] == "8" and run.data.tags["workflow.trainer_changed"] == "batch_size"
+    assert rec["trainer_params"] == run.data.params
+    assert not sync_trainer_params(client, str(run_path), str(run_path), rec, 2)  # nothing new: no request

@@ -95,7 +95,8 @@ def cmd_wandb_sync(session: Session) -> int:
         session.emit_json(result)
         return 1 if result["not_synced"] else 0
     for run_id, row in sorted(result["rows"].items()):
-        verdict = f"synced {row['runs']} run(s)" if row["synced"] else f"NOT synced: {row.get('error')}"
+        already = f" ({row['already']} synced before)" if row.get("already") else ""
+        verdict = f"synced {row['runs']} run(s){already}" if row["synced"] else f"NOT synced: {row.get('error')}"
         session.print(f"  {run_id}: {verdict}")
     if result["not_synced"]:
         session.print(f"campaign {result['campaign_id']}: {len(result['not_synced'])} row(s) did not sync: "

@@ -171,10 +171,15 @@ def wandb_sync(ctx: Any) -> Dict[str, Any]:
             rows[run_id] = {"synced": False, "runs": 0, "error": "no offline W&B run"}
             continue
         errors = []
-        for _, directory, _ in offline:
+        wandb_id = run_id_for(campaign_id, run_id)
+        todo = [directory for _, directory, _ in offline if not synced(directory, wandb_id)]  # done before: skip
+        for directory in todo:
             code, out = procs.run([python, "-m", "wandb", "sync", directory], timeout=600, env=env)
             if code != 0:
                 errors.append(_hide(procs.tail(out, 1), env))
-        rows[run_id] = {"synced": not errors, "runs": len(offline), "error": errors[0] if errors else None}
+            elif not synced(directory, wandb_id):  # the marker is wandb's own word that it uploaded the run
+                errors.append(f"wandb sync exited 0 but left no run-{wandb_id}.wandb.synced in {directory}")
+        rows[run_id] = {"synced": not errors, "runs": len(offline), "already": len(offline) - len(todo),
+                        "error": errors[0] if errors else None}
     return {"campaign_id": campaign_id, "rows": rows,
             "not_synced": sorted(r for r, v in rows.items() if not v["synced"])}

@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Trainer tokens/s with MLflow tracking on against off, in one run (goal: at most 1% slower).
+
+Run: WORKFLOW_VENV=.workflow/venv .workflow/venv/bin/python bench/tracking_throughput.py [--iters 150] [--repeat 3]
+
+The example trainer's tiny CPU config (examples/nanogpt, offline byte-level shards built here, one
+metrics line every 5 iterations), alternately without tracking and with the real tracking sidecar
+(helpers/pod/tracking/sidecar.py) tailing its metrics.jsonl into a real `mlflow server` (sqlite,
+loopback, started here) through a one-row campaign written by hand, as tracking_lag.py does. The
+trainer never talks to the server; the sidecar is a second process on the same cores, which is all
+it can cost. As in a sweep, the trainer starts once the sidecar has created its child run (the
+executor waits for it), so the sidecar's start-up (importing mlflow) is not in the window. Prints
+tokens_per_sec (results.json, warm-up step excluded) of both, medians, ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+
+import benchpods  # noqa: E402
+from conftest import wait_until  # noqa: E402
+from mlflow_server import free_port_for_bench, start_server  # noqa: E402
+from nanogpt_helpers import NANOGPT, TINY, build_shards, env  # noqa: E402
+
+from helpers.pod import proctree  # noqa: E402
+from helpers.pod.jsonio import utc_now  # noqa: E402
+
+
+def campaign(outputs: Path, name: str, uri: str) -> Path:
+    path = outputs / "_campaigns" / name
+    path.mkdir(parents=True)
+    row = f"{name}-row"
+    (outputs / row / "attempts" / "1").mkdir(parents=True)
+    (outputs / row / "attempts" / "1" / "attempt.json").write_text(json.dumps({"attempt": 1, "started_utc": utc_now()}))
+    (path / "manifest.json").write_text(json.dumps({"campaign_id": name, "rows": [
+        {"run_id": row, "config": TINY, "seed": 1, "overrides": [], "spec_hash": "x"}], "config": {
+        "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT": "bench-throughput", "OPS_REMOTE_OUTPUTS_DIR": str(outputs),
+        "OPS_REMOTE_REPO": str(ROOT)}}))
+    pid = os.getpid()
+    (path / "executor.json").write_text(json.dumps({"state": "running", "pid": pid, "start_time": proctree.start_time(
+        pid), "boot_id": proctree.boot_id()}))
+    return path
+
+
+def train(shards: Path, out_dir: Path, iters: int) -> float:
+    argv = [sys.executable, "train.py", TINY, f"data_dir={shards}", f"out_dir={out_dir}", f"max_iters={iters}",
+            "eval_interval=5", "eval_iters=1", "log_interval=10", "checkpoint_interval=0"]
+    subprocess.run(argv, cwd=NANOGPT, env=env(), check=True, stdout=subprocess.DEVNULL)
+    return float(json.loads((out_dir / "results.json").read_text())["tokens_per_sec"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=150)
+    parser.add_argument("--repeat", type=int, default=3)
+    options = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="wf-throughput-"))
+    server = start_server(base / "mlflow", free_port_for_bench())
+    speeds: dict[str, list[float]] = {"off": [], "on": []}
+    points = 0
+    try:
+        shards = build_shards(base)
+        outputs = base / "outputs"
+        sidecar_env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "PYTHONPATH": str(ROOT)}
+        for round_no in range(options.repeat):
+            speeds["off"].append(train(shards, base / f"off-{round_no}", options.iters))
+            path = campaign(outputs, f"tp-{round_no}", server.uri)
+            with open(base / f"sidecar-{round_no}.log", "wb") as log:
+                sidecar = subprocess.Popen([sys.executable, "-c", "import sys; from helpers.pod.tracking.sidecar "
+                                            "import sidecar_main; sys.exit(sidecar_main(sys.argv[1:]))", str(path)],
+                                           env=sidecar_env, cwd=str(ROOT), stdout=log, stderr=log)
+                try:  # as the executor does, the row starts once its child run exists (mlflow imported)
+                    child = path / "tracking" / f"tp-{round_no}-row.json"
+                    wait_until(child.exists, 120, interval=0.1, what="the sidecar's child run")
+                    speeds["on"].append(train(shards, outputs / f"tp-{round_no}-row", options.iters))
+                    (path / "executor.json").write_text(json.dumps({"state": "finished", "ended_utc": utc_now()}))
+                    sidecar.wait(timeout=120)
+                finally:
+                    if sidecar.poll() is None:
+                        sidecar.kill()
+                        sidecar.wait()
+            record = json.loads((path / "tracking" / f"tp-{round_no}-row.json").read_text())
+            points += int(record.get("points") or 0)
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    off, on = statistics.median(speeds["off"]), statistics.median(speeds["on"])
+    print(f"trainer throughput, tiny CPU config, {options.iters} iters, {options.repeat} alternating rounds, "
+          f"{os.cpu_count()} CPU core(s)")
+    print(f"  tracking off  {off:9.0f} tok/s median  ({', '.join(f'{s:.0f}' for s in speeds['off'])})")
+    print(f"  tracking on   {on:9.0f} tok/s median  ({', '.join(f'{s:.0f}' for s in speeds['on'])}); the sidecar "
+          f"sent {points} point(s)")
+    print(f"  ratio on / off {on / off:.3f}x (goal: >= 0.99)")
+    benchpods.record("tracking_throughput", "trainer tokens/s: tracking on / off", on / off, 0.99)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
