@@ -52,6 +52,10 @@ def test_dry_run_prints_every_phase_and_changes_nothing(flow_pod: Pod) -> None:
     assert "sweep-start" in phase_line(result, "sweep", "would run")
     assert any("price: $36.00/h (POD_PRICE_PER_HOUR)" in line for line in lines), lines
     assert any(line.startswith("flow: cost estimate for 2 row(s)") for line in lines), lines
+    managed = flow_pod.wf("flow", "--dry-run", "--manage")  # sweep-watch --manage when it has it, else a plain wait
+    assert managed.returncode == 0, managed.stderr
+    wait = phase_line(managed, "wait", "would run")
+    assert ("sweep-watch --manage" in wait) != ("waits normally" in wait), wait
     assert flow_pod.snapshot() == before
     assert not (flow_pod.env_file.parent / ".workflow" / "flow-state.json").exists()
 

@@ -141,7 +141,10 @@ def campaign_cost(manifest: Dict[str, Any], executor: Dict[str, Any], views: Lis
             continue  # ok in an earlier campaign: its cost is that campaign's
         state = view.get("state")
         if state in ENDED:
-            spent += float(view.get("cost_usd") or 0.0)
+            recorded = view.get("cost_usd")
+            if recorded is None and view.get("duration_s"):  # its summary is being written: one slot assumed
+                recorded = usd(float(view["duration_s"]), price, slots)
+            spent += float(recorded or 0.0)
             if view.get("duration_s"):
                 durations.append(float(view["duration_s"]))
                 busy += float(view["duration_s"])
