@@ -68,8 +68,11 @@ def cmd_pod_up(session: Session) -> int:
         session.print("then wait until it is RUNNING with SSH, pin its host key, and set its workflow state to "
                       "POD_READY")
         return 0
-    pod, endpoint = execute_pod_up(plan, settings, _known_hosts_dir(), _confirm, cache_file=_cache_file(session.cfg),
-                                   on_progress=session.note)
+    from helpers.progress import Progress
+
+    with Progress("pod-up").ticking("waiting for the pod and its SSH") as waiting:  # a TTY: elapsed, every second
+        pod, endpoint = execute_pod_up(plan, settings, _known_hosts_dir(), waiting.quiet(_confirm),
+                                       cache_file=_cache_file(session.cfg), on_progress=waiting.note)
     from helpers import rented
     from helpers.lium_api import base_url_of
 

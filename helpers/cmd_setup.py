@@ -176,7 +176,9 @@ def cmd_bootstrap(session: Session) -> int:
         for line in plan_bootstrap(session):
             session.print(line)
         return 0
-    result = session.call("bootstrap", sync_env=True,
+    from helpers.progress import Progress
+
+    result = session.call("bootstrap", {"progress": Progress("bootstrap").on}, sync_env=True,
                           timeout=float((session.cfg.number("CHECKOUT_TIMEOUT_SECS") or 1800) * 3 + 120))
     installed = f"; installed {', '.join(result['installed'])}" if result["installed"] else ""
     ran = f"; ran {', '.join(result['ran'])}" if result["ran"] else ""

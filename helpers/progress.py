@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import shutil
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import IO, Optional
 
 from helpers.render import duration
@@ -65,9 +67,64 @@ class Progress:
     def elapsed(self) -> str:
         return duration(time.monotonic() - self.started)
 
+    def ticking(self, text: str, every: float = 1.0) -> Ticking:
+        """A background line ``text, <elapsed>`` rewritten every ``every`` seconds until the block ends;
+        ``note`` prints a permanent line above it (a pod's status change)."""
+        return Ticking(self, text, every)
+
     def done(self) -> None:
         """Clear the line (the command prints its own result)."""
         if self._shown:
             self.stream.write("\r\x1b[2K")
             self.stream.flush()
             self._shown = False
+
+
+class Ticking:
+    def __init__(self, progress: Progress, text: str, every: float) -> None:
+        self.progress = progress
+        self.text = text
+        self.every = every
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+        self.paused = True  # until the wait begins: a prompt answered, or the first note
+
+    def quiet(self, ask: Callable[[str], bool]) -> Callable[[str], bool]:
+        """``ask`` (a y/N prompt) with the line cleared and held while it waits for an answer."""
+        def asking(question: str) -> bool:
+            with self._lock:
+                self.paused = True
+                self.progress.done()
+            try:
+                return ask(question)
+            finally:
+                self.paused = False
+                self.progress.started = time.monotonic()  # the wait starts once the answer is in
+        return asking
+
+    def note(self, line: str) -> None:
+        with self._lock:
+            self.progress.done()
+            self.progress.stream.write(line + "\n")
+            self.progress.stream.flush()
+            self.paused = False
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            with self._lock:
+                if not self.paused:
+                    self.progress.show(f"{self.text}, {self.progress.elapsed()}", force=True)
+
+    def __enter__(self) -> Ticking:
+        if self.progress.on:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(2)
+        with self._lock:
+            self.progress.done()

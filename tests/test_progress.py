@@ -83,3 +83,29 @@ def test_pod_steps_tick_only_when_asked(tmp_path: Path, capsys):
     with Ticker(Context({}, {}), "checkout: pip install", every=0.1):
         time.sleep(0.4)
     assert capsys.readouterr().err == ""  # a pipe: no ticks
+
+
+def test_a_wait_ticks_below_its_notes_on_a_terminal_only(tmp_path: Path):
+    import io
+    import time
+
+    from helpers.progress import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Tty()
+    with Progress("pod-up", stream=out).ticking("waiting for SSH", every=0.1) as waiting:
+        time.sleep(0.3)
+        assert out.getvalue() == ""  # nothing before the wait begins
+        waiting.note("lium pod p1: PENDING after 1 s")
+        time.sleep(0.35)
+    text = out.getvalue()
+    assert text.startswith("lium pod p1: PENDING after 1 s\n") and "pod-up: waiting for SSH, 0." in text
+    assert text.endswith("\r\x1b[2K")  # the line is gone at the end
+    piped = io.StringIO()
+    with Progress("pod-up", stream=piped).ticking("waiting for SSH", every=0.1) as waiting:
+        waiting.note("lium pod p1: RUNNING after 9 s")
+        time.sleep(0.3)
+    assert piped.getvalue() == "lium pod p1: RUNNING after 9 s\n"

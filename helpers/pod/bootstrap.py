@@ -80,7 +80,10 @@ def bootstrap(ctx: Context) -> Dict[str, Any]:
                                 f"{key}", ExitCode.FAILED)
     ctx.sync_env()  # every check passed: now change things
     if missing:
-        install_with_apt(missing, timeout)
+        from .ticker import Ticker
+
+        with Ticker(ctx, f"bootstrap: apt-get install {' '.join(APT_PACKAGES[m] for m in missing)}"):
+            install_with_apt(missing, timeout)
         still = missing_prereqs(python_bin)
         if still:
             raise WorkflowError(f"bootstrap: still missing after apt-get: {', '.join(still)}; install by hand",
