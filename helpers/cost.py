@@ -109,6 +109,6 @@ def latest_status_of(session: Session) -> Any:
     from helpers.cmd_sweeps import expand_rows
 
     try:
-        return expand_rows(session.call("sweep-status", {"campaign": None}, timeout=300))
+        return expand_rows(session.call("sweep-status", {"campaign": None, "read_only": True}, timeout=300))
     except WorkflowError:
         return None

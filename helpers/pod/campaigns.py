@@ -368,7 +368,7 @@ def sweep_status(ctx: Context) -> Dict[str, Any]:
     sent, rows, empty = statuscache.compact(columns, views, ctx.outputs)  # 10,000 rows stay small on the wire
     table = {"columns": sent, "rows": rows, "empty_columns": empty, "totals": totals, "parts": parts or None,
              "cost": cost.campaign_cost(manifest, executor, views)}
-    if cacheable and statuscache.settled(views):
+    if cacheable and statuscache.settled(views) and not ctx.args.get("read_only"):  # read_only: a --dry-run
         statuscache.save(ctx, path, campaign_id, state, files, watched, manifest, table)
     return _status_reply(ctx, campaign_id, path, manifest, state, executor, note, table,
                          [str(view["run_id"]) for view in views])
