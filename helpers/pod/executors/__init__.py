@@ -6,7 +6,9 @@ views read from the run files), ``stop(ctx, campaign_dir, manifest)`` and resume
 exactly the unfinished rows). The tmux executor is ``pod/executor.py`` (driven from
 campaigns.py); the Slurm executor is ``executors/slurm.py`` with its array task in
 ``executors/slurm_task.py`` and the scheduler's view in ``executors/slurm_state.py``. Either way
-every row runs under the same supervisor and writes the same ``<run_id>/`` files.
+every row runs under the same supervisor and writes the same ``<run_id>/`` files. A campaign
+submitted in parts (``sweep-start --index-offset/--num-jobs``, ``executors/slurm_parts.py``) runs each
+part as one executor generation, on either executor.
 """
 
 from __future__ import annotations

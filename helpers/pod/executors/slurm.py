@@ -196,6 +196,7 @@ def preflight(ctx: Context, rows: List[Dict[str, Any]], indices: List[int]) -> N
     if not indices:
         return
     planned, _ = plan(ctx, "wf-preflight", ctx.outputs, rows, indices, 1)
+    slurm_nodes.check_nodes(ctx.get("SLURM_PARTITION"), rows, indices)  # before sbatch's vaguer "node configuration"
     # names first (partition, account, QOS: sbatch's own message), then GPUs against scontrol's nodes
     argv = [w for w in planned[0][2][:-2]
             if not w.startswith(("--output=", "--chdir=", "--dependency=", "--gpus-per-node="))]
@@ -203,7 +204,6 @@ def preflight(ctx: Context, rows: List[Dict[str, Any]], indices: List[int]) -> N
     if probe.returncode != 0 and not slurm_defer.deferrable(probe.stderr):  # a submit limit full now: deferred
         raise _relay(probe.stderr)
     _check_gpus(ctx, rows, indices)
-    slurm_nodes.check_nodes(ctx.get("SLURM_PARTITION"), rows, indices)
 
 
 def live_jobs(campaign_dir: str, fresh: bool = False) -> List[str]:
