@@ -123,6 +123,29 @@ def test_a_thousand_rows_fit_the_screen_and_scroll(cols: int, lines: int):
     assert "failed" in next(line for line in screen() if line.startswith("row-"))
 
 
+def test_spend_so_far_is_shown_only_when_the_price_is_known():
+    import io
+
+    from rich.console import Console
+
+    from helpers.dashboard.live import View, render
+
+    def screen(cost: dict[str, Any]) -> str:
+        model = _thousand_rows()
+        assert model.status is not None
+        model.status["cost"] = cost
+        out = io.StringIO()
+        Console(file=out, width=200, height=50, force_terminal=True, color_system=None).print(
+            render(model, View(), 200, 50, 2.0))
+        return out.getvalue()
+
+    known = screen({"price_per_hour": 2.0, "price_source": "POD_PRICE_PER_HOUR", "spent_usd": 1.25, "rows_left": 500,
+                    "projected_usd": 3.5, "projected_from_rows": 250, "idle_slot_seconds": 12.0, "budget_usd": None})
+    assert "spent $1.25 so far" in known and "$3.50 more for 500 row(s) left" in known, known[:600]
+    unknown = screen({"price_per_hour": None, "spent_usd": None, "rows_left": 500})
+    assert "spent" not in unknown and "$0" not in unknown
+
+
 # ----------------------------------------------------------------------------- a real sweep
 
 
@@ -269,6 +292,7 @@ def test_tmux_pane_200x50_and_final_table_with_sweep_status_exit_code(sweep: dic
         shown = pane.capture_pane()
         assert max(len(line) for line in shown) <= 200 and len(shown) <= 50
         assert any("RUN_ID" in line for line in shown) and any("q quit" in line for line in shown)
+        assert any("d-slow2" in line and "running" in line for line in shown), shown  # the states as they run
         wait_campaign(pod, sweep["campaign"])
         wait_until(done.exists, 60, interval=0.3, what="sweep-watch to end with the sweep")
         assert done.read_text().strip() == "1"  # sweep-status's code: a row failed

@@ -97,6 +97,11 @@ def render(model: WatchModel, view: View, width: int, height: int, interval: flo
     head = Text.assemble(f"campaign {status['campaign_id']}  executor ",
                          (str(ex["state"]), style_of(str(ex["state"])) or "bold"), f"  heartbeat {age(beat) or '-'}")
     parts: list[Any] = [head]
+    cost = status.get("cost")
+    if isinstance(cost, dict) and cost.get("price_per_hour") is not None:  # spend only when the price is known
+        from helpers.cost import cost_line
+
+        parts.append(Text(cost_line(status)))
     gpus = gpu_text(status.get("gpus") or [])
     if gpus is not None:
         parts.append(gpus)
