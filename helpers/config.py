@@ -143,7 +143,7 @@ def _typed(spec: Key, setting: Setting) -> object:
             raise bad(f"is above the maximum {spec.maximum}")
         return number
     if spec.type == "float":
-        if raw == "":
+        if raw == "" or raw.lower() in spec.choices:  # e.g. LIUM_TTL_HOURS=off
             return None
         try:
             number_f = float(raw)

@@ -76,10 +76,14 @@ def test_pod_up_then_bootstrap_then_pod_delete(lium: LiumWorld, sshd: SSHServer)
     lium.pod.set(LIUM_GPU_TYPE="H100", LIUM_GPU_COUNT="8", LIUM_POD_NAME="wf-test-pod")
     dry = lium.pod.wf("pod-up", "--dry-run")
     assert dry.returncode == 0 and "would rent" in dry.stdout and not lium.api.calls("POST", r"/executors/.*/rent")
+    assert "auto-delete 24 h after the rent" in dry.stdout, dry.stdout  # LIUM_TTL_HOURS=24 by default
+    never = lium.pod.wf("--set", "LIUM_TTL_HOURS=off", "pod-up", "--dry-run")
+    assert never.returncode == 0 and "would rent" in never.stdout and "auto-delete" not in never.stdout, never.stdout
     up = lium.pod.wf("pod-up", "--yes", timeout=300)
     assert up.returncode == 0, up.stderr
     rents = lium.api.calls("POST", r"/executors/.*/rent")
     assert len(rents) == 1 and rents[0].body["pod_name"] == "wf-test-pod"
+    assert rents[0].body["termination_hours"] == 24  # the dead-man switch is on by default (LIUM_TTL_HOURS=24)
     line = [x for x in up.stdout.splitlines() if x.startswith("LIUM_TARGET=")]
     assert len(line) == 1
     uuid = line[0].split("=", 1)[1]
