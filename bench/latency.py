@@ -166,7 +166,7 @@ def _slowest(stderr: str, count: int = 10) -> tuple[int, str]:
 def client_importtime(pod: benchpods.conftest.Pod, env: dict[str, str]) -> tuple[int, str]:
     """A warm fsm-status started as workflow.sh starts it, under -X importtime."""
     root = str(benchpods.REPO_ROOT)
-    result = subprocess.run([sys.executable, "-S", "-X", "importtime", "-m", "helpers.launch", "--env",
+    result = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c", "import helpers.launch", "--env",
                              str(pod.env_file), "fsm-status"], text=True, capture_output=True, timeout=60,
                             env={**env, "WORKFLOW_ROOT": root, "PYTHONPATH": root})
     return _slowest(result.stderr)

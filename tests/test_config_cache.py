@@ -137,7 +137,7 @@ def imported(pod: Pod, *args: str) -> tuple[subprocess.CompletedProcess[str], se
     """Run workflow.sh's python line with -X importtime; the modules it imported."""
     env = {**os.environ, **pod.extra_env, "WORKFLOW_ROOT": str(REPO_ROOT), "PYTHONPATH": str(REPO_ROOT)}
     env.pop("WORKFLOW_PROFILE", None)
-    result = subprocess.run([sys.executable, "-S", "-X", "importtime", "-m", "helpers.launch", "--env",
+    result = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c", "import helpers.launch", "--env",
                              str(pod.env_file), *args], env=env, text=True, capture_output=True, timeout=120,
                             stdin=subprocess.DEVNULL)
     names = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
