@@ -276,6 +276,30 @@ def cleanup_pod(pod: Pod) -> None:
     time.sleep(0.2)
 
 
+def slurm_login(base: Path, source_repo: Path, cluster: Any, settings: dict[str, str]) -> Iterator[Pod]:
+    """A module's Slurm login node: the local target with the cluster's environment, bootstrapped and checked
+    out with SWEEP_EXECUTOR=slurm; afterwards every campaign of it is stopped (nothing of ours left queued)."""
+    login = make_pod("local", base, source_repo, None)
+    login.extra_env.update(cluster.env)
+    login.set(**{**settings, "SWEEP_EXECUTOR": "slurm", "RUN_RETRIES": "0"})
+    try:
+        for command in ("bootstrap", "checkout"):
+            result = login.wf(command, timeout=600)
+            assert result.returncode == 0, f"{command}: {result.stderr}"
+        yield login
+    finally:
+        campaigns = login.outputs / "_campaigns"
+        for campaign in sorted(os.listdir(campaigns)) if campaigns.is_dir() else []:
+            login.wf("sweep-stop", "--campaign", campaign, timeout=120)
+        cleanup_pod(login)
+
+
+def squeue(cluster: Any, campaign: str) -> list[str]:
+    """The campaign's array tasks in the queue, one `jobid|STATE` line each."""
+    out = cluster.run("squeue", "-h", "-r", f"--name={campaign}", "--format=%i|%T").stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
 @pytest.fixture(params=["local", "ssh"])
 def pod(request: pytest.FixtureRequest, tmp_path: Path, source_repo: Path) -> Iterator[Pod]:
     server = request.getfixturevalue("sshd") if request.param == "ssh" else None

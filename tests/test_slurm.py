@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Pod, cleanup_pod, make_pod, one_line_error, wait_until
+from conftest import Pod, one_line_error, slurm_login, squeue, wait_until
 from test_sweeps import FIXTURE_SETTINGS, campaign_ids, campaigns_dir, fsm_state, read_json, rows_by_id, write_csv
 
 from helpers.pod.executors import slurm_state
@@ -27,23 +27,8 @@ TIMEOUT = 240
 
 @pytest.fixture(scope="module")
 def login(tmp_path_factory: pytest.TempPathFactory, source_repo: Path, slurm_cluster: Any) -> Iterator[Pod]:
-    pod = make_pod("local", tmp_path_factory.mktemp("slurm-login"), source_repo, None)
-    pod.extra_env.update(slurm_cluster.env)
-    pod.set(**{**FIXTURE_SETTINGS, "SWEEP_EXECUTOR": "slurm", "RUN_RETRIES": "0"})
-    try:
-        for command in ("bootstrap", "checkout"):
-            result = pod.wf(command, timeout=600)
-            assert result.returncode == 0, f"{command}: {result.stderr}"
-        yield pod
-    finally:
-        for campaign in campaign_ids(pod):  # nothing of ours left in the queue
-            pod.wf("sweep-stop", "--campaign", campaign, timeout=120)
-        cleanup_pod(pod)
+    yield from slurm_login(tmp_path_factory.mktemp("slurm-login"), source_repo, slurm_cluster, FIXTURE_SETTINGS)
 
-
-def squeue(cluster: Any, campaign: str) -> list[str]:
-    out = cluster.run("squeue", "-h", "-r", f"--name={campaign}", "--format=%i|%T").stdout
-    return [line for line in out.splitlines() if line.strip()]
 
 
 def start(pod: Pod, csv: Path, *settings: str) -> dict[str, Any]:

@@ -10,22 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Pod, cleanup_pod, make_pod, wait_until
+from conftest import Pod, slurm_login, wait_until
 from test_stages import FIXTURE_SETTINGS, HEADER, write_csv
 
 
 @pytest.fixture(scope="module")
 def login(tmp_path_factory: pytest.TempPathFactory, source_repo: Path, slurm_cluster: Any) -> Iterator[Pod]:
-    pod = make_pod("local", tmp_path_factory.mktemp("stages-slurm"), source_repo, None)
-    pod.extra_env.update(slurm_cluster.env)
-    pod.set(**{**FIXTURE_SETTINGS, "SWEEP_EXECUTOR": "slurm", "RUN_RETRIES": "0"})
-    try:
-        for command in ("bootstrap", "checkout"):
-            result = pod.wf(command, timeout=600)
-            assert result.returncode == 0, f"{command}: {result.stderr}"
-        yield pod
-    finally:
-        cleanup_pod(pod)
+    yield from slurm_login(tmp_path_factory.mktemp("stages-slurm"), source_repo, slurm_cluster, FIXTURE_SETTINGS)
 
 
 def test_stages_and_gates_on_slurm(login: Pod, slurm_cluster: Any, tmp_path: Path) -> None:
