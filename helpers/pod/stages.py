@@ -184,17 +184,7 @@ def _baseline(ex: Any, metric: str, stage: str) -> Optional[float]:
         done = summary(os.path.join(ex.outputs, run_id)) or {}
     except Exception:  # noqa: BLE001 - a corrupt baseline summary is a missing baseline
         return None
-    listed = done.get("stages") or []
-    ordered = [s for s in listed if s.get("name") == stage] + [s for s in reversed(listed) if s.get("name") != stage]
-    for record in ordered:
-        value = gates.number_of(record.get("metrics") or {}, metric)
-        if value is not None:
-            return value
-    for key in ("best_metrics", "final_metrics"):
-        value = gates.number_of(done.get(key) or {}, metric)
-        if value is not None:
-            return value
-    return None
+    return gates.baseline_value(done, metric, stage)
 
 
 def read_metrics(sdir: str, keep: List[str]) -> Dict[str, Any]:
