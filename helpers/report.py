@@ -170,8 +170,12 @@ def render_stages(rows: list[dict[str, Any]]) -> list[str]:
             if not isinstance(stage, dict):
                 continue
             shown, bound, verdict = _gate_cells(stage.get("gate"))
+            if not verdict and stage.get("state") not in ("success", "gated"):
+                verdict = f"failed: {_cell(stage.get('failure_class'))}"  # the stage itself failed
+            retried = [str(t.get("failure_class")) for t in stage.get("retries") or [] if isinstance(t, dict)]
+            state = _cell(stage.get("state")) + (f" (retried after {_cell(', '.join(retried))})" if retried else "")
             parts.append(f"<tr class='stage-{_cell(stage.get('state'))}'>" + "".join(f"<td>{c}</td>" for c in (
-                _cell(r["run_id"]), _cell(stage.get("name")), _cell(stage.get("state")), shown, bound, verdict,
+                _cell(r["run_id"]), _cell(stage.get("name")), state, shown, bound, verdict,
                 html.escape(duration(stage.get("duration_s"))))) + "</tr>")
     parts.append("</table>")
     return parts

@@ -40,7 +40,7 @@ def test_report_shows_stages_and_gates(tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
     _run(artifacts, "st-pass", True, "success",
          [_stage("eval_small", "success", _gate(3.1, 3.6, True)),
-          _stage("eval_full", "success", _gate(3.05, 3.2, True))])
+          _stage("eval_full", "success", _gate(3.05, 3.2, True), retries=[{"failure_class": "nccl"}])])
     _run(artifacts, "st-gated", False, "gated", [_stage("eval_small", "gated", _gate(3.91, 3.6, False))],
          reason_line="stage eval_small: val_loss 3.91 < 3.6: not met")
     _run(artifacts, "st-evalfail", False, "failed",
@@ -61,9 +61,9 @@ def test_report_shows_stages_and_gates(tmp_path: Path) -> None:
     cells = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr class=[^>]*>(.*?)</tr>", table)]
     assert cells == [
         ["st-pass", "eval_small", "success", "val_loss=3.1", "&lt; 3.6", "met", "4.0s"],
-        ["st-pass", "eval_full", "success", "val_loss=3.05", "&lt; 3.2", "met", "4.0s"],
+        ["st-pass", "eval_full", "success (retried after nccl)", "val_loss=3.05", "&lt; 3.2", "met", "4.0s"],
         ["st-gated", "eval_small", "gated", "val_loss=3.91", "&lt; 3.6", "not met", "4.0s"],
-        ["st-evalfail", "eval_small", "failed", "", "no gate", "", "4.0s"],
+        ["st-evalfail", "eval_small", "failed", "", "no gate", "failed: nonzero_exit", "4.0s"],
     ]
     gated = page.split("<h2>Gated</h2>")[1].split("<h2>")[0]
     assert "id='gated-st-gated'" in gated and "stage eval_small: val_loss=3.91 &lt; 3.6: not met" in gated
