@@ -59,3 +59,58 @@ def test_a_transient_stage_failure_is_retried_within_the_rows_retries(local_pod:
     assert none["stages"][0]["retries"] == [] and none["reason_line"].startswith("stage eval_small:")
     log = (pod.outputs / "_campaigns" / campaign / "executor.log").read_text()
     assert "rt-again: stage eval_small: nccl; retry 1/2, backoff 1s" in log
+
+
+class _Ctx:
+    def __init__(self, config: dict[str, str]) -> None:
+        self.config = config
+
+    def get(self, key: str) -> str:
+        return self.config.get(key, "")
+
+    def number(self, key: str, default: int) -> int:
+        return int(self.config.get(key) or default)
+
+
+class _Ex:
+    def __init__(self, outputs: Path) -> None:
+        self.outputs = str(outputs)
+        self.ctx = _Ctx({"RUN_RETRIES": "1", "RUN_RETRY_BACKOFF_SECS": "30"})
+        self.stop_reason: str | None = None
+        self.said: list[str] = []
+
+    def event(self, *_: object, **__: object) -> None:
+        pass
+
+    def say(self, line: str) -> None:
+        self.said.append(line)
+
+
+class _Row:
+    def __init__(self) -> None:
+        self.row = {"run_id": "u-1"}
+        self.run_id = "u-1"
+        self.transient_retries = 0
+        self.stage: dict[str, object] | None = None
+        self.stage_records: list[dict[str, object]] = []
+
+
+def test_a_stop_during_the_backoff_ends_the_stage_failed(tmp_path: Path) -> None:
+    """Unit level: the retry budget is the row's (shared with training), and a sweep-stop while the stage
+    waits out its backoff keeps the transient failure as the stage's end (no new try)."""
+    from helpers.pod import stages
+
+    ex, rr = _Ex(tmp_path), _Row()
+    sdir = tmp_path / "u-1" / "stages" / "eval_small"
+    sdir.mkdir(parents=True)
+    failed = {"state": "failed", "failure_class": "nccl", "reason": "NCCL error", "ended_utc": None}
+    rr.stage = {"name": "eval_small", "command_text": "python eval.py", "gate": "", "dir": str(sdir)}
+    assert stages.after(ex, rr, failed) == "retry" and rr.transient_retries == 1
+    assert stages.poll(rr, ex) is None  # still in its 30 s backoff: nothing starts
+    ex.stop_reason = "stop"
+    status = stages.poll(rr, ex)
+    assert status is not None and status["failure_class"] == "nccl"
+    assert stages.after(ex, rr, status) == "failed"
+    assert rr.stage_records[-1]["retries"] == [{"failure_class": "nccl", "reason": "NCCL error", "ended_utc": None}]
+    ex.stop_reason, rr.stage = None, {"name": "eval_small", "command_text": "x", "gate": "", "dir": str(sdir)}
+    assert stages.after(ex, rr, failed) == "failed"  # RUN_RETRIES=1 is spent: no more tries
