@@ -91,7 +91,8 @@ def collect(found: list[tuple[Path, dict[str, Any]]], campaign: str) -> list[dic
                      "duration_s": done.get("duration_s"), "attempts": done.get("attempts"),
                      "failure_class": done.get("failure_class"), "reason_line": done.get("reason_line"),
                      "context": [] if done.get("ok") else _context(path, done), "curve": curve,
-                     "promoted_as": "",
+                     "promoted_as": "", "stages": list(done.get("stages") or []),
+                     "gated": done.get("state") == "gated",
                      "cost": done["cost"].get("usd") if isinstance(done.get("cost"), dict) else None})
     return rank(rows, higher=False)
 
@@ -141,15 +142,73 @@ def _cell(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _gate_cells(gate: Any) -> tuple[str, str, str]:
+    """(metric=value, threshold with its op, met / not met / the problem) of a stage's gate decision."""
+    if not isinstance(gate, dict):
+        return "", "no gate", ""
+    value = gate.get("value")
+    limit = gate.get("threshold")
+    shown = f"{_cell(gate.get('metric'))}={_cell(value) if value is not None else 'missing'}"
+    bound = f"{_cell(gate.get('op'))} {_cell(limit) if limit is not None else 'unknown'}"
+    if gate.get("baseline_run"):
+        bound += f" (baseline {_cell(gate.get('baseline_run'))} = {_cell(gate.get('baseline_value'))})"
+    if gate.get("problem"):
+        return shown, bound, f"undecided: {_cell(gate['problem'])}"
+    return shown, bound, "met" if gate.get("passed") else "not met"
+
+
+def render_stages(rows: list[dict[str, Any]]) -> list[str]:
+    """The stages of each row that has some: stage, state, metric=value, threshold, met/not met."""
+    staged = [r for r in rows if r.get("stages")]
+    parts = ["<h2>Stages and gates</h2>"]
+    if not staged:
+        return parts + ["<p>no row has stages</p>"]
+    parts.append("<table id='stages'><tr><th>run</th><th>stage</th><th>state</th><th>metric=value</th>"
+                 "<th>threshold</th><th>gate</th><th>duration</th></tr>")
+    for r in staged:
+        for stage in r["stages"]:
+            if not isinstance(stage, dict):
+                continue
+            shown, bound, verdict = _gate_cells(stage.get("gate"))
+            if not verdict and stage.get("state") not in ("success", "gated"):
+                verdict = f"failed: {_cell(stage.get('failure_class'))}"  # the stage itself failed
+            retried = [str(t.get("failure_class")) for t in stage.get("retries") or [] if isinstance(t, dict)]
+            state = _cell(stage.get("state")) + (f" (retried after {_cell(', '.join(retried))})" if retried else "")
+            parts.append(f"<tr class='stage-{_cell(stage.get('state'))}'>" + "".join(f"<td>{c}</td>" for c in (
+                _cell(r["run_id"]), _cell(stage.get("name")), state, shown, bound, verdict,
+                html.escape(duration(stage.get("duration_s"))))) + "</tr>")
+    parts.append("</table>")
+    return parts
+
+
+def render_gated(rows: list[dict[str, Any]]) -> list[str]:
+    """Rows a gate stopped: not failures, listed apart with the gate that was not met."""
+    gated = [r for r in rows if r["state"] == "gated"]
+    parts = ["<h2>Gated</h2>"]
+    if not gated:
+        return parts + ["<p>none</p>"]
+    parts.append("<ul id='gated'>")
+    for r in gated:
+        last = next((s for s in reversed(r.get("stages") or []) if isinstance(s, dict)
+                     and s.get("state") == "gated"), {})
+        shown, bound, verdict = _gate_cells(last.get("gate"))
+        parts.append(f"<li id='gated-{html.escape(r['run_id'])}'>{html.escape(r['run_id'])}: stage "
+                     f"{_cell(last.get('name'))}: {shown} {bound}: {verdict}</li>")
+    parts.append("</ul>")
+    return parts
+
+
 def render(campaign: str, rows: list[dict[str, Any]], images: dict[str, bytes]) -> str:
     e = html.escape
     ok = sum(1 for r in rows if r["ok"])
+    gated = sum(1 for r in rows if r["state"] == "gated")
     parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>Report: campaign {e(campaign)}</title>",
              "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}pre{background:#f4f4f4;padding:6px}"
              ".plots img{margin:4px;border:1px solid #ddd}</style></head><body>",
-             f"<h1>Campaign {e(campaign)}</h1>", f"<p>{len(rows)} finished run(s): {ok} ok, {len(rows) - ok} failed."
-             " Ranked by best val_loss; failed rows last.</p>", "<h2>Leaderboard</h2>",
+             f"<h1>Campaign {e(campaign)}</h1>",
+             f"<p>{len(rows)} finished run(s): {ok} ok, {gated} gated, {len(rows) - ok - gated} failed."
+             " Ranked by best val_loss; gated rows after the ok ones, failed rows last.</p>", "<h2>Leaderboard</h2>",
              "<table id='leaderboard'><tr><th>rank</th><th>run</th><th>state</th><th>best val_loss</th><th>iter</th>"
              "<th>overrides</th><th>duration</th><th>attempts</th><th>cost (USD)</th></tr>"]
     for r in rows:
@@ -158,6 +217,8 @@ def render(campaign: str, rows: list[dict[str, Any]], images: dict[str, bytes]) 
             _cell(" ".join(r["overrides"])), e(duration(r["duration_s"])), _cell(r["attempts"]),
             _cell(r["cost"]) or "unknown")) + "</tr>")
     parts.append("</table>")
+    parts.extend(render_stages(rows))
+    parts.extend(render_gated(rows))
     failed = [r for r in rows if not r["ok"] and r["state"] != "gated"]  # a gate not met is no failure
     parts.append("<h2>Failures</h2>")
     if not failed:

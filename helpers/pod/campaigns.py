@@ -224,6 +224,9 @@ def _sweep_start(ctx: Context) -> Dict[str, Any]:
     joining = part["join"] if part else None
     _refuse_if_running(ctx, joining)
     slots = _check_pod_side(ctx, mine)
+    from .baseline import check as check_baseline
+
+    check_baseline(ctx, mine)  # BASELINE_RUN finished, with the relative gates' metrics (issue 14)
     aside = _check_ownership(ctx, mine, bool(args.get("reuse_run_ids")), joining)
     _preflight(ctx, mine)
     ctx.sync_env()

@@ -287,10 +287,12 @@ class Executor:
         """(status, verdict) of a row whose training attempt or evaluation stage ended, (None, "") while it
         runs; a training attempt or stage that passed starts the row's next stage (stages.py) without waiting."""
         if rr.stage is not None:
-            status = stages.poll(rr)
+            status = stages.poll(rr, self)
             if status is None:
                 return None, ""
             verdict = stages.after(self, rr, status)
+            if verdict == "retry":  # a transient stage failure: it runs again after the backoff
+                return None, ""
         else:
             status = self._finished(rr)
             if status is None:

@@ -123,3 +123,19 @@ def describe(decision: Dict[str, Any]) -> str:
         return f"{decision['expression']}: {decision['problem']}"
     verdict = "met" if decision["passed"] else "not met"
     return f"{decision['metric']} {decision['value']:.6g} {decision['op']} {decision['threshold']:.6g}: {verdict}"
+
+
+def baseline_value(done: Dict[str, Any], metric: str, stage: str) -> Optional[float]:
+    """A baseline run's summary's value of ``metric``: its stage of the same name, any stage, else its
+    best/final metrics (the stage runner and sweep-start's BASELINE_RUN check share this lookup)."""
+    listed = [s for s in done.get("stages") or [] if isinstance(s, dict)]
+    ordered = [s for s in listed if s.get("name") == stage] + [s for s in reversed(listed) if s.get("name") != stage]
+    for record in ordered:
+        value = number_of(record.get("metrics") or {}, metric)
+        if value is not None:
+            return value
+    for key in ("best_metrics", "final_metrics"):
+        value = number_of(done.get(key) or {}, metric)
+        if value is not None:
+            return value
+    return None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import time
 from typing import Any, Dict, List, Optional
 
 from . import gates, proctree
@@ -32,6 +33,7 @@ STAGE_COLUMNS = tuple(c for stage in STAGES for c in stage[3:])
 PROGRESS = "stages.json"
 EVAL_JSON = "eval.json"
 PLACEHOLDERS = ("ckpt", "run_dir", "out_dir", "eval_json", "stage_dir")
+TRANSIENT = ("nccl", "lost", "stalled")  # the executor's transient classes: a stage failing so is run again
 
 
 def _value(config: Dict[str, Any], row: Dict[str, Any], key: str, column: str) -> str:
@@ -159,8 +161,18 @@ def launch_next(ex: Any, rr: Any) -> bool:
     return True
 
 
-def poll(rr: Any) -> Optional[Dict[str, Any]]:
-    """The stage's final status once its supervisor is done with it; None while it runs."""
+def poll(rr: Any, ex: Any = None) -> Optional[Dict[str, Any]]:
+    """The stage's final status once its supervisor is done with it; None while it runs (or waits out
+    the backoff before its retry, then starts again)."""
+    if rr.stage.get("retry_at") is not None:
+        if ex is not None and ex.stop_reason:  # stopped during the backoff: the failure stands
+            return dict(rr.stage["retry_status"])
+        if ex is None or time.monotonic() < rr.stage["retry_at"]:
+            return None
+        retried = list(rr.stage.get("retried") or [])
+        launch_next(ex, rr)  # the same stage: it has no record yet
+        rr.stage["retried"] = retried
+        return None
     sdir = rr.stage["dir"]
     status = read_status(sdir) or {}
     if not status.get("state"):
@@ -184,17 +196,28 @@ def _baseline(ex: Any, metric: str, stage: str) -> Optional[float]:
         done = summary(os.path.join(ex.outputs, run_id)) or {}
     except Exception:  # noqa: BLE001 - a corrupt baseline summary is a missing baseline
         return None
-    listed = done.get("stages") or []
-    ordered = [s for s in listed if s.get("name") == stage] + [s for s in reversed(listed) if s.get("name") != stage]
-    for record in ordered:
-        value = gates.number_of(record.get("metrics") or {}, metric)
-        if value is not None:
-            return value
-    for key in ("best_metrics", "final_metrics"):
-        value = gates.number_of(done.get(key) or {}, metric)
-        if value is not None:
-            return value
-    return None
+    return gates.baseline_value(done, metric, stage)
+
+
+def _retry(ex: Any, rr: Any, status: Dict[str, Any]) -> bool:
+    """A stage that failed with a transient class (nccl, lost, stalled) runs again within the row's
+    ``retries`` (else RUN_RETRIES), the budget its training attempts share, after the same backoff."""
+    klass = status.get("failure_class")
+    if status.get("state") == "success" or klass not in TRANSIENT or ex.stop_reason:
+        return False
+    retries = rr.row.get("retries")
+    limit = int(retries) if retries not in (None, "") else ex.ctx.number("RUN_RETRIES", 2)
+    if rr.transient_retries >= limit:
+        return False
+    rr.transient_retries += 1
+    delay = ex.ctx.number("RUN_RETRY_BACKOFF_SECS", 30) * 2 ** (rr.transient_retries - 1)
+    retried = list(rr.stage.get("retried") or []) + [{
+        "failure_class": klass, "reason": status.get("reason"), "ended_utc": status.get("ended_utc")}]
+    rr.stage = {**rr.stage, "retry_at": time.monotonic() + delay, "retry_status": status, "retried": retried}
+    ex.event("stage-retry", run_id=rr.run_id, stage=rr.stage["name"], failure_class=klass)
+    ex.say(f"{rr.run_id}: stage {rr.stage['name']}: {klass}; retry {rr.transient_retries}/{limit}, "
+           f"backoff {delay}s")
+    return True
 
 
 def read_metrics(sdir: str, keep: List[str]) -> Dict[str, Any]:
@@ -209,7 +232,10 @@ def read_metrics(sdir: str, keep: List[str]) -> Dict[str, Any]:
 
 
 def after(ex: Any, rr: Any, status: Dict[str, Any]) -> str:
-    """Record the ended stage and decide: 'ok' (passed: the next stage may start), 'gated' or 'failed'."""
+    """Record the ended stage and decide: 'ok' (passed: the next stage may start), 'gated', 'failed' or
+    'retry' (a transient failure with retries left: the stage runs again after the backoff)."""
+    if _retry(ex, rr, status):
+        return "retry"
     stage, rr.stage = rr.stage, None
     path = os.path.join(ex.outputs, rr.run_id)
     keep = [m for m in str(ex.ctx.get("EVAL_METRICS") or "").replace(",", " ").split() if m]
@@ -221,7 +247,7 @@ def after(ex: Any, rr: Any, status: Dict[str, Any]) -> str:
         "exit_code": status.get("exit_code"), "started_utc": status.get("started_utc"),
         "ended_utc": status.get("ended_utc"), "duration_s": round(end - start, 1) if start and end else None,
         "metrics": metrics, "gate": None, "log": os.path.join(stage["dir"], "stage.log"),
-        "fatal_lines": (status.get("fatal") or {}).get("lines")}
+        "fatal_lines": (status.get("fatal") or {}).get("lines"), "retries": list(stage.get("retried") or [])}
     verdict = "ok" if status.get("state") == "success" else "failed"
     if verdict == "ok" and stage["gate"]:
         gate = gates.parse(stage["gate"])

@@ -1,7 +1,9 @@
 """A stand-in evaluation stage for the stage tests (stdlib only, a second at most): reads the run's
 metrics.jsonl in --out-dir (default $WF_OUT_DIR), writes eval.json (--eval-json, default $WF_EVAL_JSON)
 with val_loss = the last val_loss * --scale and val_ppl. --sleep S waits first (prints while it waits);
---fail exits 1 with a traceback; --no-metric writes an eval.json without val_loss."""
+--fail exits 1 with a traceback; --no-metric writes an eval.json without val_loss;
+--nccl-once MARKER fails with an NCCL error while MARKER does not exist (and creates it): a
+transient failure the next try gets past."""
 
 import argparse
 import json
@@ -19,6 +21,7 @@ def main() -> int:
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--fail", action="store_true")
     parser.add_argument("--no-metric", action="store_true")
+    parser.add_argument("--nccl-once", default="")
     args = parser.parse_args()
     print(f"eval: stage {os.environ.get('WF_STAGE')} of {os.environ.get('WF_RUN_ID')} ckpt {os.environ.get('WF_CKPT')}",
           flush=True)
@@ -26,6 +29,10 @@ def main() -> int:
     while time.monotonic() < deadline:
         print("eval: evaluating ...", flush=True)
         time.sleep(0.5)
+    if args.nccl_once and not os.path.exists(args.nccl_once):
+        open(args.nccl_once, "w").close()
+        print("NCCL error: unhandled system error (on purpose)", flush=True)
+        return 1
     if args.fail:
         raise RuntimeError("eval: the checkpoint cannot be read (on purpose)")
     last = None
