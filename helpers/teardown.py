@@ -84,12 +84,17 @@ def _globals(session: Session, uuid: str) -> list[str]:
     return [*words, "--set", f"LIUM_TARGET={uuid}", "--set", "TEARDOWN_ON_FINISH=keep"]
 
 
-def _run(argv: list[str]) -> tuple[int, Any]:
+def _run(base: list[str], words: list[str]) -> tuple[int, Any]:
     from helpers.cli import main
 
+    argv = [*base, *words]
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(argv)
+    try:
+        with contextlib.redirect_stdout(out):
+            code = main(argv)
+    except Exception as exc:  # noqa: BLE001 - any failure of the step keeps the pod (said by the caller)
+        sys.stderr.write(f"teardown: {words[0]} raised {type(exc).__name__}: {str(exc)[:200]}\n")
+        return 1, None
     try:
         return code, json.loads(out.getvalue()) if out.getvalue().strip() else None
     except ValueError:
@@ -146,7 +151,7 @@ def _delete(session: Session, campaign: str, uuid: str) -> None:
         return
     _say(session, f"campaign {campaign} has ended and TEARDOWN_ON_FINISH=delete: fetching its results from Lium pod "
                   f"{uuid}: {fetch_line}")
-    code, data = _run([*base, *fetch])
+    code, data = _run(base, fetch)
     keep = f"the pod is kept; fetch and verify with {fetch_line}, then delete it with {delete_line}"
     if code != 0 or not isinstance(data, dict):
         _say(session, f"fetch-all FAILED (exit {code}); {keep}")
@@ -157,7 +162,7 @@ def _delete(session: Session, campaign: str, uuid: str) -> None:
     files = sum(int(r.get("files") or 0) for r in data.get("runs") or [])
     _say(session, f"fetched and verified {len(data.get('runs') or [])} run(s), {files} file(s) in {data.get('dest')}")
     _say(session, f"deleting Lium pod {uuid} (rented by this tool): {delete_line}")
-    code, _ = _run([*base, *delete])
+    code, _ = _run(base, delete)
     if code != 0:
         _say(session, f"pod-delete FAILED (exit {code}); the pod may still bill: run {delete_line}")
         return

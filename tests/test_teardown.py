@@ -74,6 +74,14 @@ def test_campaign_end_deletes_only_the_rented_pod_after_a_verified_fetch(lium_po
     assert len(plan) == 1 and "would run" in plan[0] and "fetch-all" in plan[0] and "pod-delete --yes" in plan[0]
     assert uuid in plan[0] and "nothing is changed" in plan[0]
     assert not api.calls("DELETE", ".*") and not (artifacts / "td-a").exists()
+    # the fetch fails (its destination is a file): the pod is kept and the commands to run are shown
+    blocker = pod.env_file.parent / "not-a-dir"
+    blocker.write_text("x")
+    failed = pod.wf("--set", f"LOCAL_ARTIFACTS_DIR={blocker}", "sweep-status", timeout=300)
+    assert failed.returncode == 0, failed.stdout + failed.stderr
+    said = " ".join(teardown_lines(failed))
+    assert "fetch-all FAILED" in said and "the pod is kept" in said and "pod-delete --yes" in said, said
+    assert not api.calls("DELETE", ".*") and uuid in api.pod_ids()
     # the next sweep-status after the end: fetch, verify, then delete exactly the rented pod
     gone = pod.wf("sweep-status", "--json", timeout=600)
     assert gone.returncode == 0, gone.stdout + gone.stderr
@@ -92,5 +100,5 @@ def test_campaign_end_deletes_only_the_rented_pod_after_a_verified_fetch(lium_po
     again = pod.wf("--set", "LIUM_TARGET=theirs", "sweep-status", timeout=300)
     assert again.returncode == 0 and not teardown_lines(again)
     assert len(api.calls("DELETE", ".*")) == 1
-    for result in (started, kept, foreign, dry, gone):
+    for result in (started, kept, foreign, dry, failed, gone):
         assert API_KEY not in result.stdout + result.stderr
