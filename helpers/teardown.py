@@ -137,7 +137,26 @@ def after_status(session: Session, status: dict[str, Any]) -> None:
         _say(session, f"TEARDOWN_ON_FINISH=delete: {label} was not rented by this tool: never deleted; delete it "
                       "yourself with pod-delete if you mean to")
         return
+    busy = _other_live(session, campaign)
+    if busy:
+        _say(session, f"TEARDOWN_ON_FINISH=delete: campaign {campaign} has ended but campaign {busy} still runs on "
+                      f"Lium pod {uuid}; the pod is kept")
+        return
     _delete(session, campaign, uuid)
+
+
+def _other_live(session: Session, campaign: str) -> str:
+    """Another campaign on the pod whose executor may still run (the pod must not go then), else ""."""
+    from helpers.errors import WorkflowError
+
+    try:
+        reply = session.call("sweep-list", {}, timeout=120)
+    except WorkflowError:
+        return "(unknown: sweep-list failed)"
+    for entry in reply.get("campaigns") or [] if isinstance(reply, dict) else []:
+        if entry.get("campaign_id") != campaign and entry.get("state") in LIVE:
+            return str(entry.get("campaign_id"))
+    return ""
 
 
 def _delete(session: Session, campaign: str, uuid: str) -> None:
