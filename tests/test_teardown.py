@@ -74,16 +74,28 @@ def test_campaign_end_deletes_only_the_rented_pod_after_a_verified_fetch(lium_po
     assert len(plan) == 1 and "would run" in plan[0] and "fetch-all" in plan[0] and "pod-delete --yes" in plan[0]
     assert uuid in plan[0] and "nothing is changed" in plan[0]
     assert not api.calls("DELETE", ".*") and not (artifacts / "td-a").exists()
+    # another campaign still running on the pod: the pod is kept
+    ended = json.loads(pod.wf("--set", "TEARDOWN_ON_FINISH=keep", "sweep-status", "--json").stdout)["campaign_id"]
+    hang_csv = pod.env_file.parent / "hang.csv"
+    hang_csv.write_text("run_id,config,seed,overrides,notes,gpus\ntd-h,config/hang.py,1,,,1\n")
+    second = pod.wf("--set", f"SWEEP_CSV={hang_csv}", "sweep-start", timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    busy = pod.wf("sweep-status", "--campaign", ended, timeout=300)
+    assert busy.returncode == 0, busy.stdout + busy.stderr
+    assert [line for line in teardown_lines(busy) if "still runs on" in line and "the pod is kept" in line]
+    stopped = pod.wf("--set", "TEARDOWN_ON_FINISH=keep", "sweep-stop", timeout=300)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert not api.calls("DELETE", ".*")
     # the fetch fails (its destination is a file): the pod is kept and the commands to run are shown
     blocker = pod.env_file.parent / "not-a-dir"
     blocker.write_text("x")
-    failed = pod.wf("--set", f"LOCAL_ARTIFACTS_DIR={blocker}", "sweep-status", timeout=300)
+    failed = pod.wf("--set", f"LOCAL_ARTIFACTS_DIR={blocker}", "sweep-status", "--campaign", ended, timeout=300)
     assert failed.returncode == 0, failed.stdout + failed.stderr
     said = " ".join(teardown_lines(failed))
     assert "fetch-all FAILED" in said and "the pod is kept" in said and "pod-delete --yes" in said, said
     assert not api.calls("DELETE", ".*") and uuid in api.pod_ids()
     # the next sweep-status after the end: fetch, verify, then delete exactly the rented pod
-    gone = pod.wf("sweep-status", "--json", timeout=600)
+    gone = pod.wf("sweep-status", "--json", "--campaign", ended, timeout=600)
     assert gone.returncode == 0, gone.stdout + gone.stderr
     assert json.loads(gone.stdout)["campaign_id"]  # stdout stays one JSON document
     lines = teardown_lines(gone)
@@ -97,8 +109,8 @@ def test_campaign_end_deletes_only_the_rented_pod_after_a_verified_fetch(lium_po
     record = json.loads((pod.env_file.parent / ".workflow" / "rented-pods.json").read_text())
     assert uuid not in record["pods"]
     # recorded as done: the same campaign seen again (here through the other pod) does nothing more
-    again = pod.wf("--set", "LIUM_TARGET=theirs", "sweep-status", timeout=300)
+    again = pod.wf("--set", "LIUM_TARGET=theirs", "sweep-status", "--campaign", ended, timeout=300)
     assert again.returncode == 0 and not teardown_lines(again)
     assert len(api.calls("DELETE", ".*")) == 1
-    for result in (started, kept, foreign, dry, failed, gone):
+    for result in (started, kept, foreign, dry, busy, failed, gone):
         assert API_KEY not in result.stdout + result.stderr
