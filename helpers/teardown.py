@@ -115,9 +115,9 @@ def _rented_uuid(session: Session) -> tuple[str, str]:
 
 def after_status(session: Session, status: dict[str, Any]) -> None:
     """Call once with the latest sweep-status of a campaign; acts only when it has concluded."""
-    if _SUPPRESSED or not isinstance(status, dict) or not concluded(status):
-        return
     mode = session.cfg.text("TEARDOWN_ON_FINISH") or "keep"
+    if mode == "keep" or _SUPPRESSED or not isinstance(status, dict) or not concluded(status):
+        return
     debug = bool(getattr(session.options, "debug", False))
     campaign = str(status["campaign_id"])
     if mode == "stop":
