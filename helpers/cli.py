@@ -256,7 +256,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("sweep-start", "validate the CSV, create a campaign, start the executor in tmux", "cmd_sweeps",
             "cmd_sweep_start", _setup_sweep_start, changes=True, json=True),
     Command("sweep-status", "every row's state, attempts, duration, failure, val loss; totals", "cmd_sweeps",
-            "cmd_sweep_status", _setup_sweep_status, json=True),
+            "cmd_sweep_status", _setup_sweep_status, changes=True, json=True),  # changes: TEARDOWN_ON_FINISH
     Command("sweep-logs", "one sweep row's log (the latest attempt, or --attempt N); --follow streams it",
             "cmd_sweepinfo", "cmd_sweep_logs", _setup_sweep_logs),
     Command("sweep-list", "every campaign on the pod with its state, rows and dates", "cmd_sweepinfo",

@@ -149,9 +149,12 @@ def cmd_flow(session: Session) -> int:
     runner = Runner(session)
     facts = gather_facts(session, options, runner)
     phases = plan_flow(options, facts)
-    if session.dry_run:
-        return dry_run(session, runner, options, facts, phases)
-    return execute(session, runner, options, facts, phases)
+    from helpers import teardown
+
+    with teardown.suppressed():  # flow's own teardown phase acts, not its inner sweep-status/sweep-watch
+        if session.dry_run:
+            return dry_run(session, runner, options, facts, phases)
+        return execute(session, runner, options, facts, phases)
 
 
 def _say(session: Session, text: str) -> None:

@@ -316,6 +316,9 @@ def cmd_sweep_status(session: Session) -> int:
         from helpers.colour import enabled
 
         session.print("\n".join(render_status(status, colour=enabled())))
+    from helpers import teardown
+
+    teardown.after_status(session, status)  # TEARDOWN_ON_FINISH once the campaign has ended
     return _status_code(status)
 
 
@@ -351,6 +354,9 @@ def cmd_sweep_watch(session: Session) -> int:
         shown = set(keys)
         sys.stdout.flush()
         if status["executor"]["state"] not in LIVE:
+            from helpers import teardown
+
+            teardown.after_status(session, status)  # TEARDOWN_ON_FINISH once the campaign has ended
             return _status_code(status)
         time.sleep(interval)
 

@@ -179,7 +179,8 @@ KEYS: tuple[Key, ...] = (
        "the executor starts no new row once spent + the running rows' projected rest reaches this (USD)"),
     _k(_S, "BUDGET_HARD", "bool", "0", "with BUDGET_USD: also stop the running rows at the cap"),
     _k(_S, "TEARDOWN_ON_FINISH", "enum", "keep",
-       "flow's teardown when --teardown is not given: keep, stop, or delete (only a Lium pod this tool rented)",
+       "flow's teardown when --teardown is not given: keep, stop, or delete (only a Lium pod this tool rented); "
+       "delete also acts at the next sweep-status/sweep-watch after the campaign ended (fetch, verify, delete)",
        choices=("keep", "stop", "delete")),
     _k(_S, "SWEEP_CPU_SLOTS", "int", "1", "on a host without GPUs: slots to pack 1-slot rows onto", minimum=1,
        maximum=256),

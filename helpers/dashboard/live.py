@@ -168,4 +168,7 @@ def run_live(session: Session, interval: float) -> int:
         session.print(f"left sweep-watch; the sweep goes on (campaign {model.status['campaign_id']}): "
                       "infra_scripts/workflow.sh sweep-watch")
         return 0
+    from helpers import teardown
+
+    teardown.after_status(session, model.status)  # TEARDOWN_ON_FINISH once the campaign has ended
     return _status_code(model.status)
