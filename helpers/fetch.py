@@ -29,6 +29,9 @@ LOCAL_CACHE = ".wf-fetch-checksums.json"
 def _dest_root(session: Session) -> Path:
     root = session.cfg.local_path("LOCAL_ARTIFACTS_DIR")
     assert root is not None
+    if root.exists() and not root.is_dir():  # before anything is fetched: one line, not a traceback later
+        raise WorkflowError(f"LOCAL_ARTIFACTS_DIR={root} is a file, not a folder; point LOCAL_ARTIFACTS_DIR at a "
+                            "folder (it is created if missing)", ExitCode.USAGE)
     return root.resolve()
 
 

@@ -431,6 +431,8 @@ MORE_CASES: tuple[Case, ...] = (
          baseline="none"),
     Case("fetch-all-campaign-dotdot", ("fetch-all", "--campaign", ".."), 2, ("invalid campaign id '..'",),
          baseline="none"),
+    Case("fetch-all-artifacts-dir-is-a-file", ("fetch-all",), 2, ("LOCAL_ARTIFACTS_DIR=", "is a file, not a folder"),
+         config=("LOCAL_ARTIFACTS_DIR=<BASE>/afile",), files=(("afile", "not a folder\n"),)),
     Case("sweep-stop-campaign-space", ("sweep-stop", "--campaign", "a b"), 2, ("invalid campaign id 'a b'",),
          baseline="none"),
     Case("task-kill-id-percent", ("task-kill", "--id", "a%20b"), 2, ("invalid task id 'a%20b'",), baseline="none"),
