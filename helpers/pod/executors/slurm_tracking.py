@@ -25,3 +25,11 @@ def start(ctx: Context, campaign_dir: str) -> Optional[int]:
 def row_waits(ctx: Context) -> bool:
     """True when the array task's row should wait for its MLflow child run (tracking on)."""
     return tracking.enabled(ctx.config)
+
+
+def new_pass() -> None:
+    """The sidecar lives for the whole campaign: forget the squeue lines slurm_state keeps for one agent
+    call, so each pass sees the queue as it is now (the campaign's end included)."""
+    from . import slurm_state
+
+    slurm_state.forget_queue()
