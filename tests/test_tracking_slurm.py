@@ -91,3 +91,16 @@ def test_slurm_campaign_is_tracked_parent_children_metrics_statuses(tracked_logi
     assert manifest["slurm"]["job_id"] in started["job_ids"]
     assert not list((pod.outputs / "_campaigns" / campaign / "slurm" / "rows").glob("*/tracking*"))  # one sidecar
     no_secret(pod, mlflow_server, [parent, *kids.values()])
+    shown = pod.wf("sweep-status", "--campaign", campaign)
+    assert "tracking: MLflow parent run" in shown.stdout, shown.stdout
+    # everything settled: the login node's sidecar has exited by itself (nothing left behind)
+    pid = int(campaign_record(pod, campaign)["sidecar_pid"])
+    wait_until(lambda: not _alive(pid), 60, interval=0.3, what=f"the sidecar (pid {pid}) to exit")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
