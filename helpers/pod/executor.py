@@ -169,6 +169,12 @@ class Executor:
             self.stop_reason = "hangup" if signum == signal.SIGHUP else "stop"
 
     # -- hooks: the Slurm array task (executors/slurm_task.py) runs one row in its allocation
+    def tracking_dir(self) -> str:
+        return self.dir  # the campaign dir, where the sidecar keeps the rows' child runs
+
+    def _start_tracking(self) -> bool:
+        return bool(tracking.start_sidecar(self.ctx, self.dir))
+
     def _slots(self, env_base: Dict[str, str]) -> List[str]:
         return detect_slots(self.ctx, env_base)
 
@@ -194,7 +200,8 @@ class Executor:
         env = dict(env_base)
         shown_env = slot_env(env_base, self.slots, slots)
         env.update(WF_RUN_ID=rr.run_id, WF_CAMPAIGN_ID=self.campaign_id, WF_ATTEMPT=str(attempt), **shown_env)
-        tracking.row_env(ctx.config, self.dir, rr.run_id, env, self.tracking_until, rr.out_dir)  # MLflow, W&B
+        tracking.row_env(ctx.config, self.tracking_dir(), rr.run_id, env, self.tracking_until,  # MLflow, W&B
+                         rr.out_dir)
         rr.command = runs.replay_script(argv, workdir, shown_env, ctx.path("REMOTE_ENV_PATH"),
                                         f"run {rr.run_id}, campaign {self.campaign_id}, attempt {attempt}")
         write_bytes(os.path.join(path, "command.sh"), rr.command.encode(), 0o755)
@@ -362,7 +369,7 @@ class Executor:
         if self._check_stop_request():  # sweep-stop came while this executor was starting: run nothing
             self.say("sweep-stop was requested before this executor started: running nothing")
             return self._end(0, [RowRun(row) for row in self.manifest["rows"]])
-        if tracking.start_sidecar(ctx, self.dir):  # MLflow on: the campaign's tracking sidecar, beside us
+        if self._start_tracking():  # MLflow on: the campaign's tracking sidecar, beside us
             self.tracking_until = time.monotonic() + tracking.wait_secs(ctx.config)
         repo = ctx.path("OPS_REMOTE_REPO")
         own = [ctx.path("VENV_DIR"), ctx.path("DATA_DIR"), ctx.path("RUN_OUT_LOCAL_ROOT"), self.outputs]

@@ -11,7 +11,7 @@ from .. import fsm, runs
 from ..context import Context
 from ..errors import WorkflowError
 from ..jsonio import read_json, utc_now, write_json
-from . import slurm, slurm_cache, slurm_defer, slurm_nodes, slurm_parts, slurm_state
+from . import slurm, slurm_cache, slurm_defer, slurm_nodes, slurm_parts, slurm_state, slurm_tracking
 
 STOP_WAIT_SECS = 60
 ENDED = ("ok", "failed", "cancelled", "timeout", "stopped", "lost", "gated")  # a row view's verdicts
@@ -51,6 +51,8 @@ def start(ctx: Context, path: str, campaign_id: str, rows: List[Dict[str, Any]],
     write_json(_record_path(path), {**record, "executor": "slurm", "state": "running", "generation": generation,
                                     "created_utc": utc_now(), "job_ids": [*record.get("job_ids", []), *job_ids],
                                     "submitted_rows": len(todo), "ended_utc": None, "reason": None})
+    if job_ids:  # MLflow on: the campaign's tracking sidecar on the login node (executors/slurm_tracking.py)
+        slurm_tracking.start(ctx, path)
     return job_ids
 
 

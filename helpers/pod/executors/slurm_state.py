@@ -139,6 +139,11 @@ def queue_lines(campaign_id: str, fresh: bool = False) -> List[str]:
     return _QUEUE[campaign_id]
 
 
+def forget_queue() -> None:
+    """Drop the squeue lines of this process (a long-lived caller, e.g. the tracking sidecar, asks again)."""
+    _QUEUE.clear()
+
+
 def scheduler_view(campaign_id: str, sizes: Dict[str, int]) -> Tuple[Dict[Tuple[str, int], Dict[str, Any]], str]:
     """(array job id, index) -> {state, reason, node, elapsed, exit_code, signal} from one sacct of the campaign's
     array jobs (``sizes``: job id -> its number of tasks; by id, so also a job cancelled while pending, which no

@@ -24,7 +24,7 @@ from ..jsonio import read_json, utc_now, write_bytes, write_json
 from ..scheduling import slots_from
 from ..taskstate import new_record, update_status
 from ..tmuxctl import agent_command
-from . import slurm_defer, slurm_nodes, slurm_parts, slurm_state
+from . import slurm_defer, slurm_nodes, slurm_parts, slurm_state, slurm_tracking
 
 LIMIT_MARGIN_SECS = 15  # the supervisor's stop (grace included) ends this long before Slurm's time limit
 
@@ -103,6 +103,12 @@ class SlurmRowExecutor(Executor):
                     child.send_signal(signal.SIGUSR2)
                     return
             time.sleep(0.2)
+
+    def tracking_dir(self) -> str:
+        return self.campaign_path  # the campaign's sidecar (on the login node) keeps the child runs there
+
+    def _start_tracking(self) -> bool:
+        return slurm_tracking.row_waits(self.ctx)  # no sidecar per array task: sweep-start runs the campaign's
 
     def _slots(self, env_base: Dict[str, str]) -> List[str]:
         # the allocation's GPUs (Slurm sets CUDA_VISIBLE_DEVICES); none allocated: CPU slots, never nvidia-smi

@@ -283,7 +283,9 @@ class Sidecar:
     def one_pass(self) -> bool:
         """True when everything is sent and settled (the executor has ended)."""
         from ..campaigns import LIVE, executor_state
+        from ..executors.slurm_tracking import new_pass
 
+        new_pass()  # a long-lived process: Slurm's queue is asked afresh each pass (once per pass)
         state = executor_state(self.dir)[0]
         live = state in LIVE
         top = self.ensure_parent()
