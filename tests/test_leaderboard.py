@@ -313,3 +313,20 @@ def test_report_of_100_runs(tmp_path: Path) -> None:
     print(f"report of 100 runs: {took:.1f}s wall, {cpu_s:.1f}s CPU")  # measured properly by bench/report_100.py
     page = Path(reply["html"]).read_text()
     assert page.index("<td>r001</td>") < page.index("<td>r099</td>") < page.index("<td>r000</td>")  # failed last
+
+
+def test_compare_from_fetched_artifacts_needs_no_pod(done: tuple[Pod, str, Path]) -> None:
+    pod, campaign, tmp = done
+    fetched = pod.wf("fetch-all", "--campaign", campaign)
+    assert fetched.returncode == 0, fetched.stderr
+    nowhere = ("--set", f"OPS_REMOTE_OUTPUTS_DIR={tmp}/no-such-outputs")  # a pod call could not find the runs now
+    local = pod.wf(*nowhere, "compare", "lb-a", "lb-b", "--json")
+    assert local.returncode == 0, local.stderr
+    reply = json.loads(local.stdout)
+    assert reply["source"] == "fetched artifacts"
+    assert set(reply["config_diff"]) == {"seed", "steps", "batch_size"} and reply["config_diff"]["steps"] == ["3", "5"]
+    assert reply["metrics"]["best_val_loss"] == [pytest.approx(5 / 3), pytest.approx(1.0)]
+    text = pod.wf(*nowhere, "compare", "lb-a", "lb-b")
+    assert text.returncode == 0 and text.stdout.startswith("from fetched artifacts"), text.stdout
+    partly = pod.wf("compare", "lb-a", "lb-missing")  # one run not fetched: the pod is asked (and has no such run)
+    assert partly.returncode == 5 and "no finished sweep run 'lb-missing'" in one_line_error(partly)

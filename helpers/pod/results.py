@@ -245,6 +245,13 @@ def _owning(ctx: Context, run_id: str) -> Tuple[str, Dict[str, Any], str, Dict[s
 
 def run_facts(ctx: Context, run_id: str) -> Dict[str, Any]:
     path, done, cpath, row = _owning(ctx, run_id)
+    return facts_of(run_id, path, done, row, os.path.isdir(cpath))
+
+
+def facts_of(run_id: str, path: str, done: Dict[str, Any], row: Dict[str, Any], campaign_known: bool
+             ) -> Dict[str, Any]:
+    """A finished run's config, provenance and metrics from its run dir: on the pod, or a fetched copy
+    (LOCAL_ARTIFACTS_DIR/<run_id>/, whose out_dir files were fetched into it)."""
     where = out_dir(path, done)
     trainer = read_json(os.path.join(where, "config.json"), "trainer config") if os.path.isfile(
         os.path.join(where, "config.json")) else None
@@ -272,7 +279,7 @@ def run_facts(ctx: Context, run_id: str) -> Dict[str, Any]:
             "state": done.get("state"), "config_file": row.get("config"), "seed": row.get("seed"),
             "overrides": list(row.get("overrides") or []), "trainer_config": trainer if isinstance(trainer, dict)
             else None, "git_sha": git.get("git_sha") or made.get("git_sha"), "dirty": git.get("dirty"),
-            "metrics": metrics, "campaign_known": os.path.isdir(cpath)}
+            "metrics": metrics, "campaign_known": campaign_known}
 
 
 def compare(ctx: Context) -> Dict[str, Any]:
