@@ -104,5 +104,11 @@ def test_archive_finished_next_to_running_then_restore(tmp_path: Path, source_re
         assert moved[old]["left"] == [{"run_id": "ar-ok", "why": f"also a row of campaign {later}"}]
         assert tree(pod.outputs / "ar-ok") == before["ar-ok"] and not (pod.outputs / "ar-fail").exists()
         assert states(listing(pod)) == {old: "archived", live: "archived", later: "success"}
+        archived_latest = pod.wf("archive", "--status", "success")  # the latest campaign archived too
+        assert archived_latest.returncode == 0, archived_latest.stderr
+        latest = pod.wf("sweep-status")  # the latest pointer names an archived campaign: it says so, and how back
+        assert latest.returncode == 5, latest.stderr
+        assert f"the latest campaign {later} was archived; restore it with workflow.sh archive --restore {later}" in (
+            one_line_error(latest))
     finally:
         cleanup_pod(pod)

@@ -39,6 +39,7 @@ def latest_file(ctx: Context) -> str:
 
 
 def campaign_dir(ctx: Context, campaign_id: Optional[str]) -> Tuple[str, str]:
+    latest = not campaign_id
     if not campaign_id:
         try:
             with open(latest_file(ctx)) as handle:
@@ -48,6 +49,9 @@ def campaign_dir(ctx: Context, campaign_id: Optional[str]) -> Tuple[str, str]:
                                 ExitCode.NOT_FOUND) from None
     path = os.path.join(root(ctx), check_id(campaign_id, "campaign id"))
     if not os.path.isfile(os.path.join(path, "manifest.json")):
+        if latest and os.path.isdir(os.path.join(ctx.outputs, "_archive", str(campaign_id))):  # see pod/archive.py
+            raise WorkflowError(f"the latest campaign {campaign_id} was archived; restore it with workflow.sh archive "
+                                f"--restore {campaign_id}, or name another with --campaign", ExitCode.NOT_FOUND)
         known = sorted(os.listdir(root(ctx)))[-5:] if os.path.isdir(root(ctx)) else []
         raise WorkflowError(f"no campaign {campaign_id!r} on the pod (recent: {', '.join(known) or 'none'})",
                             ExitCode.NOT_FOUND)
