@@ -140,7 +140,8 @@ def test_mfu_is_reported_with_peak_flops_given(shards: Path, tmp_path: Path) -> 
     assert len(logs) == 4, proc.stdout
     for tok_s, mfu_text in logs:  # each log line: its own window's tok/s and the MFU of that
         assert mfu_text.endswith("%") and float(mfu_text[:-1]) > 0
-        assert float(mfu_text[:-1]) == pytest.approx(100 * fpt * int(tok_s) / peak, abs=0.006)
+        one_token = 100 * fpt / peak  # the log shows tok/s as a whole number: up to one token/s of rounding
+        assert float(mfu_text[:-1]) == pytest.approx(100 * fpt * int(tok_s) / peak, abs=0.006 + one_token)
 
 
 def test_bfloat16_autocast_learns_on_cpu(shards: Path, tmp_path: Path) -> None:
