@@ -371,7 +371,10 @@ def _inject(chaos: Chaos, cid: str, fault: str, rng: random.Random, ids: list[st
     if fault in ("kill-supervisor", "kill-agent"):
         # only a row whose trainer is still at work: killing torchrun after its trainer exited 0 fails an
         # attempt whose work was done, and the rerun would rightly count as a second success
-        live = {r["run"] for r in ledger_records(chaos.ledger) if r["event"] == "start" and alive(r["pid"])}
+        # (a trainer that noted its end is done, even while its interpreter still shuts down: seen in CI)
+        records = ledger_records(chaos.ledger)
+        ended = {r["pid"] for r in records if r["event"] == "end"}
+        live = {r["run"] for r in records if r["event"] == "start" and r["pid"] not in ended and alive(r["pid"])}
         running = [r for r in running if r in live]
     if not running:
         return None
