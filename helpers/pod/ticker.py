@@ -2,7 +2,8 @@
 
 Only when the caller asked for it (``args.progress``: the local stderr is a terminal), so piped and CI
 output keeps its lines as before. A line says the step, the time so far and, for a download, the bytes
-under its folder and the rate; a last line when the step ends says how long it took. Stdlib only (runs inside the agent).
+under its folder and the rate; a last line when the step ends says how long it took. Stdlib only (runs
+inside the agent).
 """
 
 from __future__ import annotations
