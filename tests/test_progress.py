@@ -124,13 +124,13 @@ def test_rsync_progress2_lines_give_bytes_and_files():
     assert rsync_counts("") is None
 
 
-def test_checkout_shows_each_steps_time_on_a_terminal_only(ssh_pod: Pod):
-    """A real checkout over SSH (clone, then a fetch; pip install each time): on a terminal every long step
+def test_checkout_shows_each_steps_time_on_a_terminal_only(pod: Pod):
+    """A real checkout, local and over SSH (clone, then a fetch; pip install each time): on a terminal every long step
     ends with a line saying how long it took (and, for the clone and pip, the bytes written); in a pipe
     none of those lines and no escape codes."""
-    ssh_pod.set(PIP_INSTALL_ARGS="--no-index pip")  # a real pip run that needs no package index
-    assert ssh_pod.wf("bootstrap", timeout=600).returncode == 0
-    term = Terminal(ssh_pod, ["checkout"], 120, 30)
+    pod.set(PIP_INSTALL_ARGS="--no-index pip")  # a real pip run that needs no package index
+    assert pod.wf("bootstrap", timeout=600).returncode == 0
+    term = Terminal(pod, ["checkout"], 120, 30)
     try:
         assert term.wait(600) == 0, term.text
     finally:
@@ -139,11 +139,11 @@ def test_checkout_shows_each_steps_time_on_a_terminal_only(ssh_pod: Pod):
     assert "checkout: pip install --no-index pip: done in 0m" in term.text, term.text
     clone_line = next(line for line in term.text.splitlines() if "git clone: done in" in line)
     assert re.search(r"done in 0m\d\ds, [\d.]+ [KMG]?B, [\d.]+ [KMG]?B/s", clone_line), clone_line  # bytes, rate
-    piped = ssh_pod.wf("checkout", timeout=600)
+    piped = pod.wf("checkout", timeout=600)
     assert piped.returncode == 0, piped.stderr
     assert "checkout: fetching" in piped.stderr  # the step's own line stays
     assert "done in" not in piped.stderr and not ESCAPE.search(piped.stdout + piped.stderr), piped.stderr
-    again = Terminal(ssh_pod, ["checkout"], 120, 30)
+    again = Terminal(pod, ["checkout"], 120, 30)
     try:
         assert again.wait(600) == 0, again.text
     finally:
