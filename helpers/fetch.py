@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
+from stat import S_ISREG
 from typing import TYPE_CHECKING, Any
 
 from helpers.errors import ExitCode, WorkflowError
@@ -82,7 +83,13 @@ def _copy_local(listing: dict[str, Any], items: list[tuple[str, str, int, str]],
             shutil.copy2(src, tmp)
         except FileNotFoundError:
             continue  # vanished meanwhile (a running run): named by the verification
-        os.replace(tmp, dst)
+        try:
+            os.replace(tmp, dst)
+        except OSError as error:  # a folder in the file's place: one line, the partial copy removed
+            progress.done()
+            tmp.unlink(missing_ok=True)
+            raise WorkflowError(f"cannot write {dst}: {error.strerror}; move it out of the way and fetch again",
+                                ExitCode.FAILED) from None
     progress.counts(len(items), len(items), total, total, force=True)
     progress.done()
 
@@ -107,8 +114,10 @@ def _rsync(session: Session, listing: dict[str, Any], items: list[tuple[str, str
         result = subprocess.run(argv, input=file_list, text=True, stdout=sys.stderr, stderr=subprocess.PIPE)
         code, errors = result.returncode, result.stderr
     if code not in (0, 24):  # 24: a file vanished meanwhile (a running run): verified below
+        lines = [line for line in errors.splitlines() if line.strip()]
+        told = [line for line in lines if not line.startswith("rsync error:")]  # the cause, not the summary
         raise WorkflowError(f"rsync from {transport.description} failed (exit {code}): "
-                            f"{errors.strip().splitlines()[-1] if errors.strip() else ''}",
+                            f"{(told or lines or [''])[-1].strip()}",
                             ExitCode.TRANSPORT if code in (12, 30, 35, 255) else ExitCode.FAILED)
 
 
@@ -158,6 +167,9 @@ def _verify(root: Path, items: list[tuple[str, str, int, str]]) -> list[str]:
             stat = path.stat()
         except FileNotFoundError:
             bad.append(f"{run_id}/{rel} (missing)")
+            continue
+        if not S_ISREG(stat.st_mode):  # a folder (or other) in a file's place: the copy says why it cannot write it
+            bad.append(f"{run_id}/{rel} (not a file)")
             continue
         key = [stat.st_size, stat.st_mtime_ns]
         cached = cache.get(rel)

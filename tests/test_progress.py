@@ -186,3 +186,25 @@ def test_fetch_all_over_ssh_shows_its_own_files_and_bytes_on_a_terminal_only(ssh
     assert piped.returncode == 0, piped.stderr
     assert "fetched 14 " in piped.stdout, piped.stdout
     assert not ESCAPE.search(piped.stdout + piped.stderr) and "fetch:" not in piped.stderr, piped.stderr
+
+
+def test_a_copy_that_cannot_write_on_a_terminal_is_still_one_line(pod: Pod, tmp_path: Path):
+    """The progress line must not swallow a failed copy: a file whose local place is a non-empty folder cannot
+    be written; fetch-all ends non-zero with one line naming it (over SSH rsync's cause, not its summary), and
+    the progress line is cleared."""
+    _finished_campaign(pod, 1, 2, 1000)
+    (tmp_path / "artifacts" / "pg-0" / "part-0.bin" / "in-the-way").mkdir(parents=True)
+    term = Terminal(pod, ["fetch-all"], 120, 30)
+    try:
+        code = term.wait(300)
+    finally:
+        term.kill()
+    assert code == 1, term.text
+    assert "Traceback" not in term.text, term.text
+    last = [line for line in term.text.replace("\r\x1b[2K", "\n").splitlines() if line.strip()][-1]
+    if pod.kind == "ssh":
+        assert last.startswith("workflow.sh fetch-all: rsync from ") and "failed (exit 23): " in last, term.text
+        assert "pg-0/part-0.bin" in last and "(see previous errors)" not in last, last  # the cause, not the summary
+    else:
+        assert last.startswith(f"workflow.sh fetch-all: cannot write {tmp_path / 'artifacts' / 'pg-0' / 'part-0.bin'}: "
+                               ) and "move it out of the way" in last, last
