@@ -29,8 +29,8 @@ SCHEMA_VERSION = 1
 MAX_RECORDS = 32
 # the short read-only calls (helpers/session.py SHORT_CALLS): their first call opens the connection
 COMMANDS = frozenset({"fsm-status", "task-status", "task-list", "pod-status", "sweep-status", "sweep-list"})
-_VALUE_FLAGS = ("--env", "--profile", "--set")
-_PLAIN_FLAGS = ("--json", "--debug")
+VALUE_FLAGS = ("--env", "--profile", "--set")  # the global flags (helpers/cli.py), here so both scan them alike
+PLAIN_FLAGS = ("--dry-run", "--json", "--debug")
 _CODE = ("openssh.py", "ssh_control.py", "transport.py", "session.py", "prelaunch.py")
 _HELPERS = os.path.dirname(os.path.abspath(__file__))
 
@@ -62,21 +62,27 @@ def env_mark(name: str, secret: bool) -> str:
     return "h:" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:20]
 
 
-def command_prefix(argv: list[str]) -> tuple[str, list[str]] | None:
-    """(the command, the global words before it) of a plain read-only command line, else None."""
+def command_index(argv: list[str]) -> int:
+    """Where the command word is: after only the exact global flags (len(argv) when there is none)."""
     index = 0
     while index < len(argv):
         word = argv[index]
-        if word in _VALUE_FLAGS:
+        if word in VALUE_FLAGS:
             index += 2
-        elif word in _PLAIN_FLAGS or word.partition("=")[0] in _VALUE_FLAGS:
+        elif word in PLAIN_FLAGS or word.partition("=")[0] in VALUE_FLAGS:
             index += 1
         else:
-            break
+            return index
+    return len(argv)
+
+
+def command_prefix(argv: list[str]) -> tuple[str, list[str]] | None:
+    """(the command, the global words before it) of a plain read-only command line, else None."""
+    index = command_index(argv)
     if index >= len(argv) or argv[index] not in COMMANDS:
         return None
     rest = argv[index + 1:]
-    if any(w.partition("=")[0] in (*_VALUE_FLAGS, "--dry-run", "--help", "-h") for w in rest) or "--dry-run" in argv:
+    if any(w.partition("=")[0] in (*VALUE_FLAGS, "--dry-run", "--help", "-h") for w in rest) or "--dry-run" in argv:
         return None  # the config or the mode could differ from what the record was made for
     return argv[index], argv[:index]
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # the rest is imported where used: a read-only command loads 
     import argparse
 
     from helpers.agent import Agent
-    from helpers.cli import Command
+    from helpers.command import Command
     from helpers.transport import Transport
 
 
