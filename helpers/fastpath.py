@@ -118,8 +118,8 @@ def _value(kind: str, text: str) -> object:
             return None
         return number if number >= 0 else None
     if kind == "campaign":
-        from helpers.pod.ids import check_id
         from helpers.pod.errors import WorkflowError
+        from helpers.pod.ids import check_id
 
         try:
             return check_id(text, "campaign id")
