@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 import sys
 import time
@@ -155,6 +154,8 @@ def cmd_sweep_start(session: Session) -> int:
             session.print(line)
         return 0
     csv_bytes = path.read_bytes()
+    import hashlib  # here: sweep-status imports this module too
+
     args = {
         "rows": [_row_payload(row) for row in selected], "csv_name": path.name,
         "csv_text": csv_bytes.decode("utf-8", errors="replace"), "csv_sha256": hashlib.sha256(csv_bytes).hexdigest(),
@@ -316,9 +317,10 @@ def cmd_sweep_status(session: Session) -> int:
         from helpers.colour import enabled
 
         session.print("\n".join(render_status(status, colour=enabled())))
-    from helpers import teardown
+    if (session.cfg.text("TEARDOWN_ON_FINISH") or "keep") != "keep":  # keep: teardown is not even imported
+        from helpers import teardown
 
-    teardown.after_status(session, status)  # TEARDOWN_ON_FINISH once the campaign has ended
+        teardown.after_status(session, status)  # TEARDOWN_ON_FINISH once the campaign has ended
     return _status_code(status)
 
 

@@ -19,11 +19,18 @@ WORKFLOW_PRELAUNCH=0 turns it off. Stdlib only; a warm command pays a small file
 
 from __future__ import annotations
 
-import hashlib
 import io
 import marshal
 import os
 import sys
+
+try:  # the builtin sha256: hashlib would load OpenSSL first (~6 ms a command); the same digests
+    from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # Python 3.12+: _sha2; else hashlib
+    try:
+        from _sha2 import sha256  # type: ignore[import-not-found,no-redef,unused-ignore]
+    except ImportError:
+        from hashlib import sha256  # type: ignore[assignment,unused-ignore]
 
 SCHEMA_VERSION = 1
 MAX_RECORDS = 32
@@ -47,7 +54,7 @@ def file_mark(path: str, content: bool = False) -> list[int | str] | None:
         mark: list[int | str] = [info.st_mtime_ns, info.st_size, info.st_ino]
         if content:
             with open(path, "rb") as handle:
-                mark.append(hashlib.sha256(handle.read()).hexdigest()[:24])
+                mark.append(sha256(handle.read()).hexdigest()[:24])
     except OSError:
         return None
     return mark
@@ -59,7 +66,7 @@ def env_mark(name: str, secret: bool) -> str:
         return "-"
     if secret:  # a secret's value is never written, not even hashed: only that it is set
         return "set"
-    return "h:" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+    return "h:" + sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:20]
 
 
 def command_index(argv: list[str]) -> int:
@@ -91,7 +98,7 @@ def record_path(root: str, prefix: list[str], command: str) -> tuple[str, list[s
     """(the record's file, the identity it must hold)."""
     identity = [root, *prefix, "\0", command, sys.executable, os.getcwd(), os.environ.get("WORKFLOW_ENV", ""),
                 os.environ.get("WORKFLOW_PROFILE", "")]
-    digest = hashlib.sha256("\0".join(identity).encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    digest = sha256("\0".join(identity).encode("utf-8", "surrogateescape")).hexdigest()[:24]
     return os.path.join(root, ".workflow", "cache", f"prelaunch-{digest}.marshal"), identity
 
 
@@ -131,24 +138,31 @@ def start(argv: list[str]) -> None:
 
 
 class Spawned:
-    """The prelaunched ssh: what helpers/openssh.py uses of a subprocess.Popen (posix_spawn, so that no
-    subprocess module is imported before the login begins)."""
+    """An ssh with piped stdin/stdout: what helpers/openssh.py uses of a subprocess.Popen (posix_spawn, so
+    that no subprocess module is imported: before the login begins, and on a warm call). ``stderr_fd``:
+    where its stderr goes; None: a pipe too (``.stderr``). Our own descriptors are close-on-exec (PEP 446),
+    so the child holds only these three; ssh sets its own SIGPIPE handling."""
 
-    def __init__(self, argv: list[str], stderr_fd: int) -> None:
+    def __init__(self, argv: list[str], stderr_fd: int | None = None) -> None:
         child_in, self_in = os.pipe()
         self_out, child_out = os.pipe()
+        self_err, child_err = os.pipe() if stderr_fd is None else (-1, stderr_fd)
         try:
             self.pid = os.posix_spawnp(argv[0], argv, dict(os.environ), file_actions=[
                 (os.POSIX_SPAWN_DUP2, child_in, 0), (os.POSIX_SPAWN_DUP2, child_out, 1),
-                (os.POSIX_SPAWN_DUP2, stderr_fd, 2)])
+                (os.POSIX_SPAWN_DUP2, child_err, 2)])
         except OSError:
-            for fd in (child_in, self_in, self_out, child_out):
+            for fd in (child_in, self_in, self_out, child_out, *((self_err, child_err) if self_err >= 0 else ())):
                 os.close(fd)
             raise
         os.close(child_in)
         os.close(child_out)
         self.stdin = os.fdopen(self_in, "wb")
         self.stdout = os.fdopen(self_out, "rb")
+        self.stderr = None
+        if self_err >= 0:
+            os.close(child_err)
+            self.stderr = os.fdopen(self_err, "rb")
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
@@ -163,6 +177,8 @@ class Spawned:
             _, status = os.waitpid(self.pid, 0)
             self.returncode = os.waitstatus_to_exitcode(status)
         self.stdout.close()
+        if self.stderr is not None:
+            self.stderr.close()
         return self.returncode
 
     def kill(self) -> None:
