@@ -5,6 +5,7 @@ the test sshd shows byte-identical output, exit codes and one-line errors either
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,6 @@ LINES = [
                                                                                         "--lines", "1"],
     ["task-status", "nope"], ["task-list"], ["task-list", "--json"], ["sweep-status"], ["sweep-status", "--json"],
     ["sweep-status", "--attempts"], ["sweep-status", "--campaign", "20990101-000000-none"], ["sweep-list"],
-    ["pod-status", "--json"],
 ]
 BAD = [["task-status", "--lines", "-1"], ["task-status", "--id", "../x"], ["sweep-status", "--campaign", "../x"],
        ["task-status", "a", "b"], ["fsm-status", "--bogus"], ["sweep-list", "--dry-run"], ["task-status", "--id="]]
@@ -92,6 +92,9 @@ def test_byte_identical_output_over_ssh(ssh_pod: Pod, tmp_path: Path) -> None:
     assert code == 0 and "hello" in out
     code, out, _ = same_both_ways(ssh_pod, ["sweep-status"])
     assert "r-005" in out and code == 1  # every 4th row failed: exit 1
+    fast, full = ssh_pod.wf("pod-status", "--json"), ssh_pod.wf("pod-status", "--json", env={"WORKFLOW_FASTPATH": "0"})
+    assert (fast.returncode, fast.stderr) == (full.returncode, full.stderr) == (0, "")  # its figures move: the keys
+    assert json.loads(fast.stdout).keys() == json.loads(full.stdout).keys()
     for argv in BAD:
         code, _, _ = same_both_ways(ssh_pod, argv)
         assert code != 0
