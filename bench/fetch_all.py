@@ -7,7 +7,8 @@ In one run: a throwaway sshd on loopback; a synthetic finished campaign of 10 ru
 --files files of --mb MB in all (random bytes, so nothing compresses); then, interleaved three
 times each: the baseline `ssh host tar cf - -C OUTPUTS <runs> | tar xf - -C DEST` into an empty dir,
 and `workflow.sh fetch-all` (rsync over the same ssh settings, then a size + sha256 check of
-every file) into an empty LOCAL_ARTIFACTS_DIR; finally `fetch-all` again with nothing changed.
+every file) into an empty LOCAL_ARTIFACTS_DIR, once in a pipe and once on a pseudo-terminal (where it
+draws its own progress line from rsync's progress2 counts); finally `fetch-all` again with nothing changed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import os
 import shutil
 import statistics
 import subprocess
+import threading
+import time
 
 import benchpods
 
@@ -49,6 +52,36 @@ def build(outputs: str, total_mb: int, files: int, runs: int = 10) -> list[str]:
     return [row["run_id"] for row in rows]
 
 
+def timed_tty(argv: list[str]) -> float:
+    """Like benchpods.timed, with stdin/stdout/stderr on a pseudo-terminal that is read as fast as it is written."""
+    master, slave = os.openpty()
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, env=benchpods.bench_env(), stdin=slave, stdout=slave, stderr=slave,
+                            start_new_session=True)
+    os.close(slave)
+    seen: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    code = proc.wait()
+    elapsed = time.perf_counter() - start
+    reader.join(5)
+    os.close(master)
+    if code != 0:
+        raise SystemExit(f"bench: {' '.join(argv[:6])}... failed on a terminal ({code}): {b''.join(seen)[-500:]!r}")
+    return elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=200)
@@ -64,7 +97,7 @@ def main() -> None:
         fetch = [str(benchpods.WORKFLOW), "--env", str(pod.env_file), "fetch-all"]
         benchpods.must(pod.wf("fsm-status"))  # warm-up: uploads the agent (not part of any timing)
         tar_dest = base / "tar-dest"
-        baseline, ours = [], []
+        baseline, ours, on_tty = [], [], []
         for _ in range(args.n):
             shutil.rmtree(tar_dest, ignore_errors=True)
             tar_dest.mkdir()
@@ -73,6 +106,8 @@ def main() -> None:
             baseline.append(benchpods.timed(["bash", "-c", f"{ssh} | tar xf - -C {tar_dest}"]))
             shutil.rmtree(artifacts, ignore_errors=True)
             ours.append(benchpods.timed(fetch))
+            shutil.rmtree(artifacts, ignore_errors=True)
+            on_tty.append(timed_tty(fetch))
         unchanged = [benchpods.timed(fetch) for _ in range(args.n)]
         got = sum(1 for _ in artifacts.rglob("part-*.bin"))
         ratio = statistics.median(ours) / statistics.median(baseline)
@@ -80,7 +115,10 @@ def main() -> None:
               f"({got} files arrived, verified)")
         print(f"  ssh tar cf - | tar xf -          {benchpods.describe(baseline)}")
         print(f"  fetch-all (rsync + sha256 check)  {benchpods.describe(ours)}   ratio {ratio:.2f}x")
+        tty_ratio = statistics.median(on_tty) / statistics.median(baseline)
+        print(f"  fetch-all on a terminal (progress) {benchpods.describe(on_tty)}   ratio {tty_ratio:.2f}x")
         benchpods.record("fetch_all", "fetch-all / ssh tar", ratio)
+        benchpods.record("fetch_all", "fetch-all on a terminal / ssh tar", tty_ratio)
         benchpods.record("fetch_all", "fetch-all unchanged / ssh tar",
                          statistics.median(unchanged) / statistics.median(baseline))
         print(f"  fetch-all again, nothing changed  {benchpods.describe(unchanged)}   "

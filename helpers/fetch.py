@@ -15,13 +15,16 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from helpers.errors import ExitCode, WorkflowError
 from helpers.pod.fetchlist import sha256_file
 from helpers.pod.ids import check_id
 from helpers.render import table
 from helpers.session import Session
+
+if TYPE_CHECKING:
+    from helpers.progress import Progress
 
 LOCAL_CACHE = ".wf-fetch-checksums.json"
 
@@ -85,22 +88,56 @@ def _copy_local(listing: dict[str, Any], items: list[tuple[str, str, int, str]],
 
 
 def _rsync(session: Session, listing: dict[str, Any], items: list[tuple[str, str, int, str]], root: Path) -> None:
+    from helpers.progress import Progress
+
     transport = session.transport()
     shell = transport.rsync_shell()
     assert shell is not None
     host = transport.rsync_host()
-    progress = ["--info=progress2"] if sys.stderr.isatty() else ["--stats"]
+    progress = Progress("fetch")  # on a TTY: our own line (files, bytes, rate, ETA) from rsync's progress2 counts
     file_list = "".join(f"{run_id}/{rel}\n" for run_id, rel, _, _ in items)
     argv = ["rsync", "-a", "--ignore-times", "--partial", "--timeout=300", "--safe-links", "--no-devices",
             "--no-specials", "--protect-args",
-            "--files-from=-", "-e", shlex.join(shell), *progress, f"{host}:{listing['outputs'].rstrip('/')}/",
-            f"{root}/"]
+            "--files-from=-", "-e", shlex.join(shell), "--info=progress2" if progress.on else "--stats",
+            f"{host}:{listing['outputs'].rstrip('/')}/", f"{root}/"]
     root.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(argv, input=file_list, text=True, stdout=sys.stderr, stderr=subprocess.PIPE)
-    if result.returncode not in (0, 24):  # 24: a file vanished meanwhile (a running run): verified below
-        raise WorkflowError(f"rsync from {transport.description} failed (exit {result.returncode}): "
-                            f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ''}",
-                            ExitCode.TRANSPORT if result.returncode in (12, 30, 35, 255) else ExitCode.FAILED)
+    if progress.on:
+        code, errors = _rsync_counting(argv, file_list, progress, len(items), sum(item[2] for item in items))
+    else:
+        result = subprocess.run(argv, input=file_list, text=True, stdout=sys.stderr, stderr=subprocess.PIPE)
+        code, errors = result.returncode, result.stderr
+    if code not in (0, 24):  # 24: a file vanished meanwhile (a running run): verified below
+        raise WorkflowError(f"rsync from {transport.description} failed (exit {code}): "
+                            f"{errors.strip().splitlines()[-1] if errors.strip() else ''}",
+                            ExitCode.TRANSPORT if code in (12, 30, 35, 255) else ExitCode.FAILED)
+
+
+def _rsync_counting(argv: list[str], file_list: str, progress: Progress, files: int, size: int) -> tuple[int, str]:
+    """Run rsync with its progress2 output read here and shown as the tool's own line; (exit code, stderr)."""
+    import re
+    import tempfile
+
+    from helpers.progress import rsync_counts
+
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(file_list.encode())
+        proc.stdin.close()
+        pending = b""
+        while chunk := os.read(proc.stdout.fileno(), 65536):
+            *lines, pending = re.split(rb"[\r\n]", pending + chunk)
+            for line in reversed(lines):  # the newest count in this chunk is the one to show
+                counts = rsync_counts(line.decode("utf-8", "replace"))
+                if counts is not None:
+                    progress.counts(min(counts[1], files), files, min(counts[0], size), size)
+                    break
+        code = proc.wait()
+        if code == 0:
+            progress.counts(files, files, size, size, force=True)
+        progress.done()
+        errors.seek(0)
+        return code, errors.read().decode("utf-8", "replace")
 
 
 def _verify(root: Path, items: list[tuple[str, str, int, str]]) -> list[str]:

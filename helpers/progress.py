@@ -7,6 +7,7 @@ terminal's width and is cleared when the step ends (its result is printed by the
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import threading
@@ -22,6 +23,19 @@ def human_bytes(size: float) -> str:
         if size >= scale:
             return f"{size / scale:.1f} {unit}"
     return f"{size:.0f} B"
+
+
+_RSYNC_LINE = re.compile(r"^\s*([\d,]+)\s+\d+%")
+_RSYNC_FILES = re.compile(r"xfr#(\d+)")
+
+
+def rsync_counts(line: str) -> Optional[tuple[int, int]]:
+    """(bytes so far, files done) from one line of rsync's ``--info=progress2`` output; None for other lines."""
+    found = _RSYNC_LINE.match(line)
+    if found is None:
+        return None
+    files = _RSYNC_FILES.search(line)
+    return int(found.group(1).replace(",", "")), int(files.group(1)) if files else 0
 
 
 class Progress:

@@ -3,6 +3,10 @@ pseudo-terminal), absent in a pipe, none with NO_COLOR."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
 from pathlib import Path
 
 from conftest import Pod
@@ -78,8 +82,8 @@ def test_pod_steps_tick_only_when_asked(tmp_path: Path, capsys):
         (folder / "shard.bin").write_bytes(b"x" * 3_000_000)
         time.sleep(0.7)
     lines = capsys.readouterr().err.splitlines()
-    assert lines and all(line.startswith("checkout: FineWeb download: 0m00s") for line in lines), lines
-    assert "3.0 MB" in lines[-1] and "/s" in lines[-1]
+    assert lines[:-1] and all(line.startswith("checkout: FineWeb download: 0m00s") for line in lines[:-1]), lines
+    assert lines[-1].startswith("checkout: FineWeb download: done in 0m00s, 3.0 MB, ") and "/s" in lines[-1]
     with Ticker(Context({}, {}), "checkout: pip install", every=0.1):
         time.sleep(0.4)
     assert capsys.readouterr().err == ""  # a pipe: no ticks
@@ -109,3 +113,76 @@ def test_a_wait_ticks_below_its_notes_on_a_terminal_only(tmp_path: Path):
         waiting.note("lium pod p1: RUNNING after 9 s")
         time.sleep(0.3)
     assert piped.getvalue() == "lium pod p1: RUNNING after 9 s\n"
+
+
+def test_rsync_progress2_lines_give_bytes_and_files():
+    from helpers.progress import rsync_counts
+
+    assert rsync_counts("      6,000,000  66%   87.55MB/s    0:00:00 (xfr#2, to-chk=1/4)") == (6_000_000, 2)
+    assert rsync_counts("         32,768   0%    0.00kB/s    0:00:00  ") == (32_768, 0)
+    assert rsync_counts("sent 1,234 bytes  received 9,000,000 bytes") is None
+    assert rsync_counts("") is None
+
+
+def test_checkout_shows_each_steps_time_on_a_terminal_only(pod: Pod):
+    """A real checkout, local and over SSH (clone, then a fetch; pip install each time): on a terminal every long step
+    ends with a line saying how long it took (and, for the clone and pip, the bytes written); in a pipe
+    none of those lines and no escape codes."""
+    pod.set(PIP_INSTALL_ARGS="--no-index pip")  # a real pip run that needs no package index
+    assert pod.wf("bootstrap", timeout=600).returncode == 0
+    term = Terminal(pod, ["checkout"], 120, 30)
+    try:
+        assert term.wait(600) == 0, term.text
+    finally:
+        term.kill()
+    assert "checkout: git clone: done in 0m" in term.text and "checkout OK" in term.text, term.text
+    assert "checkout: pip install --no-index pip: done in 0m" in term.text, term.text
+    clone_line = next(line for line in term.text.splitlines() if "git clone: done in" in line)
+    assert re.search(r"done in 0m\d\ds, [\d.]+ [KMG]?B, [\d.]+ [KMG]?B/s", clone_line), clone_line  # bytes, rate
+    piped = pod.wf("checkout", timeout=600)
+    assert piped.returncode == 0, piped.stderr
+    assert "checkout: fetching" in piped.stderr  # the step's own line stays
+    assert "done in" not in piped.stderr and not ESCAPE.search(piped.stdout + piped.stderr), piped.stderr
+    again = Terminal(pod, ["checkout"], 120, 30)
+    try:
+        assert again.wait(600) == 0, again.text
+    finally:
+        again.kill()
+    assert "checkout: git fetch: done in 0m" in again.text, again.text
+
+
+def _finished_campaign(pod: Pod, runs: int, files: int, size: int) -> None:
+    """A campaign's runs on the pod, each with `files` files of `size` bytes (and its campaign.json, summary.json)."""
+    campaign = "20261203-000000-prog0"
+    rows = []
+    for number in range(runs):
+        run_id = f"pg-{number}"
+        run = _run_dir(pod, run_id, 0)
+        for part in range(files):
+            (run / f"part-{part}.bin").write_bytes(os.urandom(size))
+        stamp = {"campaign_id": campaign, "spec_hash": f"{number:016x}"}
+        (run / "campaign.json").write_text(json.dumps(stamp))
+        (run / "summary.json").write_text(json.dumps({"ok": True, "state": "success", **stamp}))
+        rows.append({"run_id": run_id, "spec_hash": stamp["spec_hash"]})
+    cdir = pod.outputs / "_campaigns" / campaign
+    cdir.mkdir(parents=True)
+    (cdir / "manifest.json").write_text(json.dumps({"campaign_id": campaign, "rows": rows, "config": {}}))
+    (pod.outputs / "_control").mkdir(exist_ok=True)
+    (pod.outputs / "_control" / "latest_campaign").write_text(campaign + "\n")
+
+
+def test_fetch_all_over_ssh_shows_its_own_files_and_bytes_on_a_terminal_only(ssh_pod: Pod, tmp_path: Path):
+    _finished_campaign(ssh_pod, 2, 5, 100_000)
+    term = Terminal(ssh_pod, ["fetch-all"], 120, 30)
+    try:
+        assert term.wait(300) == 0, term.text
+    finally:
+        term.kill()
+    assert "fetch: 14/14 files, 1.0 MB/1.0 MB, " in term.text, term.text  # the tool's line, not rsync's
+    assert "xfr#" not in term.text and "to-chk" not in term.text, term.text
+    assert "\r\x1b[2K" in term.text and "fetched 14 " in term.text, term.text
+    shutil.rmtree(tmp_path / "artifacts")
+    piped = ssh_pod.wf("fetch-all", timeout=300)
+    assert piped.returncode == 0, piped.stderr
+    assert "fetched 14 " in piped.stdout, piped.stdout
+    assert not ESCAPE.search(piped.stdout + piped.stderr) and "fetch:" not in piped.stderr, piped.stderr

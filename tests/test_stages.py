@@ -14,12 +14,10 @@ from typing import Any
 
 import pytest
 from conftest import Pod, cleanup_pod, make_pod, one_line_error, wait_until
+from stage_helpers import ready, ready_local_pod, wait_campaign, write_csv
 
 from helpers.pod import gates, stages
 
-FIXTURE_SETTINGS = {"TRAIN_WORKDIR": "tests/sweep_fixture", "SWEEP_CPU_SLOTS": "2", "RUN_STALL_SECS": "60",
-                    "RUN_RETRY_BACKOFF_SECS": "1", "TASK_KILL_GRACE_SECS": "2"}
-HEADER = "run_id,config,seed,overrides,notes,gpus,eval_small_cmd,gate_small"
 STAGE_SETTINGS = ("--set", "EVAL_SMALL_CMD=python eval.py", "--set", "GATE_SMALL=val_loss<3.0",
                   "--set", "EVAL_FULL_CMD=python eval.py --scale 0.9 --eval-json {eval_json}",
                   "--set", "GATE_FULL=val_loss<=baseline*0.95", "--set", "BASELINE_RUN=st-base")
@@ -100,22 +98,9 @@ def test_stage_plan_and_row_overrides() -> None:
 # ----------------------------------------------------------------------------- on a real pod
 
 
-def write_csv(path: Path, *rows: str, header: str = HEADER) -> Path:
-    path.write_text("\n".join([header, *rows]) + "\n")
-    return path
-
-
 @pytest.fixture(scope="module")
 def local_pod(tmp_path_factory: pytest.TempPathFactory, source_repo: Path) -> Iterator[Pod]:
-    pod = make_pod("local", tmp_path_factory.mktemp("stages"), source_repo, None)
-    try:
-        pod.set(**FIXTURE_SETTINGS)
-        for command in ("bootstrap", "checkout"):
-            result = pod.wf(command, timeout=600)
-            assert result.returncode == 0, f"{command}: {result.stderr}"
-        yield pod
-    finally:
-        cleanup_pod(pod)
+    yield from ready_local_pod(tmp_path_factory.mktemp("stages"), source_repo)
 
 
 def test_bad_gates_are_one_line_at_validate_and_sweep_start(local_pod: Pod, tmp_path: Path) -> None:
@@ -139,17 +124,6 @@ def test_bad_gates_are_one_line_at_validate_and_sweep_start(local_pod: Pod, tmp_
     result = local_pod.wf("--set", "EVAL_METRICS=val_loss val_ppl", "validate", "--csv", str(csv))
     assert result.returncode == 2
     assert "gates on 'acc', which the eval never writes (EVAL_METRICS: val_loss, val_ppl)" in one_line_error(result)
-
-
-def wait_campaign(pod: Pod, campaign: str) -> None:
-    def ended() -> bool:
-        try:
-            record = json.loads((pod.outputs / "_campaigns" / campaign / "executor.json").read_text())
-        except (OSError, ValueError):
-            return False
-        return record.get("state") in ("finished", "stopped", "lost")
-
-    wait_until(ended, 300, interval=0.3, what=f"campaign {campaign} to end")
 
 
 def test_dry_run_shows_each_rows_stages(local_pod: Pod, tmp_path: Path) -> None:
@@ -282,10 +256,7 @@ def test_stages_over_ssh(tmp_path: Path, source_repo: Path, request: pytest.Fixt
     small eval, one fails in its eval."""
     pod = make_pod("ssh", tmp_path / "ssh", source_repo, request.getfixturevalue("sshd"))
     try:
-        pod.set(**FIXTURE_SETTINGS)
-        for command in ("bootstrap", "checkout"):
-            result = pod.wf(command, timeout=600)
-            assert result.returncode == 0, f"{command}: {result.stderr}"
+        ready(pod)
         csv = write_csv(tmp_path / "ssh.csv", "ssh-pass,config/ok.py,1,,passes,1,,",
                         "ssh-gated,config/ok.py,2,,gated,1,,val_loss>2",
                         "ssh-evalfail,config/ok.py,3,,eval raises,1,python eval.py --fail,")

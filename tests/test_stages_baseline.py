@@ -10,23 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Pod, cleanup_pod, make_pod, one_line_error, wait_until
+from conftest import Pod, one_line_error
+from stage_helpers import ready_local_pod, wait_campaign, write_csv
 
 from helpers.pod import baseline
-
-FIXTURE_SETTINGS = {"TRAIN_WORKDIR": "tests/sweep_fixture", "SWEEP_CPU_SLOTS": "2", "RUN_STALL_SECS": "60",
-                    "RUN_RETRY_BACKOFF_SECS": "1", "TASK_KILL_GRACE_SECS": "2"}
-HEADER = "run_id,config,seed,overrides,notes,gpus,eval_small_cmd,gate_small"
 
 
 def _settings(run_id: str, gate: str = "val_loss<=baseline*1.5") -> tuple[str, ...]:
     return ("--set", "EVAL_SMALL_CMD=python eval.py", "--set", f"GATE_SMALL={gate}",
             "--set", f"BASELINE_RUN={run_id}")
-
-
-def write_csv(path: Path, *rows: str) -> Path:
-    path.write_text("\n".join([HEADER, *rows]) + "\n")
-    return path
 
 
 def _listing(pod: Pod) -> list[str]:
@@ -36,28 +28,9 @@ def _listing(pod: Pod) -> list[str]:
     return sorted(name for name in found if not name.startswith("_control"))  # the agent's own bundle
 
 
-def _wait_campaign(pod: Pod, campaign: str) -> None:
-    def ended() -> bool:
-        try:
-            record = json.loads((pod.outputs / "_campaigns" / campaign / "executor.json").read_text())
-        except (OSError, ValueError):
-            return False
-        return record.get("state") in ("finished", "stopped", "lost")
-
-    wait_until(ended, 300, interval=0.3, what=f"campaign {campaign} to end")
-
-
 @pytest.fixture(scope="module")
 def local_pod(tmp_path_factory: pytest.TempPathFactory, source_repo: Path) -> Iterator[Pod]:
-    pod = make_pod("local", tmp_path_factory.mktemp("baseline"), source_repo, None)
-    try:
-        pod.set(**FIXTURE_SETTINGS)
-        for command in ("bootstrap", "checkout"):
-            result = pod.wf(command, timeout=600)
-            assert result.returncode == 0, f"{command}: {result.stderr}"
-        yield pod
-    finally:
-        cleanup_pod(pod)
+    yield from ready_local_pod(tmp_path_factory.mktemp("baseline"), source_repo)
 
 
 def test_problem_needs_relative_gates_only(tmp_path: Path) -> None:
@@ -91,7 +64,7 @@ def test_baseline_run_checked_before_anything_is_created(local_pod: Pod, tmp_pat
     base = write_csv(tmp_path / "base.csv", "bl-base,config/ok.py,9,,the baseline,1,,")
     started = pod.wf("sweep-start", "--csv", str(base), "--json")
     assert started.returncode == 0, started.stderr
-    _wait_campaign(pod, json.loads(started.stdout)["campaign_id"])
+    wait_campaign(pod, json.loads(started.stdout)["campaign_id"])
     assert json.loads((pod.outputs / "bl-base" / "summary.json").read_text())["ok"] is True
 
     before = _listing(pod)
@@ -110,6 +83,6 @@ def test_baseline_run_checked_before_anything_is_created(local_pod: Pod, tmp_pat
     result = pod.wf(*_settings("bl-base"), "sweep-start", "--csv", str(csv), "--json")
     assert result.returncode == 0, result.stderr  # a finished baseline with the metric: the sweep starts
     campaign = json.loads(result.stdout)["campaign_id"]
-    _wait_campaign(pod, campaign)
+    wait_campaign(pod, campaign)
     done = json.loads((pod.outputs / "bl-row" / "summary.json").read_text())
     assert done["stages"][0]["gate"]["baseline_run"] == "bl-base" and done["ok"] is True

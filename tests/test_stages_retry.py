@@ -9,44 +9,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Pod, cleanup_pod, make_pod, wait_until
+from conftest import Pod
+from stage_helpers import ready_local_pod, wait_campaign, write_csv
 
-FIXTURE_SETTINGS = {"TRAIN_WORKDIR": "tests/sweep_fixture", "SWEEP_CPU_SLOTS": "2", "RUN_STALL_SECS": "60",
-                    "RUN_RETRY_BACKOFF_SECS": "1", "TASK_KILL_GRACE_SECS": "2"}
 HEADER = "run_id,config,seed,overrides,notes,gpus,retries,eval_small_cmd,gate_small"
 NCCL_ONCE = "python eval.py --nccl-once {run_dir}/nccl.marker"
 
 
 @pytest.fixture(scope="module")
 def local_pod(tmp_path_factory: pytest.TempPathFactory, source_repo: Path) -> Iterator[Pod]:
-    pod = make_pod("local", tmp_path_factory.mktemp("retry"), source_repo, None)
-    try:
-        pod.set(**FIXTURE_SETTINGS)
-        for command in ("bootstrap", "checkout"):
-            result = pod.wf(command, timeout=600)
-            assert result.returncode == 0, f"{command}: {result.stderr}"
-        yield pod
-    finally:
-        cleanup_pod(pod)
+    yield from ready_local_pod(tmp_path_factory.mktemp("retry"), source_repo)
 
 
 def test_a_transient_stage_failure_is_retried_within_the_rows_retries(local_pod: Pod, tmp_path: Path) -> None:
     pod = local_pod
-    csv = tmp_path / "retry.csv"
-    csv.write_text("\n".join([HEADER, f"rt-again,config/ok.py,1,,retried,1,2,{NCCL_ONCE},val_loss<3.0",
-                              f"rt-none,config/ok.py,2,,no retries,1,0,{NCCL_ONCE},val_loss<3.0"]) + "\n")
+    csv = write_csv(tmp_path / "retry.csv", f"rt-again,config/ok.py,1,,retried,1,2,{NCCL_ONCE},val_loss<3.0",
+                    f"rt-none,config/ok.py,2,,no retries,1,0,{NCCL_ONCE},val_loss<3.0", header=HEADER)
     result = pod.wf("sweep-start", "--csv", str(csv), "--json")
     assert result.returncode == 0, result.stderr
     campaign = json.loads(result.stdout)["campaign_id"]
-
-    def ended() -> bool:
-        try:
-            record = json.loads((pod.outputs / "_campaigns" / campaign / "executor.json").read_text())
-        except (OSError, ValueError):
-            return False
-        return record.get("state") in ("finished", "stopped", "lost")
-
-    wait_until(ended, 300, interval=0.3, what=f"campaign {campaign} to end")
+    wait_campaign(pod, campaign)
     again = json.loads((pod.outputs / "rt-again" / "summary.json").read_text())
     assert again["ok"] is True and again["state"] == "success", again.get("reason_line")
     small = again["stages"][0]

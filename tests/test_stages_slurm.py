@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import Pod, slurm_login, wait_until
-from test_stages import FIXTURE_SETTINGS, HEADER, write_csv
+from stage_helpers import FIXTURE_SETTINGS, HEADER, write_csv
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 
 Only when the caller asked for it (``args.progress``: the local stderr is a terminal), so piped and CI
 output keeps its lines as before. A line says the step, the time so far and, for a download, the bytes
-under its folder and the rate. Stdlib only (runs inside the agent).
+under its folder and the rate; a last line when the step ends says how long it took. Stdlib only (runs
+inside the agent).
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ class Ticker:
         self._start = time.monotonic()
         self._base = 0
 
-    def line(self) -> str:
+    def line(self, lead: str = "") -> str:
         elapsed = time.monotonic() - self._start
-        text = f"{self.label}: {int(elapsed // 60)}m{int(elapsed % 60):02d}s"
+        text = f"{self.label}: {lead}{int(elapsed // 60)}m{int(elapsed % 60):02d}s"
         if self.folder:
             got = max(0, folder_bytes(self.folder) - self._base)
             text += f", {_size(got)}, {_size(got / max(elapsed, 1e-6))}/s"
@@ -67,7 +68,9 @@ class Ticker:
             self._thread.start()
         return self
 
-    def __exit__(self, *_: object) -> None:
+    def __exit__(self, failed: object, *_: object) -> None:
         if self._thread is not None:
             self._stop.set()
             self._thread.join(2)
+            if failed is None:  # how long the step took (and what it wrote), however short it was
+                Context.progress(self.line("done in "))
