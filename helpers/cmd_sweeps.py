@@ -45,6 +45,21 @@ def load_selected_rows(session: Session, path: Path | None = None) -> tuple[list
     return rows, selected
 
 
+def load_sweep_in_parts(session: Session, path: Path) -> tuple[list[SweepRow], dict[str, Any] | None]:
+    """sweep-start's rows: every row SWEEP_MATCH selects (the campaign is the whole sweep) and the part to
+    submit (SWEEP_START_AT / SWEEP_LIMIT, or --index-offset / --num-jobs, which win), None: every row."""
+    from helpers import sweep_parts
+    from helpers.stage_keys import check_rows
+    from helpers.sweep_csv import parse_sweep_csv, select_part
+
+    cfg = session.cfg
+    rows = parse_sweep_csv(path, cfg.project_root / cfg.text("TRAIN_WORKDIR"))
+    check_rows(cfg, path, rows)
+    whole, offset, count = select_part(rows, cfg.text("SWEEP_MATCH") or None, cfg.text("SWEEP_START_AT") or None,
+                                       cfg.number("SWEEP_LIMIT"))
+    return whole, sweep_parts.part_request(session, whole, offset, count)
+
+
 def _row_payload(row: SweepRow) -> dict[str, Any]:
     return {"run_id": row.run_id, "row_number": row.row_number, "notes": row.notes, **row.spec()}
 
@@ -123,11 +138,9 @@ def plan_sweep(session: Session, rows: list[SweepRow], slots: list[str], env: di
 def cmd_sweep_start(session: Session) -> int:
     cfg = session.cfg
     path = csv_path_of(session)
-    _, selected = load_selected_rows(session, path)
+    selected, part = load_sweep_in_parts(session, path)  # SWEEP_START_AT/_LIMIT, --index-offset/--num-jobs
     from helpers import sweep_parts
     from helpers.cmd_tasks import load_user_patterns
-
-    part = sweep_parts.part_request(session, selected)  # --index-offset / --num-jobs: part of the sweep
 
     load_user_patterns(session)
     patterns_path = cfg.local_path("TASK_FATAL_PATTERNS_FILE")

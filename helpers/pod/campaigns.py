@@ -312,9 +312,10 @@ def sweep_status(ctx: Context, known: Optional[campaignstate.Known] = None) -> D
     if kind_of(manifest.get("config", {})) == SLURM:  # one sacct + one squeue merged into the views
         from .executors import slurm_campaign
 
-        note = slurm_campaign.merge_status(ctx, path, manifest, views) or None
+        note, final = slurm_campaign.merge_status(ctx, path, manifest, views)
+        note = note or None
         columns.append("slurm")
-        cacheable = False
+        cacheable = cacheable and final  # every job's end in slurm/sacct-cache.json (marked): the table may be kept
     if ctx.args.get("attempts"):
         columns.append("attempt_list")
     totals: Dict[str, int] = {}
