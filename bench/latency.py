@@ -13,6 +13,8 @@ time.perf_counter around subprocess.run:
 
     ssh host true (cold)         ssh -F /dev/null -p PORT -i KEY ... root@127.0.0.1 true
     ssh host true (ControlMaster) the same over an OpenSSH master opened once for this run
+    the agent's fsm-status alone  over that master, and over a fresh login of its own (where a warm and
+                                  a cold fsm-status go)
     for each of fsm-status, task-status, pod-status, sweep-status (4 rows), sweep-status (N runs):
       cold: `workflow.sh disconnect` first (not timed), so the command opens its own connection
       warm: right after, riding the shared connection (another command within CONNECTION_PERSIST_SECS)
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         for pod, args in commands.values():  # warm-up: agent upload, bytecode, page cache
             benchpods.timed(wf(pod, args), env, check=False)
         samples: dict[str, list[float]] = {"ssh cold": [], "ssh ControlMaster": [], "python -S -c pass": [],
-                                           "agent fsm-status over the CM": []}
+                                           "agent fsm-status over the CM": [], "agent fsm-status, own login": []}
         agent_call = remote_agent_call(small)
         for name in commands:
             samples[f"{name} cold"], samples[f"{name} warm"] = [], []
@@ -86,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 samples["ssh ControlMaster"].append(benchpods.timed([*master, "true"], env))
                 samples["python -S -c pass"].append(benchpods.timed([sys.executable, "-S", "-c", "pass"], env))
                 samples["agent fsm-status over the CM"].append(benchpods.timed([*master, agent_call], env))
+                samples["agent fsm-status, own login"].append(benchpods.timed([*ssh, agent_call], env))
                 for name, (pod, args) in commands.items():
                     benchpods.timed(wf(pod, ["disconnect"]), env)
                     samples[f"{name} cold"].append(benchpods.timed(wf(pod, args), env, check=False))
@@ -128,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
           f"client + sshd session + pod python) {remote * 1000:.1f} ms; the client's interpreter start "
           f"(python -S -c pass) {start * 1000:.1f} ms; the rest (bash wrapper, client imports, config cache, "
           f"master check, output) {(warm - remote - start) * 1000:.1f} ms")
+    cold_fsm = statistics.median(samples["fsm-status cold"])
+    own = statistics.median(samples["agent fsm-status, own login"])
+    print(f"where a cold fsm-status goes ({cold_fsm * 1000:.1f} ms): a fresh ssh login running the agent's call "
+          f"{own * 1000:.1f} ms (cold ssh host true {base_cold * 1000:.1f} ms: the pod side's python adds "
+          f"{(own - base_cold) * 1000:.1f} ms); the rest (bash wrapper, interpreter start and prelaunch before the "
+          f"login, what the imports do not hide, output) {(cold_fsm - own) * 1000:.1f} ms")
     print("\nclient side, python -X importtime of a warm fsm-status (slowest 10 of "
           f"{client_imports[0] / 1000:.1f} ms of imports, cumulative us):")
     print(client_imports[1])

@@ -9,8 +9,10 @@ arrays of 1,000, named after the campaign) run to the end, and a campaign of as 
 files map to those tasks and whose run directories hold what a finished row leaves (as
 bench/sweep_status_10k.py builds them). Then, interleaved: `sacct -X -P -n --name=<campaign>` and
 `workflow.sh sweep-status` (one squeue merged with every row's files; sacct's records of the ended jobs
-come from the campaign's cache, written by the first status that saw them end), and for reference
-that first status itself (the cache removed before it: one sacct + one squeue).
+come from the campaign's cache, written by the first status that saw them end, and the row table from
+status-cache.json, kept once every job's end is cached), and for reference: the table built again
+(status-cache.json removed: every row's view merged with the cached sacct records) and that first
+status itself (the sacct cache removed before it: one sacct + one squeue).
 """
 
 from __future__ import annotations
@@ -52,22 +54,30 @@ def main() -> None:
                  "--format=JobID,State,ExitCode,Reason,NodeList,Elapsed"]
         env = {**benchpods.bench_env(), **on.env}
         status = slurm_common.wf_argv(pod, "sweep-status", "--campaign", CAMPAIGN)
-        benchpods.timed(status, env=slurm_common.wf_env(pod), check=False)  # warm-up: the agent, sacct's cache
+        for _ in range(2):  # warm-up: the agent, sacct's cache, then the table kept
+            benchpods.timed(status, env=slurm_common.wf_env(pod), check=False)
         floor = slurm_common.wf_argv(pod, "fsm-status")  # the tool's own start-up, for reference
-        bare, tool, least, cold = [], [], [], []
+        bare, tool, least, cold, rebuilt = [], [], [], [], []
         cache = cdir / "slurm" / "sacct-cache.json"  # the ended jobs' sacct records (executors/slurm_cache.py)
+        table = cdir / "status-cache.json"  # the concluded campaign's row table (helpers/pod/statuscache.py)
         for _ in range(args.n):
             bare.append(benchpods.timed(sacct, env=env))
             tool.append(benchpods.timed(status, env=slurm_common.wf_env(pod), check=False))
             least.append(benchpods.timed(floor, env=slurm_common.wf_env(pod), check=False))
+            table.unlink(missing_ok=True)  # every row's view built and merged again (sacct's records cached)
+            rebuilt.append(benchpods.timed(status, env=slurm_common.wf_env(pod), check=False))
+            benchpods.timed(status, env=slurm_common.wf_env(pod), check=False)  # the table kept again
             cache.unlink(missing_ok=True)  # as the first status after the campaign ended: sacct asked, cache written
             cold.append(benchpods.timed(status, env=slurm_common.wf_env(pod), check=False))
+            benchpods.timed(status, env=slurm_common.wf_env(pod), check=False)  # the table kept again
         lines = len(on.run("sacct", *sacct[1:]).stdout.splitlines())
         ratio = statistics.median(tool) / statistics.median(bare)
         print(f"slurm status: a campaign of {args.tasks} finished array tasks ({lines} sacct lines)")
         print(f"  bare sacct --name          {benchpods.describe(bare)}")
         print(f"  workflow.sh sweep-status   {benchpods.describe(tool)}   ratio {ratio:.2f}x (goal <= 1.5x, < 2 s)")
         print(f"  workflow.sh fsm-status     {benchpods.describe(least)}   (the tool's start-up alone)")
+        print(f"  sweep-status, table built  {benchpods.describe(rebuilt)}   ratio "
+              f"{statistics.median(rebuilt) / statistics.median(bare):.2f}x (status-cache.json removed first)")
         print(f"  sweep-status, sacct asked  {benchpods.describe(cold)}   ratio "
               f"{statistics.median(cold) / statistics.median(bare):.2f}x (the first status after the jobs ended)")
         benchpods.record("slurm_status", f"sweep-status {args.tasks} tasks / bare sacct", ratio, 1.5)

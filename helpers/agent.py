@@ -12,7 +12,6 @@ command costs one round trip in the steady state.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from helpers.errors import ExitCode, WorkflowError
+from helpers.prelaunch import sha256
 
 if TYPE_CHECKING:
     from helpers.resolved import Config
@@ -68,9 +68,9 @@ def _sources() -> list[tuple[str, bytes]]:
 
 
 def bundle_hash(sources: list[tuple[str, bytes]] | None = None) -> str:
-    digest = hashlib.sha256(f"format {BUNDLE_FORMAT}\n".encode() + _MAIN + _ENTRY)
+    digest = sha256(f"format {BUNDLE_FORMAT}\n".encode() + _MAIN + _ENTRY)
     for name, data in sources or _sources():
-        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+        digest.update(name.encode() + b"\0" + sha256(data).digest())
     return digest.hexdigest()[:16]
 
 

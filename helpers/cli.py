@@ -9,31 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from helpers.command import Command
 from helpers.errors import ExitCode, WorkflowError
-
-
-class Command:
-    """One row of the command table (a plain class: no dataclasses/inspect when a command starts)."""
-
-    __slots__ = ("name", "summary", "module", "handler", "setup", "changes", "json")
-
-    def __init__(self, name: str, summary: str, module: str, handler: str,
-                 setup: Callable[[argparse.ArgumentParser], None] | None = None, changes: bool = False,
-                 json: bool = False) -> None:
-        self.name = name
-        self.summary = summary
-        self.module = module  # helpers.<module> holds the handler
-        self.handler = handler
-        self.setup = setup
-        self.changes = changes  # changes something: supports --dry-run
-        self.json = json  # supports --json
-
-    def __repr__(self) -> str:
-        return f"Command({self.name!r})"
 
 
 def whole_number(text: str) -> int:
@@ -376,22 +356,13 @@ def project_root() -> Path:
     return Path(env_root).resolve() if env_root else Path(__file__).resolve().parent.parent
 
 
-_VALUE_FLAGS = ("--env", "--profile", "--set")
-_PLAIN_FLAGS = ("--dry-run", "--json", "--debug")
-
-
 def command_named(argv: list[str]) -> str | None:
     """The command of a plain command line (only the exact global flags before it), else None."""
-    index = 0
-    while index < len(argv):
-        word = argv[index]
-        if word in _VALUE_FLAGS:
-            index += 2
-        elif word in _PLAIN_FLAGS or word.partition("=")[0] in _VALUE_FLAGS:
-            index += 1
-        else:
-            return word if word in COMMANDS_BY_NAME and word != "help" else None
-    return None
+    from helpers.prelaunch import command_index
+
+    index = command_index(argv)
+    word = argv[index] if index < len(argv) else None
+    return word if word in COMMANDS_BY_NAME and word != "help" else None
 
 
 def main(argv: list[str] | None = None) -> int:

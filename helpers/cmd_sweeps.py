@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 import sys
 import time
@@ -44,6 +43,21 @@ def load_selected_rows(session: Session, path: Path | None = None) -> tuple[list
     selected = select_rows(rows, cfg.text("SWEEP_MATCH") or None, cfg.text("SWEEP_START_AT") or None,
                            cfg.number("SWEEP_LIMIT"))
     return rows, selected
+
+
+def load_sweep_in_parts(session: Session, path: Path) -> tuple[list[SweepRow], dict[str, Any] | None]:
+    """sweep-start's rows: every row SWEEP_MATCH selects (the campaign is the whole sweep) and the part to
+    submit (SWEEP_START_AT / SWEEP_LIMIT, or --index-offset / --num-jobs, which win), None: every row."""
+    from helpers import sweep_parts
+    from helpers.stage_keys import check_rows
+    from helpers.sweep_csv import parse_sweep_csv, select_part
+
+    cfg = session.cfg
+    rows = parse_sweep_csv(path, cfg.project_root / cfg.text("TRAIN_WORKDIR"))
+    check_rows(cfg, path, rows)
+    whole, offset, count = select_part(rows, cfg.text("SWEEP_MATCH") or None, cfg.text("SWEEP_START_AT") or None,
+                                       cfg.number("SWEEP_LIMIT"))
+    return whole, sweep_parts.part_request(session, whole, offset, count)
 
 
 def _row_payload(row: SweepRow) -> dict[str, Any]:
@@ -124,11 +138,9 @@ def plan_sweep(session: Session, rows: list[SweepRow], slots: list[str], env: di
 def cmd_sweep_start(session: Session) -> int:
     cfg = session.cfg
     path = csv_path_of(session)
-    _, selected = load_selected_rows(session, path)
+    selected, part = load_sweep_in_parts(session, path)  # SWEEP_START_AT/_LIMIT, --index-offset/--num-jobs
     from helpers import sweep_parts
     from helpers.cmd_tasks import load_user_patterns
-
-    part = sweep_parts.part_request(session, selected)  # --index-offset / --num-jobs: part of the sweep
 
     load_user_patterns(session)
     patterns_path = cfg.local_path("TASK_FATAL_PATTERNS_FILE")
@@ -155,6 +167,8 @@ def cmd_sweep_start(session: Session) -> int:
             session.print(line)
         return 0
     csv_bytes = path.read_bytes()
+    import hashlib  # here: sweep-status imports this module too
+
     args = {
         "rows": [_row_payload(row) for row in selected], "csv_name": path.name,
         "csv_text": csv_bytes.decode("utf-8", errors="replace"), "csv_sha256": hashlib.sha256(csv_bytes).hexdigest(),
@@ -187,8 +201,18 @@ def cmd_sweep_start(session: Session) -> int:
 
 
 def expand_rows(status: dict[str, Any]) -> dict[str, Any]:
-    """The pod sends rows as lists under `columns`; turn them into dicts."""
+    """The pod sends rows as lists under `columns`; turn them into dicts (with what it left out)."""
     columns = status.get("columns")
+    empty = status.get("empty_columns") or []
+    if columns and not set(columns) & set(empty):  # one dict per row, the columns it left out already in
+        status.pop("empty_columns", None)
+        names, pad = [*columns, *empty], [None] * len(empty)
+        status["rows"] = [dict(zip(names, row + pad)) for row in status["rows"]] if pad else [
+            dict(zip(names, row)) for row in status["rows"]]
+        del status["columns"]
+        if "log" in columns:
+            _default_logs(status)
+        return status
     if columns:
         status["rows"] = [dict(zip(columns, row)) for row in status["rows"]]
         del status["columns"]
@@ -196,17 +220,24 @@ def expand_rows(status: dict[str, Any]) -> dict[str, Any]:
     return status
 
 
+def _default_logs(status: dict[str, Any]) -> None:
+    """A log path sent as "" is the default ``<outputs>/<run_id>/run.log``."""
+    import posixpath
+
+    outputs = str(status.get("outputs"))
+    for row in status["rows"]:
+        if row.get("log") == "":
+            row["log"] = posixpath.join(outputs, str(row["run_id"]), "run.log")
+
+
 def _fill_compacted(status: dict[str, Any]) -> None:
     """What the pod left out to keep the reply small (helpers/pod/statuscache.compact): the columns no
     row has a value in, and a log path that is the default ``<outputs>/<run_id>/run.log`` (sent as "")."""
-    import posixpath
-
     empty = status.pop("empty_columns", None) or []
     for row in status["rows"]:
         for column in empty:
             row.setdefault(column, None)
-        if row.get("log") == "":
-            row["log"] = posixpath.join(str(status.get("outputs")), str(row["run_id"]), "run.log")
+    _default_logs(status)
 
 
 def row_state(row: dict[str, Any]) -> str:
@@ -223,12 +254,24 @@ def row_state(row: dict[str, Any]) -> str:
 REASON_WIDTH = 100
 
 
-def _row_cells(row: dict[str, Any]) -> list[str]:
-    loss = row.get("val_loss")
-    reason = str(row.get("reason_line") or "") if row["state"] in (*FAILED_STATES, "gated") else ""
-    reason = reason if len(reason) <= REASON_WIDTH else reason[:REASON_WIDTH - 3] + "..."
-    return [row["run_id"], row_state(row), str(row.get("attempts") or 0), duration(row.get("duration_s")),
-            row.get("failure_class") or "", "" if loss is None else f"{loss:.4f}", reason]
+_SHOWS_REASON = frozenset((*FAILED_STATES, "gated"))
+
+
+def _row_cells(row: dict[str, Any], durations: dict[Any, str] | None = None) -> list[str]:
+    """One row of the table (``durations``: DURATION cells already made, by value: 10,000 rows share few)."""
+    get = row.get
+    loss, state, seconds = get("val_loss"), row["state"], get("duration_s")
+    reason = str(get("reason_line") or "") if state in _SHOWS_REASON else ""
+    if len(reason) > REASON_WIDTH:
+        reason = reason[:REASON_WIDTH - 3] + "..."
+    shown = durations.get(seconds) if durations is not None else None
+    if shown is None:
+        shown = duration(seconds)
+        if durations is not None:
+            durations[seconds] = shown
+    plain = not (get("recovered_from") or get("stage") or get("from_campaign"))
+    return [row["run_id"], str(state) if plain else row_state(row), str(get("attempts") or 0), shown,
+            get("failure_class") or "", "" if loss is None else f"{loss:.4f}", reason]
 
 
 HEADERS = ["RUN_ID", "STATE", "ATTEMPTS", "DURATION", "FAILURE", "VAL_LOSS", "REASON"]
@@ -240,7 +283,8 @@ def render_status(status: dict[str, Any], colour: bool = False) -> list[str]:
     reason = f" ({ex['reason']})" if ex.get("reason") else ""
     lines = [f"campaign {status['campaign_id']} (created {status['created_utc']}): executor {ex['state']}{reason}"
              f"{slots}"]
-    headers, cells = list(HEADERS), [_row_cells(row) for row in status["rows"]]
+    durations: dict[Any, str] = {}
+    headers, cells = list(HEADERS), [_row_cells(row, durations) for row in status["rows"]]
     if any("slurm" in row for row in status["rows"]):  # SWEEP_EXECUTOR=slurm: the scheduler's view per row
         headers.insert(-1, "SLURM")
         for shown, row in zip(cells, status["rows"]):
@@ -316,9 +360,10 @@ def cmd_sweep_status(session: Session) -> int:
         from helpers.colour import enabled
 
         session.print("\n".join(render_status(status, colour=enabled())))
-    from helpers import teardown
+    if (session.cfg.text("TEARDOWN_ON_FINISH") or "keep") != "keep":  # keep: teardown is not even imported
+        from helpers import teardown
 
-    teardown.after_status(session, status)  # TEARDOWN_ON_FINISH once the campaign has ended
+        teardown.after_status(session, status)  # TEARDOWN_ON_FINISH once the campaign has ended
     return _status_code(status)
 
 

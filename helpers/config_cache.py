@@ -21,7 +21,6 @@ contains a secret's value (a ${VAR} reference to it). WORKFLOW_CONFIG_CACHE=0 tu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -31,6 +30,7 @@ from typing import Any
 
 from helpers.prelaunch import env_mark as _env_mark
 from helpers.prelaunch import file_mark as _stat
+from helpers.prelaunch import sha256
 from helpers.resolved import Config, ConfigRequest, Setting
 
 SCHEMA_VERSION = 1
@@ -98,7 +98,7 @@ def _identity(request: ConfigRequest) -> list[Any]:
 
 
 def cache_path(request: ConfigRequest) -> Path:
-    digest = hashlib.sha256(json.dumps(_identity(request)).encode()).hexdigest()[:24]
+    digest = sha256(json.dumps(_identity(request)).encode()).hexdigest()[:24]
     return Path(request.project_root) / ".workflow" / "cache" / f"config-{digest}.json"
 
 

@@ -6,6 +6,9 @@
 site-packages (paramiko, python-dotenv) is put back on sys.path here, without running its .pth
 files, and only for this process (children do not inherit it). Anything but a plain venv
 (system site packages included, another layout) gets the normal start after all.
+
+A plain read-only command line runs through helpers/fastpath.py (no argparse); anything else
+through helpers/cli.py main.
 """
 
 import os
@@ -39,6 +42,11 @@ from helpers import prelaunch  # noqa: E402
 
 prelaunch.start(sys.argv[1:])  # a cold read-only command: the SSH login runs while the imports below do
 
-from helpers.cli import main  # noqa: E402
+from helpers import fastpath  # noqa: E402
 
-sys.exit(main())
+_code = fastpath.run(sys.argv[1:])  # a plain read-only command line: no argparse (else None)
+if _code is None:
+    from helpers.cli import main
+
+    _code = main()
+sys.exit(_code)

@@ -13,14 +13,13 @@ socket (dead master) is replaced the same way, without the user seeing an error.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
-import subprocess
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from helpers.errors import ExitCode, WorkflowError
+from helpers.prelaunch import Spawned, sha256
 from helpers.ssh_control import (
     _file_digest,
     _is_encrypted,
@@ -56,9 +55,9 @@ class OpenSSHTransport(Transport):
         # a master serves exactly these options, and this ssh_config content (an edit means a new connection)
         identity = "\0".join(str(part) for part in (destination, port, user, key_file, known_hosts, ssh_config,
                                                      proxy_command, _file_digest(ssh_config)))
-        self._name = "cm-" + hashlib.sha256(identity.encode()).hexdigest()[:24]
+        self._name = "cm-" + sha256(identity.encode()).hexdigest()[:24]
         if persist_secs <= 0:  # no sharing across invocations: a master of this command's own, closed at exit
-            self._name = "pc-" + hashlib.sha256(f"{identity}\0{os.getpid()}".encode()).hexdigest()[:20]
+            self._name = "pc-" + sha256(f"{identity}\0{os.getpid()}".encode()).hexdigest()[:20]
         self._socket: str | None = None
 
     @property
@@ -92,6 +91,8 @@ class OpenSSHTransport(Transport):
     def _resolved(self) -> tuple[str | None, str, str]:
         user, host, port = self.user, self.destination, str(self.port or 22)
         if self.ssh_config and os.path.isfile(self.ssh_config):
+            import subprocess
+
             try:
                 shown = subprocess.run([*self._options(), "-G", "--", self.destination], capture_output=True,
                                        text=True, timeout=10).stdout
@@ -172,6 +173,8 @@ class OpenSSHTransport(Transport):
         answer = master_answers(path)
         if answer is True and _read_text(path + ".pins") != _file_digest(self.known_hosts):
             # the pinned keys changed since this master logged in: it is never reused, a new login checks them
+            import subprocess
+
             subprocess.run([*self._options(), "-O", "exit", "--", self.destination], stdin=subprocess.DEVNULL,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15, check=False)
             answer = False
@@ -202,6 +205,7 @@ class OpenSSHTransport(Transport):
                 "-T", "--", self.destination, remote_command_string(argv)]
 
     def _connect(self, argv: list[str]) -> None:
+        import subprocess
         import tempfile
 
         with tempfile.TemporaryFile() as errors:
@@ -266,7 +270,7 @@ class OpenSSHTransport(Transport):
             else:
                 collected.extend(chunk)
 
-        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = Spawned(command)  # a subprocess.Popen with three pipes, without importing subprocess
         assert proc.stdin and proc.stdout and proc.stderr
         if stdin:
             try:
@@ -298,8 +302,6 @@ class OpenSSHTransport(Transport):
         overlaps them) when an earlier cold start recorded exactly this argv. Its stderr goes to a file:
         the master, backgrounded, keeps the stderr it started with. None: a master was there after all
         (the caller rides it)."""
-        import tempfile
-
         from helpers import prelaunch
 
         self._check_key()
@@ -319,6 +321,9 @@ class OpenSSHTransport(Transport):
                 if self._master_usable(path):
                     self._ready = True
                     return None
+                import subprocess
+                import tempfile
+
                 errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the with below
                 proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors)
             self.commands_run += 1
@@ -387,6 +392,8 @@ class OpenSSHTransport(Transport):
         """Close the shared connection, if one is open; True when there was one."""
         if self.persist_secs <= 0 or master_answers(self.control_path) is not True:
             return False
+        import subprocess
+
         try:
             subprocess.run([*self._options(), "-O", "exit", "--", self.destination], stdin=subprocess.DEVNULL,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15)

@@ -19,18 +19,25 @@ WORKFLOW_PRELAUNCH=0 turns it off. Stdlib only; a warm command pays a small file
 
 from __future__ import annotations
 
-import hashlib
 import io
 import marshal
 import os
 import sys
 
+try:  # the builtin sha256: hashlib would load OpenSSL first (~6 ms a command); the same digests
+    from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # Python 3.12+: _sha2; else hashlib
+    try:
+        from _sha2 import sha256  # type: ignore[import-not-found,no-redef,unused-ignore]
+    except ImportError:
+        from hashlib import sha256  # type: ignore[assignment,unused-ignore]
+
 SCHEMA_VERSION = 1
 MAX_RECORDS = 32
 # the short read-only calls (helpers/session.py SHORT_CALLS): their first call opens the connection
 COMMANDS = frozenset({"fsm-status", "task-status", "task-list", "pod-status", "sweep-status", "sweep-list"})
-_VALUE_FLAGS = ("--env", "--profile", "--set")
-_PLAIN_FLAGS = ("--json", "--debug")
+VALUE_FLAGS = ("--env", "--profile", "--set")  # the global flags (helpers/cli.py), here so both scan them alike
+PLAIN_FLAGS = ("--dry-run", "--json", "--debug")
 _CODE = ("openssh.py", "ssh_control.py", "transport.py", "session.py", "prelaunch.py")
 _HELPERS = os.path.dirname(os.path.abspath(__file__))
 
@@ -47,7 +54,7 @@ def file_mark(path: str, content: bool = False) -> list[int | str] | None:
         mark: list[int | str] = [info.st_mtime_ns, info.st_size, info.st_ino]
         if content:
             with open(path, "rb") as handle:
-                mark.append(hashlib.sha256(handle.read()).hexdigest()[:24])
+                mark.append(sha256(handle.read()).hexdigest()[:24])
     except OSError:
         return None
     return mark
@@ -59,24 +66,30 @@ def env_mark(name: str, secret: bool) -> str:
         return "-"
     if secret:  # a secret's value is never written, not even hashed: only that it is set
         return "set"
-    return "h:" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+    return "h:" + sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+
+
+def command_index(argv: list[str]) -> int:
+    """Where the command word is: after only the exact global flags (len(argv) when there is none)."""
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word in VALUE_FLAGS:
+            index += 2
+        elif word in PLAIN_FLAGS or word.partition("=")[0] in VALUE_FLAGS:
+            index += 1
+        else:
+            return index
+    return len(argv)
 
 
 def command_prefix(argv: list[str]) -> tuple[str, list[str]] | None:
     """(the command, the global words before it) of a plain read-only command line, else None."""
-    index = 0
-    while index < len(argv):
-        word = argv[index]
-        if word in _VALUE_FLAGS:
-            index += 2
-        elif word in _PLAIN_FLAGS or word.partition("=")[0] in _VALUE_FLAGS:
-            index += 1
-        else:
-            break
+    index = command_index(argv)
     if index >= len(argv) or argv[index] not in COMMANDS:
         return None
     rest = argv[index + 1:]
-    if any(w.partition("=")[0] in (*_VALUE_FLAGS, "--dry-run", "--help", "-h") for w in rest) or "--dry-run" in argv:
+    if any(w.partition("=")[0] in (*VALUE_FLAGS, "--dry-run", "--help", "-h") for w in rest) or "--dry-run" in argv:
         return None  # the config or the mode could differ from what the record was made for
     return argv[index], argv[:index]
 
@@ -85,7 +98,7 @@ def record_path(root: str, prefix: list[str], command: str) -> tuple[str, list[s
     """(the record's file, the identity it must hold)."""
     identity = [root, *prefix, "\0", command, sys.executable, os.getcwd(), os.environ.get("WORKFLOW_ENV", ""),
                 os.environ.get("WORKFLOW_PROFILE", "")]
-    digest = hashlib.sha256("\0".join(identity).encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    digest = sha256("\0".join(identity).encode("utf-8", "surrogateescape")).hexdigest()[:24]
     return os.path.join(root, ".workflow", "cache", f"prelaunch-{digest}.marshal"), identity
 
 
@@ -125,24 +138,31 @@ def start(argv: list[str]) -> None:
 
 
 class Spawned:
-    """The prelaunched ssh: what helpers/openssh.py uses of a subprocess.Popen (posix_spawn, so that no
-    subprocess module is imported before the login begins)."""
+    """An ssh with piped stdin/stdout: what helpers/openssh.py uses of a subprocess.Popen (posix_spawn, so
+    that no subprocess module is imported: before the login begins, and on a warm call). ``stderr_fd``:
+    where its stderr goes; None: a pipe too (``.stderr``). Our own descriptors are close-on-exec (PEP 446),
+    so the child holds only these three; ssh sets its own SIGPIPE handling."""
 
-    def __init__(self, argv: list[str], stderr_fd: int) -> None:
+    def __init__(self, argv: list[str], stderr_fd: int | None = None) -> None:
         child_in, self_in = os.pipe()
         self_out, child_out = os.pipe()
+        self_err, child_err = os.pipe() if stderr_fd is None else (-1, stderr_fd)
         try:
             self.pid = os.posix_spawnp(argv[0], argv, dict(os.environ), file_actions=[
                 (os.POSIX_SPAWN_DUP2, child_in, 0), (os.POSIX_SPAWN_DUP2, child_out, 1),
-                (os.POSIX_SPAWN_DUP2, stderr_fd, 2)])
+                (os.POSIX_SPAWN_DUP2, child_err, 2)])
         except OSError:
-            for fd in (child_in, self_in, self_out, child_out):
+            for fd in (child_in, self_in, self_out, child_out, *((self_err, child_err) if self_err >= 0 else ())):
                 os.close(fd)
             raise
         os.close(child_in)
         os.close(child_out)
         self.stdin = os.fdopen(self_in, "wb")
         self.stdout = os.fdopen(self_out, "rb")
+        self.stderr = None
+        if self_err >= 0:
+            os.close(child_err)
+            self.stderr = os.fdopen(self_err, "rb")
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
@@ -157,6 +177,8 @@ class Spawned:
             _, status = os.waitpid(self.pid, 0)
             self.returncode = os.waitstatus_to_exitcode(status)
         self.stdout.close()
+        if self.stderr is not None:
+            self.stderr.close()
         return self.returncode
 
     def kill(self) -> None:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # the rest is imported where used: a read-only command loads 
     import argparse
 
     from helpers.agent import Agent
-    from helpers.cli import Command
+    from helpers.command import Command
     from helpers.transport import Transport
 
 
@@ -150,13 +150,22 @@ def use_openssh(cfg: Config) -> bool:
     choice = cfg.text("SSH_CLIENT") or "auto"
     if choice == "paramiko":
         return False
-    import shutil
-
-    found = shutil.which("ssh") is not None
+    found = on_path("ssh")
     if choice == "openssh" and not found:
         raise WorkflowError("SSH_CLIENT=openssh but no ssh client is installed; install openssh-client or set "
                             "SSH_CLIENT=auto", ExitCode.USAGE)
     return found
+
+
+def on_path(name: str) -> bool:
+    """shutil.which(name) is not None, without importing shutil (a read-only command's start)."""
+    import os
+
+    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(folder, name)
+        if os.path.exists(candidate) and os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return True
+    return False
 
 
 def make_transport(cfg: Config, refresh: bool = False) -> Transport:

@@ -3,14 +3,13 @@ small file helpers (known_hosts created 0600, the pins digest) helpers/openssh.p
 
 from __future__ import annotations
 
-import hashlib
+import _socket  # the C module: socket.py would import its enums (a read-only command's start)
 import os
-import socket
 import stat
 import struct
-import subprocess
 
 from helpers.errors import ExitCode, WorkflowError
+from helpers.prelaunch import sha256
 
 MUX_MSG_HELLO = 0x00000001  # OpenSSH PROTOCOL.mux: each side of a control connection first sends a hello
 MUX_C_TERMINATE, MUX_S_OK = 0x10000005, 0x80000001  # "ssh -O exit", without starting an ssh
@@ -44,7 +43,7 @@ def control_dir() -> str:
 
 def master_answers(path: str, wait: float = HELLO_WAIT_SECS) -> bool | None:
     """True: a master listens and says hello; False: no socket or a stale one; None: it does not answer."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     probe.settimeout(wait)
     try:
         probe.connect(path)
@@ -55,7 +54,7 @@ def master_answers(path: str, wait: float = HELLO_WAIT_SECS) -> bool | None:
                 return False
             head += chunk
         return struct.unpack(">II", head)[1] == MUX_MSG_HELLO
-    except socket.timeout:
+    except TimeoutError:  # socket.timeout
         return None
     except OSError:
         return False
@@ -63,7 +62,7 @@ def master_answers(path: str, wait: float = HELLO_WAIT_SECS) -> bool | None:
         probe.close()
 
 
-def _read_packet(sock: socket.socket) -> bytes:
+def _read_packet(sock: _socket.socket) -> bytes:
     """One mux message: a uint32 length, then that many bytes."""
     def exactly(count: int) -> bytes:
         data = b""
@@ -80,7 +79,7 @@ def _read_packet(sock: socket.socket) -> bytes:
 
 def terminate_master(path: str, wait: float = HELLO_WAIT_SECS) -> bool:
     """Ask the master on ``path`` to exit (what ``ssh -O exit`` sends), in-process: True when it agreed."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     sock.settimeout(wait)
     try:
         sock.connect(path)
@@ -91,7 +90,7 @@ def terminate_master(path: str, wait: float = HELLO_WAIT_SECS) -> bool:
         sock.sendall(struct.pack(">III", 8, MUX_C_TERMINATE, 1))
         try:
             reply = _read_packet(sock)
-        except socket.timeout:
+        except TimeoutError:
             return False
         except OSError:
             return True  # many versions exit at once, closing the socket without a reply
@@ -106,6 +105,8 @@ def close_own_master(path: str, exit_argv: list[str]) -> None:
     """A command's own master (CONNECTION_PERSIST_SECS=0) at its exit: asked to exit (``exit_argv``, ssh -O
     exit, if it does not agree in-process), its socket and side files removed."""
     if not terminate_master(path):
+        import subprocess
+
         subprocess.run(exit_argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        timeout=15, check=False)
     for leftover in (path, path + ".lock", path + ".pins"):
@@ -135,12 +136,14 @@ def _file_digest(path: str | None) -> str:
         return ""
     try:
         with open(path, "rb") as handle:
-            return hashlib.sha256(handle.read()).hexdigest()
+            return sha256(handle.read()).hexdigest()
     except OSError:
         return ""
 
 
 def _is_encrypted(key: str) -> bool:
+    import subprocess
+
     try:
         probe = subprocess.run(["ssh-keygen", "-y", "-P", "", "-f", key], capture_output=True, text=True, timeout=10,
                                stdin=subprocess.DEVNULL)

@@ -372,6 +372,18 @@ def select_rows(
     return selected
 
 
+def select_part(
+    rows: Sequence[SweepRow], match: str | None, start_at: str | None, limit: int | None
+) -> tuple[list[SweepRow], int | None, int | None]:
+    """SWEEP_START_AT / SWEEP_LIMIT as a part of the sweep (like --index-offset / --num-jobs): the rows
+    SWEEP_MATCH selects (the whole sweep, the campaign's manifest), the part's offset in them (None: from
+    row 0 unless --index-offset says otherwise) and its count (None: to the last row). Checked as
+    :func:`select_rows` checks them, with the same one-line errors."""
+    chosen = select_rows(rows, match, start_at, limit)
+    whole = select_rows(rows, match, None, None)
+    return whole, (whole.index(chosen[0]) if start_at else None), limit
+
+
 def _some_ids(rows: Sequence[SweepRow], n: int = 5) -> str:
     shown = ", ".join(r.run_id for r in rows[:n])
     return shown + (f", ... ({len(rows)} in all)" if len(rows) > n else "")

@@ -1,4 +1,5 @@
-"""Client side of sweep parts: ``sweep-start --index-offset N --num-jobs M`` (pod side: pod/executors/slurm_parts.py).
+"""Client side of sweep parts: ``sweep-start --index-offset N --num-jobs M`` or SWEEP_START_AT / SWEEP_LIMIT
+(pod side: pod/executors/slurm_parts.py).
 
 The request names a range of the selected rows; every selected row goes to the pod (the campaign's
 manifest holds the whole sweep) and the pod decides which campaign the part joins.
@@ -12,10 +13,14 @@ from helpers.errors import ExitCode, WorkflowError
 from helpers.session import Session
 
 
-def part_request(session: Session, rows: Sequence[Any]) -> dict[str, Any] | None:
-    """{"offset", "count"} from --index-offset / --num-jobs (checked against the sweep's rows), else None."""
+def part_request(session: Session, rows: Sequence[Any], key_offset: int | None = None,
+                 key_count: int | None = None) -> dict[str, Any] | None:
+    """{"offset", "count"} from --index-offset / --num-jobs, each else from SWEEP_START_AT's row / SWEEP_LIMIT
+    (key_offset / key_count, already checked), checked against the sweep's rows; None: the whole sweep."""
     offset = getattr(session.options, "index_offset", None)
     count = getattr(session.options, "num_jobs", None)
+    offset = key_offset if offset is None else offset
+    count = key_count if count is None else count
     if offset is None and count is None:
         return None
     offset = offset or 0
@@ -39,7 +44,8 @@ def part_line(part: dict[str, Any] | None, verb: str = "submits") -> str:
     already = f"; {len(part['already'])} row(s) of its range were submitted by an earlier part" if part.get(
         "already") else ""
     rest = part["total"] - part["offset"] - part["count"]
-    more = (f"; next part: sweep-start --index-offset {part['offset'] + part['count']}" if rest > 0 else "")
+    named = f" (or SWEEP_START_AT={part['next_run_id']})" if part.get("next_run_id") else ""
+    more = (f"; next part: sweep-start --index-offset {part['offset'] + part['count']}{named}" if rest > 0 else "")
     return (f"part {part['part']} {verb} rows {_rows(part['rows'])} of {part['total']} and {where}{already}{more}")
 
 
@@ -52,5 +58,6 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     lines = [f"parts: {shown}"]
     if parts.get("unsubmitted"):
         lines.append(f"{parts['unsubmitted']} row(s) not submitted yet; submit them with: infra_scripts/workflow.sh "
-                     f"sweep-start --index-offset {parts['next_offset']}")
+                     f"sweep-start --index-offset {parts['next_offset']}" + (
+                         f" (or SWEEP_START_AT={parts['next_run_id']})" if parts.get("next_run_id") else ""))
     return lines

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import selectors
 import shlex
-import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -114,6 +113,8 @@ class LocalTransport(Transport):
             on_stdout: Sink | None = None, on_stderr: Sink | None = None) -> CommandResult:
         self.commands_run += 1
         args = [os.path.expanduser(a) if a.startswith("~/") else a for a in argv]
+        import subprocess  # here: the SSH targets' warm path spawns without it (helpers/openssh.py run)
+
         try:
             proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE)

@@ -230,6 +230,18 @@ def test_status_is_one_sacct_and_one_squeue(login: Pod, slurm_cluster: Any, tmp_
     again = login.wf("sweep-status", "--campaign", campaign, env={"PATH": str(shims)})
     assert again.returncode == 0 and again.stdout == result.stdout, again.stderr
     assert calls.read_text().split() == ["squeue"]  # the ended jobs' sacct records are cached in the campaign
+    # every job's end cached: the concluded campaign's table is kept too (statuscache.py), no row file re-read
+    cache = campaigns_dir(login) / campaign / "status-cache.json"
+    assert cache.is_file()
+    stored = json.loads(cache.read_text())
+    stored["table"]["rows"][0][stored["table"]["columns"].index("state")] = "from-the-cache"
+    cache.write_text(json.dumps(stored))
+    calls.unlink()
+    shown = login.wf("sweep-status", "--campaign", campaign, "--json", env={"PATH": str(shims)})
+    assert rows_by_id(json.loads(shown.stdout))["ca-0"]["state"] == "from-the-cache", shown.stderr
+    assert calls.read_text().split() == ["squeue"]  # still one squeue: a requeued job makes it live again
+    (campaigns_dir(login) / campaign / "slurm" / "sacct-cache.json").unlink()  # Slurm's part changed: rebuilt
+    assert rows_by_id(status(login, campaign))["ca-0"]["state"] == "ok"
 
 
 def test_scontrol_requeue_resumes_the_row_from_its_checkpoint(login: Pod, slurm_cluster: Any, tmp_path: Path

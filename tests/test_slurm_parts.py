@@ -173,6 +173,40 @@ def test_dry_run_of_a_part_and_bad_offsets(login: Pod, slurm_cluster: Any, tmp_p
     assert not slurm_cluster.run("squeue", "-h", "--name=pd-0").stdout.strip()
 
 
+def test_sweep_start_at_and_sweep_limit_are_parts_like_the_options(login: Pod, slurm_cluster: Any, tmp_path: Path
+                                                                    ) -> None:
+    """SWEEP_START_AT / SWEEP_LIMIT (keys) submit a part exactly as --index-offset / --num-jobs; an option
+    given wins over its key; bad values get one line and submit nothing."""
+    csv = write_csv(tmp_path / "keys.csv", *rows("pk", 7))
+    first = part(login, csv, None, None, "--set", "SWEEP_LIMIT=3")
+    campaign = first["campaign_id"]
+    assert first["part"]["part"] == 1 and first["part"]["rows"] == [0, 1, 2] and first["rows"] == 3
+    text = login.wf("sweep-status", "--campaign", campaign).stdout
+    assert "4 row(s) not submitted yet" in text and "--index-offset 3 (or SWEEP_START_AT=pk-03)" in text, text
+    second = part(login, csv, None, None, "--set", "SWEEP_START_AT=pk-03", "--set", "SWEEP_LIMIT=2")
+    assert second["campaign_id"] == campaign and second["part"]["part"] == 2 and second["part"]["rows"] == [3, 4]
+    # a part already submitted: refused in one line naming the next offset and its run_id
+    again = login.wf("--set", "SWEEP_START_AT=pk-01", "--set", "SWEEP_LIMIT=2", "sweep-start", "--csv", str(csv))
+    assert again.returncode == 7 and "--index-offset 5 (SWEEP_START_AT=pk-05" in one_line_error(again), again.stderr
+    before = campaign_ids(login)
+    for settings, words in ((("--set", "SWEEP_START_AT=pk-99"), "SWEEP_START_AT 'pk-99' is not a run_id"),
+                            (("--set", "SWEEP_LIMIT=0"), "SWEEP_LIMIT='0' is below the minimum 1"),
+                            (("--set", "SWEEP_LIMIT=many"), "SWEEP_LIMIT")):
+        bad = login.wf(*settings, "sweep-start", "--csv", str(csv))
+        assert bad.returncode == 2 and words in one_line_error(bad), bad.stderr
+    assert campaign_ids(login) == before
+    # --index-offset wins over SWEEP_START_AT; SWEEP_LIMIT still counts the part's rows
+    third = part(login, csv, 5, None, "--set", "SWEEP_START_AT=pk-00", "--set", "SWEEP_LIMIT=1")
+    assert third["campaign_id"] == campaign and third["part"]["rows"] == [5]
+    last = part(login, csv, None, None, "--set", "SWEEP_START_AT=pk-06")
+    assert last["campaign_id"] == campaign and last["part"]["part"] == 4 and last["part"]["rows"] == [6]
+    wait_until(lambda: status(login, campaign)[1]["totals"] == {"ok": 7}, TIMEOUT, interval=1,
+               what="every key-form part's rows to end ok")
+    manifest = read_json(campaigns_dir(login) / campaign / "manifest.json")
+    assert len(manifest["rows"]) == 7  # the campaign is the whole sweep, not the first part's rows
+    wait_until(lambda: fsm_state(login) == "SWEEP_COMPLETED", 60, what="the last part to conclude")
+
+
 # ----------------------------------------------------------------------------- the tmux executor
 
 
@@ -214,6 +248,20 @@ def test_tmux_executor_takes_parts_one_after_another(tmux_pod: Pod, tmp_path: Pa
     assert fsm_state(pod) == "SWEEP_FAILED"
     resumed = pod.wf("sweep-resume", "--campaign", campaign, "--json")
     assert resumed.returncode == 0 and json.loads(resumed.stdout)["rerun"] == ["tp-2"], resumed.stderr
+
+
+def test_tmux_executor_takes_key_form_parts(tmux_pod: Pod, tmp_path: Path) -> None:
+    pod = tmux_pod
+    csv = write_csv(tmp_path / "tk.csv", "tk-0,config/ok.py,1,,,", "tk-1,config/ok.py,2,,,", "tk-2,config/ok.py,3,,,")
+    first = part(pod, csv, None, None, "--set", "SWEEP_LIMIT=1")
+    campaign = first["campaign_id"]
+    assert first["rows"] == 1 and first["part"]["rows"] == [0]
+    wait_campaign(pod, campaign)
+    assert states(pod, campaign) == {"tk-0": "ok", "tk-1": "unsubmitted", "tk-2": "unsubmitted"}
+    second = part(pod, csv, None, None, "--set", "SWEEP_START_AT=tk-1")
+    assert second["campaign_id"] == campaign and second["part"]["part"] == 2 and second["part"]["rows"] == [1, 2]
+    wait_until(lambda: states(pod, campaign) == {"tk-0": "ok", "tk-1": "ok", "tk-2": "ok"}, 120, interval=0.5,
+               what="part 2's rows to end ok")
 
 
 # ----------------------------------------------------------------------------- rows with nodes > 1

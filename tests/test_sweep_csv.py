@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers.errors import ExitCode, WorkflowError
-from helpers.sweep_csv import TEMPLATE_CSV, SweepRow, parse_sweep_csv, select_rows, write_template
+from helpers.sweep_csv import TEMPLATE_CSV, SweepRow, parse_sweep_csv, select_part, select_rows, write_template
 
 DATA = Path(__file__).resolve().parent / "data"
 BAD = DATA / "csv_bad"
@@ -373,6 +373,18 @@ def test_select_match_start_limit() -> None:
     assert ids(select_rows(ROWS, "^lr", "wd1", None)) == ["lr3", "lr4"]  # start_at need not match
     assert ids(select_rows(ROWS, "^lr", "lr2", 2)) == ["lr2", "lr3"]
     assert ids(select_rows(ROWS, None, None, 100)) == ids(ROWS)
+
+
+def test_start_at_and_limit_are_a_part_of_the_matched_rows() -> None:
+    """SWEEP_START_AT / SWEEP_LIMIT as a part (like --index-offset / --num-jobs): the campaign is every row
+    SWEEP_MATCH selects, the part starts at the matched row at or after SWEEP_START_AT."""
+    whole, offset, count = select_part(ROWS, "^lr", "wd1", 1)
+    assert ids(whole) == ["lr1", "lr2", "lr3", "lr4"] and (offset, count) == (2, 1)  # lr3: first match after wd1
+    assert select_part(ROWS, None, None, None) == (ROWS, None, None)
+    assert select_part(ROWS, None, None, 2) == (ROWS, None, 2)
+    with pytest.raises(WorkflowError) as info:
+        select_part(ROWS, None, "lr9", None)  # the same one-line errors as the selection
+    assert "SWEEP_START_AT 'lr9'" in info.value.message and info.value.code == ExitCode.USAGE
 
 
 def selection_error(match: str | None, start_at: str | None, limit: int | None) -> str:

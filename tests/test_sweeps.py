@@ -236,7 +236,8 @@ def _no_sweep_left_running(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def finished(shared: Pod, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A finished campaign on the shared pod, started with SWEEP_MATCH + SWEEP_LIMIT: fin-ok (ok) and
-    fin-fail (failed) ran; other-1 (no match) and fin-x (past the limit) were never selected."""
+    fin-fail (failed) ran; other-1 (no match) was never selected, fin-x (past the limit: part 1 of the
+    sweep is its first 2 rows) is in the campaign, not submitted."""
     csv = write_csv(tmp_path_factory.mktemp("finished") / "fin.csv",
                     "fin-ok,config/ok.py,11,,succeeds,1", "other-1,config/ok.py,12,,not matched,1",
                     "fin-fail,config/fail.py,13,,fails,1", "fin-x,config/ok.py,14,,after the limit,1")
@@ -619,10 +620,12 @@ def test_local_sync_final_copy_is_exact(local_sync: dict[str, Any]):
 
 
 def test_selection_rows_and_manifest(shared: Pod, finished: dict[str, Any], source_repo: Path):
-    """SWEEP_MATCH + SWEEP_LIMIT chose the rows; run_manifest.json records what ran."""
+    """SWEEP_MATCH chose the sweep's rows, SWEEP_LIMIT its first part; run_manifest.json records what ran."""
     pod = shared
     manifest = read_json(campaigns_dir(pod) / finished["campaign_id"] / "manifest.json")
-    assert [row["run_id"] for row in manifest["rows"]] == ["fin-ok", "fin-fail"]
+    assert [row["run_id"] for row in manifest["rows"]] == ["fin-ok", "fin-fail", "fin-x"]
+    parts = read_json(campaigns_dir(pod) / finished["campaign_id"] / "parts.json")
+    assert [p["rows"] for p in parts["parts"]] == [[0, 1]]
     assert manifest["selection"] == {"match": "^fin-", "start_at": "", "limit": 2}
     assert not run_dir(pod, "other-1").exists() and not run_dir(pod, "fin-x").exists()
     assert summary(pod, "fin-ok")["ok"] and summary(pod, "fin-fail")["state"] == "failed"
@@ -762,6 +765,8 @@ def test_dry_run_prints_the_plan_and_changes_nothing(shared: Pod, tmp_path: Path
         result = pod.wf(*extra, "sweep-start", "--dry-run", "--csv", str(csv))
         assert result.returncode == 0, result.stderr
         lines = [line for line in result.stdout.splitlines() if not line.startswith(("price: ", "cost estimate"))]
+        if lines[0].startswith("part 1 would submit rows "):  # SWEEP_START_AT / SWEEP_LIMIT: a part of the sweep
+            lines = lines[1:]
         assert lines[0].startswith("would start a campaign of ")
         found: dict[str, tuple[str, list[str]]] = {}
         for head, command in zip(lines[1::2], lines[2::2], strict=True):

@@ -32,7 +32,7 @@ OPS: Dict[str, Tuple[str, str]] = {
     "task-kill": ("tasks", "task_kill"),
     "task-wait": ("tasks", "task_wait"),
     "sweep-start": ("campaigns", "sweep_start"),
-    "sweep-status": ("campaigns", "sweep_status"),
+    "sweep-status": ("campaignstate", "sweep_status"),  # a concluded campaign: without campaigns' imports
     "sweep-stop": ("campaigns", "sweep_stop"),
     "sweep-resume": ("campaigns", "sweep_resume"),
     "manage-probe": ("manage_ops", "manage_probe"),

@@ -14,7 +14,8 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import attempts, cost, fsm, proctree, runs, stages, statuscache, tmuxctl
+from . import attempts, campaignstate, cost, fsm, proctree, runs, stages, statuscache, tmuxctl
+from .campaignstate import LIVE, STARTING_GRACE_SECS, campaign_dir, executor_state, latest_file, root  # noqa: F401
 from .context import Context
 from .errors import ExitCode, WorkflowError
 from .executor import request_stop
@@ -24,59 +25,8 @@ from .jsonio import parse_utc, read_json, utc_now, write_bytes, write_json
 from .scheduling import detect_slots, planned_run_env, slot_env
 from .taskstate import is_terminal, read_status
 
-STARTING_GRACE_SECS = 30
-LIVE = ("running", "starting", "stopping")  # an executor in these states may still start or stop runs
 ROW_COLUMNS = ("run_id", "state", "attempts", "duration_s", "failure_class", "val_loss", "from_campaign",
                "reason_line", "log", "recovered_from", "stage")
-
-
-def root(ctx: Context) -> str:
-    return os.path.join(ctx.outputs, "_campaigns")
-
-
-def latest_file(ctx: Context) -> str:
-    return os.path.join(ctx.outputs, "_control", "latest_campaign")
-
-
-def campaign_dir(ctx: Context, campaign_id: Optional[str]) -> Tuple[str, str]:
-    latest = not campaign_id
-    if not campaign_id:
-        try:
-            with open(latest_file(ctx)) as handle:
-                campaign_id = handle.read().strip()
-        except FileNotFoundError:
-            raise WorkflowError("no sweep has been started on this pod; start one with workflow.sh sweep-start",
-                                ExitCode.NOT_FOUND) from None
-    path = os.path.join(root(ctx), check_id(campaign_id, "campaign id"))
-    if not os.path.isfile(os.path.join(path, "manifest.json")):
-        if latest and os.path.isdir(os.path.join(ctx.outputs, "_archive", str(campaign_id))):  # see pod/archive.py
-            raise WorkflowError(f"the latest campaign {campaign_id} was archived; restore it with workflow.sh archive "
-                                f"--restore {campaign_id}, or name another with --campaign", ExitCode.NOT_FOUND)
-        known = sorted(os.listdir(root(ctx)))[-5:] if os.path.isdir(root(ctx)) else []
-        raise WorkflowError(f"no campaign {campaign_id!r} on the pod (recent: {', '.join(known) or 'none'})",
-                            ExitCode.NOT_FOUND)
-    return campaign_id, path
-
-
-def executor_state(path: str) -> Tuple[str, Dict[str, Any]]:
-    """running | starting | stopping | finished | stopped | lost, told truthfully on every read: a
-    running or stopping executor whose process (pid + start time) is gone is lost."""
-    record = read_json(os.path.join(path, "executor.json"), "executor status") or {}
-    if record.get("executor") == SLURM:  # Slurm holds the rows: its queue says whether they still run
-        from .executors import slurm_campaign
-
-        return slurm_campaign.executor_state(path, record)
-    state = record.get("state", "lost")
-    if state in ("running", "stopping"):
-        if record.get("boot_id") and record["boot_id"] != proctree.boot_id():
-            return "lost", {**record, "reason": "the pod rebooted"}
-        if not proctree.is_alive(record.get("pid"), record.get("start_time")):
-            return "lost", {**record, "reason": "the executor process is gone (tmux killed?)"}
-    if state == "starting":
-        age = time.time() - (parse_utc(record.get("created_utc")) or time.time())
-        if age > STARTING_GRACE_SECS:
-            return "lost", {**record, "reason": f"the executor never started ({age:.0f}s)"}
-    return state, record
 
 
 def live_campaigns(ctx: Context) -> List[str]:
@@ -339,17 +289,15 @@ def _row_view(ctx: Context, campaign_id: str, row: Dict[str, Any], index: Dict[s
             "log": os.path.join(path, "run.log")}
 
 
-def sweep_status(ctx: Context) -> Dict[str, Any]:
-    campaign_id, path = campaign_dir(ctx, ctx.args.get("campaign"))
-    state, executor = executor_state(path)
-    cacheable = state not in LIVE and not ctx.args.get("attempts")  # a concluded campaign: see statuscache
-    files = statuscache.campaign_marks(path) if cacheable else []
-    hit = statuscache.lookup(ctx, path, campaign_id, state, files) if cacheable else None
-    if hit is not None:
-        manifest = {"created_utc": hit.get("created_utc"), "config": hit.get("config") or {}}
-        table, note = hit["table"], None
-        run_ids = [str(row[0]) for row in table["rows"]]
-        return _status_reply(ctx, campaign_id, path, manifest, state, executor, note, table, run_ids)
+def sweep_status(ctx: Context, known: Optional[campaignstate.Known] = None) -> Dict[str, Any]:
+    """sweep-status (pod/campaignstate.py sweep_status, the agent's op, comes here with ``known``: what it
+    read on its way to the stored table, which was not current)."""
+    if known is None:
+        found = campaignstate.cached_status(ctx)  # a concluded campaign's stored table: see statuscache
+        if isinstance(found, dict):
+            return found
+        known = found
+    campaign_id, path, state, executor, files, cacheable = known
     manifest = read_json(os.path.join(path, "manifest.json"), "campaign manifest") or {}
     index = read_json(os.path.join(path, "index.json"), "campaign index") or {}
     live = state in LIVE
@@ -364,9 +312,10 @@ def sweep_status(ctx: Context) -> Dict[str, Any]:
     if kind_of(manifest.get("config", {})) == SLURM:  # one sacct + one squeue merged into the views
         from .executors import slurm_campaign
 
-        note = slurm_campaign.merge_status(ctx, path, manifest, views) or None
+        note, final = slurm_campaign.merge_status(ctx, path, manifest, views)
+        note = note or None
         columns.append("slurm")
-        cacheable = False
+        cacheable = cacheable and final  # every job's end in slurm/sacct-cache.json (marked): the table may be kept
     if ctx.args.get("attempts"):
         columns.append("attempt_list")
     totals: Dict[str, int] = {}
@@ -377,30 +326,8 @@ def sweep_status(ctx: Context) -> Dict[str, Any]:
              "cost": cost.campaign_cost(manifest, executor, views)}
     if cacheable and statuscache.settled(views) and not ctx.args.get("read_only"):  # read_only: a --dry-run
         statuscache.save(ctx, path, campaign_id, state, files, watched, manifest, table)
-    return _status_reply(ctx, campaign_id, path, manifest, state, executor, note, table,
+    return campaignstate.status_reply(ctx, campaign_id, path, manifest, state, executor, note, table,
                          [str(view["run_id"]) for view in views])
-
-
-def _status_reply(ctx: Context, campaign_id: str, path: str, manifest: Dict[str, Any], state: str,
-                  executor: Dict[str, Any], note: Optional[str], table: Dict[str, Any], run_ids: List[str]
-                  ) -> Dict[str, Any]:
-    return {"campaign_id": campaign_id, "created_utc": manifest.get("created_utc"), "executor": {
-        "state": state, "pid": executor.get("pid"), "slots": executor.get("slots"), "reason": executor.get("reason"),
-        "heartbeat_utc": executor.get("heartbeat_utc"), "ended_utc": executor.get("ended_utc"),
-        "kind": kind_of(manifest.get("config", {})), "note": note},
-        "columns": table["columns"], "rows": table["rows"], "empty_columns": table["empty_columns"],
-        "totals": table["totals"], "parts": table.get("parts"), "total": len(table["rows"]), "outputs": ctx.outputs,
-        "session": ctx.get("SWEEP_TMUX_SESSION"), "tracking": _tracking_view(ctx, path, manifest, run_ids),
-        "cost": table.get("cost")}
-
-
-def _tracking_view(ctx: Context, path: str, manifest: Dict[str, Any], run_ids: List[str]
-                   ) -> Optional[Dict[str, Any]]:
-    from . import tracking
-
-    local = ctx.get("RUN_OUT_MODE") == "local_sync"
-    out_dirs = {r: os.path.join(ctx.path("RUN_OUT_LOCAL_ROOT"), r) for r in run_ids} if local else {}
-    return tracking.status(tracking.campaign_config(path, manifest), ctx.outputs, path, run_ids, out_dirs)
 
 
 def attempt_list(path: str) -> List[Dict[str, Any]]:

@@ -10,8 +10,12 @@ files: a finished campaign of 10,000 runs costs a few stats instead of 10,000 fi
 What the table depends on, and so what invalidates it (mtime in ns, size and inode of each):
 manifest.json, index.json, executor.json and tracking-config.json of the campaign; for every row
 the index does not answer, that run's summary.json, status file, campaign.json, attempts.jsonl and
-metrics.jsonl (all the row view reads); the executor's state as read now; the pod agent itself
-(its unpacked directory: a new agent never trusts an old table); the outputs and RUN_OUT_* keys.
+metrics.jsonl (all the row view reads); on Slurm, the ``slurm/`` directory (every chunk file is
+written there by rename, so a new or rewritten chunk changes it), its sacct-cache.json and final.json:
+a Slurm campaign's table is kept only once every job's end is in that cache (executors/slurm_cache.py;
+a job requeued makes the campaign live again, never read from here); the executor's state as read now;
+the pod agent itself (its unpacked directory: a new agent never trusts an old table); the outputs and
+RUN_OUT_* keys.
 Anything else (executor details, tracking lag) is read fresh on every call. A cache that cannot
 be written (read-only or full filesystem) is skipped silently: it is an optimisation only.
 
@@ -31,7 +35,8 @@ from .taskstate import status_path
 CACHE_FILE = "status-cache.json"
 VERSION = 1
 UNSETTLED = frozenset({"pending", "running", "retrying", "queued", "starting", "stopping"})
-CAMPAIGN_FILES = ("manifest.json", "index.json", "executor.json", "tracking-config.json", "parts.json")
+CAMPAIGN_FILES = ("manifest.json", "index.json", "executor.json", "tracking-config.json", "parts.json",
+                  "slurm", "slurm/sacct-cache.json", "slurm/final.json")  # "slurm": its chunk files come and go
 ROW_FILES = ("summary.json", "campaign.json", "attempts.jsonl")  # beside the status file and metrics.jsonl
 _AGENT = os.path.dirname(os.path.abspath(__file__))
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List
 
-from . import attempts, runs
-from .campaigns import executor_state, latest_file, root
+from .campaignstate import executor_state, latest_file, root  # not campaigns: sweep-list starts lean
 from .context import Context
 from .errors import ExitCode, WorkflowError
 from .ids import check_id
@@ -17,6 +16,8 @@ LOG_CHUNK = 1 << 20  # bytes sent per call (a --follow asks again from the offse
 
 
 def sweep_logs(ctx: Context) -> Dict[str, Any]:
+    from . import attempts, runs  # here: sweep-list needs neither
+
     run_id = check_id(str(ctx.args.get("run_id") or ""), "run id")
     path = runs.run_dir(ctx.outputs, run_id)
     if runs.owner(path) is None:

@@ -14,6 +14,15 @@ import sys
 import time
 
 
+def write_ckpt(path: str, step: int, tag: str = "step") -> None:
+    """Atomically (a temp file, then rename), as a real trainer saves (examples/nanogpt/runtime.py): every
+    rank reads ckpt.json on resume while rank 0 may already write the next one."""
+    tmp = f"{path}.{tag}.tmp"  # the USR2 handler's own temp file: it may interrupt a step's write
+    with open(tmp, "w") as handle:
+        json.dump({"iter": step}, handle)
+    os.replace(tmp, path)
+
+
 def main() -> int:
     cfg: dict = {}
     with open(sys.argv[1]) as handle:
@@ -40,8 +49,7 @@ def main() -> int:
 
     def on_usr2(_signum: int, _frame: object) -> None:  # Slurm's --signal=B:USR2@N, forwarded by the supervisor
         if rank == 0 and done["iter"] >= 0:
-            with open(ckpt, "w") as handle:
-                json.dump({"iter": done["iter"]}, handle)
+            write_ckpt(ckpt, done["iter"], "usr2")
         print(f"SIGUSR2: checkpoint at iter {done['iter']}", flush=True)
 
     signal.signal(signal.SIGUSR2, on_usr2)
@@ -77,8 +85,7 @@ def main() -> int:
             if cfg.get("ckpt_kb"):  # a checkpoint of this size, as a real trainer writes one
                 with open(os.path.join(out, f"weights-{step}.bin"), "wb") as handle:
                     handle.write(b"\0" * int(cfg["ckpt_kb"]) * 1024)
-            with open(ckpt, "w") as handle:
-                json.dump({"iter": step}, handle)
+            write_ckpt(ckpt, step)
         done["iter"] = step
         if step == 1 and mode == "fail":
             print("giving up on purpose", file=sys.stderr, flush=True)

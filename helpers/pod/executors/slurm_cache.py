@@ -34,8 +34,9 @@ def load(campaign_dir: str) -> Dict[str, Dict[str, Any]]:
     return dict(record.get("jobs") or {}) if isinstance(record, dict) else {}
 
 
-def scheduler_view(campaign_dir: str, campaign_id: str, sizes: Dict[str, int]) -> Tuple[View, str]:
-    """As slurm_state.scheduler_view, with sacct asked only about the jobs not cached as ended."""
+def scheduler_view(campaign_dir: str, campaign_id: str, sizes: Dict[str, int]) -> Tuple[View, str, bool]:
+    """As slurm_state.scheduler_view, with sacct asked only about the jobs not cached as ended; and whether
+    every job's end now is in the cache (nothing Slurm holds: the view changes only with this file)."""
     cached = {job: tasks for job, tasks in load(campaign_dir).items() if job in sizes}
     ask = {job: n for job, n in sizes.items() if job not in cached}
     view, note = slurm_state.scheduler_view(campaign_id, ask)
@@ -45,7 +46,7 @@ def scheduler_view(campaign_dir: str, campaign_id: str, sizes: Dict[str, int]) -
         for index, record in tasks.items():
             view.setdefault((job, int(index)), dict(record))  # the squeue overlay (a live task) wins
     if note:
-        return view, note  # no sacct: nothing new is known to be final
+        return view, note, False  # no sacct: nothing new is known to be final
     ended = {}
     for job, size in ask.items():
         tasks = {str(i): view.get((job, i)) for i in range(size)}
@@ -57,4 +58,4 @@ def scheduler_view(campaign_dir: str, campaign_id: str, sizes: Dict[str, int]) -
             jobs.update(ended)
             text = json.dumps({"schema_version": 1, "jobs": jobs}, separators=(",", ":"))  # compact: 10,000 tasks
             write_bytes(_path(campaign_dir), text.encode("utf-8"), 0o644, False)
-    return view, note
+    return view, note, not live and len(ended) == len(ask)

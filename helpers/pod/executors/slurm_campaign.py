@@ -65,14 +65,16 @@ def executor_state(path: str, record: Dict[str, Any]) -> Tuple[str, Dict[str, An
     return "finished", record
 
 
-def merge_status(ctx: Context, path: str, manifest: Dict[str, Any], views: List[Dict[str, Any]]) -> str:
-    """Fill every row view with Slurm's view (one sacct + one squeue); returns a note (sacct missing)."""
+def merge_status(ctx: Context, path: str, manifest: Dict[str, Any], views: List[Dict[str, Any]]
+                 ) -> Tuple[str, bool]:
+    """Fill every row view with Slurm's view (one sacct + one squeue); returns a note (sacct missing) and
+    whether Slurm's part is final (every job ended and cached, nothing deferred: a status table may be kept)."""
     stopped = (read_json(_record_path(path), "executor status") or {}).get("state") == "stopped"
     if not stopped and slurm_defer.pending(path):
         slurm_defer.submit_deferred(path)  # what fits now goes in; the rest waits for the next status / task
     waiting = slurm_defer.deferred_rows(path)
     sizes = {str(c["job_id"]): len(c["rows"]) for c in slurm_state.chunks(path)}
-    scheduler, note = slurm_cache.scheduler_view(path, str(manifest["campaign_id"]), sizes)  # ended jobs: cached
+    scheduler, note, all_ended = slurm_cache.scheduler_view(path, str(manifest["campaign_id"]), sizes)  # cached
     jobs = slurm_state.row_jobs(path)
     for number, view in enumerate(views):
         key = jobs.get(number)
@@ -103,7 +105,7 @@ def merge_status(ctx: Context, path: str, manifest: Dict[str, Any], views: List[
             view.update(state=shown, failure_class=klass)  # ended in Slurm without a summary
     if not stopped:
         _conclude_if_ended(ctx, path, manifest, views, scheduler)
-    return note
+    return note, all_ended and not waiting
 
 
 def _conclude_if_ended(ctx: Context, path: str, manifest: Dict[str, Any], views: List[Dict[str, Any]],

@@ -1,6 +1,7 @@
 """Parts of one sweep in one campaign: ``sweep-start --index-offset N --num-jobs M``.
 
-A part submits rows N..N+M-1 of the sweep (0-based, after SWEEP_MATCH / SWEEP_START_AT / SWEEP_LIMIT).
+A part submits rows N..N+M-1 of the sweep (0-based, of the rows SWEEP_MATCH selects;
+SWEEP_START_AT=<run_id> / SWEEP_LIMIT=M are the same part, sweep_csv.select_part).
 The first part creates the campaign with *every* row of the sweep in its manifest; ``parts.json``
 in the campaign directory says which rows each part submitted (and as which executor generation).
 A later part of the same sweep (same run ids and specs, same executor) joins the newest such campaign
@@ -121,11 +122,13 @@ def plan(outputs: str, rows: List[Dict[str, Any]], part: Dict[str, Any], kind: s
         left = sorted(set(range(len(rows))) - done)
         raise WorkflowError(
             f"rows {_ranges(wanted)} of this sweep were already submitted in campaign {found[0] if found else '?'}; "
-            f"the rows not submitted yet start at --index-offset {left[0]} ({len(left)} row(s)); rerun failed rows "
+            f"the rows not submitted yet start at --index-offset {left[0]} (SWEEP_START_AT={rows[left[0]]['run_id']}, "
+            f"{len(left)} row(s)); rerun failed rows "
             "with workflow.sh sweep-resume", ExitCode.REFUSED)
     return {"join": found[0] if found else None, "part": number, "rows": new, "key": key, "total": len(rows),
             "offset": wanted[0], "count": len(wanted), "already": [i for i in wanted if i in done],
-            "run_ids": [str(rows[i]["run_id"]) for i in new]}
+            "run_ids": [str(rows[i]["run_id"]) for i in new],
+            "next_run_id": str(rows[wanted[-1] + 1]["run_id"]) if wanted[-1] + 1 < len(rows) else None}
 
 
 def record_part(campaign_dir: str, planned: Dict[str, Any], generation: int) -> None:
@@ -151,7 +154,7 @@ def mark_unsubmitted(campaign_dir: str, views: List[Dict[str, Any]]) -> Dict[str
         views[i].update(state=UNSUBMITTED, attempts=0)
     return {"parts": [{"part": p["part"], "rows": _ranges(p["rows"]), "utc": p.get("utc")}
                       for p in record.get("parts", [])], "unsubmitted": len(left),
-            "next_offset": left[0] if left else None}
+            "next_offset": left[0] if left else None, "next_run_id": views[left[0]].get("run_id") if left else None}
 
 
 def refuse_tmux_join(campaign_id: str, state: str) -> None:

@@ -13,7 +13,6 @@ stdlib-only and a slow or dead tracking server never touches a row. Files:
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from typing import Any, Dict, List, Optional
 
@@ -71,6 +70,8 @@ def start_sidecar(ctx: Any, campaign_path: str) -> Optional[int]:
     """Start the campaign's sidecar (detached, its own session); None when tracking is off."""
     if not enabled(ctx.config):
         return None
+    import subprocess  # here: sweep-status reads tracking.status without it
+
     log = open(os.path.join(campaign_path, LOG), "ab")  # noqa: SIM115 - handed to the child
     try:
         proc = subprocess.Popen(sidecar_argv(ctx.path("VENV_DIR"), campaign_path), cwd=campaign_path,

@@ -11,7 +11,6 @@ otherwise the summary says so, and with WANDB_REQUIRED=1 an ok row becomes faile
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import time
@@ -29,6 +28,8 @@ def on(config: Dict[str, str]) -> bool:
 
 def run_id_for(campaign_id: str, run_id: str) -> str:
     """A W&B run id that is the same for every attempt of this row of this campaign."""
+    import hashlib  # here: sweep-status reads wandb.status without it
+
     digest = hashlib.sha256(f"{campaign_id}/{run_id}".encode()).hexdigest()[:8]
     return f"{re.sub(r'[^A-Za-z0-9_-]', '-', run_id)[:48]}-{digest}"
 
