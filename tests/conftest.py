@@ -351,6 +351,27 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def slurm_nodes_cluster() -> Iterator[Any]:
+    """Two-node Slurm cluster (slurmctld in the root network namespace, slurmd n1 and n2 each in a network
+    namespace of its own on one bridge; tests/slurm_nodes_cluster.py) for the session. Root only (CI runs as
+    root); a missing component fails, never skips."""
+    import slurm_nodes_cluster as nodes_mod
+
+    missing = nodes_mod.missing_tools()
+    if missing:
+        pytest.fail(f"Slurm is required by this test: missing {', '.join(missing)} (apt-get install slurmctld slurmd "
+                    "slurm-client munge iproute2 util-linux); tests never skip for a missing tool")
+    if os.geteuid() != 0:
+        pytest.fail("the two-node Slurm cluster needs root (network namespaces); run the tests as root, as CI does")
+    cluster = nodes_mod.start_nodes_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.directory, ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------- mlflow
 
 

@@ -34,19 +34,24 @@ def multinode_argv(argv: List[str], nodes: int, head: str, rdzv_id: str) -> List
     return ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1", *torch]
 
 
-def first_node() -> str:
-    """The allocation's first node (``scontrol show hostnames $SLURM_JOB_NODELIST``), else this node."""
+def allocation_nodes() -> List[str]:
+    """The allocation's nodes, first node first (``scontrol show hostnames $SLURM_JOB_NODELIST``; one plain
+    name needs no scontrol); [] outside an allocation or when scontrol cannot say."""
     nodelist = os.environ.get("SLURM_JOB_NODELIST", "")
-    if nodelist:
-        try:
-            result = subprocess.run(["scontrol", "show", "hostnames", nodelist], stdout=subprocess.PIPE,
-                                    stderr=subprocess.DEVNULL, text=True, timeout=30)
-            names = result.stdout.split() if result.returncode == 0 else []
-            if names:
-                return names[0]
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-    return os.environ.get("SLURMD_NODENAME") or "localhost"
+    if not nodelist or not any(c in nodelist for c in "[,"):
+        return [nodelist] if nodelist else []
+    try:
+        result = subprocess.run(["scontrol", "show", "hostnames", nodelist], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return result.stdout.split() if result.returncode == 0 else []
+
+
+def first_node() -> str:
+    """The allocation's first node, else this node."""
+    names = allocation_nodes()
+    return names[0] if names else os.environ.get("SLURMD_NODENAME") or "localhost"
 
 
 def max_nodes(partition: str) -> int:

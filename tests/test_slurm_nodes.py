@@ -1,0 +1,56 @@
+"""Rows with ``nodes`` > 1 on a real two-node Slurm cluster (tests/slurm_nodes_cluster.py: slurmd n1 and
+n2 in network namespaces of their own, slurmctld on the bridge between them): one allocation of two
+nodes, ``srun`` starts one torchrun per node, c10d rendezvous on the first node, and a gloo DDP trainer
+(tests/sweep_fixture/ddp.py) trains with world size 2 across both nodes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Pod, slurm_login, squeue, wait_until
+from test_sweeps import FIXTURE_SETTINGS, fsm_state, read_json, rows_by_id, write_csv
+
+TIMEOUT = 300
+NODES_HEADER = "run_id,config,seed,overrides,notes,gpus,nodes"
+
+
+@pytest.fixture(scope="module")
+def login(tmp_path_factory: pytest.TempPathFactory, source_repo: Path, slurm_nodes_cluster: Any) -> Iterator[Pod]:
+    settings = {**FIXTURE_SETTINGS, "TRAIN_ENTRYPOINT": "ddp.py", "SWEEP_CPU_SLOTS": "1"}
+    yield from slurm_login(tmp_path_factory.mktemp("slurm-nodes-login"), source_repo, slurm_nodes_cluster, settings)
+
+
+@pytest.mark.slow
+def test_a_two_node_row_trains_across_both_nodes_with_world_size_2(login: Pod, slurm_nodes_cluster: Any,
+                                                                  tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "nodes.csv", "mn-ddp,config/ok.py,1,steps=3,,,2", header=NODES_HEADER)
+    result = login.wf("sweep-start", "--csv", str(csv), "--json")
+    assert result.returncode == 0, result.stderr
+    campaign = json.loads(result.stdout)["campaign_id"]
+    wait_until(lambda: not squeue(slurm_nodes_cluster, campaign), TIMEOUT, interval=0.5,
+               what=f"{campaign} to leave squeue")
+    view = login.wf("sweep-status", "--campaign", campaign, "--json")
+    assert view.returncode == 0, view.stderr
+    row = rows_by_id(json.loads(view.stdout))["mn-ddp"]
+    assert (row["state"], row["attempts"]) == ("ok", 1), row
+    assert fsm_state(login) == "SWEEP_COMPLETED"
+    run = login.outputs / "mn-ddp"
+    log = (run / "run.log").read_text()
+    # world size 2 across both nodes: one torchrun per node, the ranks found each other through c10d on n1
+    assert "rank 0 of 2 on n1" in log and "rank 1 of 2 on n2" in log and "done world=2 hosts=n1,n2" in log, log
+    summary = read_json(run / "summary.json")
+    assert summary["ok"] and summary["trainer_results"] == {"status": "completed", "world_size": 2,
+                                                            "hosts": ["n1", "n2"]}, summary
+    manifest = read_json(run / "run_manifest.json")
+    assert manifest["slurm"]["node"] == "n1" and manifest["slurm"]["nodes"] == ["n1", "n2"], manifest["slurm"]
+    # what ran is what command.sh replays and the manifest records: srun + torchrun c10d on the first node
+    job = manifest["slurm"]["job_id_raw"]
+    want = ["srun", "--nodes=2", "--ntasks-per-node=1", "--nnodes=2", "--rdzv_backend=c10d",
+            "--rdzv_endpoint=n1:29500", f"--rdzv_id={job}", "--nproc_per_node=1"]
+    assert all(word in manifest["argv"] for word in want) and "--standalone" not in manifest["argv"], manifest["argv"]
+    command = (run / "command.sh").read_text()
+    assert all(word in command.split() for word in want) and "--standalone" not in command, command
