@@ -81,7 +81,8 @@ class SSHServer:
         return path
 
 
-def start_sshd(directory: Path, port: int, host: str = "127.0.0.1") -> SSHServer:
+def start_sshd(directory: Path, port: int, host: str = "127.0.0.1", extra_config: tuple[str, ...] = ()) -> SSHServer:
+    """``extra_config``: more sshd_config lines (e.g. ``SetEnv SLURM_CONF=...`` for a Slurm login node)."""
     require_tool(SSHD)
     require_tool("ssh-keygen")
     directory.mkdir(parents=True, exist_ok=True)
@@ -100,7 +101,7 @@ def start_sshd(directory: Path, port: int, host: str = "127.0.0.1") -> SSHServer
         f"AuthorizedKeysFile {directory / 'authorized_keys'}", "PubkeyAuthentication yes",
         "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password",
         "UsePAM no", "StrictModes no", "UseDNS no", "MaxStartups 200:30:400", "MaxSessions 100",
-        "Subsystem sftp /usr/lib/openssh/sftp-server", "",
+        "Subsystem sftp /usr/lib/openssh/sftp-server", *extra_config, "",
     ]))
     subprocess.run([SSHD, "-t", "-f", str(config)], check=True)
     cmd = [SSHD, "-f", str(config), "-E", str(directory / f"sshd.{port}.log")]
@@ -276,11 +277,14 @@ def cleanup_pod(pod: Pod) -> None:
     time.sleep(0.2)
 
 
-def slurm_login(base: Path, source_repo: Path, cluster: Any, settings: dict[str, str]) -> Iterator[Pod]:
-    """A module's Slurm login node: the local target with the cluster's environment, bootstrapped and checked
-    out with SWEEP_EXECUTOR=slurm; afterwards every campaign of it is stopped (nothing of ours left queued)."""
-    login = make_pod("local", base, source_repo, None)
-    login.extra_env.update(cluster.env)
+def slurm_login(base: Path, source_repo: Path, cluster: Any, settings: dict[str, str],
+                server: SSHServer | None = None) -> Iterator[Pod]:
+    """A module's Slurm login node: the local target with the cluster's environment (or over SSH through
+    ``server``, an sshd that gives its sessions that environment), bootstrapped and checked out with
+    SWEEP_EXECUTOR=slurm; afterwards every campaign of it is stopped (nothing of ours left queued)."""
+    login = make_pod("ssh" if server else "local", base, source_repo, server)
+    if server is None:  # over SSH the login node's own environment must carry SLURM_CONF, not ours
+        login.extra_env.update(cluster.env)
     login.set(**{**settings, "SWEEP_EXECUTOR": "slurm", "RUN_RETRIES": "0"})
     try:
         for command in ("bootstrap", "checkout"):

@@ -1,17 +1,21 @@
-"""Rows with ``nodes`` > 1 on a real two-node Slurm cluster (tests/slurm_nodes_cluster.py: slurmd n1 and
-n2 in network namespaces of their own, slurmctld on the bridge between them): one allocation of two
-nodes, ``srun`` starts one torchrun per node, c10d rendezvous on the first node, and a gloo DDP trainer
-(tests/sweep_fixture/ddp.py) trains with world size 2 across both nodes."""
+"""A real two-node Slurm cluster (tests/slurm_nodes_cluster.py: slurmd n1 and n2 in network namespaces of
+their own, slurmctld on the bridge between them).
+
+Rows with ``nodes`` > 1: one allocation of two nodes, ``srun`` starts one torchrun per node, c10d
+rendezvous on the first node, and a gloo DDP trainer (tests/sweep_fixture/ddp.py) trains with world size 2
+across both nodes. And the login node reached over SSH (a loopback sshd whose sessions get SLURM_CONF, as a
+login node has its slurm.conf): checkout, sweep-start, sweep-status and fetch-all of a small campaign."""
 
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Pod, slurm_login, squeue, wait_until
+from conftest import Pod, free_port, slurm_login, squeue, start_sshd, wait_until, with_signal
 from test_sweeps import FIXTURE_SETTINGS, fsm_state, read_json, rows_by_id, write_csv
 
 TIMEOUT = 300
@@ -54,3 +58,41 @@ def test_a_two_node_row_trains_across_both_nodes_with_world_size_2(login: Pod, s
     assert all(word in manifest["argv"] for word in want) and "--standalone" not in manifest["argv"], manifest["argv"]
     command = (run / "command.sh").read_text()
     assert all(word in command.split() for word in want) and "--standalone" not in command, command
+
+
+@pytest.fixture(scope="module")
+def ssh_login(tmp_path_factory: pytest.TempPathFactory, source_repo: Path, slurm_nodes_cluster: Any) -> Iterator[Pod]:
+    server = start_sshd(tmp_path_factory.mktemp("slurm-sshd"), free_port(),
+                        extra_config=(f"SetEnv SLURM_CONF={slurm_nodes_cluster.conf}",))
+    try:
+        yield from slurm_login(tmp_path_factory.mktemp("slurm-ssh-login"), source_repo, slurm_nodes_cluster,
+                               FIXTURE_SETTINGS, server)
+    finally:
+        with_signal(server.pid, signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_the_login_node_over_ssh_runs_checks_starts_reports_and_fetches_a_campaign(ssh_login: Pod,
+                                                                                    slurm_nodes_cluster: Any) -> None:
+    # the fixture's bootstrap + checkout ran over SSH, where checkout found sbatch, squeue, sacct and scontrol
+    assert ssh_login.kind == "ssh" and (ssh_login.root / "repo" / ".venv").is_dir()
+    csv = write_csv(ssh_login.root.parent / "ssh.csv", "ssh-ok,config/ok.py,1,,,", "ssh-fail,config/fail.py,2,,,")
+    result = ssh_login.wf("sweep-start", "--csv", str(csv), "--json")
+    assert result.returncode == 0, result.stderr
+    campaign = json.loads(result.stdout)["campaign_id"]
+    wait_until(lambda: not squeue(slurm_nodes_cluster, campaign), TIMEOUT, interval=0.5,
+               what=f"{campaign} to leave squeue")
+    view = ssh_login.wf("sweep-status", "--campaign", campaign, "--json")
+    assert view.returncode == 1, view.stderr  # a failed row: non-zero, as on a pod
+    status = json.loads(view.stdout)
+    rows = rows_by_id(status)
+    assert (rows["ssh-ok"]["state"], rows["ssh-fail"]["state"]) == ("ok", "failed"), rows
+    assert status["executor"]["kind"] == "slurm" and "no Slurm accounting" in status["executor"]["note"]
+    fetched = ssh_login.wf("fetch-all", "--json", timeout=300)
+    assert fetched.returncode == 0, fetched.stderr
+    report = {row["run_id"]: row for row in json.loads(fetched.stdout)["runs"]}
+    assert sorted(report) == ["ssh-fail", "ssh-ok"] and all(row["final"] for row in report.values()), report
+    artifacts = ssh_login.root.parent / "artifacts"
+    assert read_json(artifacts / "ssh-ok" / "summary.json")["ok"] is True
+    assert read_json(artifacts / "ssh-ok" / "run_manifest.json")["slurm"]["node"] in ("n1", "n2")
+    assert "giving up on purpose" in (artifacts / "ssh-fail" / "run.log").read_text()
