@@ -1,9 +1,11 @@
 """A two-node Slurm cluster on this one machine, for rows with ``nodes`` > 1 (tests/test_slurm_nodes.py).
 
 slurmctld and munged run in the root network namespace on a bridge of their own (10.X.Y.1); each node,
-``n1`` and ``n2``, is one slurmd in its own network namespace (a veth on that bridge, 10.X.Y.11/.12), with
-its own hostname (UTS namespace) and its own /etc/hosts (a bind mount in its own mount namespace; the real
-file is untouched) naming the controller and both nodes, as the nodes of a real cluster resolve each other.
+NodeName ``n1`` and ``n2``, is one slurmd in its own network namespace (a veth on that bridge, 10.X.Y.11/.12),
+with its own hostname (``node1``/``node2``: UTS namespace; NodeHostname, NodeAddr the IP) and its own
+/etc/hosts (a bind mount in its own mount namespace; the real file is untouched) naming the controller and
+both nodes' hostnames, as the nodes of a real cluster resolve each other. The NodeNames resolve nowhere:
+only Slurm knows them, as on clusters whose NodeNames are aliases.
 The filesystem is the host's (the shared filesystem of a cluster). No accounting (sacct falls back to
 squeue plus the run files): the cluster starts in a few seconds. No default route and ip_forward untouched:
 nothing leaves the bridge's /24. Names (namespaces, bridge, directory) and ports are unique per start,
@@ -28,7 +30,8 @@ from slurm_cluster import SlurmCluster, _free_port, _wait, _write
 
 TOOLS = ("munged", "mungekey", "munge", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo",
          "srun", "ip", "unshare", "nsenter")
-NODES = ("n1", "n2")
+NODES = ("n1", "n2")  # Slurm's NodeNames; the nodes' hostnames are HOSTNAMES (NodeHostname), as on
+HOSTNAMES = {"n1": "node1", "n2": "node2"}  # clusters whose NodeNames are aliases: only Slurm knows them
 NODE_CPUS = 2
 
 
@@ -105,7 +108,7 @@ def _network(cluster: NodesCluster, s: Path, tag: str) -> str:
     _ip("link", "set", cluster.bridge, "up")
     cluster.addresses = {node: f"{prefix}.{11 + i}" for i, node in enumerate(NODES)}
     hosts = ["127.0.0.1 localhost", f"{prefix}.1 {socket.gethostname()}",
-             *(f"{ip} {node}" for node, ip in cluster.addresses.items())]
+             *(f"{ip} {HOSTNAMES[node]}" for node, ip in cluster.addresses.items())]
     _write(s / "hosts", "\n".join(hosts) + "\n")
     for node, address in cluster.addresses.items():
         ns, veth = f"wfmn{tag}{node}", f"wfmv{tag}{node}"
@@ -129,8 +132,8 @@ def _start(cluster: NodesCluster, s: Path, tag: str) -> None:
     _wait(lambda: cluster.ok("munge", "-S", str(msock), "-n"), "munged")
     prefix = _network(cluster, s, tag)
     ctld_port, slurmd_port = _free_port(), _free_port()
-    nodes = [f"NodeName={node} NodeAddr={ip} NodeHostname={node} CPUs={NODE_CPUS} RealMemory=1024 State=UNKNOWN"
-             for node, ip in cluster.addresses.items()]
+    nodes = [f"NodeName={node} NodeAddr={ip} NodeHostname={HOSTNAMES[node]} CPUs={NODE_CPUS} RealMemory=1024 "
+             "State=UNKNOWN" for node, ip in cluster.addresses.items()]
     _write(s / "slurm.conf", "\n".join([
         f"ClusterName=wfmn{tag}", f"SlurmctldHost={socket.gethostname()}({prefix}.1)",  # slurmctld: its hostname
         "SlurmUser=root", "AuthType=auth/munge",
@@ -150,7 +153,7 @@ def _start(cluster: NodesCluster, s: Path, tag: str) -> None:
     for node, ns in zip(NODES, cluster.netns):
         (s / "spool" / node).mkdir(exist_ok=True)
         # the node's own hostname and /etc/hosts, then slurmd (it daemonizes; its pid file is slurmd.<node>.pid)
-        script = (f"hostname {node} && mount --bind {shlex.quote(str(s / 'hosts'))} /etc/hosts && "
+        script = (f"hostname {HOSTNAMES[node]} && mount --bind {shlex.quote(str(s / 'hosts'))} /etc/hosts && "
                   f"exec slurmd -N {node}")
         # nsenter, not `ip netns exec`: that mounts a fresh /sys without /sys/fs/cgroup, which slurmd needs
         subprocess.run(["nsenter", f"--net=/run/netns/{ns}", "unshare", "--uts", "--mount", "--propagation",

@@ -45,16 +45,18 @@ def test_a_two_node_row_trains_across_both_nodes_with_world_size_2(login: Pod, s
     run = login.outputs / "mn-ddp"
     log = (run / "run.log").read_text()
     # world size 2 across both nodes: one torchrun per node, the ranks found each other through c10d on n1
-    assert "rank 0 of 2 on n1" in log and "rank 1 of 2 on n2" in log and "done world=2 hosts=n1,n2" in log, log
+    # (n1 and n2 are Slurm's NodeNames; their hostnames, which torchrun and gloo resolve, are node1 and node2)
+    assert "rank 0 of 2 on node1" in log and "rank 1 of 2 on node2" in log, log
+    assert "done world=2 hosts=node1,node2" in log, log
     summary = read_json(run / "summary.json")
     assert summary["ok"] and summary["trainer_results"] == {"status": "completed", "world_size": 2,
-                                                            "hosts": ["n1", "n2"]}, summary
+                                                            "hosts": ["node1", "node2"]}, summary
     manifest = read_json(run / "run_manifest.json")
     assert manifest["slurm"]["node"] == "n1" and manifest["slurm"]["nodes"] == ["n1", "n2"], manifest["slurm"]
     # what ran is what command.sh replays and the manifest records: srun + torchrun c10d on the first node
     job = manifest["slurm"]["job_id_raw"]
     want = ["srun", "--nodes=2", "--ntasks-per-node=1", "--nnodes=2", "--rdzv_backend=c10d",
-            "--rdzv_endpoint=n1:29500", f"--rdzv_id={job}", "--nproc_per_node=1"]
+            "--rdzv_endpoint=node1:29500", f"--rdzv_id={job}", "--nproc_per_node=1"]
     assert all(word in manifest["argv"] for word in want) and "--standalone" not in manifest["argv"], manifest["argv"]
     command = (run / "command.sh").read_text()
     assert all(word in command.split() for word in want) and "--standalone" not in command, command

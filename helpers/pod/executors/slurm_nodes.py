@@ -2,7 +2,7 @@
 
 The chunk asks for ``--nodes=N --ntasks-per-node=1``; the array task, on the allocation's first node,
 runs the row under the same supervisor, its command being ``srun`` over the N nodes of one torchrun each,
-rendezvousing with c10d on the first node (``--rdzv_endpoint=<first node>:RDZV_PORT``, the job id as
+rendezvousing with c10d on the first node (``--rdzv_endpoint=<its hostname>:RDZV_PORT``, the job id as
 ``--rdzv_id``) instead of ``--standalone``. Rows that need more nodes than SLURM_PARTITION has are
 refused before anything is submitted (``scontrol show partition``).
 """
@@ -10,6 +10,7 @@ refused before anything is submitted (``scontrol show partition``).
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from typing import Any, Dict, List
 
@@ -48,10 +49,11 @@ def allocation_nodes() -> List[str]:
     return result.stdout.split() if result.returncode == 0 else []
 
 
-def first_node() -> str:
-    """The allocation's first node, else this node."""
-    names = allocation_nodes()
-    return names[0] if names else os.environ.get("SLURMD_NODENAME") or "localhost"
+def rendezvous_host() -> str:
+    """The c10d endpoint's host: this node's own hostname. The batch step runs on the allocation's first node,
+    and its hostname is what the other nodes resolve and what torchrun matches to host the store there; Slurm's
+    NodeName need not be either (NodeName=n1 NodeHostname=gpu-017, or a NodeAddr only Slurm uses)."""
+    return socket.gethostname()
 
 
 def max_nodes(partition: str) -> int:

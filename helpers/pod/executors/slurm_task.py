@@ -121,7 +121,7 @@ class SlurmRowExecutor(Executor):
         nodes = slurm_nodes.nodes_of(rr.row)
         if nodes <= 1:
             return argv
-        return slurm_nodes.multinode_argv(argv, nodes, slurm_nodes.first_node(),
+        return slurm_nodes.multinode_argv(argv, nodes, slurm_nodes.rendezvous_host(),
                                           str(self.slurm["job_id_raw"] or self.slurm["job_id"]))
 
     def _launch(self, path: str, spec: Dict[str, Any], env: Dict[str, str], command: str) -> None:
