@@ -81,7 +81,8 @@ class SSHServer:
         return path
 
 
-def start_sshd(directory: Path, port: int, host: str = "127.0.0.1") -> SSHServer:
+def start_sshd(directory: Path, port: int, host: str = "127.0.0.1", extra_config: tuple[str, ...] = ()) -> SSHServer:
+    """``extra_config``: more sshd_config lines (e.g. ``SetEnv SLURM_CONF=...`` for a Slurm login node)."""
     require_tool(SSHD)
     require_tool("ssh-keygen")
     directory.mkdir(parents=True, exist_ok=True)
@@ -100,7 +101,7 @@ def start_sshd(directory: Path, port: int, host: str = "127.0.0.1") -> SSHServer
         f"AuthorizedKeysFile {directory / 'authorized_keys'}", "PubkeyAuthentication yes",
         "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password",
         "UsePAM no", "StrictModes no", "UseDNS no", "MaxStartups 200:30:400", "MaxSessions 100",
-        "Subsystem sftp /usr/lib/openssh/sftp-server", "",
+        "Subsystem sftp /usr/lib/openssh/sftp-server", *extra_config, "",
     ]))
     subprocess.run([SSHD, "-t", "-f", str(config)], check=True)
     cmd = [SSHD, "-f", str(config), "-E", str(directory / f"sshd.{port}.log")]
@@ -276,11 +277,14 @@ def cleanup_pod(pod: Pod) -> None:
     time.sleep(0.2)
 
 
-def slurm_login(base: Path, source_repo: Path, cluster: Any, settings: dict[str, str]) -> Iterator[Pod]:
-    """A module's Slurm login node: the local target with the cluster's environment, bootstrapped and checked
-    out with SWEEP_EXECUTOR=slurm; afterwards every campaign of it is stopped (nothing of ours left queued)."""
-    login = make_pod("local", base, source_repo, None)
-    login.extra_env.update(cluster.env)
+def slurm_login(base: Path, source_repo: Path, cluster: Any, settings: dict[str, str],
+                server: SSHServer | None = None) -> Iterator[Pod]:
+    """A module's Slurm login node: the local target with the cluster's environment (or over SSH through
+    ``server``, an sshd that gives its sessions that environment), bootstrapped and checked out with
+    SWEEP_EXECUTOR=slurm; afterwards every campaign of it is stopped (nothing of ours left queued)."""
+    login = make_pod("ssh" if server else "local", base, source_repo, server)
+    if server is None:  # over SSH the login node's own environment must carry SLURM_CONF, not ours
+        login.extra_env.update(cluster.env)
     login.set(**{**settings, "SWEEP_EXECUTOR": "slurm", "RUN_RETRIES": "0"})
     try:
         for command in ("bootstrap", "checkout"):
@@ -349,6 +353,27 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     finally:
         cluster.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def slurm_nodes_cluster() -> Iterator[Any]:
+    """Two-node Slurm cluster (slurmctld in the root network namespace, slurmd n1 and n2 each in a network
+    namespace of its own on one bridge; tests/slurm_nodes_cluster.py) for the session. Root only (CI runs as
+    root); a missing component fails, never skips."""
+    import slurm_nodes_cluster as nodes_mod
+
+    missing = nodes_mod.missing_tools()
+    if missing:
+        pytest.fail(f"Slurm is required by this test: missing {', '.join(missing)} (apt-get install slurmctld slurmd "
+                    "slurm-client munge iproute2 util-linux); tests never skip for a missing tool")
+    if os.geteuid() != 0:
+        pytest.fail("the two-node Slurm cluster needs root (network namespaces); run the tests as root, as CI does")
+    cluster = nodes_mod.start_nodes_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.directory, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- mlflow

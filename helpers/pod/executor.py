@@ -178,6 +178,9 @@ class Executor:
     def _slots(self, env_base: Dict[str, str]) -> List[str]:
         return detect_slots(self.ctx, env_base)
 
+    def _row_argv(self, rr: RowRun, argv: List[str]) -> List[str]:
+        return argv  # the row's torchrun as it runs (command.sh, run_manifest.json and the supervisor's spec)
+
     def _launch(self, path: str, spec: Dict[str, Any], env: Dict[str, str], command: str) -> None:
         launch_supervised(path, spec, env, command, self.ctx.tmux_base(), self.ctx.get("SWEEP_TMUX_SESSION"))
 
@@ -197,6 +200,7 @@ class Executor:
         python = os.path.join(ctx.path("VENV_DIR"), "bin", "python")
         argv = runs.build_argv(python, ctx.get("TRAIN_ENTRYPOINT"), row["config"], int(row["seed"]), rr.out_dir,
                                overrides, len(slots))
+        argv = self._row_argv(rr, argv)
         env = dict(env_base)
         shown_env = slot_env(env_base, self.slots, slots)
         env.update(WF_RUN_ID=rr.run_id, WF_CAMPAIGN_ID=self.campaign_id, WF_ATTEMPT=str(attempt), **shown_env)

@@ -2,7 +2,7 @@
 
 The chunk asks for ``--nodes=N --ntasks-per-node=1``; the array task, on the allocation's first node,
 runs the row under the same supervisor, its command being ``srun`` over the N nodes of one torchrun each,
-rendezvousing with c10d on the first node (``--rdzv_endpoint=<first node>:RDZV_PORT``, the job id as
+rendezvousing with c10d on the first node (``--rdzv_endpoint=<its hostname>:RDZV_PORT``, the job id as
 ``--rdzv_id``) instead of ``--standalone``. Rows that need more nodes than SLURM_PARTITION has are
 refused before anything is submitted (``scontrol show partition``).
 """
@@ -10,6 +10,7 @@ refused before anything is submitted (``scontrol show partition``).
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from typing import Any, Dict, List
 
@@ -34,19 +35,25 @@ def multinode_argv(argv: List[str], nodes: int, head: str, rdzv_id: str) -> List
     return ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1", *torch]
 
 
-def first_node() -> str:
-    """The allocation's first node (``scontrol show hostnames $SLURM_JOB_NODELIST``), else this node."""
+def allocation_nodes() -> List[str]:
+    """The allocation's nodes, first node first (``scontrol show hostnames $SLURM_JOB_NODELIST``; one plain
+    name needs no scontrol); [] outside an allocation or when scontrol cannot say."""
     nodelist = os.environ.get("SLURM_JOB_NODELIST", "")
-    if nodelist:
-        try:
-            result = subprocess.run(["scontrol", "show", "hostnames", nodelist], stdout=subprocess.PIPE,
-                                    stderr=subprocess.DEVNULL, text=True, timeout=30)
-            names = result.stdout.split() if result.returncode == 0 else []
-            if names:
-                return names[0]
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-    return os.environ.get("SLURMD_NODENAME") or "localhost"
+    if not nodelist or not any(c in nodelist for c in "[,"):
+        return [nodelist] if nodelist else []
+    try:
+        result = subprocess.run(["scontrol", "show", "hostnames", nodelist], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return result.stdout.split() if result.returncode == 0 else []
+
+
+def rendezvous_host() -> str:
+    """The c10d endpoint's host: this node's own hostname. The batch step runs on the allocation's first node,
+    and its hostname is what the other nodes resolve and what torchrun matches to host the store there; Slurm's
+    NodeName need not be either (NodeName=n1 NodeHostname=gpu-017, or a NodeAddr only Slurm uses)."""
+    return socket.gethostname()
 
 
 def max_nodes(partition: str) -> int:

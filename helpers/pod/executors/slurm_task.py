@@ -33,7 +33,8 @@ def slurm_identity() -> Dict[str, Any]:
     env = os.environ
     return {"job_id": env.get("SLURM_ARRAY_JOB_ID") or env.get("SLURM_JOB_ID"),
             "array_index": int(env.get("SLURM_ARRAY_TASK_ID", "0")), "job_id_raw": env.get("SLURM_JOB_ID"),
-            "node": env.get("SLURMD_NODENAME"), "restart_count": int(env.get("SLURM_RESTART_COUNT", "0") or 0),
+            "node": env.get("SLURMD_NODENAME"), "nodes": slurm_nodes.allocation_nodes(),
+            "restart_count": int(env.get("SLURM_RESTART_COUNT", "0") or 0),
             "gpus": env.get("SLURM_JOB_GPUS")}
 
 
@@ -114,16 +115,22 @@ class SlurmRowExecutor(Executor):
         # the allocation's GPUs (Slurm sets CUDA_VISIBLE_DEVICES); none allocated: CPU slots, never nvidia-smi
         return slots_from(os.environ.get("CUDA_VISIBLE_DEVICES", ""), [], self.ctx.number("SWEEP_CPU_SLOTS", 1))
 
+    def _row_argv(self, rr: RowRun, argv: List[str]) -> List[str]:
+        """A row with nodes > 1: srun over the allocation's nodes, one torchrun each, c10d on the first node;
+        command.sh and run_manifest.json show this command, the one that runs."""
+        nodes = slurm_nodes.nodes_of(rr.row)
+        if nodes <= 1:
+            return argv
+        return slurm_nodes.multinode_argv(argv, nodes, slurm_nodes.rendezvous_host(),
+                                          str(self.slurm["job_id_raw"] or self.slurm["job_id"]))
+
     def _launch(self, path: str, spec: Dict[str, Any], env: Dict[str, str], command: str) -> None:
         """As launch_supervised, but the supervisor is this task's child (inside the allocation)."""
         import json
         import uuid
 
         spec.setdefault("marker", f"{spec['id']}-{uuid.uuid4().hex[:12]}")
-        nodes = slurm_nodes.nodes_of(self.manifest["rows"][0])
-        if nodes > 1:  # srun over the allocation's nodes, one torchrun each, c10d on the first node
-            spec["argv"] = slurm_nodes.multinode_argv(list(spec["argv"]), nodes, slurm_nodes.first_node(),
-                                                      str(self.slurm["job_id_raw"] or self.slurm["job_id"]))
+        if spec["argv"][:1] == ["srun"]:  # a multi-node row (see _row_argv): show srun too
             spec["command_display"] = " ".join(spec["argv"])
         spec["tmux"] = None
         spec["slurm"] = self.slurm
