@@ -12,7 +12,8 @@ import pytest
 from conftest import Pod, one_line_error
 from test_status_cache import CAMPAIGN, build
 
-from helpers import cli, fastpath
+from helpers import cli, fastpath, prelaunch
+from helpers.session import SHORT_CALLS
 
 HANDLED = [
     ["fsm-status"], ["--json", "fsm-status"], ["fsm-status", "--json", "--debug"], ["pod-status"],
@@ -57,6 +58,7 @@ def test_anything_else_goes_to_the_full_command_line(argv: list[str]) -> None:
 
 
 def test_rows_are_the_command_table_rows() -> None:
+    assert set(fastpath.ROWS) == prelaunch.COMMANDS == SHORT_CALLS  # the short read-only calls, all of them
     for name, row in fastpath.ROWS.items():
         full = cli.COMMANDS_BY_NAME[name]
         assert (row.name, row.module, row.handler, row.changes, row.json) == (
