@@ -461,6 +461,7 @@ class Executor:
             self._stop_active(active)
         if self.stop_reason == "budget" and self._budget_hold(todo, {}, self.budget_why):
             todo = []
+        cost.split_idle(self)  # the pod's idle time of this pass, split over its rows' summaries
         self._write_index(durable=True)
         return self._end(failed, todo + getattr(self, "held", []))
 
