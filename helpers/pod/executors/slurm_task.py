@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .. import runs
 from ..executor import Executor, RowRun
+from ..fence import Superseded
 from ..jsonio import read_json, utc_now, write_bytes, write_json
 from ..scheduling import slots_from
 from ..taskstate import new_record, update_status
@@ -257,4 +258,8 @@ def slurm_task_main(argv: List[str]) -> int:
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # until the row's supervisor can take it
     task = SlurmRowExecutor(argv[0], argv[1])
     signal.signal(signal.SIGUSR2, lambda _s, _f: task.forward_usr2())
-    return task.run()
+    try:
+        return task.run()
+    except Superseded as exc:  # a newer epoch of managed recovery owns the campaign: nothing more is written
+        task.say(str(exc))
+        return 3
