@@ -96,6 +96,7 @@ class Spend:
         self.durations: List[float] = []  # finished rows' busy time per slot (for the projection)
         self.started = time.time()  # this executor pass's start: its wall time bounds the pod's idle time
         self.rows: Dict[str, tuple[str, float]] = {}  # run_id -> (run dir, slot-seconds in this pass)
+        self.others = 0.0  # USD spent by rows other executors run (a Slurm array task: the rest of the campaign)
 
     def seed(self, index: Dict[str, Any]) -> None:
         for run_id, entry in index.items():
@@ -128,7 +129,7 @@ class Spend:
         if limit is None or self.price is None:
             return None
         spent_running, projected = self.running(active, time.time())
-        spent = sum(self.concluded.values()) + spent_running
+        spent = sum(self.concluded.values()) + self.others + spent_running
         if hard:
             return f"BUDGET_USD={limit:g} reached: spent ${spent:.4f}" if spent >= limit else None
         if spent + projected >= limit:
