@@ -33,7 +33,8 @@ def flow_options(session: Session) -> FlowOptions:
     return FlowOptions(provision=check_choice("provision", o.provision), sweep=check_choice("sweep", o.sweep),
                        wait=bool(o.wait), fetch=check_choice("fetch", o.fetch), report=bool(o.report),
                        teardown=check_choice("teardown", teardown),
-                       manage=bool(o.manage), yes=bool(o.yes))
+                       manage=bool(o.manage), yes=bool(o.yes),
+                       on_finish=session.cfg.text("TEARDOWN_ON_FINISH") or "keep")
 
 
 class Runner:

@@ -5,7 +5,9 @@ fetch, report, teardown. A phase is ``run`` (with the workflow.sh command it run
 workflow state says it is done already: not redone) or ``skip`` (not asked for, or nothing to do).
 `--teardown delete` is refused here, before anything runs (also with --dry-run), unless the pod is a
 Lium pod this tool rented (its UUID recorded by pod-up or flow) and the flow fetches and verifies
-the results first.
+the results first. With --no-wait it is allowed only when TEARDOWN_ON_FINISH=delete: the teardown
+phase is then skipped, and the first sweep-status/sweep-watch/flow that sees the campaign ended
+fetches, verifies and deletes the pod (helpers/teardown.py); the plan says so.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class FlowOptions:
     teardown: str = "keep"
     manage: bool = False
     yes: bool = False
+    on_finish: str = "keep"  # TEARDOWN_ON_FINISH as configured (what sweep-status does once the campaign ends)
 
     def argv(self) -> list[str]:
         """These options as flow's own command line (for the `continue with` line)."""
@@ -98,10 +101,11 @@ def check_teardown(options: FlowOptions, facts: FlowFacts) -> None:
         shown = pod_uuid(facts) or facts.lium_target or "(none)"
         why = (f"Lium pod {shown} was not rented by this tool (its UUID is not in the record of pod-up/flow "
                "rentals): delete it yourself with pod-delete if you mean to")
-    elif options.fetch != "all":
+    elif not options.wait and options.on_finish != "delete":
+        why = ("it needs the sweep finished and its results fetched: drop --no-wait, or set TEARDOWN_ON_FINISH=delete "
+               "so that the first sweep-status/sweep-watch/flow after the campaign ends fetches, verifies and deletes")
+    elif options.wait and options.fetch != "all":
         why = "it needs the results fetched and verified first: use --fetch all"
-    elif not options.wait:
-        why = "it needs the sweep finished and its results fetched: drop --no-wait"
     if why:
         raise WorkflowError(f"flow: --teardown delete refused: {why}; nothing was changed", ExitCode.REFUSED)
 
@@ -163,6 +167,12 @@ def plan_flow(options: FlowOptions, facts: FlowFacts) -> list[Phase]:
     elif options.teardown == "stop":
         phases.append(Phase("teardown", "run", "stop what the campaign still runs on the pod, close the connection",
                             ["sweep-stop", *of]))
+    elif not options.wait:  # check_teardown let it through: TEARDOWN_ON_FINISH=delete does it later
+        pod = f"Lium pod {pod_uuid(facts)}" if pod_uuid(facts) else "the Lium pod this flow rents"
+        phases.append(Phase("teardown", "skip", f"--no-wait with TEARDOWN_ON_FINISH=delete: deleted later, not now: "
+                                                f"once the campaign has ended, the first sweep-status, sweep-watch or "
+                                                f"flow of {pod} fetches and verifies its results, then "
+                                                "deletes that pod by UUID"))
     else:
         phases.append(Phase("teardown", "run", "delete the Lium pod this tool rented, by UUID",
                             ["pod-delete", "--yes"]))

@@ -72,7 +72,8 @@ def test_budget_stops_new_rows_and_says_so(ready: Pod, tmp_path: Path) -> None:
     assert "BUDGET_USD=2" in log and "not starting 2 row(s)" in log
     summary = json.loads((ready.outputs / "bu-1" / "summary.json").read_text())
     assert summary["cost"]["price_per_hour"] == 3600.0 and summary["cost"]["usd"] >= 1.0
-    assert summary["cost"]["usd"] == pytest.approx(summary["cost"]["slot_seconds"], rel=0.01)
+    assert summary["cost"]["busy_usd"] == pytest.approx(summary["cost"]["slot_seconds"], rel=0.01)
+    assert summary["cost"]["usd"] == pytest.approx(summary["cost"]["busy_usd"] + summary["cost"]["idle_share_usd"])
     assert re.search(r"cost: spent \$\d+\.\d\d so far", status["text"]), status["text"]
     assert "budget $2.00" in status["text"]
     assert status["cost"]["spent_usd"] >= summary["cost"]["usd"]
@@ -86,6 +87,34 @@ def test_budget_stops_new_rows_and_says_so(ready: Pod, tmp_path: Path) -> None:
         path.read_text()).get("generation", 1) > 1, timeout=300, interval=0.5, what="the resume ends")
     again = ready.wf("sweep-status", "--campaign", status["campaign_id"], "--json")
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_idle_time_is_split_over_the_rows_by_their_slot_seconds(ready: Pod, tmp_path: Path) -> None:
+    csv = write_csv(tmp_path / "i.csv", "id-1,config/ok.py,1,,,1", "id-2,config/ok.py,2,,,1")
+    status = run_to_end(ready, csv, "--set", "POD_PRICE_PER_HOUR=3600")  # $1 per slot-second
+    costs = {run_id: json.loads((ready.outputs / run_id / "summary.json").read_text())["cost"]
+             for run_id in ("id-1", "id-2")}
+    executor = json.loads((ready.outputs / "_campaigns" / status["campaign_id"] / "executor.json").read_text())
+    from helpers.pod.jsonio import parse_utc
+
+    wall = parse_utc(executor["ended_utc"]) - parse_utc(executor["started_utc"])
+    # the rows' costs (their own time + their idle shares) add up to the pod's bill for the campaign
+    assert sum(c["usd"] for c in costs.values()) == pytest.approx(wall, abs=2.0), (costs, wall)
+    for c in costs.values():
+        assert c["idle_share_usd"] > 0 and c["usd"] == pytest.approx(c["busy_usd"] + c["idle_share_usd"])
+        share = c["idle_share_slot_seconds"] / c["slot_seconds"]  # in proportion to each row's slot time
+        assert share == pytest.approx(costs["id-1"]["idle_share_slot_seconds"] / costs["id-1"]["slot_seconds"],
+                                      rel=0.05, abs=0.01)
+    index = json.loads((ready.outputs / "_campaigns" / status["campaign_id"] / "index.json").read_text())
+    assert index["id-1"]["cost_usd"] == pytest.approx(costs["id-1"]["usd"], abs=1e-4)
+
+
+def test_idle_shares_split_by_weight_or_evenly() -> None:
+    from helpers.pod.cost import idle_shares
+
+    assert idle_shares(30.0, {"a": 10.0, "b": 20.0}) == {"a": 10.0, "b": 20.0}
+    assert idle_shares(10.0, {"a": 0.0, "b": 0.0}) == {"a": 5.0, "b": 5.0}
+    assert idle_shares(10.0, {}) == {}
 
 
 def test_budget_hard_stops_running_rows(ready: Pod, tmp_path: Path) -> None:

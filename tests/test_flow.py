@@ -10,17 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Pod, SSHServer, make_pod, one_line_error
+from conftest import Pod, SSHServer, one_line_error
 from fake_lium_api import FakeLiumAPI
+from lium_pod import SETTINGS, fake_lium_pod, write_csv
 
-SETTINGS = {"TRAIN_WORKDIR": "tests/sweep_fixture", "SWEEP_CPU_SLOTS": "2", "RUN_STALL_SECS": "60",
-            "RUN_RETRY_BACKOFF_SECS": "1", "TASK_KILL_GRACE_SECS": "2", "CONNECTION_PERSIST_SECS": "0"}
 API_KEY = "lium-flow-key-8d1e4c2a9b"
-
-
-def write_csv(path: Path, *rows: str) -> Path:
-    path.write_text("\n".join(["run_id,config,seed,overrides,notes,gpus", *rows]) + "\n")
-    return path
 
 
 def flow_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
@@ -129,18 +123,9 @@ def test_flow_local_end_to_end_then_stopped_and_continued(flow_pod: Pod, tmp_pat
 
 @pytest.fixture
 def lium_pod(tmp_path: Path, sshd: SSHServer, source_repo: Path) -> Iterator[tuple[FakeLiumAPI, Pod]]:
-    home = tmp_path / "home"
-    home.mkdir()
-    with FakeLiumAPI(api_key=API_KEY) as api:
-        pod = make_pod("local", tmp_path, source_repo, None)
-        csv = write_csv(tmp_path / "flow.csv", "lf-a,config/ok.py,1,,,1")
-        pod.set(**SETTINGS, SWEEP_CSV=str(csv), LIUM_BASE_URL=api.base_url, LIUM_SSH_KEY_PATH=str(sshd.key),
-                LIUM_GPU_TYPE="H100", LIUM_GPU_COUNT="1", LIUM_POD_NAME="wf-flow-pod")
-        pod.extra_env.update(HOME=str(home), LIUM_API_KEY=API_KEY, NO_PROXY="127.0.0.1,localhost")
-        api.add_executor(gpu_count=1, price_per_gpu=3.0)
-        api.rent_ssh = ("127.0.0.1", sshd.port)
-        yield api, pod
-        pod.tmux("kill-server")
+    with fake_lium_pod(tmp_path, sshd, source_repo, api_key=API_KEY, pod_name="wf-flow-pod",
+                       rows=("lf-a,config/ok.py,1,,,1",)) as made:
+        yield made
 
 
 def test_flow_on_lium_rents_then_keeps_then_deletes_exactly_that_pod(lium_pod: tuple[FakeLiumAPI, Pod]) -> None:

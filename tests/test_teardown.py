@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Pod, SSHServer, make_pod
+from conftest import Pod, SSHServer, one_line_error
 from fake_lium_api import FakeLiumAPI
+from lium_pod import fake_lium_pod
 
-SETTINGS = {"TRAIN_WORKDIR": "tests/sweep_fixture", "SWEEP_CPU_SLOTS": "2", "RUN_STALL_SECS": "60",
-            "RUN_RETRY_BACKOFF_SECS": "1", "TASK_KILL_GRACE_SECS": "2", "CONNECTION_PERSIST_SECS": "0"}
 API_KEY = "lium-teardown-key-5c7a1e93f0"
 
 
@@ -25,19 +24,9 @@ def teardown_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
 
 @pytest.fixture
 def lium_pod(tmp_path: Path, sshd: SSHServer, source_repo: Path) -> Iterator[tuple[FakeLiumAPI, Pod]]:
-    home = tmp_path / "home"
-    home.mkdir()
-    with FakeLiumAPI(api_key=API_KEY) as api:
-        pod = make_pod("local", tmp_path, source_repo, None)
-        csv = tmp_path / "td.csv"
-        csv.write_text("run_id,config,seed,overrides,notes,gpus\ntd-a,config/ok.py,1,,,1\n")
-        pod.set(**SETTINGS, SWEEP_CSV=str(csv), LIUM_BASE_URL=api.base_url, LIUM_SSH_KEY_PATH=str(sshd.key),
-                LIUM_GPU_TYPE="H100", LIUM_GPU_COUNT="1", LIUM_POD_NAME="wf-td-pod")
-        pod.extra_env.update(HOME=str(home), LIUM_API_KEY=API_KEY, NO_PROXY="127.0.0.1,localhost")
-        api.add_executor(gpu_count=1, price_per_gpu=3.0)
-        api.rent_ssh = ("127.0.0.1", sshd.port)
-        yield api, pod
-        pod.tmux("kill-server")
+    with fake_lium_pod(tmp_path, sshd, source_repo, api_key=API_KEY, pod_name="wf-td-pod",
+                       rows=("td-a,config/ok.py,1,,,1",)) as made:
+        yield made
 
 
 def test_campaign_end_deletes_only_the_rented_pod_after_a_verified_fetch(lium_pod: tuple[FakeLiumAPI, Pod],
@@ -113,4 +102,33 @@ def test_campaign_end_deletes_only_the_rented_pod_after_a_verified_fetch(lium_po
     assert again.returncode == 0 and not teardown_lines(again)
     assert len(api.calls("DELETE", ".*")) == 1
     for result in (started, kept, foreign, dry, busy, failed, gone):
+        assert API_KEY not in result.stdout + result.stderr
+
+
+def test_flow_no_wait_leaves_the_delete_to_the_first_status_after_the_end(lium_pod: tuple[FakeLiumAPI, Pod]) -> None:
+    api, pod = lium_pod
+    # --teardown delete with --no-wait and nobody set to delete later: refused up front, nothing rented
+    refused = pod.wf("flow", "--yes", "--no-wait", "--teardown", "delete", timeout=300)
+    assert refused.returncode == 7, refused.stdout + refused.stderr
+    assert "drop --no-wait, or set TEARDOWN_ON_FINISH=delete" in one_line_error(refused)
+    assert not api.calls("POST", r"/executors/.*/rent")
+    pod.set(TEARDOWN_ON_FINISH="delete")  # flow's teardown default, and what sweep-status does at the end
+    plan = pod.wf("flow", "--yes", "--no-wait", "--dry-run", timeout=300)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "deleted later, not now" in plan.stdout and "first sweep-status" in plan.stdout, plan.stdout
+    assert not api.calls("POST", r"/executors/.*/rent")
+    started = pod.wf("flow", "--yes", "--no-wait", timeout=900)
+    assert started.returncode == 0, started.stdout + started.stderr
+    [uuid] = api.pod_ids()
+    teardown = [line for line in started.stdout.splitlines() if "] teardown: skipped" in line]
+    assert teardown and "deleted later, not now" in teardown[0] and "the Lium pod this flow rents" in teardown[0]
+    assert not api.calls("DELETE", ".*")  # the campaign may still run: nothing deleted by flow itself
+    pod.set(LIUM_TARGET=uuid)
+    watched = pod.wf("sweep-watch", "--plain", timeout=600)  # the campaign ends under it: fetch, verify, delete
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert [d.path for d in api.calls("DELETE", ".*")] == [f"/pods/{uuid}"], teardown_lines(watched)
+    said = " ".join(teardown_lines(watched))
+    assert "fetched and verified 1 run(s)" in said and f"Lium pod {uuid} deleted" in said, said
+    assert json.loads((pod.env_file.parent / "artifacts" / "td-a" / "summary.json").read_text())["ok"] is True
+    for result in (refused, plan, started, watched):
         assert API_KEY not in result.stdout + result.stderr

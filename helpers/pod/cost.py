@@ -6,6 +6,14 @@ or CPU slots), so a row's cost is its slot-seconds (each attempt's duration x th
 x the price per slot-second. No price: every cost is None (shown as unknown, never as $0).
 The pod's idle time (slot-seconds of the campaign's wall time no row held) is reported beside it.
 
+Idle share: when an executor pass ends, the pod's idle slot-seconds of that pass (its wall time from
+the executor's start to its end x the pod's slots, less the slot-seconds the rows' attempts of this
+pass held) are split over the rows that pass concluded, in proportion to each row's slot-seconds in
+the pass (evenly when none held any time). Each such row's summary.json ``cost`` then has
+``busy_usd`` (its own slot time), ``idle_share_slot_seconds``/``idle_share_usd`` and ``usd`` = the
+two together, so the rows' costs add up to the pod's bill for the pass. Rows never started (e.g.
+``budget``) bear no share. A row's cost before its pass ends is its busy cost only.
+
 BUDGET_USD: the executor starts no new row once the spend so far plus the projected remainder of
 the running rows (from the mean duration of the rows finished so far) reaches it; the rows left are
 marked ``budget``. BUDGET_HARD=1 also stops the running rows at the cap.
@@ -17,7 +25,7 @@ import os
 import time
 from typing import Any, Dict, List, Optional
 
-from .jsonio import parse_utc, write_json
+from .jsonio import parse_utc, read_json, write_json
 
 
 def price_per_hour(manifest: Dict[str, Any]) -> Optional[float]:
@@ -86,6 +94,9 @@ class Spend:
         self.pod_slots = pod_slots
         self.concluded: Dict[str, float] = {}  # run_id -> usd
         self.durations: List[float] = []  # finished rows' busy time per slot (for the projection)
+        self.started = time.time()  # this executor pass's start: its wall time bounds the pod's idle time
+        self.rows: Dict[str, tuple[str, float]] = {}  # run_id -> (run dir, slot-seconds in this pass)
+        self.others = 0.0  # USD spent by rows other executors run (a Slurm array task: the rest of the campaign)
 
     def seed(self, index: Dict[str, Any]) -> None:
         for run_id, entry in index.items():
@@ -118,7 +129,7 @@ class Spend:
         if limit is None or self.price is None:
             return None
         spent_running, projected = self.running(active, time.time())
-        spent = sum(self.concluded.values()) + spent_running
+        spent = sum(self.concluded.values()) + self.others + spent_running
         if hard:
             return f"BUDGET_USD={limit:g} reached: spent ${spent:.4f}" if spent >= limit else None
         if spent + projected >= limit:
@@ -177,7 +188,43 @@ def with_cost(executor: Any, rr: Any, done: Dict[str, Any], run_path: str) -> Di
     done["cost"] = row_cost(done.get("attempt_history") or rr.attempts, spend.price, spend.pod_slots)
     write_json(os.path.join(run_path, "summary.json"), done)
     spend.conclude(rr.run_id, done["cost"], done.get("duration_s"))
+    spend.rows[rr.run_id] = (run_path, slot_seconds(rr.attempts))
     return done
+
+
+def idle_shares(idle: float, weights: Dict[str, float]) -> Dict[str, float]:
+    """The idle slot-seconds split over the rows by their slot-seconds (evenly when all are 0)."""
+    total = sum(weights.values())
+    if not weights:
+        return {}
+    return {k: idle * w / total if total > 0 else idle / len(weights) for k, w in weights.items()}
+
+
+def split_idle(executor: Any, now: Optional[float] = None) -> float:
+    """At the pass's end: each concluded row's summary.json and index entry get its idle share (see the
+    module's docstring). Returns the idle slot-seconds split."""
+    spend = getattr(executor, "spend", None)
+    if spend is None or not spend.rows:
+        return 0.0
+    weights = {run_id: slot_s for run_id, (_, slot_s) in spend.rows.items()}
+    wall = max(0.0, ((now if now is not None else time.time()) - spend.started) * spend.pod_slots)
+    idle = max(0.0, wall - sum(weights.values()))
+    for run_id, share in idle_shares(idle, weights).items():
+        path = os.path.join(spend.rows[run_id][0], "summary.json")
+        done = read_json(path, "summary")
+        if not isinstance(done, dict) or not isinstance(done.get("cost"), dict):
+            continue
+        row = done["cost"]
+        busy = row.get("busy_usd", row.get("usd"))
+        idle_usd = usd(share, spend.price, spend.pod_slots)
+        row.update(busy_usd=busy, idle_share_slot_seconds=round(share, 1), idle_share_usd=idle_usd,
+                   usd=None if busy is None or idle_usd is None else round(busy + idle_usd, 6),
+                   idle_split="by slot-seconds")
+        write_json(path, done)
+        entry = executor.index.get(run_id)
+        if isinstance(entry, dict):
+            entry["cost_usd"] = row["usd"]
+    return idle
 
 
 def budget_hold(executor: Any, todo: List[Any], active: List[Any], why: Optional[str] = None) -> bool:

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from . import attempts, cost, fsm, proctree, resume_ckpt, runs, stages, tracking
+from . import attempts, cost, fence, fsm, proctree, resume_ckpt, runs, stages, tracking
 from .context import Context, run_env
 from .executors import slurm_parts
 from .jsonio import append_jsonl, is_disk_full, read_json, utc_now, write_bytes, write_json
@@ -258,6 +258,7 @@ class Executor:
 
     def _decide(self, rr: RowRun, status: Dict[str, Any]) -> str:
         """'ok', 'retry' (requeued) or 'failed' (final) for an attempt that ended."""
+        self._check_fence()
         path = runs.run_dir(self.outputs, rr.run_id)
         record = runs.attempt_record(path, rr.number, {"slots": rr.slots, "note": rr.retry_note})
         rr.attempts[-1].update(attempts.finish(path, rr.number, {"campaign_id": self.campaign_id, **record}))
@@ -316,6 +317,7 @@ class Executor:
         return status, verdict
 
     def _conclude(self, rr: RowRun) -> Dict[str, Any]:
+        self._check_fence()
         done = runs.write_summary(runs.run_dir(self.outputs, rr.run_id), self.campaign_id, rr.row, rr.attempts,
                                   rr.out_dir, rr.command)
         done = stages.apply(runs.run_dir(self.outputs, rr.run_id), rr, done)  # the stages and their gates
@@ -328,6 +330,10 @@ class Executor:
         verdict = "ok" if done["ok"] else f"{done['state']} [{done.get('failure_class')}]"
         self.say(f"{rr.run_id}: {verdict} after {done['attempts']} attempt(s), {done.get('duration_s')}s")
         return done
+
+    def _check_fence(self) -> None:
+        """A newer epoch of managed recovery took the campaign over: raise fence.Superseded (no more writes)."""
+        fence.check(getattr(self, "campaign_path", self.dir), self.generation)
 
     def _with_cost(self, rr: RowRun, done: Dict[str, Any]) -> Dict[str, Any]:
         return cost.with_cost(self, rr, done, runs.run_dir(self.outputs, rr.run_id))
@@ -465,6 +471,8 @@ class Executor:
             self._stop_active(active)
         if self.stop_reason == "budget" and self._budget_hold(todo, {}, self.budget_why):
             todo = []
+        self._check_fence()
+        cost.split_idle(self)  # the pod's idle time of this pass, split over its rows' summaries
         self._write_index(durable=True)
         return self._end(failed, todo + getattr(self, "held", []))
 
@@ -513,5 +521,10 @@ def executor_main(argv: List[str]) -> int:
     if len(argv) != 1:
         sys.stderr.write("usage: agent sweep-exec CAMPAIGN_DIR\n")
         return 2
-    return Executor(argv[0]).run()
+    executor = Executor(argv[0])
+    try:
+        return executor.run()
+    except fence.Superseded as exc:  # a newer epoch owns the campaign: nothing more is written
+        executor.say(str(exc))
+        return 3
 

@@ -14,7 +14,7 @@ from ..jsonio import read_json, utc_now, write_json
 from . import slurm, slurm_cache, slurm_defer, slurm_nodes, slurm_parts, slurm_state, slurm_tracking
 
 STOP_WAIT_SECS = 60
-ENDED = ("ok", "failed", "cancelled", "timeout", "stopped", "lost", "gated")  # a row view's verdicts
+ENDED = ("ok", "failed", "cancelled", "timeout", "stopped", "lost", "gated", "budget")  # a row view's verdicts
 
 
 def _record_path(path: str) -> str:

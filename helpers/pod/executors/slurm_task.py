@@ -20,11 +20,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .. import runs
 from ..executor import Executor, RowRun
+from ..fence import Superseded
 from ..jsonio import read_json, utc_now, write_bytes, write_json
 from ..scheduling import slots_from
 from ..taskstate import new_record, update_status
 from ..tmuxctl import agent_command
-from . import slurm_defer, slurm_nodes, slurm_parts, slurm_state, slurm_tracking
+from . import slurm_budget, slurm_defer, slurm_nodes, slurm_parts, slurm_state, slurm_tracking
 
 LIMIT_MARGIN_SECS = 15  # the supervisor's stop (grace included) ends this long before Slurm's time limit
 
@@ -150,7 +151,19 @@ class SlurmRowExecutor(Executor):
                                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL), path))
         update_status(path, slurm=self.slurm)
 
+    def _budget_hold(self, todo: List[RowRun], active: Dict[str, RowRun], why: Optional[str] = None) -> bool:
+        """BUDGET_USD counts the whole campaign's spend (slurm_budget.py); a row held is marked in its index."""
+        if todo and why is None and self.budget[0] is not None and not getattr(self, "others_counted", False):
+            self.others_counted = True
+            self.spend.others = slurm_budget.campaign_spent(self.outputs, self.campaign_id, self.full_rows,
+                                                            self.row_index, self.spend.price, self.spend.pod_slots)
+        if not super()._budget_hold(todo, active, why):
+            return False
+        slurm_budget.mark_held(self.campaign_path, {rr.run_id: self.index[rr.run_id] for rr in todo})
+        return True
+
     def _start(self, rr: RowRun, slots: List[str], env_base: Dict[str, str], cpu_mode: bool, threads: int) -> None:
+        slurm_budget.clear_held(self.campaign_path, rr.run_id)
         if self.retry is not None:  # the attempt an earlier array task decided on, with its counters
             retry, self.retry = self.retry, None
             rr.extra, rr.retry_note = list(retry.get("extra") or []), str(retry.get("note") or "")
@@ -245,6 +258,10 @@ def finish_if_last(task: SlurmRowExecutor) -> None:
         if allowed is not None and number not in allowed:
             continue
         done = runs.summary(runs.run_dir(task.outputs, str(row["run_id"])))
+        if (not done or done.get("spec_hash") != row.get("spec_hash")) and slurm_budget.held(task.campaign_path,
+                                                                                            str(row["run_id"])):
+            verdicts.append(False)  # not started for BUDGET_USD
+            continue
         if not done or done.get("spec_hash") != row.get("spec_hash"):
             return  # a row still to come
         finished = bool(done.get("ok")) or done.get("state") == "gated"  # a gate not met is no failure
@@ -264,4 +281,8 @@ def slurm_task_main(argv: List[str]) -> int:
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # until the row's supervisor can take it
     task = SlurmRowExecutor(argv[0], argv[1])
     signal.signal(signal.SIGUSR2, lambda _s, _f: task.forward_usr2())
-    return task.run()
+    try:
+        return task.run()
+    except Superseded as exc:  # a newer epoch of managed recovery owns the campaign: nothing more is written
+        task.say(str(exc))
+        return 3
