@@ -16,7 +16,9 @@ On a loaded machine (other jobs on the same cores) one pair says little: the run
 pairs, off/on then on/off in turn (so a load that grows or shrinks over the run hits both sides
 alike), each pair gives its own ratio on/off, and the figure is the median of the pair ratios with
 their spread (min..max and the median absolute deviation). A spread wider than the 1% goal says
-the machine was too noisy for the figure to decide; run more repeats.
+the machine was too noisy for the figure to decide; run more repeats. The figure a load cannot move
+is the sidecar's CPU time over the trainer's in the same run (getrusage of each child): with every
+core busy, tracking can take at most that share of the trainer's time.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -59,6 +62,17 @@ def campaign(outputs: Path, name: str, uri: str) -> Path:
     return path
 
 
+def children_cpu() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def process_cpu(pid: int) -> float:
+    """A live process's CPU seconds so far (user + system, /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def train(shards: Path, out_dir: Path, iters: int) -> float:
     argv = [sys.executable, "train.py", TINY, f"data_dir={shards}", f"out_dir={out_dir}", f"max_iters={iters}",
             "eval_interval=5", "eval_iters=1", "log_interval=10", "checkpoint_interval=0"]
@@ -67,8 +81,9 @@ def train(shards: Path, out_dir: Path, iters: int) -> float:
 
 
 def tracked_run(base: Path, outputs: Path, uri: str, sidecar_env: dict[str, str], round_no: int, shards: Path,
-                iters: int) -> tuple[float, int]:
-    """One training run of a one-row campaign with the real sidecar tailing it: (tokens/s, points sent)."""
+                iters: int) -> tuple[float, int, float]:
+    """One training run of a one-row campaign with the real sidecar tailing it: (tokens/s, points sent,
+    the sidecar's CPU time while the trainer ran over the trainer's: its start-up, once per campaign, not in it)."""
     path = campaign(outputs, f"tp-{round_no}", uri)
     with open(base / f"sidecar-{round_no}.log", "wb") as log:
         sidecar = subprocess.Popen([sys.executable, "-c", "import sys; from helpers.pod.tracking.sidecar "
@@ -77,15 +92,19 @@ def tracked_run(base: Path, outputs: Path, uri: str, sidecar_env: dict[str, str]
         try:  # as the executor does, the row starts once its child run exists (mlflow imported)
             child = path / "tracking" / f"tp-{round_no}-row.json"
             wait_until(child.exists, 120, interval=0.1, what="the sidecar's child run")
+            started_cpu = process_cpu(sidecar.pid)  # its start-up (mlflow's import, the child run) is behind it
+            before = children_cpu()
             speed = train(shards, outputs / f"tp-{round_no}-row", iters)
+            trainer_cpu = children_cpu() - before  # the sidecar is not reaped yet: the trainer's alone
             (path / "executor.json").write_text(json.dumps({"state": "finished", "ended_utc": utc_now()}))
-            sidecar.wait(timeout=120)
+            wait_until(lambda: sidecar.poll() is not None, 120, interval=0.1, what="the sidecar to exit")
+            sidecar_cpu = children_cpu() - before - trainer_cpu - started_cpu
         finally:
             if sidecar.poll() is None:
                 sidecar.kill()
                 sidecar.wait()
     record = json.loads((path / "tracking" / f"tp-{round_no}-row.json").read_text())
-    return speed, int(record.get("points") or 0)
+    return speed, int(record.get("points") or 0), sidecar_cpu / max(trainer_cpu, 1e-9)
 
 
 def main() -> int:
@@ -97,6 +116,7 @@ def main() -> int:
     server = start_server(base / "mlflow", free_port_for_bench())
     speeds: dict[str, list[float]] = {"off": [], "on": []}
     points = 0
+    shares: list[float] = []
     try:
         shards = build_shards(base)
         outputs = base / "outputs"
@@ -107,8 +127,10 @@ def main() -> int:
                 if side == "off":
                     speeds["off"].append(train(shards, base / f"off-{round_no}", options.iters))
                     continue
-                speed, sent = tracked_run(base, outputs, server.uri, sidecar_env, round_no, shards, options.iters)
+                speed, sent, share = tracked_run(base, outputs, server.uri, sidecar_env, round_no, shards,
+                                                 options.iters)
                 speeds["on"].append(speed)
+                shares.append(share)
                 points += sent
     finally:
         server.stop()
@@ -126,6 +148,9 @@ def main() -> int:
     print(f"  pair ratios on / off: {', '.join(f'{r:.3f}' for r in ratios)}")
     print(f"  ratio on / off {ratio:.3f}x median of pairs, spread {min(ratios):.3f}..{max(ratios):.3f}, "
           f"MAD {mad:.3f} (goal: >= 0.99){'; spread wider than the goal: too noisy to decide' if mad > 0.01 else ''}")
+    print(f"  the sidecar's CPU time (after its start-up) / the trainer's: median {statistics.median(shares):.4f} "
+          f"({', '.join(f'{x:.4f}' for x in shares)}); load-proof bound: on cores the trainer saturates, "
+          f"tracking can take at most this share from it")
     benchpods.record("tracking_throughput", "trainer tokens/s: tracking on / off (median of pairs)", ratio, 0.99)
     return 0
 
