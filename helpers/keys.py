@@ -251,7 +251,8 @@ KEYS: tuple[Key, ...] = (
        "~/.mlflow/credentials"),
     _k(_M, "MLFLOW_TRACKING_TOKEN", "secret", "", "MLflow bearer token; empty = environment or ~/.mlflow/credentials"),
     _k(_M, "TRACKING_WAIT_SECS", "int", "20",
-       "a row waits at most this long (per executor start) for its MLflow child run, then starts without it",
+       "the executor waits at most this long, once before its first row, for the rows' MLflow child runs"
+       " (not when the server does not answer); a row without one starts without it",
        minimum=0, maximum=600),
     _k(_M, "TRACKING_FLUSH_SECS", "int", "600",
        "after the executor ends, the sidecar keeps retrying a down server this long (then: workflow.sh track)",

@@ -123,10 +123,12 @@ def test_tree_statuses_points_and_no_secret(tracked: Pod, mlflow_server: Any, tm
     assert {"summary.json", "run_manifest.json"} <= artifacts
     totals = mlflow_server.client().get_run(parent.info.run_id).data.metrics
     assert totals["rows_total"] == 3 and totals["rows_ok"] == 1
-    # the row's process got its own run id, never the parent's
-    seen = json.loads((run_dir(tracked, "tr-ok") / "mlflow_env.json").read_text())
-    assert seen["MLFLOW_RUN_ID"] == kids["tr-ok"].info.run_id
-    assert "MLFLOW_PARENT_RUN_ID" not in seen
+    # every row's process (all three started at once) got its own run id, never the parent's: the children
+    # were all created before the first row started
+    for run_id in kids:
+        seen = json.loads((run_dir(tracked, run_id) / "mlflow_env.json").read_text())
+        assert seen.get("MLFLOW_RUN_ID") == kids[run_id].info.run_id, run_id
+        assert "MLFLOW_PARENT_RUN_ID" not in seen
     no_secret(tracked, mlflow_server, [parent, *kids.values()])
     # track resends nothing: every cursor is at the end already
     again = tracked.wf("track", "--campaign", campaign, "--json")
@@ -202,6 +204,27 @@ def test_server_down_mid_run_loses_nothing_and_doubles_nothing(tracked: Pod, mlf
     assert_points_match_lines(tracked, mlflow_server, "dn-slow", child)
     status = tracked.wf("sweep-status", "--campaign", campaign)
     assert "tracking behind" not in status.stdout, status.stdout
+
+
+def test_server_down_at_sweep_start_rows_start_anyway_and_their_children_come_later(
+        tracked: Pod, mlflow_server: Any, tmp_path: Path) -> None:
+    mlflow_server.stop()
+    try:  # a wait of 600 s for the children would hold the row far past wait_until's 120 s: it must not wait
+        campaign = start(tracked, write_csv(tmp_path / "early.csv", "ed-slow,config/slow.py,1,steps=30 sleep=0.2,,1"),
+                         "--set", "TRACKING_WAIT_SECS=600")["campaign_id"]
+        metrics = run_dir(tracked, "ed-slow") / "metrics.jsonl"
+        wait_until(lambda: _lines(metrics) >= 2, 120, interval=0.3, what="ed-slow training with the server down")
+        assert run_state(tracked, "ed-slow") == "running"
+        assert campaign_record(tracked, campaign).get("last_error"), "the sidecar says the server did not answer"
+        seen = json.loads((run_dir(tracked, "ed-slow") / "mlflow_env.json").read_text())
+        assert "MLFLOW_RUN_ID" not in seen  # no child yet: the row runs without one
+    finally:
+        mlflow_server.start()
+    assert wait_campaign(tracked, campaign)["state"] == "finished"
+    parent = settled_parent(tracked, mlflow_server, campaign)
+    child = children(mlflow_server, parent)["ed-slow"]
+    assert child.info.status == "FINISHED"
+    assert_points_match_lines(tracked, mlflow_server, "ed-slow", child)
 
 
 def test_wandb_pass_through_offline_and_the_verification_gate(tracked: Pod, mlflow_server: Any,

@@ -13,6 +13,9 @@ from conftest import Pod, wait_until
 from test_sweeps import wait_campaign, write_csv
 from test_tracking import children, settled_parent, tracked
 
+from helpers.pod import attempts
+from helpers.pod.jsonio import write_json
+from helpers.pod.tracking.mlflow_ops import sync_trainer_params
 from helpers.pod.tracking.params import CHANGED_TAG, HIDDEN, changed_list, plan, row_params, trainer_params
 
 __all__ = ["tracked"]  # the module's tracked pod (the fixture of test_tracking.py)
@@ -56,13 +59,11 @@ def test_oom_retry_and_resume_reuse_the_child_and_update_attempt_and_params(
     kids = children(mlflow_server, parent)
     oom = kids["pp-oom"]
     assert oom.info.status == "FINISHED" and oom.data.tags["workflow.attempt"] == "2"
-    # the param is the first config.json the sidecar read: attempt 1's (16), unless the OOM retry had already
-    # rewritten it (8) before the sidecar's next pass (seen under load); a later change becomes a tag
-    first = oom.data.params["trainer.batch_size"]
-    assert first in ("16", "8"), first
-    if first == "16":
-        assert oom.data.tags["trainer.batch_size"] == "8"  # the value the last attempt ran with
-        assert "batch_size" in oom.data.tags[CHANGED_TAG].split(",")
+    # the param is attempt 1's value (16, kept in attempts/1/ when it ended, even if the retry rewrote the
+    # out_dir's config.json before the sidecar looked); the retry's change is a tag
+    assert oom.data.params["trainer.batch_size"] == "16", oom.data.params
+    assert oom.data.tags["trainer.batch_size"] == "8"  # the value the last attempt ran with
+    assert "batch_size" in oom.data.tags[CHANGED_TAG].split(",")  # (and the doubled accumulation)
     assert oom.data.params["trainer.mode"] == "oom" and oom.data.params["trainer.steps"] == "4"
     assert oom.data.params["config"] == "config/oom.py" and oom.data.params["seed"] == "1"
     assert_points_match_lines_loose(tracked, mlflow_server, "pp-oom", oom)
@@ -93,3 +94,30 @@ def assert_points_match_lines_loose(pod: Pod, server: Any, run_id: str, child: A
     lines = (pod.outputs / run_id / "metrics.jsonl").read_bytes().count(b"\n")
     for key in ("val_loss", "batch_size"):
         assert len(server.client().get_metric_history(child.info.run_id, key)) == lines, (run_id, key)
+
+
+def test_an_ended_attempts_kept_config_is_its_params_though_the_retry_rewrote_config_json(
+        mlflow_server: Any, tmp_path: Path) -> None:
+    """The race of the OOM retry: attempt 2 rewrote config.json before the sidecar's first look at the row.
+    The params still are attempt 1's (its copy in attempts/1/), the change a tag; another campaign's
+    attempt is not this child's."""
+    run, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    for number, campaign, batch in ((1, "c0", 64), (2, "c1", 16), (3, "c1", 8)):
+        attempts.begin(str(run), number, {"campaign_id": campaign, "out_dir": str(out)})
+        write_json(str(out / "config.json"), {"batch_size": batch, "lr": 0.1})
+        if number < 3:
+            attempts.finish(str(run), number, {"state": "failed", "failure_class": "oom"})
+    assert (run / "attempts" / "2" / "config.json").exists()
+    client = mlflow_server.client()
+    experiment = client.create_experiment(f"params-race-{tmp_path.name}")
+    child = client.create_run(experiment).info.run_id
+    rec = {"mlflow_run_id": child, "campaign_id": "c1"}
+    assert sync_trainer_params(client, str(run), str(out), rec, 3)
+    got = client.get_run(child).data
+    assert got.params["trainer.batch_size"] == "16" and got.params["trainer.lr"] == "0.1"
+    assert got.tags["trainer.batch_size"] == "8" and got.tags[CHANGED_TAG] == "batch_size"
+    assert not sync_trainer_params(client, str(run), str(out), rec, 3)  # nothing new: nothing sent
+    attempts.finish(str(run), 3, {"state": "success"})
+    sync_trainer_params(client, str(run), str(out), rec, 3)
+    assert client.get_run(child).data.params["trainer.batch_size"] == "16"

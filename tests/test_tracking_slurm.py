@@ -2,7 +2,8 @@
 one-node cluster (tests/slurm_cluster.py), tracked to the real `mlflow server` (tests/mlflow_server.py)
 by the campaign's sidecar that sweep-start runs on the login node, checked through MlflowClient: the
 parent/child tree, final statuses (failure class tag), executor tag `slurm`, one step-indexed point per
-metrics.jsonl line, the artifacts, the parent's campaign totals, and each row's own MLFLOW_RUN_ID."""
+metrics.jsonl line, the artifacts, the parent's campaign totals, and each row's own MLFLOW_RUN_ID; and
+that `scontrol requeue` of a running row and `sweep-resume` of a failed one reuse the row's child."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import Pod, cleanup_pod, make_pod, wait_until
-from test_slurm import squeue
+from test_slurm import squeue, wait_done
 from test_sweeps import FIXTURE_SETTINGS, campaign_ids, write_csv
 from test_tracking import assert_points_match_lines, campaign_record, children, no_secret, settled_parent
 
@@ -32,7 +33,10 @@ def tracked_login(tmp_path_factory: pytest.TempPathFactory, source_repo: Path, s
     pod.extra_env.update(slurm_cluster.env)
     pod.set(**{**FIXTURE_SETTINGS, "SWEEP_EXECUTOR": "slurm", "RUN_RETRIES": "0",
                "MLFLOW_TRACKING_URI": mlflow_server.uri, "MLFLOW_EXPERIMENT": f"wf-slurm-{uuid.uuid4().hex[:8]}",
-               "MLFLOW_TRACKING_USERNAME": "tester", "MLFLOW_TRACKING_PASSWORD": PASSWORD})
+               "MLFLOW_TRACKING_USERNAME": "tester", "MLFLOW_TRACKING_PASSWORD": PASSWORD,
+               # a loaded CI machine can take more than the default 20 s to start the login node's sidecar
+               # (sweep-start starts it after submitting); the wait ends as soon as the children exist
+               "TRACKING_WAIT_SECS": "120"})
     try:
         for command in ("bootstrap", "checkout"):
             result = pod.wf(command, timeout=600)
@@ -96,6 +100,47 @@ def test_slurm_campaign_is_tracked_parent_children_metrics_statuses(tracked_logi
     # everything settled: the login node's sidecar has exited by itself (nothing left behind)
     pid = int(campaign_record(pod, campaign)["sidecar_pid"])
     wait_until(lambda: not _alive(pid), 60, interval=0.3, what=f"the sidecar (pid {pid}) to exit")
+
+
+def test_slurm_requeue_and_resume_reuse_the_same_child(tracked_login: Pod, slurm_cluster: Any,
+                                                       mlflow_server: Any, tmp_path: Path) -> None:
+    pod = tracked_login
+    csv = write_csv(tmp_path / "requeue.csv", "tq-long,config/ok.py,1,steps=30 sleep=0.5,requeued,",
+                    "tq-fail,config/fail.py,2,,fails; resumed,")
+    result = pod.wf("sweep-start", "--csv", str(csv), "--json")
+    assert result.returncode == 0, result.stderr
+    started = json.loads(result.stdout)
+    campaign = started["campaign_id"]
+    metrics = pod.outputs / "tq-long" / "metrics.jsonl"
+    wait_until(lambda: metrics.exists() and metrics.read_bytes().count(b"\n") >= 3, TIMEOUT, interval=0.5,
+               what="tq-long to train")
+    slurm_cluster.run("scontrol", "requeue", f"{started['job_ids'][0]}_0")
+    final = wait_done(pod, slurm_cluster, campaign)
+    assert {r["run_id"]: r["attempts"] for r in final["rows"]}["tq-long"] == 2  # the requeue: a second attempt
+    parent = settled_parent(pod, mlflow_server, campaign)
+    kids = children(mlflow_server, parent)
+    long_child = wait_until(lambda: (lambda run: run if run.info.status != "RUNNING" else None)(
+        mlflow_server.client().get_run(kids["tq-long"].info.run_id)), TIMEOUT, what="tq-long settled")
+    assert long_child.info.status == "FINISHED" and long_child.data.tags["workflow.attempt"] == "2"
+
+    resumed = pod.wf("sweep-resume", "--campaign", campaign, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    wait_done(pod, slurm_cluster, campaign)
+
+    def failed_again() -> Any:
+        run = mlflow_server.client().get_run(kids["tq-fail"].info.run_id)
+        return run if run.data.tags.get("workflow.attempt") == "2" and run.info.status != "RUNNING" else None
+
+    failed = wait_until(failed_again, TIMEOUT, interval=0.5, what="tq-fail's child at attempt 2, settled")
+    assert failed.info.status == "FAILED"
+    for run_id, child in (("tq-long", long_child), ("tq-fail", failed)):
+        named = mlflow_server.client().search_runs([parent.info.experiment_id],
+                                                   filter_string=f"tags.`workflow.run_id` = '{run_id}'")
+        assert [r.info.run_id for r in named] == [child.info.run_id], run_id  # one child over both attempts
+        lines = (pod.outputs / run_id / "metrics.jsonl").read_bytes().count(b"\n")
+        points = mlflow_server.client().get_metric_history(child.info.run_id, "val_loss")
+        assert len(points) == lines, (run_id, len(points), lines)  # the requeue's lines too, none twice
+    assert sorted(children(mlflow_server, parent)) == ["tq-fail", "tq-long"]
 
 
 def _alive(pid: int) -> bool:

@@ -3,9 +3,11 @@
 Attempts are numbered over the run directory's whole life (retries, resumes, later campaigns that
 continue the same run), so nothing ever reuses a number: ``attempt.json`` (written when the attempt
 starts: campaign, slots, overrides, where its output begins in run.log), ``run.log`` (that attempt's
-slice of run.log), ``summary.json`` (its verdict: state, failure_class, exit code, one-line reason,
-fatal lines; the run's final summary for the attempt that concluded the row) and ``status.json``
-(the supervisor's record). Files of an ended attempt are never rewritten.
+slice of run.log), ``config.json`` (the trainer's resolved config of that attempt, copied from
+its out_dir when it ends: the next attempt, e.g. the OOM retry, rewrites the out_dir's),
+``summary.json`` (its verdict: state, failure_class, exit code, one-line reason, fatal lines; the
+run's final summary for the attempt that concluded the row) and ``status.json`` (the supervisor's
+record). Files of an ended attempt are never rewritten.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from .jsonio import read_json, utc_now, write_bytes, write_json
+from .jsonio import parse_utc, read_json, utc_now, write_bytes, write_json
 
 DIR = "attempts"
+TRAINER_CONFIG = "config.json"  # the trainer writes its resolved config here, in its out_dir
+TRAINER_CONFIG_LIMIT = 4 << 20  # bytes of it kept per attempt
 LOG_SLICE_LIMIT = 64 << 20  # bytes of one attempt's output copied into its own run.log
 REASON_CHARS = 200
 
@@ -93,6 +97,7 @@ def finish(run_path: str, number: int, record: Dict[str, Any]) -> Dict[str, Any]
     one-line ``reason_line`` (why it failed: the child's first error line)."""
     path = attempt_dir(run_path, number)
     os.makedirs(path, exist_ok=True)
+    keep_trainer_config(run_path, number)  # before summary.json: an ended attempt has its config kept
     text = _slice(run_path, number)
     write_bytes(os.path.join(path, "run.log"), text)
     status = read_json(os.path.join(run_path, "status.json"), "task status")
@@ -103,6 +108,26 @@ def finish(run_path: str, number: int, record: Dict[str, Any]) -> Dict[str, Any]
         record["reason_line"] = reason_line(text.decode("utf-8", "replace"), record)
     write_json(os.path.join(path, "summary.json"), {"schema_version": 1, "kind": "attempt", **record})
     return record
+
+
+def keep_trainer_config(run_path: str, number: int) -> None:
+    """Copy the out_dir's config.json into the attempt's dir when this attempt wrote it (not before the
+    attempt began: an earlier attempt's file is not this one's config)."""
+    started = info(run_path, number)
+    source = os.path.join(str(started.get("out_dir") or run_path), TRAINER_CONFIG)
+    begun = parse_utc(started.get("started_utc"))
+    try:
+        if begun is not None and os.path.getmtime(source) + 1 < begun:  # utc stamps have whole seconds
+            return
+        with open(source, "rb") as handle:
+            payload = handle.read(TRAINER_CONFIG_LIMIT)
+    except OSError:
+        return
+    write_bytes(os.path.join(attempt_dir(run_path, number), TRAINER_CONFIG), payload, durable=False)
+
+
+def trainer_config_path(run_path: str, number: int) -> str:
+    return os.path.join(attempt_dir(run_path, number), TRAINER_CONFIG)
 
 
 def keep_final_summary(run_path: str, number: int, data: Dict[str, Any]) -> None:

@@ -80,6 +80,7 @@ class Executor:
         self.pending_beat: Dict[str, Any] = {}
         self.full_said = -1e9
         self.tracking_until = 0.0  # rows wait for their MLflow child run until then (monotonic)
+        self.tracking_since = ""  # when this executor started its tracking sidecar (utc)
 
     # -- output and bookkeeping
     def say(self, text: str) -> None:
@@ -379,6 +380,7 @@ class Executor:
         if self._check_stop_request():  # sweep-stop came while this executor was starting: run nothing
             self.say("sweep-stop was requested before this executor started: running nothing")
             return self._end(0, [RowRun(row) for row in self.manifest["rows"]])
+        self.tracking_since = utc_now()
         if self._start_tracking():  # MLflow on: the campaign's tracking sidecar, beside us
             self.tracking_until = time.monotonic() + tracking.wait_secs(ctx.config)
         repo = ctx.path("OPS_REMOTE_REPO")
@@ -388,6 +390,10 @@ class Executor:
         allowed = slurm_parts.generation_rows(self.dir, self.generation)  # a campaign in parts: this part's rows
         todo = [RowRun(row) for i, row in enumerate(self.manifest["rows"]) if (allowed is None or i in allowed)
                 and not runs.is_ok(runs.run_dir(self.outputs, str(row["run_id"])), row["spec_hash"])]
+        if self.tracking_until:  # every row's MLflow child, created side by side: waited for once, here
+            tracking.wait_children(self.tracking_dir(), [rr.run_id for rr in todo], self.tracking_until,
+                                   self.tracking_since)
+            self.tracking_until = 0.0  # no row waits (a row still without one starts without; the sidecar goes on)
         for rr in todo:  # rows to run (again): their old verdicts no longer hold
             self.index.pop(rr.run_id, None)
         self.spend.seed(self.index)  # what this campaign's concluded rows cost before (a resume)

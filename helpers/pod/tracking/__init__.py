@@ -104,6 +104,23 @@ def row_env(config: Dict[str, str], campaign_path: str, run_id: str, env: Dict[s
     return env
 
 
+def wait_children(campaign_path: str, run_ids: List[str], until: float, since_utc: str) -> int:
+    """Wait once, before the executor's first row, until every row of ``run_ids`` has its child run (the
+    sidecar creates them all side by side on its first pass), ``until`` (monotonic) passes, or the
+    sidecar records that the server did not answer since ``since_utc``: rows then start without a child
+    id and the sidecar creates their children when the server answers. The number of rows still without."""
+    from ..jsonio import parse_utc
+
+    since = parse_utc(since_utc) or 0.0
+    while True:
+        left = [r for r in run_ids if not row_record(campaign_path, r).get("mlflow_run_id")]
+        top = record(campaign_path)
+        failed = top.get("last_error") and (parse_utc(top.get("last_error_utc")) or 0.0) + 1 >= since
+        if not left or failed or time.monotonic() >= until:
+            return len(left)
+        time.sleep(0.1)
+
+
 def wait_secs(config: Dict[str, str]) -> float:
     try:
         return float(config.get("TRACKING_WAIT_SECS") or DEFAULT_WAIT_SECS)

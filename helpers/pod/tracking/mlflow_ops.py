@@ -19,7 +19,8 @@ import os
 import re
 from typing import Any, Dict, List, Optional
 
-from ..attempts import info as attempt_info
+from .. import attempts
+from ..jsonio import read_json
 from .params import CHANGED_TAG, PREFIX, changed_list, chunks, config_stat, plan, read_trainer_config
 
 _USERINFO = re.compile(r"//[^/@\s]+@")
@@ -61,16 +62,38 @@ def _log_tags(client: Any, run_id: str, tags: Dict[str, str]) -> None:
 
 
 def sync_trainer_params(client: Any, run_path: str, out_dir: str, rec: Dict[str, Any], attempt: int) -> bool:
-    """Send the ``trainer.<key>`` params of the attempt's config.json (params.py); True when ``rec``
-    changed (the caller saves it). Nothing to do until the attempt has written its config.json."""
+    """Send the ``trainer.<key>`` params of each attempt's config, oldest attempt first (params.py): an
+    ended attempt's is the copy kept in its attempt dir (attempts.py), so an OOM retry that rewrote the
+    out_dir's config.json before this pass still leaves attempt 1's values as the params; the running
+    attempt's is the out_dir's, once it wrote it. True when ``rec`` changed (the caller saves it)."""
     if not attempt:
         return False
+    changed = False
+    for number in attempts.numbers(run_path):
+        if number <= int(rec.get("trainer_attempt") or 0) or number > attempt:
+            continue
+        if not attempts.ended(run_path, number):
+            break  # the running attempt: below
+        if attempts.info(run_path, number).get("campaign_id") == rec.get("campaign_id"):
+            kept = read_json(attempts.trainer_config_path(run_path, number), "kept trainer config")
+            if isinstance(kept, dict):
+                _send_trainer_params(client, rec, kept)
+        rec["trainer_attempt"] = number  # this ended attempt is told: never read again
+        changed = True
+    if attempt <= int(rec.get("trainer_attempt") or 0) or attempts.ended(run_path, attempt):
+        return changed
     stat = config_stat(out_dir)
     if stat is None or rec.get("trainer_stat") == [attempt, *stat]:
-        return False
-    config = read_trainer_config(out_dir, attempt_info(run_path, attempt).get("started_utc"))
+        return changed
+    config = read_trainer_config(out_dir, attempts.info(run_path, attempt).get("started_utc"))
     if config is None:
-        return False
+        return changed
+    _send_trainer_params(client, rec, config)
+    rec["trainer_stat"] = [attempt, *stat]
+    return True
+
+
+def _send_trainer_params(client: Any, rec: Dict[str, Any], config: Dict[str, Any]) -> None:
     child = rec["mlflow_run_id"]
     sent: Dict[str, str] = dict(rec.get("trainer_params") or {})
     tagged: Dict[str, str] = dict(rec.get("trainer_tags") or {})
@@ -90,9 +113,7 @@ def sync_trainer_params(client: Any, run_path: str, out_dir: str, rec: Dict[str,
     if listed != (rec.get("trainer_changed") or ""):
         tags[CHANGED_TAG] = listed or "-"
     _log_tags(client, child, tags)
-    rec.update(trainer_params=sent, trainer_tags={**tagged, **todo.changed}, trainer_changed=listed,
-               trainer_stat=[attempt, *stat])
-    return True
+    rec.update(trainer_params=sent, trainer_tags={**tagged, **todo.changed}, trainer_changed=listed)
 
 
 def metric_stamp(rec: Dict[str, Any], now_ms: int) -> int:

@@ -33,6 +33,7 @@ from .params import row_params
 SCHEMA_VERSION = 1
 POLL_SECS = 1.0
 DEFAULT_FLUSH_SECS = 600
+CREATE_WORKERS = 8  # child runs created at once on the sidecar's first pass
 
 
 def experiment_name(config: Dict[str, str]) -> str:
@@ -158,6 +159,21 @@ class Sidecar:
                "status": "RUNNING", "final_ended_utc": None, "created_utc": utc_now()}
         self.save_row(run_id, rec)
         return rec
+
+    def ensure_children(self, rows: List[Dict[str, Any]], top: Dict[str, Any]) -> List[Dict[str, Any]]:
+        """Every row's child run, the missing ones created side by side (CREATE_WORKERS requests at a time),
+        so a campaign's children all exist a few round trips after the sidecar starts: the executor waits
+        for them once, before its first row, and no row waits (tracking/__init__.py wait_children)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        known = [_read(row_record_path(self.dir, str(row["run_id"]))) for row in rows]
+        missing = [row for row, rec in zip(rows, known) if not (rec.get("mlflow_run_id") and rec.get(
+            "parent_run_id") == top["parent_run_id"])]
+        if len(missing) > 1:
+            self.common_tags()  # git provenance once, before the threads
+            with ThreadPoolExecutor(max_workers=min(CREATE_WORKERS, len(missing))) as pool:
+                list(pool.map(lambda row: self.ensure_child(row, top), missing))  # an error is raised here
+        return [self.ensure_child(row, top) for row in rows]  # each a record read, now that all exist
 
     # -- one row
     def ok_elsewhere(self, row: Dict[str, Any]) -> bool:
@@ -289,14 +305,9 @@ class Sidecar:
         state = executor_state(self.dir)[0]
         live = state in LIVE
         top = self.ensure_parent()
-        recs = []
-        for row in self.manifest.get("rows") or []:
-            if self.stop:
-                return False
-            if self.ok_elsewhere(row):
-                continue  # ok in an earlier campaign: this one does not run it, and tracks nothing of it
-            rec = self.ensure_child(row, top)
-            recs.append(rec)
+        # ok in an earlier campaign: this one does not run it, and tracks nothing of it
+        recs = self.ensure_children([row for row in self.manifest.get("rows") or [] if not self.ok_elsewhere(row)],
+                                    top)
         for rec in recs:
             if self.stop:
                 return False
