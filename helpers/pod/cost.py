@@ -65,7 +65,8 @@ def usd(slot_s: float, price: Optional[float], pod_slots: int) -> Optional[float
 def row_cost(attempts: List[Dict[str, Any]], price: Optional[float], pod_slots: int) -> Dict[str, Any]:
     """summary.json's ``cost``."""
     busy = slot_seconds(attempts)
-    return {"usd": usd(busy, price, pod_slots), "slot_seconds": round(busy, 1), "price_per_hour": price,
+    busy_usd = usd(busy, price, pod_slots)
+    return {"usd": busy_usd, "busy_usd": busy_usd, "slot_seconds": round(busy, 1), "price_per_hour": price,
             "pod_slots": pod_slots, "currency": "USD"}
 
 
@@ -215,7 +216,7 @@ def split_idle(executor: Any, now: Optional[float] = None) -> float:
         if not isinstance(done, dict) or not isinstance(done.get("cost"), dict):
             continue
         row = done["cost"]
-        busy = row.get("busy_usd", row.get("usd"))
+        busy = row.get("busy_usd")  # the row's own slot time, set with the cost: a second split never adds twice
         idle_usd = usd(share, spend.price, spend.pod_slots)
         row.update(busy_usd=busy, idle_share_slot_seconds=round(share, 1), idle_share_usd=idle_usd,
                    usd=None if busy is None or idle_usd is None else round(busy + idle_usd, 6),
