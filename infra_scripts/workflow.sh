@@ -47,7 +47,12 @@ install_venv() {
   if [[ ! -x "${venv}/bin/python" ]]; then
     "${base_python}" -m venv "${venv}" || die "cannot create a venv with ${base_python} (install python3-venv)"
   fi
-  "${venv}/bin/python" -m pip install --quiet --disable-pip-version-check -e "${spec}" >&2 \
+  # on a terminal pip shows what it collects and its download bars (rate, ETA); in a pipe or CI it stays quiet
+  local -a pip_output=(--quiet)
+  if [[ -t 2 ]]; then
+    pip_output=(--progress-bar on)
+  fi
+  "${venv}/bin/python" -m pip install "${pip_output[@]}" --disable-pip-version-check -e "${spec}" >&2 \
     || die "pip install into ${venv} failed; see the messages above"
   printf '%s\n' "${WORKFLOW_VENV_EXTRAS:-}" >"${venv}/.workflow-stamp"
 }
