@@ -30,7 +30,7 @@ _DEFAULTS: dict[str, dict[str, object]] = {
     "task-status": {"positional_id": None, "task_id": None, "lines": 10},
     "sweep-status": {"campaign": None, "attempts": False},
 }
-# the rows of helpers/cli.py COMMANDS these commands are (tests/test_fastpath.py checks they agree)
+# the rows of helpers/cli.py COMMANDS for prelaunch.COMMANDS (tests/test_fastpath.py checks they agree)
 ROWS = {
     "fsm-status": Command("fsm-status", "", "cmd_setup", "cmd_fsm_status", json=True),
     "pod-status": Command("pod-status", "", "cmd_setup", "cmd_pod_status", json=True),

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from helpers.errors import ExitCode, WorkflowError
+from helpers.prelaunch import COMMANDS
 from helpers.resolved import Config, ConfigRequest
 
 if TYPE_CHECKING:  # the rest is imported where used: a read-only command loads only what it needs
@@ -20,9 +21,9 @@ if TYPE_CHECKING:  # the rest is imported where used: a read-only command loads 
     from helpers.transport import Transport
 
 
-# short read-only calls: on a cold OpenSSH target the call's own ssh opens the shared connection (one login)
-SHORT_CALLS = frozenset({"fsm-status", "task-status", "task-list", "pod-status", "sweep-status", "sweep-list"})
-# (helpers/prelaunch.py COMMANDS is the same set: those starts the login while Python imports)
+# short read-only calls: on a cold OpenSSH target the call's own ssh opens the shared connection (one login);
+# the very commands helpers/prelaunch.py starts the login for while Python imports (stdlib only, imported first)
+SHORT_CALLS = COMMANDS
 
 
 class Session:

@@ -112,7 +112,8 @@ def start_cluster(directory: Path, max_array_size: int = 5) -> SlurmCluster:
     return cluster
 
 
-def _start(cluster: SlurmCluster, s: Path, msock: Path) -> None:
+def start_munge(cluster: SlurmCluster, s: Path, msock: Path) -> None:
+    """munged with its own key and socket under ``s`` (the cluster stops it with its other daemons)."""
     if not (s / "munge" / "munge.key").exists():
         subprocess.run(["mungekey", "-c", "-k", str(s / "munge" / "munge.key")], check=True)
     subprocess.run(["munged", f"--key-file={s / 'munge' / 'munge.key'}", f"--socket={msock}",
@@ -120,6 +121,10 @@ def _start(cluster: SlurmCluster, s: Path, msock: Path) -> None:
                     f"--seed-file={s / 'munge' / 'munged.seed'}"], check=True)
     cluster.pidfiles.append(s / "munge-run" / "munged.pid")
     _wait(lambda: cluster.ok("munge", "-S", str(msock), "-n"), "munged")
+
+
+def _start(cluster: SlurmCluster, s: Path, msock: Path) -> None:
+    start_munge(cluster, s, msock)
 
     db_port, dbd_port, ctld_port, slurmd_port = (_free_port() for _ in range(4))
     if not (s / "mysql" / "mysql").is_dir():

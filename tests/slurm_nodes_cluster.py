@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List
 
-from slurm_cluster import SlurmCluster, _free_port, _wait, _write
+from slurm_cluster import SlurmCluster, _free_port, _wait, _write, start_munge
 
 TOOLS = ("munged", "mungekey", "munge", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo",
          "srun", "ip", "unshare", "nsenter")
@@ -124,12 +124,7 @@ def _network(cluster: NodesCluster, s: Path, tag: str) -> str:
 
 def _start(cluster: NodesCluster, s: Path, tag: str) -> None:
     msock = s / "munge-run" / "munge.socket.2"
-    subprocess.run(["mungekey", "-c", "-k", str(s / "munge" / "munge.key")], check=True)
-    subprocess.run(["munged", f"--key-file={s / 'munge' / 'munge.key'}", f"--socket={msock}",
-                    f"--pid-file={s / 'munge-run' / 'munged.pid'}", f"--log-file={s / 'log' / 'munged.log'}",
-                    f"--seed-file={s / 'munge' / 'munged.seed'}"], check=True)
-    cluster.pidfiles.append(s / "munge-run" / "munged.pid")
-    _wait(lambda: cluster.ok("munge", "-S", str(msock), "-n"), "munged")
+    start_munge(cluster, s, msock)
     prefix = _network(cluster, s, tag)
     ctld_port, slurmd_port = _free_port(), _free_port()
     nodes = [f"NodeName={node} NodeAddr={ip} NodeHostname={HOSTNAMES[node]} CPUs={NODE_CPUS} RealMemory=1024 "

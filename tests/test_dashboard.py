@@ -149,16 +149,13 @@ def test_spend_so_far_is_shown_only_when_the_price_is_known():
 # ----------------------------------------------------------------------------- a real sweep
 
 
-class Terminal:
-    """workflow.sh on a pseudo-terminal of a given size; everything it writes is collected."""
+class Pty:
+    """A command on a pseudo-terminal of a given size; everything it writes is collected."""
 
-    def __init__(self, pod: Pod, args: list[str], cols: int, rows: int, env: dict[str, str] | None = None) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], cols: int, rows: int) -> None:
         master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-        full = {**os.environ, "WORKFLOW_VENV": sys.prefix, "TERM": "xterm-256color", **(env or {})}
-        full.pop("NO_COLOR", None) if "NO_COLOR" not in (env or {}) else None
-        self.proc = subprocess.Popen([str(WORKFLOW), "--env", str(pod.env_file), *args], stdin=slave,
-                                     stdout=slave, stderr=slave, env=full, start_new_session=True)
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
         os.close(slave)
         self.master = master
         self.data = b""
@@ -192,6 +189,15 @@ class Terminal:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+class Terminal(Pty):
+    """workflow.sh with this pod's config on a pseudo-terminal (NO_COLOR only when ``env`` sets it)."""
+
+    def __init__(self, pod: Pod, args: list[str], cols: int, rows: int, env: dict[str, str] | None = None) -> None:
+        full = {**os.environ, "WORKFLOW_VENV": sys.prefix, "TERM": "xterm-256color", **(env or {})}
+        full.pop("NO_COLOR", None) if "NO_COLOR" not in (env or {}) else None
+        super().__init__([str(WORKFLOW), "--env", str(pod.env_file), *args], full, cols, rows)
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
+from test_dashboard import Pty
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,42 +24,18 @@ def _fresh_checkout(target: Path) -> Path:
     return target
 
 
-def _on_a_terminal(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
-    master, slave = os.openpty()
-    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
-    os.close(slave)
-    chunks: list[bytes] = []
-
-    def read() -> None:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                return
-            if not chunk:
-                return
-            chunks.append(chunk)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        code = proc.wait(timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    reader.join(5)
-    os.close(master)
-    return code, b"".join(chunks).decode("utf-8", "replace")
-
-
 @pytest.mark.slow
 def test_first_run_venv_install_shows_progress_on_a_terminal_only(tmp_path: Path) -> None:
     checkout = _fresh_checkout(tmp_path / "checkout")
     env = {k: v for k, v in os.environ.items() if k not in ("WORKFLOW_VENV", "NO_COLOR", "VIRTUAL_ENV")}
     env["TERM"] = "xterm-256color"
     script = str(checkout / "infra_scripts" / "workflow.sh")
-    code, text = _on_a_terminal([script, "--help"], env, timeout=600)
+    term = Pty([script, "--help"], env, 120, 30)
+    try:
+        code = term.wait(600)
+    finally:
+        term.kill()
+    text = term.text
     assert code == 0, text
     assert "setting up" in text and "first run" in text
     assert "Collecting " in text, text[-2000:]  # pip says what it installs...

@@ -10,16 +10,25 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Pod, free_port, slurm_login, squeue, start_sshd, wait_until, with_signal
+from test_slurm import start
 from test_sweeps import FIXTURE_SETTINGS, fsm_state, read_json, rows_by_id, write_csv
 
 TIMEOUT = 300
 NODES_HEADER = "run_id,config,seed,overrides,notes,gpus,nodes"
+
+
+def _run_to_end(pod: Pod, cluster: Any, csv: Path) -> subprocess.CompletedProcess[str]:
+    """sweep-start of ``csv``, then its sweep-status --json once every array job has left squeue."""
+    campaign = start(pod, csv)["campaign_id"]
+    wait_until(lambda: not squeue(cluster, campaign), TIMEOUT, interval=0.5, what=f"{campaign} to leave squeue")
+    return pod.wf("sweep-status", "--campaign", campaign, "--json")
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +41,7 @@ def login(tmp_path_factory: pytest.TempPathFactory, source_repo: Path, slurm_nod
 def test_a_two_node_row_trains_across_both_nodes_with_world_size_2(login: Pod, slurm_nodes_cluster: Any,
                                                                   tmp_path: Path) -> None:
     csv = write_csv(tmp_path / "nodes.csv", "mn-ddp,config/ok.py,1,steps=3,,,2", header=NODES_HEADER)
-    result = login.wf("sweep-start", "--csv", str(csv), "--json")
-    assert result.returncode == 0, result.stderr
-    campaign = json.loads(result.stdout)["campaign_id"]
-    wait_until(lambda: not squeue(slurm_nodes_cluster, campaign), TIMEOUT, interval=0.5,
-               what=f"{campaign} to leave squeue")
-    view = login.wf("sweep-status", "--campaign", campaign, "--json")
+    view = _run_to_end(login, slurm_nodes_cluster, csv)
     assert view.returncode == 0, view.stderr
     row = rows_by_id(json.loads(view.stdout))["mn-ddp"]
     assert (row["state"], row["attempts"]) == ("ok", 1), row
@@ -79,12 +83,7 @@ def test_the_login_node_over_ssh_runs_checks_starts_reports_and_fetches_a_campai
     # the fixture's bootstrap + checkout ran over SSH, where checkout found sbatch, squeue, sacct and scontrol
     assert ssh_login.kind == "ssh" and (ssh_login.root / "repo" / ".venv").is_dir()
     csv = write_csv(ssh_login.root.parent / "ssh.csv", "ssh-ok,config/ok.py,1,,,", "ssh-fail,config/fail.py,2,,,")
-    result = ssh_login.wf("sweep-start", "--csv", str(csv), "--json")
-    assert result.returncode == 0, result.stderr
-    campaign = json.loads(result.stdout)["campaign_id"]
-    wait_until(lambda: not squeue(slurm_nodes_cluster, campaign), TIMEOUT, interval=0.5,
-               what=f"{campaign} to leave squeue")
-    view = ssh_login.wf("sweep-status", "--campaign", campaign, "--json")
+    view = _run_to_end(ssh_login, slurm_nodes_cluster, csv)
     assert view.returncode == 1, view.stderr  # a failed row: non-zero, as on a pod
     status = json.loads(view.stdout)
     rows = rows_by_id(status)
