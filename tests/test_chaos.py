@@ -383,6 +383,18 @@ def _inject(chaos: Chaos, cid: str, fault: str, rng: random.Random, ids: list[st
     if fault == "kill-supervisor":
         kill(record["supervisor_pid"])
     elif fault == "kill-agent":
+        # the row's trainer is frozen first, so it cannot note its end between the ledger's check and the
+        # kill; it stays stopped (the supervisor's stop of the tree ends it: SIGKILL acts on a stopped
+        # process, a SIGTERM is delivered before it runs again)
+        workers = [r["pid"] for r in ledger_records(chaos.ledger) if r["run"] == run_id and r["event"] == "start"
+                   and alive(r["pid"])]
+        for pid in workers:
+            kill(pid, signal.SIGSTOP)
+        ended = {r["pid"] for r in ledger_records(chaos.ledger) if r["event"] == "end"}
+        if not workers or set(workers) & ended:
+            for pid in workers:
+                kill(pid, signal.SIGCONT)
+            return None
         kill(record["pid"])
     elif fault == "sigstop":
         starts = [r["pid"] for r in ledger_records(chaos.ledger) if r["run"] == run_id and r["event"] == "start"

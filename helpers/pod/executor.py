@@ -11,6 +11,7 @@ so starting again resumes. At the end the workflow state becomes SWEEP_COMPLETED
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -20,8 +21,9 @@ from typing import Any, Dict, List, Optional
 from . import attempts, cost, fence, fsm, proctree, resume_ckpt, runs, stages, tracking
 from .context import Context, run_env
 from .executors import slurm_parts
-from .jsonio import append_jsonl, is_disk_full, read_json, utc_now, write_bytes, write_json
+from .jsonio import append_jsonl, is_disk_full, mount_point, read_json, utc_now, write_bytes, write_json
 from .scheduling import detect_slots, schedule_step, slot_env
+from .statuswriter import FULL_BELOW_BYTES, free_bytes
 from .tasks import launch_supervised
 from .taskstate import is_terminal, read_status
 from .tracking import wandb as tracking_wandb
@@ -188,6 +190,9 @@ class Executor:
     # -- runs
     def _start(self, rr: RowRun, slots: List[str], env_base: Dict[str, str], cpu_mode: bool, threads: int) -> None:
         row, ctx = rr.row, self.ctx
+        free = free_bytes(self.outputs)
+        if free is not None and free < FULL_BELOW_BYTES:  # what is left is for verdicts: a row would fail at once
+            raise OSError(errno.ENOSPC, f"no room for a row ({free // 1024} KiB free)", mount_point(self.outputs))
         path = runs.run_dir(self.outputs, rr.run_id)
         os.makedirs(path, exist_ok=True)
         attempt = attempts.next_number(path)

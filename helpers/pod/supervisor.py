@@ -343,8 +343,10 @@ class Supervisor:
                 break
             if exited_at is None and proc.poll() is not None:
                 exited_at = now
-            if exited_at is not None and (eof or now - exited_at > 1.0):
-                # the command is done; descendants it left behind do not outlive it
+            if exited_at is not None and (eof or now - exited_at > 1.0 or proc.returncode != 0):
+                # the command is done; descendants it left behind do not outlive it. A command that failed
+                # or was killed (torchrun's agent killed -9) leaves workers nobody coordinates: they are
+                # stopped at once, not left a second to finish work that the attempt's verdict disowns
                 proctree.stop_tree(self._find, min(self.grace, 2.0), on_wait=lambda: self._on_stop_wait(fd, log),
                                    keep=proc.pid)
                 self._drain(fd, log)
