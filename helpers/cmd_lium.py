@@ -44,7 +44,27 @@ def _known_hosts_dir() -> Path:
 def resolve_lium_endpoint(cfg: Config, refresh: bool = False) -> SSHEndpoint:
     from helpers.lium import resolve_target
 
-    return resolve_target(lium_settings(cfg), _cache_file(cfg), _known_hosts_dir(), refresh=refresh)
+    endpoint = resolve_target(lium_settings(cfg), _cache_file(cfg), _known_hosts_dir(), refresh=refresh)
+    outputs_on_volume(cfg, endpoint.volume_path)
+    return endpoint
+
+
+_ON_VOLUME = "on LIUM_VOLUME"
+
+
+def outputs_on_volume(cfg: Config, mount: str | None) -> None:
+    """LIUM_VOLUME set and OPS_REMOTE_OUTPUTS_DIR left empty: the outputs (every run dir, with its
+    checkpoints) go on the volume, ``<mount>/workflow/outputs``, so that a replacement pod that attaches
+    the same volume finds the campaign and resumes its rows from their checkpoints. Applied before any
+    call reaches the pod (the mount is known once the endpoint is resolved, from the API or its cache)."""
+    setting = cfg.settings["OPS_REMOTE_OUTPUTS_DIR"]
+    if not mount or not cfg.text("LIUM_VOLUME") or not setting.source.startswith(("default", _ON_VOLUME)):
+        return  # (again for a replacement pod, whose volume may be mounted elsewhere)
+    outputs = f"{mount.rstrip('/')}/workflow/outputs"
+    setting.value, setting.source = outputs, f"{_ON_VOLUME} (mounted at {mount})"
+    state = cfg.settings["WF_STATE_FILE"]
+    if "from OPS_REMOTE_OUTPUTS_DIR" in state.source:
+        state.value = f"{outputs}/_control/workflow_state.json"
 
 
 def _confirm(text: str) -> bool:
@@ -77,6 +97,7 @@ def cmd_pod_up(session: Session) -> int:
     from helpers.lium_api import base_url_of
 
     rented.record_rented(session.cfg, pod.uuid, pod.name, pod.huid, base_url_of(settings.base_url), "pod-up")
+    outputs_on_volume(session.cfg, endpoint.volume_path)  # the workflow state goes where the outputs will be
     state = "unknown"
     try:  # the pod's workflow state starts at POD_READY (one SSH round trip through the new endpoint)
         from helpers.agent import Agent
@@ -96,6 +117,9 @@ def cmd_pod_up(session: Session) -> int:
                            "port": endpoint.port, "user": endpoint.user, "state": state})
         return 0
     session.print(f"pod {pod.name} ({pod.huid}, {pod.uuid}) is ready at {endpoint.display()}; state {state}")
+    if settings.volume and endpoint.volume_path:
+        session.print(f"its volume is mounted at {endpoint.volume_path}; outputs: "
+                      f"{session.cfg.text('OPS_REMOTE_OUTPUTS_DIR')} ({session.cfg.source('OPS_REMOTE_OUTPUTS_DIR')})")
     session.print("put this in workflow.env (it bills until pod-delete):")
     session.print(f"LIUM_TARGET={pod.uuid}")
     return 0

@@ -17,6 +17,7 @@ class SSHEndpoint:
     label: str = ""  # how to name it in messages, e.g. "lium pod gpu-a (3f2c...)"
     ssh_alias: str | None = None  # the ~/.ssh/config Host alias it came from, if any
     proxy_command: str | None = None  # ProxyCommand from ~/.ssh/config, if any
+    volume_path: str | None = None  # a Lium pod's rental volume mount (LIUM_VOLUME), once it runs
 
     def display(self) -> str:
         if self.label:

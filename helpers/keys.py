@@ -88,7 +88,8 @@ KEYS: tuple[Key, ...] = (
     _k(_L, "LIUM_GPU_TYPE", "str", "", "pod-up filter: GPU model, e.g. H100"),
     _k(_L, "LIUM_GPU_COUNT", "int", "", "pod-up filter: GPUs per pod", minimum=1, maximum=64),
     _k(_L, "LIUM_COUNTRY", "str", "", "pod-up filter: ISO country code"),
-    _k(_L, "LIUM_VOLUME", "str", "", "pod-up volume: id:<HUID> (existing) or new:name=<name>"),
+    _k(_L, "LIUM_VOLUME", "str", "", "pod-up volume: id:<HUID> (existing) or new:name=<name>; with "
+       "OPS_REMOTE_OUTPUTS_DIR empty the outputs (run dirs, checkpoints) go on it: <mount>/workflow/outputs"),
     _k(_L, "LIUM_TTL_HOURS", "float", "24", "pod-up: the provider removes the pod after this many hours, even "
        "if nobody is watching (a dead-man switch; off = never)", choices=("off",)),
     _k(_L, "LIUM_TEMPLATE_ID", "str", "", "pod-up: template (image) id; empty = the Lium default"),

@@ -209,6 +209,7 @@ class LiumPod:
     gpu_count: int | None = None
     price_per_hour: float | None = None
     removal_scheduled_at: str | None = None
+    volume_path: str | None = None  # where the rental volume (LIUM_VOLUME) is mounted on the pod, once it runs
 
     @property
     def has_ssh(self) -> bool:
@@ -249,6 +250,7 @@ def pod_from_sdk(info: Any) -> LiumPod:
         gpu_count=int(gpu_count) if gpu_count else None,
         price_per_hour=float(executor.price_per_hour) if executor and executor.price_per_hour else None,
         removal_scheduled_at=info.removal_scheduled_at,
+        volume_path=getattr(info, "local_volume_path", None) or None,
     )
 
 
@@ -343,6 +345,7 @@ def cache_lookup(path: Path, target: str, base_url: str) -> LiumPod | None:
         user=user if isinstance(user, str) else None,
         host=host,
         port=port,
+        volume_path=entry["volume_path"] if isinstance(entry.get("volume_path"), str) else None,
     )
 
 
@@ -355,6 +358,7 @@ def cache_store(path: Path, target: str, pod: LiumPod, base_url: str) -> None:
         "host": pod.host,
         "port": pod.port,
         "user": pod.user,
+        "volume_path": pod.volume_path,
         "base_url": base_url,
         "resolved_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
@@ -389,4 +393,5 @@ def endpoint_for(pod: LiumPod, key_filename: str | None, known_hosts_dir: Path) 
         key_filename=key_filename,
         known_hosts=str(known_hosts_file(known_hosts_dir, pod.uuid)),
         label=pod.label,
+        volume_path=pod.volume_path,
     )

@@ -72,6 +72,7 @@ class FakeLiumAPI:
         self.pods: list[dict[str, Any]] = []
         self.executors: list[dict[str, Any]] = []
         self.volumes: list[dict[str, Any]] = []
+        self.volume_mount = "/root/volume"  # where a rented pod's volume is mounted (its local_volume_path)
         self.ssh_keys: list[dict[str, Any]] = []
         self.templates: list[dict[str, Any]] = [
             {
@@ -172,9 +173,10 @@ class FakeLiumAPI:
         user: str = "root",
         pending_polls: int | None = 0,
         executor: dict[str, Any] | None = None,
+        volume_path: str | None = None,
     ) -> dict[str, Any]:
         """A pod on the account; ``status="PENDING"`` with ``pending_polls=N`` (None: forever) turns RUNNING
-        after N listings."""
+        after N listings; ``volume_path``: where its volume is mounted (the row's local_volume_path)."""
         with self._lock:
             self._next_host += 1
             n = self._next_host
@@ -194,11 +196,21 @@ class FakeLiumAPI:
         }
         if status == "RUNNING":
             row["ssh_connect_cmd"] = row["_ssh"]
+        if volume_path:
+            row["local_volume_path"] = volume_path
         with self._lock:
             self.pods.append(row)
             if status == "PENDING":
                 self._pending[row["id"]] = pending_polls
         return row
+
+    def add_volume(self, name: str) -> dict[str, Any]:
+        """A volume on the account (as POST /volumes makes one)."""
+        volume = {"id": str(uuidlib.uuid4()), "name": name, "description": "", "created_at": _now(),
+                  "current_size_bytes": 0}
+        with self._lock:
+            self.volumes.append(volume)
+        return volume
 
     def fail(
         self, status: int, *, method: str | None = None, path: str | None = None, times: int | None = None
@@ -369,6 +381,7 @@ class FakeLiumAPI:
                 "removal_scheduled_at": None,
                 "gpu_count": str(body.get("gpu_count") or executor["available_gpu_count"]),
                 "_ssh": f"ssh root@{host} -p {port}",
+                **({"local_volume_path": self.volume_mount} if volume_id else {}),
             }
         )
         self._pending[pod_id] = self.rent_pending_polls

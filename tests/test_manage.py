@@ -111,14 +111,27 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path, source_repo: Path) -> Iterator[World]:
+def on_volume(request: pytest.FixtureRequest) -> bool:
+    """The world's outputs: OPS_REMOTE_OUTPUTS_DIR set (False), or left empty with LIUM_VOLUME set (True)."""
+    return bool(getattr(request, "param", False))
+
+
+@pytest.fixture
+def world(tmp_path: Path, source_repo: Path, on_volume: bool) -> Iterator[World]:
     home = tmp_path / "home"
     home.mkdir()
     first = start_sshd(tmp_path / "sshd-a", free_port())
     servers = [first]
     with FakeLiumAPI(api_key=API_KEY) as api:
-        lium_pod = api.add_pod("trainer", host="127.0.0.1", port=first.port)
         pod = make_pod("local", tmp_path, source_repo, None)
+        mount = tmp_path / "volume"
+        if on_volume:  # the volume's mount, as the API reports it; pod.outputs reads the campaign through a link
+            (mount / "workflow" / "outputs").mkdir(parents=True)
+            pod.outputs.symlink_to(mount / "workflow" / "outputs")
+            api.volume_mount = str(mount)
+            pod.set(OPS_REMOTE_OUTPUTS_DIR="", LIUM_VOLUME=f"id:{api.add_volume('campaign')['id']}")
+        lium_pod = api.add_pod("trainer", host="127.0.0.1", port=first.port,
+                               volume_path=str(mount) if on_volume else None)
         pod.set(LIUM_BASE_URL=api.base_url, LIUM_SSH_KEY_PATH=str(first.key), LIUM_TARGET=lium_pod["id"],
                 LIUM_GPU_TYPE="H100", LIUM_GPU_COUNT="1", LIUM_READY_TIMEOUT_SECS="60",
                 CONNECTION_PERSIST_SECS="0", SSH_CONNECT_TIMEOUT_SECS="2", RECONNECT_SECS="0")
@@ -166,7 +179,11 @@ def ckpt_iter(pod: Pod, run_id: str) -> int:
     return int((read_json(pod.outputs / run_id / "ckpt.json") or {}).get("iter", -1))
 
 
-def test_lost_pod_is_replaced_and_rows_resume_from_their_checkpoints(world: World) -> None:
+@pytest.mark.parametrize("on_volume", [pytest.param(False, id="outputs-dir"), pytest.param(True, id="on-volume")],
+                         indirect=True)
+def test_lost_pod_is_replaced_and_rows_resume_from_their_checkpoints(world: World, on_volume: bool) -> None:
+    """on-volume: OPS_REMOTE_OUTPUTS_DIR left empty with LIUM_VOLUME set puts the outputs (the run dirs and
+    their checkpoints) on the volume, <mount>/workflow/outputs; the replacement attaches the same volume."""
     pod, api = world.pod, world.api
     ids, csv_rows = rows("lost", 3)
     cid = start_sweep(pod, write_csv(world.base / "lost.csv", csv_rows))
@@ -197,6 +214,12 @@ def test_lost_pod_is_replaced_and_rows_resume_from_their_checkpoints(world: Worl
     new_uuid = next(p["id"] for p in api.pods if p["pod_name"] == "trainer-r2")
     assert f"LIUM_TARGET={new_uuid}" in out
     assert api.calls("DELETE", ".*") == []  # nothing deleted: the lost pod was gone already
+    if on_volume:  # the campaign and the checkpoints were on the volume, and the replacement has it
+        volume_id = next(v["id"] for v in api.volumes)
+        assert rents[0].body["volume_id"] == volume_id, rents[0].body
+        on_disk = world.base / "volume" / "workflow" / "outputs"
+        assert pod.outputs.is_symlink() and all((on_disk / r / "ckpt.json").is_file() for r in ids)
+        assert (on_disk / "_control" / "workflow_state.json").is_file()
 
     # results complete: every row ok, trained to its last step; the cut-off rows resumed from their checkpoints
     for run_id in ids:

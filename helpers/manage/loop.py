@@ -78,7 +78,7 @@ class Watcher:
                  f"{rec.epoch}, {len(rec.recoveries)} of MANAGE_MAX_RECOVERIES={self.limit} recoveries used)")
         if self.session.cfg.target == "lium" and not self.session.cfg.text("LIUM_VOLUME"):
             self.say("manage: no LIUM_VOLUME: a replacement pod starts with an empty disk, so its rows start over "
-                     "(put OPS_REMOTE_OUTPUTS_DIR on a volume to resume them from their checkpoints)")
+                     "(set LIUM_VOLUME: the outputs, checkpoints included, then live on it)")
 
     def _adopt(self, campaign_id: str) -> None:
         """The first good look: keep what a recovery needs (commit, manifest, the pod's spec)."""
