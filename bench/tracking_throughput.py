@@ -96,15 +96,16 @@ def tracked_run(base: Path, outputs: Path, uri: str, sidecar_env: dict[str, str]
             before = children_cpu()
             speed = train(shards, outputs / f"tp-{round_no}-row", iters)
             trainer_cpu = children_cpu() - before  # the sidecar is not reaped yet: the trainer's alone
+            sidecar_cpu = process_cpu(sidecar.pid) - started_cpu  # while the trainer ran: what it could take
             (path / "executor.json").write_text(json.dumps({"state": "finished", "ended_utc": utc_now()}))
             wait_until(lambda: sidecar.poll() is not None, 120, interval=0.1, what="the sidecar to exit")
-            sidecar_cpu = children_cpu() - before - trainer_cpu - started_cpu
+            settle_cpu = children_cpu() - before - trainer_cpu - started_cpu - sidecar_cpu
         finally:
             if sidecar.poll() is None:
                 sidecar.kill()
                 sidecar.wait()
     record = json.loads((path / "tracking" / f"tp-{round_no}-row.json").read_text())
-    return speed, int(record.get("points") or 0), sidecar_cpu / max(trainer_cpu, 1e-9)
+    return speed, int(record.get("points") or 0), sidecar_cpu / max(trainer_cpu, 1e-9), settle_cpu
 
 
 def main() -> int:
@@ -117,6 +118,7 @@ def main() -> int:
     speeds: dict[str, list[float]] = {"off": [], "on": []}
     points = 0
     shares: list[float] = []
+    settles: list[float] = []
     try:
         shards = build_shards(base)
         outputs = base / "outputs"
@@ -127,10 +129,11 @@ def main() -> int:
                 if side == "off":
                     speeds["off"].append(train(shards, base / f"off-{round_no}", options.iters))
                     continue
-                speed, sent, share = tracked_run(base, outputs, server.uri, sidecar_env, round_no, shards,
-                                                 options.iters)
+                speed, sent, share, settle = tracked_run(base, outputs, server.uri, sidecar_env, round_no, shards,
+                                                         options.iters)
                 speeds["on"].append(speed)
                 shares.append(share)
+                settles.append(settle)
                 points += sent
     finally:
         server.stop()
@@ -148,9 +151,11 @@ def main() -> int:
     print(f"  pair ratios on / off: {', '.join(f'{r:.3f}' for r in ratios)}")
     print(f"  ratio on / off {ratio:.3f}x median of pairs, spread {min(ratios):.3f}..{max(ratios):.3f}, "
           f"MAD {mad:.3f} (goal: >= 0.99){'; spread wider than the goal: too noisy to decide' if mad > 0.01 else ''}")
-    print(f"  the sidecar's CPU time (after its start-up) / the trainer's: median {statistics.median(shares):.4f} "
+    print(f"  the sidecar's CPU time while the trainer ran / the trainer's: median {statistics.median(shares):.4f} "
           f"({', '.join(f'{x:.4f}' for x in shares)}); load-proof bound: on cores the trainer saturates, "
           f"tracking can take at most this share from it")
+    print(f"  then the row's settling after the trainer's end (final status, artifacts, parent totals): median "
+          f"{statistics.median(settles):.3f} CPU s, once per row")
     benchpods.record("tracking_throughput", "trainer tokens/s: tracking on / off (median of pairs)", ratio, 0.99)
     return 0
 

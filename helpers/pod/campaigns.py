@@ -18,7 +18,7 @@ from . import attempts, campaignstate, cost, fsm, proctree, runs, stages, status
 from .campaignstate import LIVE, STARTING_GRACE_SECS, campaign_dir, executor_state, latest_file, root  # noqa: F401
 from .context import Context
 from .errors import ExitCode, WorkflowError
-from .executor import request_stop
+from .executor_records import request_stop
 from .executors import SLURM, kind_of, slurm_parts
 from .ids import check_id
 from .jsonio import parse_utc, read_json, utc_now, write_bytes, write_json

@@ -20,7 +20,7 @@ from . import procs
 from .campaigns import campaign_dir, latest_file, root
 from .context import Context
 from .errors import ExitCode, WorkflowError
-from .executor import request_stop
+from .executor_records import request_stop
 from .fence import FENCE
 from .ids import check_id
 from .jsonio import read_json, utc_now, write_bytes, write_json

@@ -19,7 +19,8 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import runs
-from ..executor import Executor, RowRun
+from ..executor import Executor
+from ..executor_records import RowRun
 from ..fence import Superseded
 from ..jsonio import read_json, utc_now, write_bytes, write_json
 from ..scheduling import slots_from
