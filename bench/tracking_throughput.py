@@ -18,7 +18,9 @@ alike), each pair gives its own ratio on/off, and the figure is the median of th
 their spread (min..max and the median absolute deviation). A spread wider than the 1% goal says
 the machine was too noisy for the figure to decide; run more repeats. The figure a load cannot move
 is the sidecar's CPU time over the trainer's in the same run (getrusage of each child): with every
-core busy, tracking can take at most that share of the trainer's time.
+core busy, tracking can take at most that share of the trainer's time. It is taken while the trainer
+runs (the row's settling after its end, once per row, is printed apart), and the local mlflow server's
+own CPU in the same window is printed beside it: here it shares the cores, on a pod it is elsewhere.
 """
 
 from __future__ import annotations
@@ -73,6 +75,20 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def group_cpu(pgid: int) -> float:
+    """CPU seconds so far of every live process of process group ``pgid`` (the mlflow server and its workers)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def train(shards: Path, out_dir: Path, iters: int) -> float:
     argv = [sys.executable, "train.py", TINY, f"data_dir={shards}", f"out_dir={out_dir}", f"max_iters={iters}",
             "eval_interval=5", "eval_iters=1", "log_interval=10", "checkpoint_interval=0"]
@@ -80,8 +96,11 @@ def train(shards: Path, out_dir: Path, iters: int) -> float:
     return float(json.loads((out_dir / "results.json").read_text())["tokens_per_sec"])
 
 
-def tracked_run(base: Path, outputs: Path, uri: str, sidecar_env: dict[str, str], round_no: int, shards: Path,
-                iters: int) -> tuple[float, int, float]:
+SERVER_SHARES: list[float] = []  # the local mlflow server's CPU while a tracked trainer ran / the trainer's
+
+
+def tracked_run(base: Path, outputs: Path, uri: str, server_pgid: int, sidecar_env: dict[str, str], round_no: int,
+                shards: Path, iters: int) -> tuple[float, int, float]:
     """One training run of a one-row campaign with the real sidecar tailing it: (tokens/s, points sent,
     the sidecar's CPU time while the trainer ran over the trainer's: its start-up, once per campaign, not in it)."""
     path = campaign(outputs, f"tp-{round_no}", uri)
@@ -93,10 +112,11 @@ def tracked_run(base: Path, outputs: Path, uri: str, sidecar_env: dict[str, str]
             child = path / "tracking" / f"tp-{round_no}-row.json"
             wait_until(child.exists, 120, interval=0.1, what="the sidecar's child run")
             started_cpu = process_cpu(sidecar.pid)  # its start-up (mlflow's import, the child run) is behind it
-            before = children_cpu()
+            before, server_before = children_cpu(), group_cpu(server_pgid)
             speed = train(shards, outputs / f"tp-{round_no}-row", iters)
             trainer_cpu = children_cpu() - before  # the sidecar is not reaped yet: the trainer's alone
             sidecar_cpu = process_cpu(sidecar.pid) - started_cpu  # while the trainer ran: what it could take
+            SERVER_SHARES.append((group_cpu(server_pgid) - server_before) / max(trainer_cpu, 1e-9))
             (path / "executor.json").write_text(json.dumps({"state": "finished", "ended_utc": utc_now()}))
             wait_until(lambda: sidecar.poll() is not None, 120, interval=0.1, what="the sidecar to exit")
             settle_cpu = children_cpu() - before - trainer_cpu - started_cpu - sidecar_cpu
@@ -129,8 +149,9 @@ def main() -> int:
                 if side == "off":
                     speeds["off"].append(train(shards, base / f"off-{round_no}", options.iters))
                     continue
-                speed, sent, share, settle = tracked_run(base, outputs, server.uri, sidecar_env, round_no, shards,
-                                                         options.iters)
+                assert server.proc is not None
+                speed, sent, share, settle = tracked_run(base, outputs, server.uri, server.proc.pid, sidecar_env,
+                                                         round_no, shards, options.iters)
                 speeds["on"].append(speed)
                 shares.append(share)
                 settles.append(settle)
@@ -154,6 +175,8 @@ def main() -> int:
     print(f"  the sidecar's CPU time while the trainer ran / the trainer's: median {statistics.median(shares):.4f} "
           f"({', '.join(f'{x:.4f}' for x in shares)}); load-proof bound: on cores the trainer saturates, "
           f"tracking can take at most this share from it")
+    print(f"  the mlflow server's CPU time (here on the same cores; on a pod it is elsewhere) / the trainer's: "
+          f"median {statistics.median(SERVER_SHARES):.4f}: on this machine tracking takes the sum of both shares")
     print(f"  then the row's settling after the trainer's end (final status, artifacts, parent totals): median "
           f"{statistics.median(settles):.3f} CPU s, once per row")
     benchpods.record("tracking_throughput", "trainer tokens/s: tracking on / off (median of pairs)", ratio, 0.99)
