@@ -5,10 +5,12 @@ Run: WORKFLOW_VENV=.workflow/venv python bench/sweep_status_10k.py [--runs 10000
 
 Builds, in one run: a throwaway sshd on loopback, a pod directory with a synthetic campaign of
 N finished runs (each run dir with the summary.json and campaign.json the executor leaves), then
-times, interleaved: `ssh host true`; `workflow.sh sweep-status` as a finished campaign leaves it
-after one status call (the executor's index.json and the pod's status-cache.json); the same with
-the status cache removed first (index.json parsed, every row built); and `sweep-status` with the
-index removed too (every run's summary.json read). Prints medians and ratios against `ssh host true`.
+times, interleaved: `ssh host true`; `workflow.sh sweep-status` called again on an unchanged finished
+campaign (the pod answers `unchanged`, the client prints the text it kept: helpers/status_text.py);
+the same with that kept text removed first (the pod's stored table sent, parsed and drawn: the
+executor's index.json and the pod's status-cache.json); the same with the status cache removed too
+(index.json parsed, every row built); and `sweep-status` with the index removed too (every run's
+summary.json read). Prints medians and ratios against `ssh host true`.
 """
 
 from __future__ import annotations
@@ -69,10 +71,15 @@ def main() -> None:
         status = [str(benchpods.WORKFLOW), "--env", str(pod.env_file), "sweep-status"]
         index = pod.outputs / "_campaigns" / "20261122-000000-bench0" / "index.json"
         benchpods.timed(status, check=False)  # warm-up: uploads the agent
-        ssh, with_cache, with_index, without_index = [], [], [], []
+        ssh, unchanged, with_cache, with_index, without_index = [], [], [], [], []
         cache = index.with_name("status-cache.json")  # helpers/pod/statuscache.py
+        texts = benchpods.REPO_ROOT / ".workflow" / "cache"  # the client's kept texts (helpers/status_text.py)
         for _ in range(args.n):
             ssh.append(benchpods.timed([*server.ssh_argv(known), "true"]))
+            benchpods.timed(status, check=False)  # (the text of this table kept)
+            unchanged.append(benchpods.timed(status, check=False))
+            for kept in texts.glob("status-text-*.json"):
+                kept.unlink()
             with_cache.append(benchpods.timed(status, check=False))
             cache.unlink(missing_ok=True)
             with_index.append(benchpods.timed(status, check=False))
@@ -82,12 +89,16 @@ def main() -> None:
         base_median = statistics.median(ssh)
         print(f"sweep-status, campaign of {args.runs} finished runs, over loopback ssh (one round trip)")
         print(f"  ssh host true                     {benchpods.describe(ssh)}")
+        print(f"  sweep-status (unchanged)          {benchpods.describe(unchanged)}   "
+              f"ratio {statistics.median(unchanged) / base_median:.2f}x")
         print(f"  sweep-status (status cache)       {benchpods.describe(with_cache)}   "
               f"ratio {statistics.median(with_cache) / base_median:.2f}x")
         print(f"  sweep-status (index, no cache)    {benchpods.describe(with_index)}   "
               f"ratio {statistics.median(with_index) / base_median:.2f}x")
         print(f"  sweep-status (read every summary) {benchpods.describe(without_index)}   "
               f"ratio {statistics.median(without_index) / base_median:.2f}x")
+        benchpods.record("sweep_status_10k", "sweep-status (unchanged) / cold ssh",
+                         statistics.median(unchanged) / base_median)
         benchpods.record("sweep_status_10k", "sweep-status (status cache) / cold ssh",
                          statistics.median(with_cache) / base_median)
         benchpods.record("sweep_status_10k", "sweep-status (index) / cold ssh",

@@ -60,6 +60,22 @@ from pod.agent_main import main
 sys.exit(main(sys.argv[1:]))
 """
 _ZIP_TIME = (2020, 1, 1, 0, 0, 0)
+# How the .pyz is run (the unpacked entry.py was missing). Not `python3 agent.pyz`: python looks for a
+# zip at that path, and when there is none yet it opens the path again as a script; if another
+# command's upload lands in between (parallel first calls to a fresh pod), the zip is read as Python
+# source ("source code cannot contain null bytes"). Here the archive is opened once: missing is said as
+# python says it (the caller uploads it), present is complete (uploads are renamed into place).
+_RUN_ARCHIVE = (
+    "import sys, zipfile\n"
+    "path = sys.argv[1]\n"
+    "try:\n"
+    "    main = zipfile.ZipFile(path).read('__main__.py')\n"
+    "except FileNotFoundError:\n"
+    "    sys.stderr.write(\"python3: can't open file %r: [Errno 2] No such file or directory\\n\" % path)\n"
+    "    sys.exit(2)\n"
+    "sys.argv = sys.argv[1:]\n"
+    "exec(compile(main, path + '/__main__.py', 'exec'), {'__name__': '__main__'})\n"
+)
 
 
 def _sources() -> list[tuple[str, bytes]]:
@@ -141,7 +157,9 @@ class Agent:
         self.uploads = 0
 
     def argv(self, op: str, *extra: str, archive: bool = False) -> list[str]:
-        return [self.transport.agent_python, "-I", "-S", self.path if archive else self.entry, op, *extra]
+        if archive:  # the .pyz through _RUN_ARCHIVE: opened once, never read as a script (see there)
+            return [self.transport.agent_python, "-I", "-S", "-c", _RUN_ARCHIVE, self.path, op, *extra]
+        return [self.transport.agent_python, "-I", "-S", self.entry, op, *extra]
 
     def call(self, op: str, args: dict[str, Any] | None = None, *, sync_env: bool = False,
              timeout: float | None = None, on_stdout: Callable[[bytes], None] | None = None,

@@ -352,7 +352,11 @@ def _status_call(session: Session, attempts: bool = False, reconnect: bool = Fal
 
 
 def cmd_sweep_status(session: Session) -> int:
-    status = _status_call(session, bool(getattr(session.options, "attempts", False)))
+    attempts = bool(getattr(session.options, "attempts", False))
+    keep = (session.cfg.text("TEARDOWN_ON_FINISH") or "keep") == "keep"  # keep: teardown is not even imported
+    if not session.as_json and not attempts and keep:
+        return _status_text(session)
+    status = _status_call(session, attempts)
     status["unfinished"] = unfinished_rows(status)
     if session.as_json:
         session.emit_json(status)
@@ -360,11 +364,38 @@ def cmd_sweep_status(session: Session) -> int:
         from helpers.colour import enabled
 
         session.print("\n".join(render_status(status, colour=enabled())))
-    if (session.cfg.text("TEARDOWN_ON_FINISH") or "keep") != "keep":  # keep: teardown is not even imported
+    if not keep:
         from helpers import teardown
 
         teardown.after_status(session, status)  # TEARDOWN_ON_FINISH once the campaign has ended
     return _status_code(status)
+
+
+def _status_text(session: Session) -> int:
+    """The table, or for a concluded campaign the text printed before when the pod says it is unchanged
+    (helpers/status_text.py)."""
+    from helpers import status_text
+    from helpers.colour import enabled
+
+    colour, campaign = enabled(), session.options.campaign
+    cfg = session.cfg
+    path = status_text.cache_file(cfg.project_root, [cfg.target, cfg.text("OPS_DEFAULT_HOST"), cfg.text("LIUM_TARGET"),
+                                                     cfg.text("OPS_REMOTE_OUTPUTS_DIR")], campaign, colour)
+    kept = status_text.load(path)
+    reply = session.call("sweep-status", {"campaign": campaign, "attempts": False,
+                                          **({"known": kept["hashes"]} if kept else {})}, timeout=300)
+    if reply.get("unchanged"):
+        if kept and reply.get("hashes") == kept["hashes"]:
+            session.print(kept["text"])
+            return int(kept["code"])
+        reply = session.call("sweep-status", {"campaign": campaign, "attempts": False}, timeout=300)  # kept text gone
+    status = expand_rows(reply)
+    text = "\n".join(render_status(status, colour=colour))
+    session.print(text)
+    code = _status_code(status)
+    if isinstance(status.get("hashes"), dict):  # a concluded campaign's stored table: keep what was printed
+        status_text.save(path, status["hashes"], text, code)
+    return code
 
 
 def _change_keys(status: dict[str, Any]) -> list[str]:

@@ -108,6 +108,9 @@ def test_idle_time_is_split_over_the_rows_by_their_slot_seconds(ready: Pod, tmp_
         assert share == pytest.approx(costs["id-1"]["idle_share_usd"] / costs["id-1"]["busy_usd"], rel=0.01)
     index = json.loads((ready.outputs / "_campaigns" / status["campaign_id"] / "index.json").read_text())
     assert index["id-1"]["cost_usd"] == pytest.approx(costs["id-1"]["usd"], abs=1e-4)
+    # sweep-status --json gives each row its cost (the row's own time and its idle share)
+    assert {r: status["rows"][r].get("cost_usd") for r in costs} == pytest.approx(
+        {r: c["usd"] for r, c in costs.items()}, abs=1e-4), status["rows"]
 
 
 def test_idle_shares_split_by_weight_or_evenly() -> None:

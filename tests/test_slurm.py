@@ -233,9 +233,10 @@ def test_status_is_one_sacct_and_one_squeue(login: Pod, slurm_cluster: Any, tmp_
     # every job's end cached: the concluded campaign's table is kept too (statuscache.py), no row file re-read
     cache = campaigns_dir(login) / campaign / "status-cache.json"
     assert cache.is_file()
-    stored = json.loads(cache.read_text())
-    stored["table"]["rows"][0][stored["table"]["columns"].index("state")] = "from-the-cache"
-    cache.write_text(json.dumps(stored))
+    table_file = cache.with_name(f"status-table-{json.loads(cache.read_text())['table_hash'][:16]}.json")
+    stored = json.loads(table_file.read_text())
+    stored["rows"][0][stored["columns"].index("state")] = "from-the-cache"
+    table_file.write_text(json.dumps(stored))
     calls.unlink()
     shown = login.wf("sweep-status", "--campaign", campaign, "--json", env={"PATH": str(shims)})
     assert rows_by_id(json.loads(shown.stdout))["ca-0"]["state"] == "from-the-cache", shown.stderr

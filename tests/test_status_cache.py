@@ -64,6 +64,13 @@ def status(pod: Pod) -> dict[str, Any]:
     return found
 
 
+def stored(cdir: Path) -> tuple[Path, dict[str, Any]]:
+    """The stored table's file (named in status-cache.json by its hash) and the table."""
+    digest = json.loads((cdir / "status-cache.json").read_text())["table_hash"]
+    path = cdir / f"status-table-{digest[:16]}.json"
+    return path, json.loads(path.read_text())
+
+
 def states(reply: dict[str, Any]) -> dict[str, str]:
     return {row["run_id"]: row["state"] for row in reply["rows"]}
 
@@ -77,10 +84,9 @@ def test_finished_campaign_is_served_from_the_cache_until_a_row_file_changes(loc
     assert states(first) == {f"r-{i:03d}": ("failed" if i % 4 == 3 else "ok") for i in range(8)}
 
     # served from the cache, not re-read: a (tampered) stored table is what the next call shows
-    stored = json.loads(cache.read_text())
-    at = stored["table"]["columns"].index("state")
-    stored["table"]["rows"][0][at] = "from-the-cache"
-    cache.write_text(json.dumps(stored))
+    table_file, table = stored(cdir)
+    table["rows"][0][table["columns"].index("state")] = "from-the-cache"
+    table_file.write_text(json.dumps(table))
     assert states(status(local_pod))["r-000"] == "from-the-cache"
 
     # a row the index does not answer: its run files are watched (here its summary turns failed)
@@ -133,7 +139,34 @@ def test_json_rows_keep_every_column_while_the_wire_is_compact(local_pod: Pod):
     assert first["log"] == str(local_pod.outputs / "r-000" / "run.log")
     assert first["from_campaign"] is None and first["recovered_from"] is None
     assert "empty_columns" not in reply and "columns" not in reply
-    stored = json.loads((cdir / "status-cache.json").read_text())["table"]
-    assert "from_campaign" in stored["empty_columns"] and "from_campaign" not in stored["columns"]
-    assert all(row[stored["columns"].index("log")] == "" for row in stored["rows"])  # the default path
-    assert os.path.getsize(cdir / "status-cache.json") < 40 * 80
+    table_file, table = stored(cdir)
+    assert "from_campaign" in table["empty_columns"] and "from_campaign" not in table["columns"]
+    assert all(row[table["columns"].index("log")] == "" for row in table["rows"])  # the default path
+    assert os.path.getsize(table_file) < 40 * 80
+
+
+def test_an_unchanged_campaign_is_answered_unchanged_and_its_text_printed_again(local_pod: Pod):
+    """The text a concluded campaign's status printed is kept on the client with the reply's hashes; the
+    next call sends them and the pod, finding both the same, answers `unchanged` without reading the
+    stored table: the same text and exit code again. A change on the pod gives the new table."""
+    cdir = build(local_pod, 12, indexed=6)
+    first = local_pod.wf("sweep-status")
+    assert first.returncode == 1 and "r-003" in first.stdout, first.stderr  # every 4th row failed
+    assert first.stdout == local_pod.wf("sweep-status").stdout  # (the table is stored now)
+    table_file, _ = stored(cdir)
+    table_file.unlink()  # not read when the client has it: the answer is `unchanged`, the text the kept one
+    again = local_pod.wf("sweep-status")
+    assert (again.returncode, again.stdout) == (1, first.stdout), again.stderr
+    assert not table_file.exists()  # nothing was rebuilt (a rebuild stores the same table again)
+    reply = json.loads(local_pod.wf("sweep-status", "--json").stdout)  # --json: the whole table, rebuilt
+    assert len(reply["rows"]) == 12 and table_file.exists() and "Traceback" not in again.stderr
+    # a row changed on the pod: a new table and a new text (and the kept text follows it)
+    summary_file = local_pod.outputs / "r-007" / "summary.json"
+    summary = json.loads(summary_file.read_text())
+    summary.update(ok=True, state="success", failure_class=None, reason_line=None)
+    summary_file.write_text(json.dumps(summary))
+    changed = local_pod.wf("sweep-status")
+    assert changed.returncode == 1 and changed.stdout != first.stdout
+    assert [line.split()[1] for line in changed.stdout.splitlines() if line.startswith("r-007")] == ["ok"]
+    assert local_pod.wf("sweep-status").stdout == changed.stdout
+

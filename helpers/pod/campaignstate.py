@@ -3,8 +3,8 @@
 The agent's sweep-status op starts here: a concluded campaign whose stored table is current
 (pod/statuscache.py) is answered from it with only these imports (the campaign directory, the
 executor's state, the tracking view); anything else (a live executor, --attempts, a table to build)
-goes on in pod/campaigns.py sweep_status, which imports the row views, stages, runs and the
-executor. campaigns.py re-exports the names below for the modules that import them from there.
+goes on in pod/campaignstatus.py sweep_status, which imports the row views, stages, runs and the
+Slurm merge. campaigns.py re-exports the names below for the modules that import them from there.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .jsonio import parse_utc, read_json
 
 STARTING_GRACE_SECS = 30
 LIVE = ("running", "starting", "stopping")  # an executor in these states may still start or stop runs
-Known = Tuple[str, str, str, Dict[str, Any], List[statuscache.Mark], bool]  # what campaigns.sweep_status goes on from
+Known = Tuple[str, str, str, Dict[str, Any], List[statuscache.Mark], bool]  # what campaignstatus.sweep_status takes
 
 
 def root(ctx: Context) -> str:
@@ -98,20 +98,55 @@ def tracking_view(ctx: Context, path: str, manifest: Dict[str, Any], run_ids: Li
     return tracking.status(tracking.campaign_config(path, manifest), ctx.outputs, path, run_ids, out_dirs)
 
 
+TABLE_KEYS = ("columns", "rows", "empty_columns", "totals", "parts", "total", "cost")  # from the stored table
+
+
+def reply_hashes(table_hash: str, reply: Dict[str, Any]) -> Dict[str, str]:
+    """What a client that rendered ``reply`` sends back to be told ``unchanged``: the stored table's hash and
+    the hash of everything else in the reply (executor, tracking, paths), which is read fresh every call."""
+    import hashlib
+    import json
+
+    rest = {k: v for k, v in reply.items() if k not in TABLE_KEYS}
+    digest = hashlib.sha256((table_hash + json.dumps(rest, sort_keys=True, default=str)).encode()).hexdigest()
+    return {"table": table_hash, "reply": digest}
+
+
+def _tracked(config: Dict[str, Any]) -> bool:
+    """The reply's tracking view reads every row's tracking record (so the table's run ids)."""
+    return bool(str(config.get("MLFLOW_TRACKING_URI") or "").strip()) or str(config.get("SWEEP_WANDB")) == "1"
+
+
 def cached_status(ctx: Context) -> Union[Dict[str, Any], Known]:
     """The sweep-status reply from the campaign's stored table when it is current, else what was read on
-    the way: (campaign id, its directory, executor state, executor record, file marks, cacheable)."""
+    the way: (campaign id, its directory, executor state, executor record, file marks, cacheable). A caller
+    whose ``known`` hashes (reply_hashes) still hold is answered ``unchanged``, without the table being read."""
     campaign_id, path = campaign_dir(ctx, ctx.args.get("campaign"))
     state, executor = executor_state(path)
     cacheable = state not in LIVE and not ctx.args.get("attempts")  # a concluded campaign: see statuscache
     files = statuscache.campaign_marks(path) if cacheable else []
-    hit = statuscache.lookup(ctx, path, campaign_id, state, files) if cacheable else None
+    asked = ctx.args.get("known")
+    known: Dict[str, Any] = asked if isinstance(asked, dict) else {}
+    hit = statuscache.lookup(ctx, path, campaign_id, state, files, known.get("table")) if cacheable else None
+    if hit is not None and hit["table"] is None and _tracked(hit.get("config") or {}):
+        hit = statuscache.lookup(ctx, path, campaign_id, state, files)  # its tracking view needs the run ids
     if hit is None:
         return campaign_id, path, state, executor, files, cacheable
     manifest = {"created_utc": hit.get("created_utc"), "config": hit.get("config") or {}}
-    table = hit["table"]
+    table = hit["table"] or {"columns": [], "rows": [], "empty_columns": [], "totals": {}}
     run_ids = [str(row[0]) for row in table["rows"]]
-    return status_reply(ctx, campaign_id, path, manifest, state, executor, None, table, run_ids)
+    reply = status_reply(ctx, campaign_id, path, manifest, state, executor, None, table, run_ids)
+    hashes = reply_hashes(str(hit["table_hash"]), reply)
+    if hit["table"] is None:
+        if hashes["reply"] == known.get("reply"):
+            return {"unchanged": True, "hashes": hashes, "campaign_id": campaign_id}
+        hit = statuscache.lookup(ctx, path, campaign_id, state, files)  # the rest changed: the whole reply
+        if hit is None:
+            return campaign_id, path, state, executor, files, cacheable
+        table = hit["table"]
+        reply = status_reply(ctx, campaign_id, path, manifest, state, executor, None, table,
+                             [str(row[0]) for row in table["rows"]])
+    return {**reply, "hashes": hashes}
 
 
 def sweep_status(ctx: Context) -> Dict[str, Any]:
@@ -119,6 +154,6 @@ def sweep_status(ctx: Context) -> Dict[str, Any]:
     known = cached_status(ctx)
     if isinstance(known, dict):
         return known
-    from .campaigns import sweep_status as build
+    from .campaignstatus import sweep_status as build
 
     return build(ctx, known)

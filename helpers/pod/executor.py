@@ -404,8 +404,8 @@ class Executor(ExecutorRecords):
             reason = (f"the executor got SIGHUP (its tmux window or session was closed) with {len(todo)} row(s) not "
                       f"run and {failed} cancelled; rerun them with workflow.sh sweep-resume --campaign "
                       f"{self.campaign_id}")
-        self.beat(state, ended_utc=utc_now(), stop_reason=self.stop_reason, active=[], queued=len(todo),
-                  failed=failed, reason=reason)
+        # the end event and the workflow state first: executor.json's final beat, last, is what readers wait for
+        self.event("executor-end", state=state, failed=failed)
         if self.stop_reason in (None, "fail-fast", "hangup", "budget"):
             command = "sweep-fail" if failed or todo else "sweep-complete"
             why = f"campaign {self.campaign_id}: {reason}" if reason else (
@@ -421,7 +421,8 @@ class Executor(ExecutorRecords):
                         continue
                     self.say(f"workflow state not updated: {exc}")
                 break
-        self.event("executor-end", state=state, failed=failed)
+        self.beat(state, ended_utc=utc_now(), stop_reason=self.stop_reason, active=[], queued=len(todo),
+                  failed=failed, reason=reason)
         self.say(f"campaign {self.campaign_id} {state}: {failed} failed row(s)")
         return 0
 

@@ -19,6 +19,12 @@ RUN_OUT_* keys.
 Anything else (executor details, tracking lag) is read fresh on every call. A cache that cannot
 be written (read-only or full filesystem) is skipped silently: it is an optimisation only.
 
+The table itself is kept beside, in ``status-table-<hash>.json`` (written first; the cache file that
+names it is replaced after), and the cache file holds its sha256. A client that rendered that table
+before sends its hash (and that of the rest of the reply): when both still match, the reply is only
+``unchanged`` and the table is not even read (campaignstate.cached_status; helpers/cmd_sweeps.py keeps
+the text it printed).
+
 The wire format is compact either way (see ``compact``): columns no row has a value in are named
 in ``empty_columns`` instead of being sent 10,000 times, and a row's log path is sent as "" when
 it is the default ``<outputs>/<run_id>/run.log``. helpers/cmd_sweeps.expand_rows undoes both.
@@ -26,6 +32,8 @@ it is the default ``<outputs>/<run_id>/run.log``. helpers/cmd_sweeps.expand_rows
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -33,7 +41,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .taskstate import status_path
 
 CACHE_FILE = "status-cache.json"
-VERSION = 1
+TABLE_FILE = "status-table-{}.json"
+VERSION = 2
 UNSETTLED = frozenset({"pending", "running", "retrying", "queued", "starting", "stopping"})
 CAMPAIGN_FILES = ("manifest.json", "index.json", "executor.json", "tracking-config.json", "parts.json",
                   "slurm", "slurm/sacct-cache.json", "slurm/final.json")  # "slurm": its chunk files come and go
@@ -72,20 +81,30 @@ def row_marks(ctx: Any, run_ids: Sequence[str]) -> Dict[str, List[Mark]]:
     return {run_id: [mark(file) for file in _row_files(ctx, run_id)] for run_id in run_ids}
 
 
-def lookup(ctx: Any, path: str, campaign_id: str, executor_state: str, files: List[Mark]
-           ) -> Optional[Dict[str, Any]]:
-    """The stored table when everything it came from (``files``: campaign_marks, now) is unchanged, else None."""
+def _read_json(path: str) -> Any:
+    with open(path, "rb") as handle:
+        return json.loads(handle.read().decode("utf-8"))
+
+
+def lookup(ctx: Any, path: str, campaign_id: str, executor_state: str, files: List[Mark],
+           known_table: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """The stored table when everything it came from (``files``: campaign_marks, now) is unchanged, else None.
+    ``known_table``: the hash of the table the caller has; when it is the stored one, the table is not read
+    (``table`` is None in the answer)."""
     try:
-        with open(os.path.join(path, CACHE_FILE), "rb") as handle:
-            data = json.loads(handle.read().decode("utf-8"))
+        data = _read_json(os.path.join(path, CACHE_FILE))
         if data.get("key") != key(ctx, campaign_id, executor_state) or data.get("files") != files:
             return None
         for run_id, marks in data["watched"].items():
             if [mark(file) for file in _row_files(ctx, run_id)] != marks:
                 return None
-        if not isinstance(data.get("table"), dict):
+        digest = str(data["table_hash"])
+        if known_table and known_table == digest:
+            return {**data, "table": None}
+        table = _read_json(os.path.join(path, TABLE_FILE.format(digest[:16])))
+        if not isinstance(table, dict):
             return None
-        return data
+        return {**data, "table": table}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # none yet, or an old or damaged one: build the table
 
@@ -94,22 +113,42 @@ def settled(views: Sequence[Dict[str, Any]]) -> bool:
     return all(view.get("state") not in UNSETTLED for view in views)
 
 
-def save(ctx: Any, path: str, campaign_id: str, executor_state: str, files: List[Mark],
-         watched: Dict[str, List[Mark]], manifest: Dict[str, Any], table: Dict[str, Any]) -> None:
-    """Keep ``table`` with the marks taken *before* its files were read (a change in between is seen)."""
-    data = {"key": key(ctx, campaign_id, executor_state), "files": files, "watched": watched,
-            "created_utc": manifest.get("created_utc"), "config": manifest.get("config") or {}, "table": table}
-    target = os.path.join(path, CACHE_FILE)
+def table_hash(table: Dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(table, separators=(",", ":"), sort_keys=True).encode()).hexdigest()
+
+
+def _write(target: str, text: str) -> None:
     tmp = f"{target}.{os.getpid()}.tmp"
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(data, separators=(",", ":")))
-        os.replace(tmp, target)  # atomic: a reader sees the old table or the new one
-    except (OSError, TypeError, ValueError):
+            handle.write(text)
+        os.replace(tmp, target)  # atomic: a reader sees the old file or the new one
+    except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        raise
+
+
+def save(ctx: Any, path: str, campaign_id: str, executor_state: str, files: List[Mark],
+         watched: Dict[str, List[Mark]], manifest: Dict[str, Any], table: Dict[str, Any]) -> Optional[str]:
+    """Keep ``table`` with the marks taken *before* its files were read (a change in between is seen);
+    its hash, or None when it could not be kept."""
+    try:
+        digest = table_hash(table)
+        table_file = os.path.join(path, TABLE_FILE.format(digest[:16]))
+        _write(table_file, json.dumps(table, separators=(",", ":")))  # first: the cache file names it
+        data = {"key": key(ctx, campaign_id, executor_state), "files": files, "watched": watched,
+                "created_utc": manifest.get("created_utc"), "config": manifest.get("config") or {},
+                "table_hash": digest}
+        _write(os.path.join(path, CACHE_FILE), json.dumps(data, separators=(",", ":")))
+        for old in glob.glob(os.path.join(path, TABLE_FILE.format("*"))):
+            if old != table_file and not old.endswith(".tmp"):
+                os.unlink(old)
+        return digest
+    except (OSError, TypeError, ValueError):
+        return None
 
 
 def compact(columns: Sequence[str], views: Sequence[Dict[str, Any]], outputs: str

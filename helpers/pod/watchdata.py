@@ -18,7 +18,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from . import runs
-from .campaigns import sweep_status
+from .campaignstatus import sweep_status
 from .context import Context
 from .jsonio import parse_utc
 
