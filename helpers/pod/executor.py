@@ -233,10 +233,10 @@ class Executor(ExecutorRecords):
 
     def _conclude(self, rr: RowRun) -> Dict[str, Any]:
         self._check_fence()
-        done = runs.write_summary(runs.run_dir(self.outputs, rr.run_id), self.campaign_id, rr.row, rr.attempts,
-                                  rr.out_dir, rr.command)
-        done = stages.apply(runs.run_dir(self.outputs, rr.run_id), rr, done)  # the stages and their gates
-        done = tracking_wandb.check(self.ctx.config, runs.run_dir(self.outputs, rr.run_id), rr.out_dir, done)
+        path = runs.run_dir(self.outputs, rr.run_id)  # summary.json is built whole, then written once (with_cost):
+        done = runs.write_summary(path, self.campaign_id, rr.row, rr.attempts, rr.out_dir, rr.command, write=False)
+        done = stages.apply(path, rr, done, write=False)  # the stages and their gates (a reader never sees a row
+        done = tracking_wandb.check(self.ctx.config, path, rr.out_dir, done, write=False)  # ok before its gate)
         done = self._with_cost(rr, done)
         attempts.keep_final_summary(runs.run_dir(self.outputs, rr.run_id), rr.number, done)
         self.index[rr.run_id] = attempts.index_entry(done)

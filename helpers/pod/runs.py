@@ -332,8 +332,9 @@ def _measure_environment(python: str) -> Dict[str, Any]:
 
 
 def write_summary(path: str, campaign_id: str, row: Dict[str, Any], attempts: List[Dict[str, Any]],
-                  out_dir: str, command: str) -> Dict[str, Any]:
-    """The run's summary.json; ``attempts`` are this pass's, the history has every pass's of the campaign."""
+                  out_dir: str, command: str, write: bool = True) -> Dict[str, Any]:
+    """The run's summary.json; ``attempts`` are this pass's, the history has every pass's of the campaign.
+    ``write=False``: only built (the caller completes it, then writes it once: no reader sees a part)."""
     final = attempts[-1]
     history = campaign_attempts(path, campaign_id) or attempts
     recovered = [str(a.get("failure_class")) for a in history[:-1]
@@ -355,7 +356,8 @@ def write_summary(path: str, campaign_id: str, row: Dict[str, Any], attempts: Li
         "out_dir": out_dir, "command": command,
     }
     keep_trainer_summary(path)
-    write_json(os.path.join(path, "summary.json"), data)
+    if write:
+        write_json(os.path.join(path, "summary.json"), data)
     return data
 
 

@@ -281,8 +281,9 @@ def stop(rr: Any) -> None:
         os.kill(int(pid), signal.SIGTERM)
 
 
-def apply(run_path: str, rr: Any, done: Dict[str, Any]) -> Dict[str, Any]:
-    """summary.json with every stage (state, metrics, gate decision) and the row's verdict after them."""
+def apply(run_path: str, rr: Any, done: Dict[str, Any], write: bool = True) -> Dict[str, Any]:
+    """summary.json with every stage (state, metrics, gate decision) and the row's verdict after them
+    (``write=False``: only the record, written by the caller)."""
     records = list(getattr(rr, "stage_records", []) or [])
     if not records or not done.get("ok"):
         return done
@@ -301,7 +302,8 @@ def apply(run_path: str, rr: Any, done: Dict[str, Any]) -> Dict[str, Any]:
     started = parse_utc(done.get("started_utc"))
     if ended and started:
         done.update(ended_utc=last.get("ended_utc"), duration_s=round(ended - started, 1))
-    write_json(os.path.join(run_path, "summary.json"), done)
+    if write:
+        write_json(os.path.join(run_path, "summary.json"), done)
     return done
 
 

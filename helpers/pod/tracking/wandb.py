@@ -80,8 +80,10 @@ def verify(config: Dict[str, str], out_dir: str, wandb_id: str, started_utc: Opt
     return True, f"{len(dirs)} W&B run director{'y' if len(dirs) == 1 else 'ies'} ({os.path.basename(dirs[-1][1])})"
 
 
-def check(config: Dict[str, str], run_path: str, out_dir: str, done: Dict[str, Any]) -> Dict[str, Any]:
-    """The summary with its W&B verdict (rewritten when SWEEP_WANDB=1 and the mode is not disabled)."""
+def check(config: Dict[str, str], run_path: str, out_dir: str, done: Dict[str, Any], write: bool = True
+          ) -> Dict[str, Any]:
+    """The summary with its W&B verdict (rewritten when SWEEP_WANDB=1 and the mode is not disabled;
+    ``write=False``: only the record, written by the caller)."""
     if not on(config) or config.get("WANDB_MODE") == "disabled" or done.get("state") == "cancelled":
         return done
     wandb_id = run_id_for(str(done.get("campaign_id")), str(done.get("run_id")))
@@ -92,7 +94,8 @@ def check(config: Dict[str, str], run_path: str, out_dir: str, done: Dict[str, A
                               "dir": dirs[-1][1] if dirs else None, "offline": bool(dirs) and dirs[-1][2]}}
     if not ok and config.get("WANDB_REQUIRED", "0") in ("1", "true", "True", "yes") and done.get("ok"):
         done.update(ok=False, state="failed", failure_class="tracking", reason_line=f"W&B not verified: {why}")
-    write_json(os.path.join(run_path, "summary.json"), done)
+    if write:
+        write_json(os.path.join(run_path, "summary.json"), done)
     return done
 
 
