@@ -94,6 +94,18 @@ def children(parent: int) -> Set[int]:
     return found
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Whether ``pid`` has a handler installed for ``signum`` (SigCgt in /proc/<pid>/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
 def marked(marker: str) -> Set[int]:
     """Live processes whose environment carries ``WF_TASK_MARKER=marker``."""
     needle = f"{MARKER_ENV}={marker}".encode() + b"\0"

@@ -51,6 +51,7 @@ FINAL_RETRY_SECS = 600.0  # how long the last status write is retried on a full 
 FINAL_RETRY_SLEEP = 1.0
 WRAP_UP_SECS = 5.0  # a stop that comes while the launcher only wraps up (its workers done) waits this long
 SEEN_SCAN_SECS = 0.5  # how often the task's processes are sampled
+USR2_HANDLER_WAIT_SECS = 30.0  # how long a forwarded SIGUSR2 waits for the trainer to install its handler
 _STOP_REASONS = {"cancel": "cancelled (task-kill / sweep-stop)",
                  "hangup": "the tmux window or server was closed (SIGHUP); the supervisor stopped the task"}
 STOP_STATES = {"cancel": TaskState.CANCELLED, "timeout": TaskState.TIMED_OUT, "stall": TaskState.STALLED,
@@ -73,6 +74,7 @@ class Supervisor:
         self.partial = b""
         self.stop_request: Optional[str] = None
         self.usr2_pending = False
+        self.usr2_since = 0.0  # when the batch shell's SIGUSR2 came (monotonic; 0: none pending)
         self.stopped_by: Optional[str] = None
         self.pane_ok = True
         self.proc: Optional[subprocess.Popen[bytes]] = None
@@ -100,12 +102,18 @@ class Supervisor:
     # installs no USR2 handler: the signal would kill it)
     def _on_usr2(self, _signum: int, _frame: Any) -> None:
         self.usr2_pending = True
+        self.usr2_since = self.usr2_since or time.monotonic()
 
     def _forward_usr2(self, proc: subprocess.Popen[bytes], log: Any) -> None:
-        self.usr2_pending = False
         launcher = " ".join(str(w) for w in self.spec["argv"][:3])
         targets = proctree.children(proc.pid) if "torch.distributed.run" in launcher or "torchrun" in launcher \
             else {proc.pid}
+        # a worker that has not installed its USR2 handler yet (still starting) would be killed by it: wait
+        # for one, USR2_HANDLER_WAIT_SECS at most (a trainer with no handler at all is then ended by it)
+        if not any(proctree.catches(pid, signal.SIGUSR2) for pid in targets) and \
+                time.monotonic() - self.usr2_since < USR2_HANDLER_WAIT_SECS:
+            return
+        self.usr2_pending, self.usr2_since = False, 0.0
         proctree.signal_all(targets, signal.SIGUSR2)
         self.status.write_log(log, f"[workflow.sh] SIGUSR2 forwarded to the trainer ({len(targets)} process(es)): "
                                    f"Slurm's time limit or preemption is near ({utc_now()})\n".encode())
